@@ -1,0 +1,340 @@
+"""Frozen configuration dataclasses, named presets, JSON round trip and ``--set`` overrides.
+
+Every run of medgen is described by one :class:`RunConfig`. It is immutable (frozen
+dataclasses, like nanoGPT's ``GPTConfig``), serialises to JSON beside every run and
+checkpoint (like EDM's ``training_options.json``) and is rebuilt from that JSON with
+:func:`from_dict`, so a checkpoint names its method and every hyperparameter.
+
+Presets are named per *task* (``quickstart``, and one per paper later): each task registers
+the four budgets ``ci``, ``smoke``, ``cpu`` and ``paper`` (see DESIGN.md) with
+:func:`register_presets`; :func:`get_preset` returns one.
+
+Example
+-------
+>>> from medgen.config import get_preset, apply_overrides
+>>> cfg = get_preset("ci", task="quickstart")
+>>> cfg = apply_overrides(cfg, ["train.steps=3", "sample.sampler=ddpm"])
+>>> cfg.train.steps
+3
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from typing import Any, Mapping, Sequence
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message is one line that names the offending key."""
+
+
+# --------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class UNetConfig:
+    """The denoising / translation UNet (``medgen.nn.unet.UNet``)."""
+
+    spatial_dims: int = 2  # 2 for [B, C, H, W] images, 3 for [B, C, D, H, W] volumes
+    in_channels: int = 1  # channels of the noisy target x_t (not counting concatenated conditions)
+    out_channels: int = 1  # channels the network predicts (eps, x0 or v of the target)
+    channels: tuple[int, ...] = (32, 64, 128)  # feature channels per resolution level
+    layers_per_block: int = 1  # residual blocks per level in the down path (up path gets one more)
+    attention_levels: tuple[bool, ...] = (False, False, True)  # self-attention at each level
+    num_heads: int = 4  # heads of every (self / cross) attention layer
+    norm_groups: int = 8  # GroupNorm groups (must divide every entry of `channels`)
+    dropout: float = 0.0  # dropout inside residual blocks
+    cond_image_channels: int = 0  # >0: concatenate a condition image [B, c, *S] to x_t (channel concat)
+    cond_vector_dim: int = 0  # >0: embed a vector [B, d] and add it to the time embedding
+    cond_tokens_dim: int = 0  # >0: cross-attention over condition tokens [B, N, d] at attention levels
+    skip_residuals: bool = False  # True: add residuals [B, C_i, *S_i] to the skip connections (tuner)
+    stage_embedding_dim: int = 0  # >0: per-level embeddings [B, d] added in the down and up path separately
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """Forward process and training objective (``medgen.diffusion``)."""
+
+    schedule: str = "cosine"  # named beta schedule: "linear", "cosine", "scaled_linear" (schedules.SCHEDULES)
+    timesteps: int = 1000  # number of training diffusion steps T
+    beta_start: float = 1e-4  # first beta of the linear schedules
+    beta_end: float = 0.02  # last beta of the linear schedules
+    prediction: str = "v"  # what the network outputs: "eps", "x0" or "v"
+    loss: str = "mse"  # per-pixel loss on the network output: "mse" or "l1"
+    x0_loss_weight: float = 0.0  # weight of the extra ||x0 - x0_hat||^2 term (enhancement paper, Eq. 9)
+    cond_drop_prob: float = 0.0  # probability of replacing the condition by the null condition (CFG training)
+    null_value: float = -1.0  # value of the null (black) condition image in model range [-1, 1]
+    clip_x0: bool = True  # clamp predicted x0 to [-1, 1] while sampling
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """How a trained diffusion model is sampled (``medgen.diffusion.samplers``)."""
+
+    sampler: str = "ddim"  # "ddpm" (ancestral), "ddim" (with eta) or "dpmpp" (DPM-Solver++ 2M)
+    steps: int = 20  # number of denoiser evaluations (respaced timesteps)
+    eta: float = 0.0  # DDIM stochasticity: 0 deterministic, 1 DDPM-like noise
+    guidance_scale: float = 0.0  # classifier-free guidance w: (1 + w) * cond - w * uncond
+    spacing: str = "trailing"  # respacing of timesteps: "trailing", "leading" or "linspace"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The generic training loop (``medgen.train.fit``)."""
+
+    steps: int = 1000  # optimizer steps (each over grad_accum micro-batches)
+    batch_size: int = 16  # global batch size per optimizer step
+    grad_accum: int = 1  # micro-batches per optimizer step (batch_size must be divisible by it)
+    lr: float = 3e-4  # peak AdamW learning rate
+    weight_decay: float = 0.0  # AdamW weight decay
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW betas
+    warmup_steps: int = 0  # linear LR warm-up from 0 over this many steps
+    lr_schedule: str = "constant"  # after warm-up: "constant" or "cosine" (to 0 at `steps`)
+    ema_decay: float = 0.999  # EMA decay of the weights used for sampling (0 disables EMA)
+    grad_clip: float = 1.0  # max global gradient norm (0 disables clipping)
+    amp: bool = False  # mixed precision; only used on CUDA (bf16 autocast is ~50x slower on this CPU)
+    log_every: int = 10  # steps between progress-bar / log updates
+    sample_every: int = 0  # steps between saved sample grids (0: never)
+    ckpt_every: int = 0  # steps between checkpoints (0: only at the end)
+    num_threads: int = 2  # torch CPU threads (2 is fastest on the 2-core reference machine)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data set, its size and its patient-level split."""
+
+    dataset: str = "toy_shapes"  # registry.DATASETS name, or "manifest" for real paired data
+    image_size: int = 32  # side length in pixels of the (square) model input
+    n_train: int = 512  # training samples (phantoms are generated on the fly from seeds)
+    n_test: int = 64  # held-out test samples (disjoint seeds / patients)
+    manifest: str = ""  # CSV manifest of real data (patient_id, source, target, ...); "" for phantoms
+    split_seed: int = 0  # seed of the hashed patient-level split
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one run needs. Saved as ``config.json`` beside every checkpoint."""
+
+    name: str = "quickstart"  # human-readable run name (also the task whose presets built it)
+    preset: str = "ci"  # the preset this config started from: ci, smoke, cpu or paper
+    method: str = "cddpm"  # registry.METHODS name of the method to train
+    seed: int = 0  # global seed: data order, init, noise
+    data: DataConfig = field(default_factory=DataConfig)  # data set and split
+    model: UNetConfig = field(default_factory=UNetConfig)  # network
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)  # forward process / loss
+    sample: SampleConfig = field(default_factory=SampleConfig)  # sampling at evaluation time
+    train: TrainConfig = field(default_factory=TrainConfig)  # optimisation
+
+
+# --------------------------------------------------------------------------------------
+# JSON round trip
+# --------------------------------------------------------------------------------------
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Nested plain-python dict of a config dataclass (tuples become lists in JSON)."""
+    return dataclasses.asdict(cfg)
+
+
+def to_json(cfg: Any) -> str:
+    """Canonical, sorted JSON text of a config."""
+    return json.dumps(to_dict(cfg), indent=2, sort_keys=True)
+
+
+def config_hash(cfg: Any, length: int = 12) -> str:
+    """Stable short hash of a config (used to cache trained models by config)."""
+    text = json.dumps(to_dict(cfg), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert a JSON value to the annotated field type ``tp`` (tuples, nested dataclasses)."""
+    origin = typing.get_origin(tp)
+    if is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected an object for {tp.__name__}, got {value!r}")
+        return from_dict(value, tp, prefix=key + ".")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], key) for v in value)
+        if len(args) != len(value):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _unknown_key(key: str, choices: Sequence[str], prefix: str) -> ConfigError:
+    close = difflib.get_close_matches(key, list(choices), n=1, cutoff=0.5)
+    hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(choices)}"
+    return ConfigError(f"unknown config key '{prefix}{key}'{hint}")
+
+
+def from_dict(data: Mapping[str, Any], cls: type = RunConfig, prefix: str = "") -> Any:
+    """Rebuild a config dataclass from :func:`to_dict` output; unknown keys are errors."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            raise _unknown_key(key, names, prefix)
+        kwargs[key] = _coerce(value, hints[key], prefix + key)
+    return cls(**kwargs)
+
+
+def from_json(text: str) -> RunConfig:
+    """Parse :func:`to_json` output."""
+    return from_dict(json.loads(text))
+
+
+# --------------------------------------------------------------------------------------
+# --set key=value overrides
+# --------------------------------------------------------------------------------------
+def _parse_value(text: str) -> Any:
+    """JSON if it parses (numbers, true/false, lists), else the raw string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        low = text.strip().lower()
+        if low in ("true", "false"):
+            return low == "true"
+        if text.startswith("(") and text.endswith(")"):
+            return json.loads("[" + text[1:-1].rstrip(",") + "]")
+        return text
+
+
+def set_value(cfg: Any, dotted: str, value: Any) -> Any:
+    """Return a copy of ``cfg`` with ``dotted`` (e.g. ``train.lr``) set to ``value``."""
+    head, _, rest = dotted.partition(".")
+    names = [f.name for f in fields(cfg)]
+    if head not in names:
+        raise _unknown_key(head, names, "")
+    hints = typing.get_type_hints(type(cfg))
+    if rest:
+        sub = getattr(cfg, head)
+        if not is_dataclass(sub):
+            raise ConfigError(f"config key '{head}' has no sub-key '{rest}'")
+        try:
+            new_sub = set_value(sub, rest, value)
+        except ConfigError as err:
+            raise ConfigError(str(err).replace("'", f"'{head}.", 1)) from None
+        return replace(cfg, **{head: new_sub})
+    if is_dataclass(hints[head]):
+        raise ConfigError(f"config key '{head}' is a section; set one of its fields, e.g. '{head}.<field>=...'")
+    return replace(cfg, **{head: _coerce(value, hints[head], dotted)})
+
+
+def apply_overrides(cfg: RunConfig, overrides: Sequence[str] | Mapping[str, Any] | None) -> RunConfig:
+    """Apply ``["section.key=value", ...]`` (CLI ``--set``) or a ``{"section.key": value}`` dict."""
+    if not overrides:
+        return cfg
+    items = overrides.items() if isinstance(overrides, Mapping) else None
+    if items is None:
+        parsed = []
+        for text in overrides:
+            if "=" not in text:
+                raise ConfigError(f"override '{text}' is not of the form key=value")
+            key, _, raw = text.partition("=")
+            parsed.append((key.strip(), _parse_value(raw.strip())))
+        items = parsed
+    for key, value in items:
+        cfg = set_value(cfg, key, value)
+    return cfg
+
+
+# --------------------------------------------------------------------------------------
+# Presets
+# --------------------------------------------------------------------------------------
+PRESET_NAMES = ("ci", "smoke", "cpu", "paper")
+_PRESETS: dict[str, dict[str, RunConfig]] = {}
+
+
+def register_presets(task: str, presets: Mapping[str, RunConfig]) -> None:
+    """Register the four named presets of a task (``ci``, ``smoke``, ``cpu``, ``paper``)."""
+    missing = [p for p in PRESET_NAMES if p not in presets]
+    if missing:
+        raise ConfigError(f"task '{task}' lacks presets {missing}")
+    _PRESETS[task] = {name: replace(cfg, preset=name, name=task) for name, cfg in presets.items()}
+
+
+def get_preset(preset: str, task: str = "quickstart") -> RunConfig:
+    """The named preset of a task; unknown names give a one-line error with a suggestion."""
+    if task not in _PRESETS:
+        raise _unknown_key(task, sorted(_PRESETS), "task ")
+    table = _PRESETS[task]
+    if preset not in table:
+        close = difflib.get_close_matches(preset, list(table), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"unknown preset '{preset}' (choose from {', '.join(table)}){hint}")
+    return table[preset]
+
+
+def tasks() -> list[str]:
+    """Names of every task that has registered presets."""
+    return sorted(_PRESETS)
+
+
+# The quickstart task: a conditional DDPM restoring blurred, speckled shapes (notebook 00).
+# Sizes follow TOOLCHAIN.md: the 2.7 M UNet at 32 px trains ~0.4 s / step (bs 16) on 2 cores.
+register_presets(
+    "quickstart",
+    {
+        "ci": RunConfig(
+            data=DataConfig(image_size=16, n_train=32, n_test=8),
+            model=UNetConfig(channels=(8, 16), attention_levels=(False, True), norm_groups=4,
+                             num_heads=2, cond_image_channels=1),
+            diffusion=DiffusionConfig(timesteps=100),
+            sample=SampleConfig(steps=4),
+            train=TrainConfig(steps=4, batch_size=8, log_every=1),
+        ),
+        "smoke": RunConfig(
+            data=DataConfig(image_size=32, n_train=1024, n_test=32),
+            model=UNetConfig(channels=(16, 32, 64), cond_image_channels=1),
+            diffusion=DiffusionConfig(timesteps=1000),
+            sample=SampleConfig(steps=20),
+            train=TrainConfig(steps=300, batch_size=16, lr=1e-3, warmup_steps=20, ema_decay=0.99),
+        ),
+        "cpu": RunConfig(
+            data=DataConfig(image_size=32, n_train=4096, n_test=64),
+            model=UNetConfig(channels=(32, 64, 128), cond_image_channels=1),
+            diffusion=DiffusionConfig(timesteps=1000),
+            sample=SampleConfig(steps=20),
+            train=TrainConfig(steps=3000, batch_size=16, lr=5e-4, warmup_steps=100, ema_decay=0.999,
+                              lr_schedule="cosine"),
+        ),
+        "paper": RunConfig(
+            data=DataConfig(image_size=64, n_train=20000, n_test=256),
+            model=UNetConfig(channels=(64, 128, 256, 256), attention_levels=(False, False, True, True),
+                             layers_per_block=2, cond_image_channels=1),
+            diffusion=DiffusionConfig(timesteps=1000),
+            sample=SampleConfig(steps=50),
+            train=TrainConfig(steps=50000, batch_size=64, lr=2e-4, warmup_steps=1000, ema_decay=0.9999,
+                              lr_schedule="cosine", amp=True),
+        ),
+    },
+)

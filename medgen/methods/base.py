@@ -1,0 +1,53 @@
+"""The Method / Translator interface shared by every diffusion model and GAN.
+
+``fit()`` trains any :class:`Method`; notebooks, ``evaluate()`` and the demos only call
+:meth:`Method.translate`, so they never branch on the kind of model.
+
+A method owns one or more optimiser groups (``{"model": params}`` for diffusion,
+``{"generator": ..., "discriminator": ...}`` for GANs). Each optimiser step, ``fit()``
+calls :meth:`training_step` once per group, in the order of :meth:`param_groups`, and
+back-propagates the returned ``"loss"`` into that group's parameters only.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from medgen.config import RunConfig
+from medgen.data.batch import Batch
+
+
+class Method(nn.Module):
+    """Base class. Subclasses set ``self.config`` and implement the three methods below."""
+
+    config: RunConfig
+
+    def __init__(self, config: RunConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Optimiser groups, in the order they are stepped: name -> parameters."""
+        return {"model": [p for p in self.parameters() if p.requires_grad]}
+
+    def training_step(self, batch: Batch, group: str, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Losses for optimiser group ``group`` on ``batch``; must contain the scalar ``"loss"``."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def translate(
+        self,
+        source: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        callback: Callable[[dict], None] | None = None,
+        **options,
+    ) -> torch.Tensor:
+        """Map a source batch ``[B, C_s, *S]`` (model range) to a target batch ``[B, C_t, *S]``.
+
+        ``options`` override the sampling config for this call (``sampler``, ``steps``, ``eta``,
+        ``guidance_scale``); ``callback`` receives a dict per sampling step.
+        """
+        raise NotImplementedError
