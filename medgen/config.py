@@ -228,25 +228,22 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def set_value(cfg: Any, dotted: str, value: Any) -> Any:
+def set_value(cfg: Any, dotted: str, value: Any, prefix: str = "") -> Any:
     """Return a copy of ``cfg`` with ``dotted`` (e.g. ``train.lr``) set to ``value``."""
     head, _, rest = dotted.partition(".")
     names = [f.name for f in fields(cfg)]
     if head not in names:
-        raise _unknown_key(head, names, "")
+        raise _unknown_key(head, names, prefix)
     hints = typing.get_type_hints(type(cfg))
     if rest:
         sub = getattr(cfg, head)
         if not is_dataclass(sub):
             raise ConfigError(f"config key '{head}' has no sub-key '{rest}'")
-        try:
-            new_sub = set_value(sub, rest, value)
-        except ConfigError as err:
-            raise ConfigError(str(err).replace("'", f"'{head}.", 1)) from None
+        new_sub = set_value(sub, rest, value, prefix=f"{prefix}{head}.")
         return replace(cfg, **{head: new_sub})
     if is_dataclass(hints[head]):
         raise ConfigError(f"config key '{head}' is a section; set one of its fields, e.g. '{head}.<field>=...'")
-    return replace(cfg, **{head: _coerce(value, hints[head], dotted)})
+    return replace(cfg, **{head: _coerce(value, hints[head], prefix + dotted)})
 
 
 def apply_overrides(cfg: RunConfig, overrides: Sequence[str] | Mapping[str, Any] | None) -> RunConfig:
