@@ -1,0 +1,5 @@
+"""medgen benchmarks: speed (``python -m benchmark.speed``) and notebook/quality runs.
+
+Every benchmark writes ``reports/benchmark/<name>.csv`` with the columns
+``measure,value,unit,goal,holds`` and the same table as markdown beside it.
+"""

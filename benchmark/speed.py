@@ -1,0 +1,628 @@
+"""Speed benchmark of medgen's default UNet, samplers and training loop (CPU, fp32).
+
+Run ``python -m benchmark.speed [--quick] [--out reports/benchmark]``; it writes
+``speed.csv`` and ``speed.md`` (columns ``measure,value,unit,goal,holds``) and prints the table.
+
+Method
+------
+The machine is shared and noisy, so every goal is a *ratio of two things timed in the same
+run*. The two (or more) things compared are run as alternating "arms": round ``r`` runs
+every arm once, in forward order on even rounds and reversed order on odd rounds (so a slow
+drift hits both sides equally), after one untimed warm-up call of each arm. A ratio is the
+median over rounds of the per-round ratio; absolute times are medians over rounds.
+All sampling is under ``torch.inference_mode``; torch uses the preset's thread count.
+
+The model is ``UNet(get_preset(preset, "quickstart").model)`` (default preset ``cpu``) at the
+image size of that preset's data config, batch 16, with the preset's noise schedule and
+parameterization, wrapped in medgen's ``Denoiser``; the condition is a batch of toy test images.
+
+(a) Sampler overhead: time of ``ddim_sample`` with N steps divided by the time of N calls of
+    the Denoiser on the same batch and the same N timesteps (no sampler arithmetic). Goal <= 1.03.
+(b) medgen vs diffusers DDIM: diffusers' ``DDIMScheduler`` (the same betas, prediction type,
+    trailing spacing, x0 clipping, final alpha 1, eta 0) driven by a plain loop calling the
+    same network, against ``ddim_sample`` with the Denoiser, from the same x_T. Ratio
+    diffusers_time / medgen_time, goal >= 1.0; the max abs difference of the two outputs is a
+    row (goal <= 1e-3, i.e. below one 8-bit grey level 2/255 of the [-1, 1] range).
+(c) Training throughput: ``medgen.train.fit`` on the preset's training split (EMA and gradient
+    clipping as the preset configures them) against a plain loop (same UNet config, the same
+    in-memory batch, default ``torch.optim.AdamW`` with the preset's lr/betas/weight decay,
+    the same v/eps/x0 MSE loss written out by hand). fit's per-step time is the interval
+    between consecutive ``training_step`` calls (a wrapper records them), which covers data
+    loading, forward, backward, clipping, the optimiser, EMA and logging, but not set-up or
+    the final checkpoint. The plain loop is also run with clipping, and with clipping + EMA,
+    so the EMA and clipping costs appear as rows of their own. Goal: fit / plain >= 0.95.
+(d) Achieved GFLOP/s: FLOPs of one UNet forward counted by ``FlopCounterMode`` (convs,
+    matmuls and attention; a multiply-add is 2 FLOPs) over its median time, against the
+    measured GFLOP/s of a square fp32 ``torch.mm`` timed alternately with it. Report only.
+(e) Fast-solver NFE: a quickstart model from ``train_or_load(get_preset("smoke"), root="runs")``
+    translates the whole toy test split with DDIM-50 and with DPM-Solver++ (2M) at each NFE of
+    the grid, every run from the same x_T (the same generator seed; ``translate`` draws x_T
+    first). NFE is counted by a hook on the network. Reported: mean PSNR (data_range 2) per
+    run, and the smallest NFE whose PSNR is at least DDIM-50's minus 0.2 dB (one-sided:
+    fewer-step samplers tend to give smoother images that can score *higher* PSNR, which is no
+    loss of quality). The two-sided ``|dPSNR| <= 0.2`` NFE is reported beside it. Goal <= 25.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medgen.config import RunConfig, get_preset
+from medgen.data.batch import Batch, collate
+from medgen.registry import DATASETS, METHODS, lookup
+from medgen.reports import markdown_table, resolve_reports_root
+
+COLUMNS = ("measure", "value", "unit", "goal", "holds")
+FULL_NFES = (5, 8, 10, 15, 20, 25, 30, 50)
+QUICK_NFES = (5, 10, 20)
+PSNR_TOLERANCE_DB = 0.2
+REFERENCE_STEPS = 50
+PREDICTION_TO_DIFFUSERS = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
+
+
+# --------------------------------------------------------------------------------------
+# Rows and report
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Row:
+    """One line of the report. ``goal`` is e.g. ``"<= 1.03"`` or ``"report"``; ``holds`` is None for report rows."""
+
+    measure: str
+    value: float
+    unit: str
+    goal: str = "report"
+    holds: bool | None = None
+
+
+def goal_row(measure: str, value: float, unit: str, op: str, threshold: float) -> Row:
+    """A row with a goal ``value <op> threshold`` (op is ``"<="`` or ``">="``); NaN never holds."""
+    ok = value <= threshold if op == "<=" else value >= threshold
+    return Row(measure, value, unit, f"{op} {threshold:g}", bool(ok) and not math.isnan(value))
+
+
+def to_frame(rows: Sequence[Row]) -> pd.DataFrame:
+    """The rows as a DataFrame with the report columns (``holds`` empty for report-only rows)."""
+    records = [(r.measure, float(r.value), r.unit, r.goal, "" if r.holds is None else str(r.holds)) for r in rows]
+    return pd.DataFrame.from_records(records, columns=list(COLUMNS))
+
+
+def to_markdown(rows: Sequence[Row]) -> str:
+    """The rows as a GitHub markdown table (values to 4 significant digits)."""
+    return markdown_table(to_frame(rows), floatfmt=".4g")
+
+
+def write_report(rows: Sequence[Row], out_dir: Path, header: str) -> tuple[Path, Path]:
+    """Write ``speed.csv`` and ``speed.md`` (same table, under a provenance line) to ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path, md_path = out_dir / "speed.csv", out_dir / "speed.md"
+    to_frame(rows).to_csv(csv_path, index=False, float_format="%.6g")
+    md_path.write_text(f"# Speed benchmark\n\n{header}\n\n{to_markdown(rows)}")
+    return csv_path, md_path
+
+
+def log(message: str) -> None:
+    """Progress line on stdout."""
+    print(f"[speed {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# --------------------------------------------------------------------------------------
+# Timing
+# --------------------------------------------------------------------------------------
+def timed(fn: Callable[[], object]) -> float:
+    """Wall-clock seconds of one call of ``fn``."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def interleave(arms: Mapping[str, Callable[[], object]], repeats: int, label: str, warmup: int = 1) -> dict[str, list[float]]:
+    """Time each arm ``repeats`` times, alternating arm order every round; returns seconds per arm."""
+    names = list(arms)
+    for _ in range(warmup):
+        for name in names:
+            arms[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else names[::-1]:
+            times[name].append(timed(arms[name]))
+        done = ", ".join(f"{n} {times[n][-1]:.3f}s" for n in names)
+        log(f"{label} round {r + 1}/{repeats}: {done}")
+    return times
+
+
+def paired_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> float:
+    """Median over rounds of ``numerator[r] / denominator[r]``."""
+    return statistics.median(a / b for a, b in zip(numerator, denominator))
+
+
+# --------------------------------------------------------------------------------------
+# The benchmarked model
+# --------------------------------------------------------------------------------------
+@dataclass
+class SpeedSetup:
+    """The UNet under test, its Denoiser and one fixed batch (``x_T``, condition, target)."""
+
+    cfg: RunConfig
+    net: nn.Module
+    denoiser: nn.Module
+    x_T: torch.Tensor  # [B, out_channels, S, S]
+    source: torch.Tensor  # [B, cond_image_channels, S, S]
+    target: torch.Tensor  # [B, out_channels, S, S]
+
+    @property
+    def batch_size(self) -> int:
+        return self.x_T.shape[0]
+
+    def cond(self, image: torch.Tensor | None = None):
+        """The network condition for the batch (channel-concatenated source image)."""
+        from medgen.nn.unet import Condition
+
+        return Condition(image=self.source if image is None else image)
+
+
+def fixed_batch(cfg: RunConfig, batch_size: int) -> Batch:
+    """``batch_size`` toy test samples (cycled if the split is smaller)."""
+    dataset = lookup(DATASETS, cfg.data.dataset)(cfg.data, "test")
+    return collate([dataset[i % len(dataset)] for i in range(batch_size)])
+
+
+def build_setup(preset: str, batch_size: int, seed: int = 0) -> SpeedSetup:
+    """The default UNet of ``preset`` (quickstart task) with random init, and its batch."""
+    from medgen.diffusion.parameterization import Denoiser
+    from medgen.diffusion.schedules import NoiseSchedule
+    from medgen.nn.unet import UNet
+
+    cfg = get_preset(preset, "quickstart")
+    torch.manual_seed(seed)
+    net = UNet(cfg.model).eval()
+    schedule = NoiseSchedule.from_config(cfg.diffusion)
+    denoiser = Denoiser(net, schedule, prediction=cfg.diffusion.prediction, clip_x0=cfg.diffusion.clip_x0)
+    batch = fixed_batch(cfg, batch_size)
+    generator = torch.Generator().manual_seed(seed)
+    x_T = torch.randn(batch.target.shape, generator=generator)
+    return SpeedSetup(cfg, net, denoiser, x_T, batch.source, batch.target)
+
+
+def n_parameters(net: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in net.parameters() if p.requires_grad)
+
+
+# --------------------------------------------------------------------------------------
+# (a) sampler overhead
+# --------------------------------------------------------------------------------------
+def measure_sampler_overhead(s: SpeedSetup, steps: int, repeats: int) -> list[Row]:
+    """time(N-step DDIM) / (N x time(one Denoiser forward)), same batch and timesteps."""
+    from medgen.diffusion.samplers import ddim_sample
+    from medgen.diffusion.schedules import respace
+
+    timesteps = respace(s.cfg.diffusion.timesteps, steps, s.cfg.sample.spacing)
+    cond = s.cond()
+    t_batches = [t.repeat(s.batch_size) for t in timesteps]
+
+    def sample() -> None:
+        ddim_sample(s.denoiser, s.x_T, timesteps, cond, eta=0.0)
+
+    def forwards() -> None:
+        for t in t_batches:
+            s.denoiser(s.x_T, t, cond)
+
+    with torch.inference_mode():
+        times = interleave({"ddim": sample, "forwards": forwards}, repeats, f"(a) DDIM-{steps} vs {steps} forwards")
+    ratio = paired_ratio(times["ddim"], times["forwards"])
+    return [
+        Row(f"(a) DDIM-{steps} sample, batch {s.batch_size}", statistics.median(times["ddim"]), "s"),
+        Row("(a) one UNet forward via Denoiser", 1e3 * statistics.median(times["forwards"]) / steps, "ms"),
+        goal_row("(a) sampler overhead: DDIM time / (N x forward time)", ratio, "x", "<=", 1.03),
+    ]
+
+
+# --------------------------------------------------------------------------------------
+# (b) medgen DDIM vs diffusers DDIMScheduler
+# --------------------------------------------------------------------------------------
+def diffusers_scheduler(s: SpeedSetup):
+    """A diffusers DDIMScheduler configured like medgen's DDIM (same betas, spacing, clipping, final alpha 1)."""
+    from diffusers import DDIMScheduler
+
+    d = s.cfg.diffusion
+    scheduler = DDIMScheduler(
+        num_train_timesteps=d.timesteps,
+        trained_betas=s.denoiser.schedule.betas.numpy(),
+        prediction_type=PREDICTION_TO_DIFFUSERS[d.prediction],
+        clip_sample=d.clip_x0,
+        clip_sample_range=1.0,
+        set_alpha_to_one=True,
+        steps_offset=0,
+        timestep_spacing=s.cfg.sample.spacing,
+    )
+    return scheduler
+
+
+def diffusers_ddim(s: SpeedSetup, scheduler, use_clipped_eps: bool, steps: int, cond) -> torch.Tensor:
+    """Deterministic DDIM with diffusers' scheduler driving the raw network: x_T -> x_0."""
+    scheduler.set_timesteps(steps)
+    x = s.x_T
+    for t in scheduler.timesteps:
+        out = s.net(x, t.repeat(s.batch_size), cond)
+        x = scheduler.step(out, t, x, eta=0.0, use_clipped_model_output=use_clipped_eps).prev_sample
+    return x
+
+
+def medgen_clips_eps(s: SpeedSetup) -> bool:
+    """Whether medgen's Denoiser re-derives eps from the clipped x0 (diffusers' use_clipped_model_output)."""
+    x = torch.full_like(s.x_T[:1], 3.0)  # far outside [-1, 1]: x0 will be clipped
+    t = torch.tensor([s.cfg.diffusion.timesteps // 2])
+    with torch.inference_mode():
+        pred = s.denoiser(x, t, s.cond(s.source[:1]))
+        a = s.denoiser.schedule.alphas_cumprod[t].float().view(-1, 1, 1, 1)
+        eps_from_x0 = (x - a.sqrt() * pred.x0) / (1 - a).sqrt()
+    return bool(torch.allclose(pred.eps, eps_from_x0, atol=1e-4))
+
+
+def measure_vs_diffusers(s: SpeedSetup, steps: int, repeats: int) -> list[Row]:
+    """diffusers_time / medgen_time for N-step DDIM (eta 0), and max |output difference|."""
+    from medgen.diffusion.samplers import ddim_sample
+    from medgen.diffusion.schedules import respace
+
+    clipped = medgen_clips_eps(s)
+    scheduler = diffusers_scheduler(s)
+    timesteps = respace(s.cfg.diffusion.timesteps, steps, s.cfg.sample.spacing)
+    scheduler.set_timesteps(steps)
+    if not torch.equal(scheduler.timesteps.long(), timesteps.long()):
+        log(f"(b) WARNING timesteps differ: diffusers {scheduler.timesteps.tolist()} medgen {timesteps.tolist()}")
+    cond = s.cond()
+    outs: dict[str, torch.Tensor] = {}
+
+    def medgen() -> None:
+        outs["medgen"] = ddim_sample(s.denoiser, s.x_T, timesteps, cond, eta=0.0)
+
+    def diffusers() -> None:
+        outs["diffusers"] = diffusers_ddim(s, scheduler, clipped, steps, cond)
+
+    with torch.inference_mode():
+        times = interleave({"medgen": medgen, "diffusers": diffusers}, repeats, f"(b) DDIM-{steps} medgen vs diffusers")
+    diff = (outs["medgen"] - outs["diffusers"]).abs().max().item()
+    return [
+        Row(f"(b) diffusers DDIMScheduler loop DDIM-{steps}", statistics.median(times["diffusers"]), "s"),
+        goal_row("(b) speed ratio diffusers_time / medgen_time", paired_ratio(times["diffusers"], times["medgen"]), "x", ">=", 1.0),
+        goal_row("(b) max |medgen - diffusers| output", diff, "model range", "<=", 1e-3),
+    ]
+
+
+# --------------------------------------------------------------------------------------
+# (c) training throughput: fit() vs a plain loop
+# --------------------------------------------------------------------------------------
+@dataclass
+class PlainTrainer:
+    """A plain PyTorch training loop on one fixed batch: AdamW, the preset's MSE loss, optional clip/EMA."""
+
+    net: nn.Module
+    alphas_cumprod: torch.Tensor  # float32 [T]
+    prediction: str
+    source: torch.Tensor
+    x0: torch.Tensor
+    optimizer: torch.optim.Optimizer
+    ema: list[torch.Tensor]
+    ema_decay: float
+
+    @classmethod
+    def create(cls, s: SpeedSetup, seed: int = 0) -> "PlainTrainer":
+        from medgen.nn.unet import UNet
+
+        torch.manual_seed(seed)
+        net = UNet(s.cfg.model).train()
+        tc = s.cfg.train
+        opt = torch.optim.AdamW(net.parameters(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
+        ema = [p.detach().clone() for p in net.parameters()]
+        ac = s.denoiser.schedule.alphas_cumprod.float()
+        return cls(net, ac, s.cfg.diffusion.prediction, s.source, s.target, opt, ema, tc.ema_decay)
+
+    def loss(self) -> torch.Tensor:
+        """MSE between the network output and its target (eps, x0 or v) at uniform random t."""
+        from medgen.nn.unet import Condition
+
+        x0 = self.x0
+        t = torch.randint(0, self.alphas_cumprod.shape[0], (x0.shape[0],))
+        noise = torch.randn_like(x0)
+        a = self.alphas_cumprod[t].view(-1, *([1] * (x0.dim() - 1)))
+        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        target = {"eps": noise, "x0": x0, "v": a.sqrt() * noise - (1 - a).sqrt() * x0}[self.prediction]
+        return F.mse_loss(self.net(x_t, t, Condition(image=self.source)), target)
+
+    def step(self, clip: float, ema: bool) -> None:
+        """One optimiser step; ``clip`` > 0 clips the global grad norm, ``ema`` updates the EMA copy."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.loss().backward()
+        if clip > 0:
+            nn.utils.clip_grad_norm_(self.net.parameters(), clip)
+        self.optimizer.step()
+        if ema:
+            with torch.no_grad():
+                for e, p in zip(self.ema, self.net.parameters()):
+                    e.lerp_(p, 1.0 - self.ema_decay)
+
+    def run(self, steps: int, clip: float, ema: bool) -> list[float]:
+        """Seconds of each of ``steps`` steps."""
+        return [timed(lambda: self.step(clip, ema)) for _ in range(steps)]
+
+
+class StepClock:
+    """Records a timestamp at every ``training_step`` call of a method (wraps the bound method)."""
+
+    def __init__(self, method: nn.Module) -> None:
+        self.stamps: list[float] = []
+        inner = method.training_step
+
+        def training_step(*args, **kwargs):
+            self.stamps.append(time.perf_counter())
+            return inner(*args, **kwargs)
+
+        object.__setattr__(method, "training_step", training_step)
+
+    def intervals(self) -> list[float]:
+        """Seconds between consecutive calls."""
+        return [b - a for a, b in zip(self.stamps, self.stamps[1:])]
+
+
+def fit_step_times(cfg: RunConfig, dataset, steps: int, seed: int = 0) -> list[float]:
+    """Per-step seconds of ``medgen.train.fit`` over ``steps`` steps (first interval dropped)."""
+    from medgen.train import fit
+
+    torch.manual_seed(seed)
+    method = lookup(METHODS, cfg.method)(cfg)
+    clock = StepClock(method)
+    calls_per_step = max(1, len(method.param_groups())) * cfg.train.grad_accum
+    train_cfg = replace(cfg.train, steps=steps, ckpt_every=0, sample_every=0)
+    with tempfile.TemporaryDirectory(prefix="medgen-speed-fit-") as tmp:
+        fit(method, dataset, train_cfg, out_dir=Path(tmp) / "run", seed=seed, resume=False, progress=False)
+    per_call = clock.intervals()[calls_per_step:]  # drop the first step (warm-up)
+    return [sum(per_call[i:i + calls_per_step]) for i in range(0, len(per_call) - calls_per_step + 1, calls_per_step)]
+
+
+def training_arms(s: SpeedSetup, dataset, steps: int) -> dict[str, Callable[[], list[float]]]:
+    """Block-level arms of (c); each returns the per-step seconds of one block of ``steps`` steps."""
+    tc = s.cfg.train
+    plain = PlainTrainer.create(s)
+    return {
+        "plain": lambda: plain.run(steps, clip=0.0, ema=False)[1:],
+        "plain+clip": lambda: plain.run(steps, clip=tc.grad_clip, ema=False)[1:],
+        "plain+clip+ema": lambda: plain.run(steps, clip=tc.grad_clip, ema=tc.ema_decay > 0)[1:],
+        "fit": lambda: fit_step_times(s.cfg, dataset, steps + 1),
+    }
+
+
+def run_training_rounds(arms: Mapping[str, Callable[[], list[float]]], rounds: int) -> dict[str, list[float]]:
+    """Per-round median step seconds of each arm, arm order alternating per round (after a warm-up)."""
+    names = list(arms)
+    for name in names:
+        arms[name]()
+    medians: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            medians[name].append(statistics.median(arms[name]()))
+        log(f"(c) round {r + 1}/{rounds}: " + ", ".join(f"{n} {medians[n][-1] * 1e3:.0f} ms/step" for n in names))
+    return medians
+
+
+def measure_training(s: SpeedSetup, steps: int, rounds: int) -> list[Row]:
+    """Images/s of fit() vs plain loops, their ratio, and the per-step cost of clipping and EMA."""
+    tc = s.cfg.train
+    log(f"(c) building the {s.cfg.data.dataset} train split (n={s.cfg.data.n_train})")
+    dataset = lookup(DATASETS, s.cfg.data.dataset)(s.cfg.data, "train")
+    med = run_training_rounds(training_arms(s, dataset, steps), rounds)
+    ips = {n: tc.batch_size / statistics.median(v) for n, v in med.items()}
+    clip_ms = 1e3 * paired_diff(med["plain+clip"], med["plain"])
+    ema_ms = 1e3 * paired_diff(med["plain+clip+ema"], med["plain+clip"])
+    return [
+        Row("(c) train images/s, plain loop (AdamW only)", ips["plain"], "img/s"),
+        Row(f"(c) train images/s, plain + clip {tc.grad_clip:g} + EMA {tc.ema_decay:g}", ips["plain+clip+ema"], "img/s"),
+        Row("(c) train images/s, medgen.train.fit", ips["fit"], "img/s"),
+        goal_row("(c) fit / plain loop throughput", paired_ratio(med["plain"], med["fit"]), "x", ">=", 0.95),
+        Row("(c) fit / plain+clip+EMA throughput (same work)", paired_ratio(med["plain+clip+ema"], med["fit"]), "x"),
+        Row("(c) grad-clip cost per step (plain loop)", clip_ms, "ms"),
+        Row("(c) EMA cost per step (plain loop)", ema_ms, "ms"),
+    ]
+
+
+def paired_diff(a: Sequence[float], b: Sequence[float]) -> float:
+    """Median over rounds of ``a[r] - b[r]``."""
+    return statistics.median(x - y for x, y in zip(a, b))
+
+
+# --------------------------------------------------------------------------------------
+# (d) achieved GFLOP/s
+# --------------------------------------------------------------------------------------
+def forward_flops(s: SpeedSetup) -> int:
+    """FLOPs of one UNet forward on the batch, counted by FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    t = torch.full((s.batch_size,), s.cfg.diffusion.timesteps // 2)
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        s.net(s.x_T, t, s.cond())
+    return int(counter.get_total_flops())
+
+
+def measure_flops(s: SpeedSetup, repeats: int, mm_size: int) -> list[Row]:
+    """UNet forward GFLOP/s vs square fp32 matmul GFLOP/s, timed alternately."""
+    flops = forward_flops(s)
+    t = torch.full((s.batch_size,), s.cfg.diffusion.timesteps // 2)
+    cond = s.cond()
+    a, b = torch.randn(mm_size, mm_size), torch.randn(mm_size, mm_size)
+    arms = {"unet": lambda: s.net(s.x_T, t, cond), "mm": lambda: torch.mm(a, b)}
+    with torch.inference_mode():
+        times = interleave(arms, repeats, f"(d) UNet forward vs mm {mm_size}^2")
+    unet_gflops = flops / statistics.median(times["unet"]) / 1e9
+    mm_gflops = 2 * mm_size**3 / statistics.median(times["mm"]) / 1e9
+    fraction = statistics.median(flops / u / (2 * mm_size**3 / m) for u, m in zip(times["unet"], times["mm"]))
+    return [
+        Row(f"(d) UNet forward FLOPs per image ({s.x_T.shape[-1]} px)", flops / s.batch_size / 1e9, "GFLOP"),
+        Row(f"(d) UNet forward achieved, batch {s.batch_size}", unet_gflops, "GFLOP/s"),
+        Row(f"(d) fp32 torch.mm {mm_size}x{mm_size} achieved", mm_gflops, "GFLOP/s"),
+        Row("(d) UNet / matmul GFLOP/s fraction", fraction, "fraction"),
+    ]
+
+
+# --------------------------------------------------------------------------------------
+# (e) NFE of DPM-Solver++ to match DDIM-50 PSNR
+# --------------------------------------------------------------------------------------
+class NFECounter:
+    """Counts forward calls of every UNet inside a module (hooks; remove with :meth:`close`)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        from medgen.nn.unet import UNet
+
+        self.calls = 0
+        nets = [m for m in module.modules() if isinstance(m, UNet)]
+        self.handles = [m.register_forward_pre_hook(self._hook) for m in nets]
+
+    def _hook(self, *_: object) -> None:
+        self.calls += 1
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def translate_psnr(method: nn.Module, batch: Batch, seed: int, **options) -> tuple[float, int]:
+    """Mean PSNR (data_range 2) of ``method.translate`` on ``batch`` from the x_T of ``seed``; and its NFE."""
+    from medgen.metrics.image import psnr
+
+    counter = NFECounter(method)
+    try:
+        with torch.inference_mode():
+            pred = method.translate(batch.source, generator=torch.Generator().manual_seed(seed), **options)
+    finally:
+        counter.close()
+    return float(psnr(pred, batch.target, data_range=2.0).mean()), counter.calls
+
+
+def smallest_nfe(psnrs: Mapping[int, float], reference: float, two_sided: bool) -> float:
+    """Smallest NFE within PSNR_TOLERANCE_DB of ``reference`` (NaN if none)."""
+    for nfe in sorted(psnrs):
+        gap = psnrs[nfe] - reference
+        if (abs(gap) if two_sided else -gap) <= PSNR_TOLERANCE_DB:
+            return float(nfe)
+    return math.nan
+
+
+def measure_fast_solver(preset: str, root: str, nfes: Sequence[int], seed: int = 0) -> list[Row]:
+    """PSNR of DDIM-50 and DPM-Solver++ at each NFE on the toy test split, same x_T."""
+    from medgen.metrics.image import psnr
+    from medgen.train import train_or_load
+
+    cfg = get_preset(preset, "quickstart")
+    log(f"(e) train_or_load quickstart/{preset} under {root}/ (cached by config hash)")
+    method = train_or_load(cfg, root=root).eval()
+    dataset = lookup(DATASETS, cfg.data.dataset)(cfg.data, "test")
+    batch = collate([dataset[i] for i in range(len(dataset))])
+    base = float(psnr(batch.source, batch.target, data_range=2.0).mean())
+    ref, ref_nfe = translate_psnr(method, batch, seed, sampler="ddim", steps=REFERENCE_STEPS, eta=0.0)
+    log(f"(e) DDIM-{REFERENCE_STEPS}: {ref:.3f} dB ({ref_nfe} network calls); source input {base:.3f} dB")
+    rows = [Row(f"(e) PSNR source input (trivial baseline), n={len(batch)}", base, "dB"),
+            Row(f"(e) PSNR DDIM-{REFERENCE_STEPS}", ref, "dB")]
+    psnrs: dict[int, float] = {}
+    for nfe in nfes:
+        psnrs[nfe], calls = translate_psnr(method, batch, seed, sampler="dpmpp", steps=nfe)
+        log(f"(e) dpmpp NFE {nfe}: {psnrs[nfe]:.3f} dB ({calls} network calls)")
+        rows.append(Row(f"(e) PSNR dpmpp NFE={nfe} ({calls} net calls)", psnrs[nfe], "dB"))
+    rows.append(goal_row(f"(e) smallest dpmpp NFE with PSNR >= DDIM-{REFERENCE_STEPS} - 0.2 dB",
+                         smallest_nfe(psnrs, ref, two_sided=False), "NFE", "<=", 25))
+    rows.append(Row(f"(e) smallest dpmpp NFE with |PSNR - DDIM-{REFERENCE_STEPS}| <= 0.2 dB",
+                    smallest_nfe(psnrs, ref, two_sided=True), "NFE"))
+    return rows
+
+
+# --------------------------------------------------------------------------------------
+# Driver
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Plan:
+    """Sizes of one benchmark run (``--quick`` shrinks them)."""
+
+    steps: int
+    repeats: int
+    train_steps: int
+    train_rounds: int
+    mm_size: int
+    nfes: tuple[int, ...]
+
+
+def make_plan(quick: bool, steps: int | None) -> Plan:
+    """Full or quick sizes; ``steps`` overrides the DDIM step count of (a) and (b)."""
+    if quick:
+        return Plan(steps or 4, 3, 4, 2, 512, QUICK_NFES)
+    return Plan(steps or 20, 9, 10, 3, 2048, FULL_NFES)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Command-line options."""
+    p = argparse.ArgumentParser(prog="python -m benchmark.speed", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="few repeats and steps (development)")
+    p.add_argument("--out", default="reports/benchmark", help="folder for speed.csv / speed.md")
+    p.add_argument("--preset", default="cpu", help="quickstart preset whose UNet is timed (a-d)")
+    p.add_argument("--quality-preset", default="smoke", help="quickstart preset trained/loaded for (e)")
+    p.add_argument("--root", default="runs", help="train_or_load cache folder for (e)")
+    p.add_argument("--batch", type=int, default=16, help="batch size of (a), (b), (d)")
+    p.add_argument("--steps", type=int, default=None, help="DDIM steps N of (a), (b) (default 20; quick 4)")
+    p.add_argument("--only", default="abcde", help="subset of the measures to run, e.g. 'ab'")
+    return p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> list[Row]:
+    """Run the selected measures and return their rows."""
+    plan = make_plan(args.quick, args.steps)
+    cfg = get_preset(args.preset, "quickstart")
+    torch.set_num_threads(cfg.train.num_threads)
+    log(f"preset {args.preset}: UNet {cfg.model.channels}, {cfg.data.image_size} px, batch {args.batch}, "
+        f"{torch.get_num_threads()} threads, plan {plan}")
+    s = build_setup(args.preset, args.batch)
+    rows = [Row(f"UNet parameters ({args.preset} preset)", n_parameters(s.net) / 1e6, "M")]
+    if "a" in args.only:
+        rows += measure_sampler_overhead(s, plan.steps, plan.repeats)
+    if "b" in args.only:
+        rows += measure_vs_diffusers(s, plan.steps, plan.repeats)
+    if "c" in args.only:
+        rows += measure_training(s, plan.train_steps, plan.train_rounds)
+    if "d" in args.only:
+        rows += measure_flops(s, plan.repeats, plan.mm_size)
+    if "e" in args.only:
+        rows += measure_fast_solver(args.quality_preset, args.root, plan.nfes)
+    return rows
+
+
+def header(argv: Sequence[str]) -> str:
+    """Provenance line of the markdown report."""
+    command = " ".join(["python -m benchmark.speed", *argv])
+    return (f"`{command}` on {platform.machine()} ({torch.get_num_threads()} torch threads, "
+            f"torch {torch.__version__}), {time.strftime('%Y-%m-%d %H:%M')}. Ratios are medians of "
+            "per-round ratios of interleaved runs; see benchmark/README.md.")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: run, write the CSV and markdown, print the table."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    start = time.perf_counter()
+    rows = run(args)
+    csv_path, md_path = write_report(rows, resolve_reports_root(args.out), header(argv))
+    print(to_markdown(rows))
+    log(f"wrote {csv_path} and {md_path} in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

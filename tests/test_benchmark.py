@@ -1,0 +1,62 @@
+"""The speed benchmark runs end to end on the tiny ``ci`` preset and writes the report schema.
+
+No timing assertions: the numbers of a ``--quick`` run at ``ci`` size mean nothing; only the
+code path and the CSV / markdown contract (DESIGN.md) are checked.
+"""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from benchmark import speed
+
+GOAL = re.compile(r"^(report|(<=|>=) \S+)$")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Run ``benchmark.speed --quick`` at the ``ci`` preset into a temporary folder."""
+    tmp = tmp_path_factory.mktemp("speed")
+    argv = ["--quick", "--preset", "ci", "--quality-preset", "ci", "--batch", "4", "--steps", "3",
+            "--root", str(tmp / "runs"), "--out", str(tmp / "out")]
+    assert speed.main(argv) == 0
+    return tmp / "out"
+
+
+def test_csv_schema(report: Path) -> None:
+    df = pd.read_csv(report / "speed.csv", keep_default_na=False)
+    assert list(df.columns) == ["measure", "value", "unit", "goal", "holds"]
+    assert df["measure"].is_unique
+    for measure in ("(a)", "(b)", "(c)", "(d)", "(e)"):
+        assert df["measure"].str.startswith(measure).any(), measure
+    for row in df.itertuples():
+        value = float(row.value)
+        assert GOAL.match(row.goal), row
+        if row.goal == "report":
+            assert row.holds == "", row
+        else:
+            assert row.holds in ("True", "False"), row
+            if not math.isnan(value):
+                op, threshold = row.goal.split()
+                expected = value <= float(threshold) if op == "<=" else value >= float(threshold)
+                assert str(expected) == row.holds, row
+
+
+def test_markdown_has_the_same_rows(report: Path) -> None:
+    df = pd.read_csv(report / "speed.csv", keep_default_na=False)
+    lines = [ln for ln in (report / "speed.md").read_text().splitlines() if ln.startswith("| ")]
+    assert lines[0] == "| measure | value | unit | goal | holds |"
+    assert [ln.split(" | ")[0][2:] for ln in lines[1:]] == list(df["measure"])
+
+
+def test_goal_row_and_nfe_rule() -> None:
+    assert speed.goal_row("x", 1.02, "x", "<=", 1.03).holds is True
+    assert speed.goal_row("x", float("nan"), "NFE", "<=", 25).holds is False
+    psnrs = {5: 20.5, 10: 19.9, 20: 20.0}
+    assert speed.smallest_nfe(psnrs, 20.0, two_sided=False) == 5  # higher PSNR counts as matched
+    assert speed.smallest_nfe(psnrs, 20.0, two_sided=True) == 10
+    assert math.isnan(speed.smallest_nfe({5: 18.0}, 20.0, two_sided=False))
