@@ -1,0 +1,40 @@
+"""Shared test setup: the ``ci`` preset, two torch threads, a temporary runs folder, markers.
+
+Tests run at the tiny ``ci`` preset (``MEDGEN_PRESET=ci`` unless the caller chose another)
+and with two CPU threads (TOOLCHAIN.md: one thread is about 2x slower, more threads than
+cores stall). Never run them in parallel (no pytest-xdist).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("MEDGEN_PRESET", "ci")
+
+import torch  # noqa: E402  (after the environment is set)
+
+torch.set_num_threads(2)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the markers (also declared in pyproject.toml) so ``--strict-markers`` works."""
+    config.addinivalue_line("markers", "slow: trains or samples a model; seconds to a minute on 2 CPU cores")
+    config.addinivalue_line("markers", "browser: drives headless Chromium through Playwright")
+
+
+@pytest.fixture
+def tmp_runs(tmp_path: Path) -> Path:
+    """An empty folder for training runs / checkpoints, removed with ``tmp_path``."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    return runs
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    """The repository root (the folder holding pyproject.toml)."""
+    return REPO_ROOT

@@ -1,0 +1,164 @@
+"""medgen.config: presets, JSON round trip, overrides, misspelled keys and type errors."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from medgen import config as C
+from medgen.config import ConfigError, RunConfig
+
+
+def all_presets() -> list[tuple[str, str]]:
+    """Every registered (task, preset) pair."""
+    return [(task, preset) for task in C.tasks() for preset in C.PRESET_NAMES]
+
+
+# --------------------------------------------------------------------------------------
+# Presets
+# --------------------------------------------------------------------------------------
+def test_quickstart_has_the_four_presets() -> None:
+    assert "quickstart" in C.tasks()
+    for preset in C.PRESET_NAMES:
+        cfg = C.get_preset(preset, task="quickstart")
+        assert isinstance(cfg, RunConfig)
+        assert cfg.preset == preset and cfg.name == "quickstart"
+
+
+@pytest.mark.parametrize(("task", "preset"), all_presets())
+def test_preset_is_consistent(task: str, preset: str) -> None:
+    cfg = C.get_preset(preset, task=task)
+    assert cfg.preset == preset and cfg.name == task
+    assert len(cfg.model.attention_levels) == len(cfg.model.channels)
+    assert all(ch % cfg.model.norm_groups == 0 for ch in cfg.model.channels)
+    assert cfg.train.batch_size % cfg.train.grad_accum == 0
+    assert cfg.train.steps > 0 and cfg.sample.steps > 0
+
+
+def test_presets_grow_with_budget() -> None:
+    sizes = [C.get_preset(p).train.steps for p in C.PRESET_NAMES]
+    assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
+    assert C.get_preset("ci").data.image_size <= C.get_preset("paper").data.image_size
+
+
+def test_unknown_preset_suggests_closest() -> None:
+    with pytest.raises(ConfigError, match=r"unknown preset 'smok'.*did you mean 'smoke'") as info:
+        C.get_preset("smok")
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_task_is_one_line() -> None:
+    with pytest.raises(ConfigError, match="quickstart") as info:
+        C.get_preset("ci", task="quickstrat")
+    assert "\n" not in str(info.value)
+
+
+def test_register_presets_requires_all_four() -> None:
+    with pytest.raises(ConfigError, match=r"lacks presets \['cpu', 'paper'\]"):
+        C.register_presets("incomplete_task", {"ci": RunConfig(), "smoke": RunConfig()})
+    assert "incomplete_task" not in C.tasks()
+
+
+def test_configs_are_frozen() -> None:
+    cfg = C.get_preset("ci")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.seed = 3  # type: ignore[misc]
+
+
+# --------------------------------------------------------------------------------------
+# JSON round trip and hashing
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("task", "preset"), all_presets())
+def test_json_round_trip(task: str, preset: str) -> None:
+    cfg = C.get_preset(preset, task=task)
+    again = C.from_json(C.to_json(cfg))
+    assert again == cfg
+    assert isinstance(again.model.channels, tuple) and isinstance(again.train.betas, tuple)
+    assert C.config_hash(again) == C.config_hash(cfg)
+
+
+def test_json_is_sorted_and_plain() -> None:
+    data = json.loads(C.to_json(C.get_preset("ci")))
+    assert list(data) == sorted(data)
+    assert data["model"]["channels"] == list(C.get_preset("ci").model.channels)
+
+
+def test_hash_changes_with_any_field() -> None:
+    cfg = C.get_preset("ci")
+    assert C.config_hash(C.apply_overrides(cfg, ["train.lr=0.1"])) != C.config_hash(cfg)
+    assert C.config_hash(C.apply_overrides(cfg, ["seed=1"])) != C.config_hash(cfg)
+    assert len(C.config_hash(cfg)) == 12
+
+
+def test_from_dict_rejects_unknown_nested_key() -> None:
+    data = C.to_dict(C.get_preset("ci"))
+    data["train"]["learning_rate"] = 0.1
+    with pytest.raises(ConfigError, match=r"unknown config key 'train\.learning_rate'"):
+        C.from_dict(data)
+
+
+def test_from_dict_fills_missing_keys_with_defaults() -> None:
+    cfg = C.from_dict({"method": "cddpm", "train": {"steps": 7}})
+    assert cfg.train.steps == 7 and cfg.train.lr == RunConfig().train.lr
+
+
+# --------------------------------------------------------------------------------------
+# --set overrides
+# --------------------------------------------------------------------------------------
+def test_overrides_parse_types() -> None:
+    cfg = C.apply_overrides(C.get_preset("ci"), [
+        "train.steps=3", "train.lr=1e-3", "train.amp=true", "sample.sampler=ddpm",
+        "model.channels=(4, 8)", "model.attention_levels=[false, true]", "train.betas=(0.5,0.9)",
+        "seed = 5",
+    ])
+    assert cfg.train.steps == 3 and cfg.train.lr == pytest.approx(1e-3)
+    assert cfg.train.amp is True and cfg.sample.sampler == "ddpm"
+    assert cfg.model.channels == (4, 8) and cfg.model.attention_levels == (False, True)
+    assert cfg.train.betas == (0.5, 0.9) and cfg.seed == 5
+
+
+def test_overrides_from_mapping_and_int_to_float() -> None:
+    cfg = C.apply_overrides(C.get_preset("ci"), {"train.lr": 1, "data.n_test": 4.0})
+    assert isinstance(cfg.train.lr, float) and cfg.train.lr == 1.0
+    assert cfg.data.n_test == 4 and isinstance(cfg.data.n_test, int)
+
+
+def test_overrides_leave_original_untouched() -> None:
+    cfg = C.get_preset("ci")
+    C.apply_overrides(cfg, ["train.steps=99"])
+    assert C.get_preset("ci").train.steps == cfg.train.steps != 99
+
+
+@pytest.mark.parametrize(("override", "suggestion"), [
+    ("train.stesp=3", "train.steps"),
+    ("trian.steps=3", "train"),
+    ("sample.sampeler=ddim", "sample.sampler"),
+    ("diffusion.predction=x0", "diffusion.prediction"),
+])
+def test_misspelled_key_suggests(override: str, suggestion: str) -> None:
+    with pytest.raises(ConfigError, match=f"did you mean '{suggestion}'") as info:
+        C.apply_overrides(C.get_preset("ci"), [override])
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("train.steps=abc", r"train\.steps: expected an integer, got 'abc'"),
+    ("train.steps=1.5", r"train\.steps: expected an integer"),
+    ("train.lr=fast", r"train\.lr: expected a number"),
+    ("train.amp=1", r"train\.amp: expected true/false"),
+    ("sample.sampler=3", r"sample\.sampler: expected a string"),
+    ("train.betas=(0.9,)", r"train\.betas: expected 2 values, got 1"),
+    ("model.channels=8", r"model\.channels: expected a list"),
+    ("train=3", r"'train' is a section"),
+    ("seed.x=1", r"has no sub-key 'x'"),
+    ("train.steps", r"not of the form key=value"),
+])
+def test_override_type_errors(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        C.apply_overrides(C.get_preset("ci"), [override])
+    assert "\n" not in str(info.value)
+
+
+def test_config_error_is_value_error() -> None:
+    assert issubclass(ConfigError, ValueError)
