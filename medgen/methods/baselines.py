@@ -6,7 +6,7 @@
   spatial axes only (option ``sigma`` in pixels, default ``DEFAULT_SIGMA``), a classical
   denoiser that must not be tuned on the test set.
 
-Both have no parameters: :meth:`param_groups` is empty, so ``fit()`` does nothing. They
+Both have no parameters (``config.method`` is set to the baseline's name): :meth:`param_groups` is empty, so ``fit()`` does nothing. They
 accept and ignore the sampling options of :class:`medgen.config.SampleConfig` (``sampler``,
 ``steps``, ...) so that notebooks can pass one set of options to every method; any other
 unknown option is a one-line error. ``callback`` is called once with the result.
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter
 
-from medgen.config import SampleConfig
+from medgen.config import RunConfig, SampleConfig
 from medgen.data.batch import Batch
 from medgen.methods.base import Method
 from medgen.registry import METHODS, register
@@ -48,6 +48,10 @@ class _Baseline(Method):
 
     name = "baseline"
     options: dict[str, Any] = {}  # option name -> default
+
+    def __init__(self, config: RunConfig) -> None:
+        # The config names this baseline, so results and checkpoints say what produced them.
+        super().__init__(dataclasses.replace(config, method=self.name))
 
     def param_groups(self) -> dict[str, list[torch.nn.Parameter]]:
         """No optimiser groups: ``fit()`` is a no-op."""

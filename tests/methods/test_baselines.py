@@ -22,6 +22,7 @@ def test_registered_and_constructed_from_config():
     assert lookup(METHODS, "identity") is Identity
     assert lookup(METHODS, "gaussian_filter") is GaussianFilter
     assert isinstance(METHODS["identity"](CFG), Identity)
+    assert METHODS["gaussian_filter"](CFG).config.method == "gaussian_filter"  # not the cfg's "cddpm"
 
 
 def test_identity_returns_the_source_without_aliasing():
