@@ -18,6 +18,7 @@ ends the command with one line ``medgen: error: ...`` on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import re
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
 from medgen import __version__
-from medgen.config import ConfigError, RunConfig, apply_overrides, from_json, get_preset, to_json
+from medgen.config import ConfigError, RunConfig, apply_overrides, get_preset, to_json
 from medgen.registry import UnknownNameError
 
 PROG = "medgen"
@@ -39,7 +40,17 @@ class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (no usage block), exit code 2."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{PROG}: error: {message} (see '{self.prog} --help')\n")
+        self.exit(EXIT_USAGE, f"{PROG}: error: {message}{_choice_hint(message)} (see '{self.prog} --help')\n")
+
+
+def _choice_hint(message: str) -> str:
+    """``; did you mean 'train'?`` for argparse's "invalid choice: 'trian' (choose from ...)"."""
+    match = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+    if not match:
+        return ""
+    choices = re.findall(r"'([^']*)'", match.group(2)) or [c.strip() for c in match.group(2).split(",")]
+    close = difflib.get_close_matches(match.group(1), choices, n=1)
+    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 # --------------------------------------------------------------------------------------
@@ -89,15 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", parents=[preset_opts, cfg_opts], help="train a model (or load it from the cache)")
     p.add_argument("--method", help="registry method name (shortcut for --set method=NAME)")
     p.add_argument("--runs", default="runs", help="folder of cached runs (default: ./runs)")
+    p.add_argument("--force", action="store_true", help="retrain even if this config's run is cached")
 
     p = sub.add_parser("sample", parents=[cfg_opts], help="translate one image with a trained checkpoint")
-    p.add_argument("--checkpoint", required=True, help="checkpoint folder written by 'medgen train'")
+    p.add_argument("--checkpoint", required=True, help="checkpoint (or run) folder printed by 'medgen train'")
     p.add_argument("--input", required=True, help="source image (.png, .tif, .jpg or .npy, 2D)")
     p.add_argument("--output", required=True, help="where to write the translated image (.png or .npy)")
     _sampling_options(p)
 
     p = sub.add_parser("evaluate", parents=[cfg_opts], help="evaluate a checkpoint on its dataset's test split")
-    p.add_argument("--checkpoint", required=True, help="checkpoint folder written by 'medgen train'")
+    p.add_argument("--checkpoint", required=True, help="checkpoint (or run) folder printed by 'medgen train'")
     p.add_argument("--out", default="evaluation.csv", help="CSV of per-sample rows (default: ./evaluation.csv)")
     p.add_argument("--metrics", default="psnr,ssim", help="comma-separated metric names (default: psnr,ssim)")
     p.add_argument("--batch-size", type=int, default=16, help="images per translate() call (default: 16)")
@@ -114,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", parents=[_preset_options(task=False)], help="launch the Gradio demo in a browser")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    p.add_argument("--runs", help="folder of cached runs the demo loads/trains models in (default: the app's)")
     p.add_argument("--dry-run", action="store_true", help="print what would be launched and exit")
 
     p = sub.add_parser("phantoms", parents=[preset_opts, cfg_opts], help="write phantom source/target pairs as PNGs")
@@ -135,20 +148,11 @@ def resolve_preset_config(args: argparse.Namespace) -> RunConfig:
     return apply_overrides(cfg, args.overrides)
 
 
-def checkpoint_dir(path: str) -> Path:
-    """The checkpoint folder, checked to exist and to hold a ``config.json``."""
-    folder = Path(path)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"checkpoint folder '{path}' does not exist")
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"'{path}' is not a checkpoint folder (no config.json)")
-    return folder
-
-
 def resolve_checkpoint_config(args: argparse.Namespace, allowed: Sequence[str]) -> RunConfig:
     """The checkpoint's config + ``--set`` (only ``allowed`` sections) + sampling flags."""
-    folder = checkpoint_dir(args.checkpoint)
-    cfg = from_json((folder / "config.json").read_text())
+    from medgen.checkpoint import read_config
+
+    cfg = read_config(args.checkpoint)
     for text in args.overrides:
         section = text.partition("=")[0].strip().partition(".")[0]
         if section not in allowed:
@@ -189,26 +193,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(to_json(cfg))
         return 0
-    from medgen.train import train_or_load
+    from medgen.checkpoint import latest_checkpoint
+    from medgen.train import run_dir_for, train_or_load
 
-    result = train_or_load(cfg, root=args.runs)
-    print(_checkpoint_path(result))
+    train_or_load(cfg, root=args.runs, force=args.force)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
+        run_dir = run_dir_for(cfg, args.runs)
+        print(latest_checkpoint(run_dir) or run_dir)
     return 0
-
-
-def _checkpoint_path(result: Any) -> Path:
-    """The checkpoint folder from ``train_or_load``'s result (a path or an object holding one)."""
-    if isinstance(result, (str, os.PathLike)):
-        return Path(result)
-    for attr in ("path", "checkpoint", "out_dir", "ckpt_dir"):
-        value = getattr(result, attr, None)
-        if isinstance(value, (str, os.PathLike)):
-            return Path(value)
-    if isinstance(result, tuple):
-        for item in result:
-            if isinstance(item, (str, os.PathLike)):
-                return Path(item)
-    raise TypeError(f"train_or_load returned {type(result).__name__}, which names no checkpoint folder")
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -247,7 +239,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _evaluation_frame(translator: Any, dataset: Any, args: argparse.Namespace, cfg: RunConfig) -> Any:
-    """Rows of the model (``label=<method>``) and, unless disabled, the identity baseline."""
+    """Rows of the model and, unless ``--no-baseline``, of the identity baseline (column ``method``)."""
     import pandas as pd
     import torch
 
@@ -256,15 +248,14 @@ def _evaluation_frame(translator: Any, dataset: Any, args: argparse.Namespace, c
     metrics = tuple(m for m in re.split(r"[,\s]+", args.metrics) if m)
     if not metrics:
         raise ConfigError("--metrics names no metric")
-    runs = [(cfg.method, translator, sample_options(cfg))]
+    runs = [(translator, sample_options(cfg))]
     if not args.no_baseline:
-        runs.append(("identity (input)", _identity_baseline(translator.config), {}))
+        runs.append((_identity_baseline(translator.config), {}))
     frames = []
-    for label, model, options in runs:
+    for model, options in runs:
         generator = torch.Generator().manual_seed(args.seed)
-        frame = evaluate(model, dataset, metrics, data_range=2.0, batch_size=args.batch_size,
-                         generator=generator, **options)
-        frames.append(frame.assign(label=label))
+        frames.append(evaluate(model, dataset, metrics, data_range=2.0, batch_size=args.batch_size,
+                               generator=generator, **options))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -272,14 +263,7 @@ def _identity_baseline(cfg: RunConfig) -> Any:
     """The trivial baseline that returns its input (DESIGN.md: every table carries one)."""
     from medgen.registry import METHODS, lookup
 
-    return lookup(METHODS, "identity")(cfg)
-
-
-def summarize(rows: Any) -> Any:
-    """Per (label, metric): mean and SD across subjects, and the subject count."""
-    per_subject = rows.groupby(["label", "metric", "patient_id"], sort=False)["value"].mean().reset_index()
-    return (per_subject.groupby(["label", "metric"], sort=False)["value"]
-            .agg(mean="mean", sd="std", subjects="count").reset_index())
+    return lookup(METHODS, "identity")(replace(cfg, method="identity"))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -289,6 +273,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(to_json(cfg))
         return 0
     from medgen.checkpoint import load_translator
+    from medgen.evaluate import summarize
     from medgen.registry import DATASETS, lookup
 
     translator = load_translator(args.checkpoint)
@@ -297,9 +282,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     rows.to_csv(out, index=False)
-    table = summarize(rows)
-    print(f"{cfg.method} on {cfg.data.dataset} (test split, {len(dataset)} samples, data_range 2.0 "
-          f"in model range [-1, 1]); per-sample rows: {out}")
+    table = summarize(rows, by=["method"])
+    print(f"{cfg.method} on {cfg.data.dataset}: test split, {len(dataset)} samples, mean and SD across "
+          f"subjects, data_range 2.0 (model range [-1, 1]); per-sample rows in {out}")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     return 0
 
@@ -322,8 +307,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_demo_app(preset: str) -> Any:
-    """``demos/app.py``'s ``build_app(preset=...)`` from the repository root."""
+def load_demo_app(preset: str, runs: str | None = None) -> Any:
+    """``demos/app.py``'s ``build_app(preset=..., runs_root=...)`` from the repository root."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     from medgen.reports import repo_root
@@ -335,7 +320,7 @@ def load_demo_app(preset: str) -> Any:
         sys.path.insert(0, str(root))
     from demos.app import build_app
 
-    return build_app(preset=preset)
+    return build_app(preset=preset) if runs is None else build_app(preset=preset, runs_root=runs)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -344,7 +329,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         _print_json({"preset": args.preset, "url": f"http://{args.host}:{args.port}"})
         return 0
     get_preset(args.preset)  # unknown preset -> one-line error before gradio loads
-    app = load_demo_app(args.preset)
+    app = load_demo_app(args.preset, args.runs)
     print(f"medgen demo (preset {args.preset}) at http://{args.host}:{args.port}  (Ctrl+C to stop)", flush=True)
     app.launch(server_name=args.host, server_port=args.port, share=False)
     return 0
