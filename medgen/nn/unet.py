@@ -1,0 +1,355 @@
+"""The medgen denoising / translation UNet: one class for 2D and 3D with five condition inputs.
+
+``UNet(cfg: UNetConfig)(x [B, in, *S], t [B], cond: Condition | None) -> [B, out, *S]`` where
+``*S`` is ``H, W`` (``spatial_dims=2``) or ``D, H, W`` (``spatial_dims=3``).
+
+Layout (the DDPM / ADM UNet, as in diffusers' ``UNet2DModel`` and MONAI's ``DiffusionModelUNet``):
+``conv_in`` -> per level ``layers_per_block`` residual blocks (+ attention where
+``attention_levels`` says), a strided-conv downsample between levels -> middle block
+(res, attention if the deepest level has attention, res) -> per level, deepest first,
+``layers_per_block + 1`` residual blocks, each on ``Concat([h, skip])``, (+ attention), a
+nearest-x2 + conv upsample -> GroupNorm, SiLU, ``conv_out``. The time embedding is
+sinusoidal -> MLP of width ``4 * channels[0]`` and enters every residual block.
+
+``conv_out`` is zero-initialised (as in ADM / improved-diffusion and MONAI): the untrained
+network predicts exactly 0, a neutral start for eps-, x0- and v-prediction. Consequence: on the
+very first backward pass only ``conv_out`` receives a gradient (the zero weight blocks it
+from reaching earlier layers); after one optimiser step gradients reach every layer.
+
+Condition inputs (:class:`Condition`), each switched on by its ``UNetConfig`` field:
+
+============== ============================ =================================================
+field          tensor                       where it enters
+============== ============================ =================================================
+image          ``[B, cond_image_channels,   concatenated to ``x_t`` along channels before
+               *S]``                        ``conv_in``
+vector         ``[B, cond_vector_dim]``     Linear-SiLU-Linear, added to the time embedding
+tokens         ``[B, N, cond_tokens_dim]``  cross-attention at every attention level (and
+                                            the middle block if the deepest level has one),
+                                            after the self-attention
+skip_residuals list of ``[B, C_i, *S_i]``   added to skip feature ``i`` before the decoder
+               or ``callable(skips)``       concatenates it: ``Concat([f_i + r_i, h])``
+stage          ``[B, stage_embedding_dim]`` one learned projection per down level and per
+               or ``(down, up)``            up level, each added to the time embedding of
+                                            that stage's residual blocks
+============== ============================ =================================================
+
+*skip_residuals* implements the morphology tuner of the ultrasound-enhancement paper (Eq. 8:
+``f*_i = Concat([T(f_i, F_i) + F*_i, f*_i])``). Skip features are produced in encoder order:
+the ``conv_in`` output, the output of every down-path residual block (after its attention),
+and the output of every downsample; :meth:`UNet.skip_shapes` lists their shapes. A callable
+receives that list of encoder features of the current forward pass and returns the residuals,
+so a tuner ``T`` can be computed from ``f_i`` itself (a frozen backbone with a trainable tuner:
+``cond.skip_residuals = lambda f: [tuner_i(f_i, F_i) + Fs_i for ...]``). The residual is
+*added* to ``f_i``; a tuner that must replace ``f_i`` returns ``T(...) + F*_i - f_i``.
+
+*stage* serves the X-ray->MRI paper's target-depth embedding (depth enters the down path, the
+KOA / intensity vector the up path: pass ``stage=(depth_emb, koa_emb)``) and the UX-Diffusion
+angle embedding (one vector for both paths: ``stage=angle_emb``; angle *tokens* go to
+``tokens``). The middle block uses the deepest down level's embedding.
+
+Library networks and what this class adds
+-----------------------------------------
+- MONAI ``DiffusionModelUNet`` (monai 1.6): 2D and 3D. Image conditions only by the caller
+  concatenating them into ``x``; ``num_class_embeds`` adds an *integer* class embedding to the
+  time embedding (no continuous vector); ``with_conditioning=True, cross_attention_dim=d``
+  gives cross-attention (a full transformer layer) at the attention levels;
+  ``down_block_additional_residuals`` adds precomputed tensors to the skip features (ControlNet).
+  It cannot give a tuner the encoder features of the same forward pass, and has no per-stage
+  embeddings.
+- diffusers ``UNet2DModel``: 2D only; timestep plus ``class_labels`` (integer, or with
+  ``class_embed_type="identity"`` a vector of the embedding width); no cross-attention, no skip
+  residuals.
+- diffusers ``UNet2DConditionModel``: 2D only; cross-attention to ``encoder_hidden_states``
+  (always required), continuous vectors through ``class_embed_type="projection"``, ControlNet
+  residuals (``down_block_additional_residuals``); no 3D, no callable tuner, no per-stage
+  embeddings.
+This UNet is one class for 2D and 3D with all five injection modes together, including skip
+residuals computed by a tuner from the current encoder features and separate stage
+embeddings for the down and up paths, and it checks every condition against its config.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medgen.config import ConfigError, UNetConfig
+from medgen.nn.layers import (
+    Downsample,
+    ResBlock,
+    SpatialAttention,
+    StageEmbedding,
+    TimeEmbedding,
+    Upsample,
+    VectorEmbedding,
+    conv_nd,
+)
+
+__all__ = ["Condition", "UNet", "SkipResiduals"]
+
+SkipResiduals = Union[Sequence[torch.Tensor], Callable[[list[torch.Tensor]], Sequence[torch.Tensor]]]
+
+
+@dataclass
+class Condition:
+    """Everything a :class:`UNet` can be conditioned on; unused fields stay ``None``.
+
+    Attributes:
+        image: ``[B, cond_image_channels, *S]`` concatenated to ``x_t`` along channels.
+        vector: ``[B, cond_vector_dim]`` embedded and added to the time embedding.
+        tokens: ``[B, N, cond_tokens_dim]`` attended to by cross-attention at attention levels.
+        skip_residuals: list of ``[B, C_i, *S_i]`` (one per skip, encoder order, shapes from
+            :meth:`UNet.skip_shapes`) added to the skip features; or a callable that receives
+            the encoder skip features (that list of shapes) and returns such a list.
+        stage: ``[B, stage_embedding_dim]`` projected separately for every down and up level;
+            or a pair ``(down [B, d], up [B, d])`` feeding the down and up paths different vectors.
+    """
+
+    image: torch.Tensor | None = None
+    vector: torch.Tensor | None = None
+    tokens: torch.Tensor | None = None
+    skip_residuals: SkipResiduals | None = None
+    stage: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None
+
+
+def validate_config(cfg: UNetConfig) -> None:
+    """Raise :class:`ConfigError` (a ``ValueError``) naming the fields of an impossible ``cfg``."""
+    ch, att = tuple(cfg.channels), tuple(cfg.attention_levels)
+    if cfg.spatial_dims not in (2, 3):
+        raise ConfigError(f"UNetConfig.spatial_dims={cfg.spatial_dims} must be 2 or 3")
+    if not ch or min(ch) <= 0:
+        raise ConfigError(f"UNetConfig.channels={ch} must be a non-empty tuple of positive integers")
+    if len(att) != len(ch):
+        raise ConfigError(f"len(UNetConfig.attention_levels)={len(att)} != len(UNetConfig.channels)={len(ch)}")
+    if cfg.in_channels <= 0 or cfg.out_channels <= 0 or cfg.layers_per_block <= 0:
+        raise ConfigError(f"UNetConfig.in_channels={cfg.in_channels}, out_channels={cfg.out_channels} and "
+                          f"layers_per_block={cfg.layers_per_block} must be positive")
+    if cfg.norm_groups <= 0 or any(c % cfg.norm_groups for c in ch):
+        raise ConfigError(f"UNetConfig.norm_groups={cfg.norm_groups} does not divide every entry of "
+                          f"UNetConfig.channels={ch}")
+    bad_heads = [c for c, a in zip(ch, att) if a and (cfg.num_heads <= 0 or c % cfg.num_heads)]
+    if bad_heads:
+        raise ConfigError(f"UNetConfig.num_heads={cfg.num_heads} does not divide UNetConfig.channels "
+                          f"{bad_heads} at attention levels")
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise ConfigError(f"UNetConfig.dropout={cfg.dropout} must be in [0, 1)")
+    for name in ("cond_image_channels", "cond_vector_dim", "cond_tokens_dim", "stage_embedding_dim"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"UNetConfig.{name}={getattr(cfg, name)} must be >= 0")
+    if cfg.cond_tokens_dim and not any(att):
+        raise ConfigError(f"UNetConfig.cond_tokens_dim={cfg.cond_tokens_dim} needs cross-attention but "
+                          f"UNetConfig.attention_levels={att} has no attention level")
+
+
+class _Level(nn.Module):
+    """One resolution level: residual blocks, optional attention after each, optional resample."""
+
+    def __init__(self, blocks: list[ResBlock], attns: list[SpatialAttention], resample: nn.Module | None) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.attns = nn.ModuleList(attns)  # empty, or one per block
+        self.resample = resample
+
+
+class UNet(nn.Module):
+    """Conditional diffusion UNet for ``[B, C, H, W]`` or ``[B, C, D, H, W]`` (see module docstring)."""
+
+    def __init__(self, cfg: UNetConfig) -> None:
+        super().__init__()
+        validate_config(cfg)
+        self.config = cfg
+        sd, ch, n = cfg.spatial_dims, tuple(cfg.channels), len(cfg.channels)
+        self.emb_dim = emb = 4 * ch[0]
+        self.time_embed = TimeEmbedding(ch[0], emb)
+        self.vector_embed = VectorEmbedding(cfg.cond_vector_dim, emb) if cfg.cond_vector_dim else None
+        d_stage = cfg.stage_embedding_dim
+        self.stage_down = StageEmbedding(d_stage, n, emb) if d_stage else None
+        self.stage_up = StageEmbedding(d_stage, n, emb) if d_stage else None
+        self.conv_in = conv_nd(sd, cfg.in_channels + cfg.cond_image_channels, ch[0])
+        self._skip_plan: list[tuple[int, int]] = [(ch[0], 1)]  # (channels, downsampling factor)
+        self.down = nn.ModuleList(self._down_level(i, ch[i - 1] if i else ch[0]) for i in range(n))
+        self.mid = _Level([self._res(ch[-1], ch[-1]), self._res(ch[-1], ch[-1])],
+                          [self._attn(ch[-1])] if cfg.attention_levels[-1] else [], None)
+        skip_channels = [c for c, _ in self._skip_plan]
+        self.up = nn.ModuleList(self._up_level(i, skip_channels) for i in reversed(range(n)))
+        self.norm_out = nn.GroupNorm(cfg.norm_groups, ch[0])
+        self.conv_out = conv_nd(sd, ch[0], cfg.out_channels)
+        nn.init.zeros_(self.conv_out.weight)  # zero-init: the untrained net predicts 0 (module docstring)
+        nn.init.zeros_(self.conv_out.bias)
+
+    # ---------------------------------------------------------------- construction helpers
+    def _res(self, c_in: int, c_out: int) -> ResBlock:
+        cfg = self.config
+        return ResBlock(cfg.spatial_dims, c_in, c_out, self.emb_dim, cfg.norm_groups, cfg.dropout)
+
+    def _attn(self, c: int) -> SpatialAttention:
+        return SpatialAttention(c, self.config.num_heads, self.config.norm_groups, self.config.cond_tokens_dim)
+
+    def _down_level(self, i: int, c_in: int) -> _Level:
+        cfg, c = self.config, self.config.channels[i]
+        blocks = [self._res(c_in if j == 0 else c, c) for j in range(cfg.layers_per_block)]
+        attns = [self._attn(c) for _ in blocks] if cfg.attention_levels[i] else []
+        self._skip_plan += [(c, 2**i)] * len(blocks)
+        last = i == len(cfg.channels) - 1
+        if not last:
+            self._skip_plan.append((c, 2 ** (i + 1)))
+        return _Level(blocks, attns, None if last else Downsample(cfg.spatial_dims, c))
+
+    def _up_level(self, i: int, skip_channels: list[int]) -> _Level:
+        cfg, c = self.config, self.config.channels[i]
+        c_prev = cfg.channels[min(i + 1, len(cfg.channels) - 1)]
+        blocks = []
+        for j in range(cfg.layers_per_block + 1):
+            blocks.append(self._res((c_prev if j == 0 else c) + skip_channels.pop(), c))
+        attns = [self._attn(c) for _ in blocks] if cfg.attention_levels[i] else []
+        return _Level(blocks, attns, Upsample(cfg.spatial_dims, c) if i else None)
+
+    # ---------------------------------------------------------------- public helpers
+    def skip_shapes(self, spatial_shape: Sequence[int]) -> list[tuple[int, ...]]:
+        """``(C_i, *S_i)`` of every skip tensor, in the order the encoder produces them.
+
+        ``spatial_shape`` is ``S`` of the input ``x [B, C, *S]``, e.g. ``(16, 16)`` or ``(8, 8, 8)``.
+        """
+        spatial = tuple(int(s) for s in spatial_shape)
+        self._check_spatial(spatial, "spatial_shape")
+        return [(c, *(s // f for s in spatial)) for c, f in self._skip_plan]
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Condition | None = None) -> torch.Tensor:
+        """Predict ``[B, out_channels, *S]`` from ``x [B, in_channels, *S]`` at timesteps ``t [B]``.
+
+        ``t`` holds integer timestep indices (LongTensor) or float times; a 0-d tensor is
+        broadcast over the batch. ``cond`` carries the conditions the config enables.
+        """
+        cond = cond if cond is not None else Condition()
+        self._check_input(x)
+        t = self._check_t(t, x)
+        self._check_condition(cond, x)
+        emb_down, emb_up = self._embeddings(t, cond)
+        h = self.conv_in(torch.cat([x, cond.image], 1) if cond.image is not None else x)
+        skips = [h]
+        for level, emb in zip(self.down, emb_down):
+            h = self._run_level(level, h, emb, cond.tokens, skips_out=skips)
+            if level.resample is not None:
+                h = level.resample(h)
+                skips.append(h)
+        skips = self._add_skip_residuals(skips, cond.skip_residuals)
+        h = self._run_mid(h, emb_down[-1], cond.tokens)
+        for level, emb in zip(self.up, reversed(emb_up)):
+            h = self._run_level(level, h, emb, cond.tokens, skips_in=skips)
+            if level.resample is not None:
+                h = level.resample(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+    @staticmethod
+    def _run_level(level: _Level, h: torch.Tensor, emb: torch.Tensor, tokens: torch.Tensor | None,
+                   skips_out: list[torch.Tensor] | None = None, skips_in: list[torch.Tensor] | None = None
+                   ) -> torch.Tensor:
+        """Residual blocks (+ attention) of one level; pushes to ``skips_out`` or pops ``skips_in``."""
+        for j, block in enumerate(level.blocks):
+            h = block(torch.cat([h, skips_in.pop()], 1) if skips_in is not None else h, emb)
+            if level.attns:
+                h = level.attns[j](h, tokens)
+            if skips_out is not None:
+                skips_out.append(h)
+        return h
+
+    def _run_mid(self, h: torch.Tensor, emb: torch.Tensor, tokens: torch.Tensor | None) -> torch.Tensor:
+        h = self.mid.blocks[0](h, emb)
+        if self.mid.attns:
+            h = self.mid.attns[0](h, tokens)
+        return self.mid.blocks[1](h, emb)
+
+    def _embeddings(self, t: torch.Tensor, cond: Condition) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Activated (SiLU) embeddings ``[B, E]`` for every down level and every up level."""
+        emb = self.time_embed(t)  # [B, E]
+        if self.vector_embed is not None:
+            emb = emb + self.vector_embed(cond.vector)
+        n = len(self.config.channels)
+        if self.stage_down is None:
+            act = F.silu(emb)
+            return [act] * n, [act] * n
+        s_down, s_up = cond.stage if isinstance(cond.stage, (tuple, list)) else (cond.stage, cond.stage)
+        down = F.silu(emb[:, None] + self.stage_down(s_down))  # [B, n, E]
+        up = F.silu(emb[:, None] + self.stage_up(s_up))  # [B, n, E]
+        return list(down.unbind(1)), list(up.unbind(1))
+
+    def _add_skip_residuals(self, skips: list[torch.Tensor], residuals: SkipResiduals | None) -> list[torch.Tensor]:
+        if residuals is None:
+            return skips
+        if callable(residuals):
+            residuals = residuals(list(skips))
+        self._check_residuals(residuals, skips)
+        return [s + r for s, r in zip(skips, residuals)]
+
+    # ---------------------------------------------------------------- validation
+    def _check_spatial(self, spatial: tuple[int, ...], what: str) -> None:
+        cfg, factor = self.config, 2 ** (len(self.config.channels) - 1)
+        if len(spatial) != cfg.spatial_dims:
+            raise ValueError(f"{what} {spatial} has {len(spatial)} spatial dims but UNetConfig.spatial_dims="
+                             f"{cfg.spatial_dims}")
+        if any(s % factor for s in spatial):
+            raise ValueError(f"{what} {spatial} is not divisible by 2**(len(UNetConfig.channels)-1)={factor}")
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        cfg = self.config
+        if x.dim() != cfg.spatial_dims + 2:
+            layout = "[B, C, H, W]" if cfg.spatial_dims == 2 else "[B, C, D, H, W]"
+            raise ValueError(f"x has shape {tuple(x.shape)} but UNetConfig.spatial_dims={cfg.spatial_dims} "
+                             f"expects {layout}")
+        if x.shape[1] != cfg.in_channels:
+            raise ValueError(f"x has {x.shape[1]} channels but UNetConfig.in_channels={cfg.in_channels}")
+        self._check_spatial(tuple(x.shape[2:]), "x spatial size")
+
+    @staticmethod
+    def _check_t(t: torch.Tensor | float | int, x: torch.Tensor) -> torch.Tensor:
+        t = torch.as_tensor(t, device=x.device)
+        if t.dim() == 0:
+            return t.expand(x.shape[0])
+        if t.shape != (x.shape[0],):
+            raise ValueError(f"t has shape {tuple(t.shape)} but x has batch size {x.shape[0]}; t must be [B]")
+        return t
+
+    def _check_condition(self, cond: Condition, x: torch.Tensor) -> None:
+        cfg, b, spatial = self.config, x.shape[0], tuple(x.shape[2:])
+        _check_field("image", cond.image, "cond_image_channels", cfg.cond_image_channels,
+                     (b, cfg.cond_image_channels, *spatial), "[B, c, *S] matching x")
+        _check_field("vector", cond.vector, "cond_vector_dim", cfg.cond_vector_dim,
+                     (b, cfg.cond_vector_dim), "[B, d]")
+        tokens_n = cond.tokens.shape[1] if cond.tokens is not None and cond.tokens.dim() == 3 else -1
+        _check_field("tokens", cond.tokens, "cond_tokens_dim", cfg.cond_tokens_dim,
+                     (b, tokens_n, cfg.cond_tokens_dim), "[B, N, d]")
+        _check_field("skip_residuals", cond.skip_residuals, "skip_residuals", cfg.skip_residuals, None, "")
+        stages = cond.stage if isinstance(cond.stage, (tuple, list)) else (cond.stage,)
+        if isinstance(cond.stage, (tuple, list)) and len(stages) != 2:
+            raise ValueError(f"cond.stage is a sequence of {len(stages)} tensors; give one [B, d] or a pair (down, up)")
+        for s in stages:
+            _check_field("stage", s, "stage_embedding_dim", cfg.stage_embedding_dim,
+                         (b, cfg.stage_embedding_dim), "[B, d]")
+
+    def _check_residuals(self, residuals: Sequence[torch.Tensor], skips: list[torch.Tensor]) -> None:
+        if len(residuals) != len(skips):
+            raise ValueError(f"cond.skip_residuals has {len(residuals)} tensors but the UNet has {len(skips)} "
+                             f"skip connections (see UNet.skip_shapes)")
+        for i, (r, s) in enumerate(zip(residuals, skips)):
+            if r.shape != s.shape:
+                raise ValueError(f"cond.skip_residuals[{i}] has shape {tuple(r.shape)} but skip {i} has shape "
+                                 f"{tuple(s.shape)} (see UNet.skip_shapes)")
+
+
+def _check_field(name: str, value: object, cfg_field: str, cfg_value: int | bool,
+                 shape: tuple[int, ...] | None, layout: str) -> None:
+    """One condition field against its UNetConfig switch (and, for tensors, its expected shape)."""
+    if value is None:
+        if cfg_value:
+            raise ValueError(f"UNetConfig.{cfg_field}={cfg_value} requires cond.{name}")
+        return
+    if not cfg_value:
+        raise ValueError(f"cond.{name} was given but UNetConfig.{cfg_field}={cfg_value}")
+    if shape is not None and tuple(value.shape) != shape:  # type: ignore[attr-defined]
+        raise ValueError(f"cond.{name} has shape {tuple(value.shape)}, expected {list(shape)} {layout} "  # type: ignore[attr-defined]
+                         f"(UNetConfig.{cfg_field}={cfg_value})")
