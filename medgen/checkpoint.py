@@ -1,0 +1,369 @@
+"""Checkpoints: safetensors weights + config JSON + run manifest, written atomically.
+
+Layout of a run folder (``fit(..., out_dir=run)``)::
+
+    run/
+      latest -> checkpoints/step_00000300      # symlink (a text file where symlinks fail)
+      checkpoints/step_00000300/
+        weights.safetensors   the raw model state_dict
+        ema.safetensors       the EMA weights (absent when train.ema_decay == 0)
+        optim.pt              optimiser / scheduler / EMA counter / RNG state, step, wall time
+        config.json           the RunConfig (medgen.config.to_json): enough to rebuild the method
+        manifest.json         git SHA, config hash, split hash, seed, versions, wall time, step
+
+``optim.pt`` is the file ARCHITECTURE.md names for the training state.
+
+Crash safety: a checkpoint is written into a hidden temporary folder beside its final
+name, every file and the folder are ``fsync``-ed, the folder is renamed to its final name
+and only then is ``latest`` re-pointed (a new symlink renamed over the old one). A kill at
+any moment therefore leaves ``latest`` on a complete checkpoint; half-written temporary
+folders are removed by the next save. Weights use safetensors (``save_model`` /
+``load_model``, which also handle tied tensors); no library writes a folder atomically or
+checks a checkpoint against the model built from its config, hence the code here.
+
+>>> method = load_translator("runs/quickstart/0123abcd4567")   # a run folder or a checkpoint
+>>> pred = method.translate(source)                          # EMA weights, eval mode
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from medgen import registry
+from medgen.config import ConfigError, RunConfig, config_hash, from_json, to_dict, to_json
+from medgen.utils import atomic_write_text, fsync_dir, fsync_file, git_sha, package_versions
+
+if TYPE_CHECKING:  # methods may import this module to load pretrained parts
+    from medgen.methods.base import Method
+
+WEIGHTS_FILE = "weights.safetensors"
+EMA_FILE = "ema.safetensors"
+STATE_FILE = "optim.pt"
+CONFIG_FILE = "config.json"
+MANIFEST_FILE = "manifest.json"
+LATEST = "latest"
+CHECKPOINTS_DIR = "checkpoints"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used; the message is one line naming the file and the problem."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """A checkpoint folder or one of its files does not exist."""
+
+
+# --------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------
+def checkpoint_name(step: int) -> str:
+    """Folder name of the checkpoint taken after ``step`` optimiser steps."""
+    return f"step_{step:08d}"
+
+
+def make_manifest(config: RunConfig | None, *, step: int, total_steps: int, seed: int,
+                  wall_time: float = 0.0, split_hash: str | None = None, **extra: Any) -> dict[str, Any]:
+    """The provenance record saved as ``manifest.json`` (``extra`` keys are added verbatim)."""
+    manifest = {
+        "step": int(step),
+        "total_steps": int(total_steps),
+        "complete": int(step) >= int(total_steps),
+        "seed": int(seed),
+        "method": None if config is None else config.method,
+        "config_hash": None if config is None else config_hash(config),
+        "split_hash": split_hash,
+        "git_sha": git_sha(),
+        "versions": package_versions(),
+        "wall_time_s": round(float(wall_time), 3),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    manifest.update(extra)
+    return manifest
+
+
+def save_checkpoint(run_dir: str | os.PathLike, step: int, *, model: nn.Module, state: dict[str, Any],
+                    manifest: dict[str, Any], config: RunConfig | None = None,
+                    ema_model: nn.Module | None = None, keep_last: int | None = 2) -> Path:
+    """Write ``run_dir/checkpoints/step_<step>/`` atomically and point ``run_dir/latest`` at it.
+
+    ``state`` (optimiser states, counters, RNG) goes to ``optim.pt``. ``keep_last`` older
+    checkpoints are kept (``None``: all); the one ``latest`` points at is never removed.
+    Returns the checkpoint folder.
+    """
+    run_dir = Path(run_dir)
+    root = run_dir / CHECKPOINTS_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(root)
+    final = root / checkpoint_name(step)
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-{final.name}-"))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders; use the usual permissions
+        _write_files(tmp, model=model, ema_model=ema_model, state=state, config=config, manifest=manifest)
+        _replace_orphan(run_dir, final)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_dir(root)
+    _point_latest(run_dir, final)
+    if keep_last is not None:
+        _prune(run_dir, keep_last)
+    return final
+
+
+def _write_files(folder: Path, *, model: nn.Module, ema_model: nn.Module | None, state: dict[str, Any],
+                 config: RunConfig | None, manifest: dict[str, Any]) -> None:
+    """Write every checkpoint file into ``folder`` and fsync them and the folder."""
+    save_model(model, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
+    if ema_model is not None:
+        save_model(ema_model, str(folder / EMA_FILE), metadata={"format": "pt"})
+    torch.save(state, folder / STATE_FILE)
+    if config is not None:
+        (folder / CONFIG_FILE).write_text(to_json(config) + "\n")
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    for path in folder.iterdir():
+        os.chmod(path, 0o666 & ~_umask())
+        fsync_file(path)
+    fsync_dir(folder)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _replace_orphan(run_dir: Path, final: Path) -> None:
+    """Remove ``final`` if a crash left it behind un-pointed-to; refuse to overwrite ``latest``."""
+    if not final.exists():
+        return
+    if _latest_target(run_dir) == final.resolve():
+        raise CheckpointError(f"{final}: checkpoint already exists and is 'latest'; refusing to overwrite it")
+    shutil.rmtree(final)
+
+
+def _point_latest(run_dir: Path, final: Path) -> None:
+    """Atomically re-point ``run_dir/latest`` at ``final`` (symlink swap; text file fallback)."""
+    target = os.path.relpath(final, run_dir)
+    link = run_dir / LATEST
+    tmp_link = run_dir / f".{LATEST}.{uuid.uuid4().hex}.tmp"
+    try:
+        os.symlink(target, tmp_link, target_is_directory=True)
+        os.replace(tmp_link, link)
+    except (OSError, NotImplementedError):
+        tmp_link.unlink(missing_ok=True)
+        atomic_write_text(link, target + "\n")
+    fsync_dir(run_dir)
+
+
+def _remove_stale_temporaries(root: Path) -> None:
+    """Delete half-written ``.tmp-*`` folders left by an interrupted save."""
+    for path in root.glob(".tmp-*"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoint folders of a run, oldest first."""
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
+def _prune(run_dir: Path, keep_last: int) -> None:
+    """Delete all but the newest ``keep_last`` checkpoints (never the one ``latest`` names)."""
+    latest = _latest_target(run_dir)
+    old = list_checkpoints(run_dir)[: -keep_last] if keep_last > 0 else list_checkpoints(run_dir)
+    for path in old:
+        if path.resolve() != latest:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------
+# Finding and reading
+# --------------------------------------------------------------------------------------
+def _latest_target(run_dir: Path) -> Path | None:
+    """Where ``run_dir/latest`` points (resolved), or None without a ``latest``."""
+    link = run_dir / LATEST
+    if link.is_symlink():
+        return (run_dir / os.readlink(link)).resolve()
+    if link.is_file():
+        return (run_dir / link.read_text().strip()).resolve()
+    return None
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint folder ``run_dir/latest`` names, or None when the run has none yet."""
+    run_dir = Path(run_dir)
+    target = _latest_target(run_dir)
+    if target is None:
+        return None
+    if not target.is_dir():
+        raise CheckpointNotFoundError(f"{run_dir / LATEST}: points at missing checkpoint folder {target}")
+    return target
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint folder from either itself or a run folder (via its ``latest``)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointNotFoundError(f"{path}: no such checkpoint folder")
+    if (path / CONFIG_FILE).exists() or (path / WEIGHTS_FILE).exists():
+        return path
+    latest = latest_checkpoint(path)
+    if latest is None:
+        raise CheckpointNotFoundError(f"{path}: not a checkpoint folder (no {CONFIG_FILE}) and no '{LATEST}' checkpoint")
+    return latest
+
+
+def _require(path: Path) -> Path:
+    if not path.is_file():
+        raise CheckpointNotFoundError(f"{path}: missing checkpoint file")
+    return path
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(_require(path).read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: corrupt JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{path}: corrupt JSON (not UTF-8 text)") from None
+
+
+def read_config(checkpoint: str | os.PathLike) -> RunConfig:
+    """The RunConfig saved in a checkpoint (or run) folder."""
+    path = resolve_checkpoint(checkpoint) / CONFIG_FILE
+    _read_json(path)  # one-line error for missing / corrupt files
+    try:
+        return from_json(path.read_text())
+    except (ConfigError, TypeError) as err:
+        raise CheckpointError(f"{path}: invalid config ({err})") from None
+
+
+def read_manifest(checkpoint: str | os.PathLike) -> dict[str, Any]:
+    """The manifest dict saved in a checkpoint (or run) folder."""
+    path = resolve_checkpoint(checkpoint) / MANIFEST_FILE
+    data = _read_json(path)
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: corrupt manifest (expected a JSON object)")
+    return data
+
+
+def load_training_state(checkpoint: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The ``optim.pt`` dict (optimisers, schedulers, step, RNG) of a checkpoint."""
+    path = _require(resolve_checkpoint(checkpoint) / STATE_FILE)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises many types for a torn or foreign file
+        raise CheckpointError(f"{path}: corrupt training state ({_first_line(err)})") from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def _file_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape from a safetensors header (reads no tensor data)."""
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
+    except Exception as err:  # SafetensorError, OSError, ... for torn or foreign files
+        raise CheckpointError(f"{path}: corrupt safetensors file ({_first_line(err)})") from None
+
+
+def load_weights(checkpoint: str | os.PathLike, module: nn.Module, *, ema: bool = True) -> Path:
+    """Load ``ema.safetensors`` (or ``weights.safetensors``) into ``module``, checking every tensor.
+
+    Raises one-line :class:`CheckpointError` naming the file and the first tensor whose shape
+    differs, or the missing / unexpected tensor names. Returns the file that was loaded.
+    """
+    path = _require(resolve_checkpoint(checkpoint) / (EMA_FILE if ema else WEIGHTS_FILE))
+    shapes = _file_shapes(path)
+    for name, tensor in module.state_dict().items():
+        if name in shapes and shapes[name] != tuple(tensor.shape):
+            raise CheckpointError(f"{path}: tensor '{name}' has shape {list(shapes[name])} in the checkpoint "
+                                  f"but {list(tensor.shape)} in the model built from its config")
+    device = next((t.device for t in module.state_dict().values()), torch.device("cpu"))
+    try:
+        missing, unexpected = load_model(module, str(path), strict=False, device=str(device))
+    except Exception as err:
+        raise CheckpointError(f"{path}: cannot load weights ({_first_line(err)})") from None
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: tensors do not match the model built from its config "
+                              f"(missing: {_names(missing)}; unexpected: {_names(unexpected)})")
+    return path
+
+
+def _names(names: Any, limit: int = 4) -> str:
+    names = sorted(names)
+    if not names:
+        return "none"
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def config_diff(a: RunConfig, b: RunConfig) -> list[str]:
+    """``"key: a != b"`` for every dotted config key whose value differs."""
+    flat_a, flat_b = _flatten(to_dict(a)), _flatten(to_dict(b))
+    keys = sorted(set(flat_a) | set(flat_b))
+    return [f"{k}: {flat_a.get(k)!r} != {flat_b.get(k)!r}" for k in keys if flat_a.get(k) != flat_b.get(k)]
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def check_config(checkpoint: str | os.PathLike, expected: RunConfig) -> RunConfig:
+    """The checkpoint's config; a one-line error naming the differing keys if it is not ``expected``."""
+    saved = read_config(checkpoint)
+    if config_hash(saved) != config_hash(expected):
+        diff = config_diff(saved, expected)
+        path = resolve_checkpoint(checkpoint) / CONFIG_FILE
+        raise CheckpointError(f"{path}: checkpoint was trained with another config than asked "
+                              f"(saved vs asked: {'; '.join(diff[:3])}{' ...' if len(diff) > 3 else ''})")
+    return saved
+
+
+# --------------------------------------------------------------------------------------
+# Translators
+# --------------------------------------------------------------------------------------
+def load_translator(path: str | os.PathLike, *, device: str | torch.device = "cpu", ema: bool = True,
+                    config: RunConfig | None = None) -> "Method":
+    """Rebuild the method a checkpoint names, load its (EMA) weights, and return it in eval mode.
+
+    ``path`` is a checkpoint folder or a run folder (its ``latest`` checkpoint is used).
+    ``ema=False`` loads the raw weights; a run trained with ``ema_decay=0`` has only those.
+    ``config``, when given, must equal the saved config (else a one-line error names the
+    differing keys). Errors are :class:`CheckpointError` naming the file at fault.
+    """
+    ckpt = resolve_checkpoint(path)
+    cfg = check_config(ckpt, config) if config is not None else read_config(ckpt)
+    try:
+        factory = registry.lookup(registry.METHODS, cfg.method)
+    except registry.UnknownNameError as err:
+        raise CheckpointError(f"{ckpt / CONFIG_FILE}: {err}") from None
+    method = factory(cfg).to(device)
+    load_weights(ckpt, method, ema=ema and cfg.train.ema_decay > 0)
+    return method.eval()

@@ -1,0 +1,640 @@
+"""One training loop for every method: :func:`fit` and the config-hash cache :func:`train_or_load`.
+
+Each optimiser step, for every group of ``method.param_groups()`` in order (one group for
+diffusion models; generator then discriminator for GANs), :func:`fit` runs
+``method.training_step(micro_batch, group, generator)`` on ``grad_accum`` micro-batches,
+back-propagates ``loss / grad_accum`` into *that group's parameters only*
+(``torch.autograd.backward(..., inputs=params)``), clips the group's global gradient norm and
+steps its AdamW optimiser and LR schedule (linear warm-up, then constant or cosine). After
+all groups an EMA of every float parameter and buffer is updated; the EMA weights are
+what ``translate()`` uses after training. Mixed precision (bf16 autocast) is used only on
+CUDA: on the reference CPU bf16 autocast is about 50x slower.
+
+Exact resume. Data order and randomness are pure functions of ``(seed, step)``:
+global batch ``s`` holds samples ``s*B .. s*B+B-1`` of the stream of per-epoch
+permutations (epoch ``e`` permuted by a generator seeded with ``(seed, e)``, see
+:func:`step_indices`); micro-batch ``m`` of group ``g`` gets a fresh ``torch.Generator``
+seeded with ``(seed, step, g, global micro-batch index)``; the global torch RNG (dropout) is
+re-seeded with ``(seed, step, rank)`` every step. With optimiser, scheduler and EMA states
+in the checkpoint, a run killed at any point and resumed ends with bit-identical weights.
+RNG states are saved too, for the record.
+
+EMA. ``torch.optim.swa_utils.AveragedModel`` keeps the average; the decay used at update
+``n`` is ``min(ema_decay, (1 + n) / (10 + n))`` (the usual EMA warm-up), so short runs
+(the ``ci`` / ``smoke`` presets) do not end with weights close to their random init.
+Non-float buffers are copied, not averaged. ``ema_decay=0`` disables the EMA.
+
+Multi-GPU / multi-node. ``torch.distributed`` directly (gloo on CPU, nccl on CUDA), launched
+by torchrun; ``fit`` calls ``init_process_group`` itself when ``WORLD_SIZE > 1``::
+
+    torchrun --nproc_per_node 2 -m medgen.cli train ...                     # one machine
+    torchrun --nnodes 2 --node_rank R --nproc_per_node 8 \\
+             --rdzv_backend c10d --rdzv_endpoint HOST:29500 -m medgen.cli train ...
+
+Every rank loads its slice ``[r*B/W, (r+1)*B/W)`` of the global batch (``batch_size`` must
+be divisible by ``world_size * grad_accum``); after a group's micro-batches its gradients
+are averaged with one flat ``all_reduce`` per dtype. We do not use ``DistributedDataParallel``
+or accelerate (which wraps DDP): DDP only synchronises gradients of a backward that follows
+the wrapper's ``forward()``, whereas a Method is driven through ``training_step`` with one
+backward per optimiser group (GAN generator / discriminator), so the wrapper would need
+``no_sync``, ``find_unused_parameters`` and per-group unwrapping; the explicit all-reduce is
+a dozen lines and works the same for every method and for gradient accumulation. Rank 0
+writes checkpoints, logs and sample grids; ``out_dir`` must be on a file system shared by
+all ranks for resuming. Buffers are broadcast from rank 0 at the start (running statistics
+such as BatchNorm's then stay rank-local, as with DDP's ``broadcast_buffers=False``).
+
+Outputs in ``out_dir``: ``checkpoints/`` + ``latest`` (see :mod:`medgen.checkpoint`),
+``log.jsonl`` (one JSON object per ``log_every`` steps: step, lr, wall time, mean of every
+loss returned by ``training_step`` as ``"<group>/<key>"``) and ``samples/step_*.png``
+(rows: samples; columns: source | prediction | target).
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from PIL import Image
+from torch import nn
+from torch.optim.swa_utils import AveragedModel
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
+
+from medgen import registry
+from medgen.checkpoint import (CHECKPOINTS_DIR, LATEST, CheckpointError, check_config, latest_checkpoint,
+                               load_training_state, load_translator, load_weights, make_manifest,
+                               read_manifest, save_checkpoint)
+from medgen.config import RunConfig, TrainConfig, config_hash
+from medgen.data.batch import Batch, collate
+from medgen.methods.base import Method
+from medgen.utils import default_device, derive_seed, seed_everything
+
+LOG_FILE = "log.jsonl"
+SAMPLES_DIR = "samples"
+
+
+class SplitOverlapError(ValueError):
+    """Train and test splits share patients; training on them would leak the test set."""
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` did. ``checkpoint`` is the final checkpoint folder."""
+
+    out_dir: Path
+    checkpoint: Path
+    step: int  # optimiser steps done in total (including those before a resume)
+    resumed_from: int  # step the run resumed from (0: fresh start)
+    wall_time: float  # training seconds summed over every resumed segment
+    losses: dict[str, float] = field(default_factory=dict)  # last logged means, "<group>/<key>"
+    log_path: Path | None = None
+
+
+# --------------------------------------------------------------------------------------
+# Data order: a pure function of (seed, step)
+# --------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=8)
+def _epoch_permutation(n: int, seed: int, epoch: int) -> tuple[int, ...]:
+    gen = torch.Generator().manual_seed(derive_seed(seed, "epoch", epoch))
+    return tuple(torch.randperm(n, generator=gen).tolist())
+
+
+def step_indices(n: int, seed: int, step: int, batch_size: int) -> list[int]:
+    """Dataset indices of global batch ``step``: items ``step*B ..`` of the per-epoch permutation stream."""
+    out = []
+    for k in range(step * batch_size, (step + 1) * batch_size):
+        epoch, pos = divmod(k, n)
+        out.append(_epoch_permutation(n, seed, epoch)[pos])
+    return out
+
+
+class StepBatchSampler(Sampler[list[int]]):
+    """Yields this rank's slice of global batches ``start .. stop-1`` (see :func:`step_indices`)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, start: int, stop: int, rank: int = 0,
+                 world_size: int = 1) -> None:
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.start, self.stop, self.rank, self.world_size = start, stop, rank, world_size
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        per_rank = self.batch_size // self.world_size
+        for step in range(self.start, self.stop):
+            idx = step_indices(self.n, self.seed, step, self.batch_size)
+            yield idx[self.rank * per_rank:(self.rank + 1) * per_rank]
+
+
+# --------------------------------------------------------------------------------------
+# Schedules and EMA
+# --------------------------------------------------------------------------------------
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Multiplier of ``cfg.lr`` at optimiser step ``step`` (0-based): linear warm-up, then constant/cosine."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def ema_update_fn(decay: float):
+    """``multi_avg_fn`` for AveragedModel: warm-up EMA of float tensors, copy of the others."""
+
+    @torch.no_grad()
+    def update(ema_tensors: list[torch.Tensor], tensors: list[torch.Tensor], n_averaged: Any) -> None:
+        n = int(n_averaged)
+        weight = 1.0 - min(decay, (1.0 + n) / (10.0 + n))
+        for e, t in zip(ema_tensors, tensors):
+            if e.is_floating_point():
+                e.lerp_(t.to(e.dtype), weight)
+            else:
+                e.copy_(t)
+
+    return update
+
+
+def validate_train_config(cfg: TrainConfig, world_size: int = 1) -> None:
+    """One-line ``ValueError`` for train settings :func:`fit` cannot run."""
+    if cfg.steps < 0:
+        raise ValueError(f"train.steps must be >= 0, got {cfg.steps}")
+    if cfg.grad_accum < 1:
+        raise ValueError(f"train.grad_accum must be >= 1, got {cfg.grad_accum}")
+    if cfg.batch_size % (world_size * cfg.grad_accum):
+        raise ValueError(f"train.batch_size={cfg.batch_size} is not divisible by world_size*grad_accum="
+                         f"{world_size}*{cfg.grad_accum}")
+    if cfg.lr_schedule not in ("constant", "cosine"):
+        raise ValueError(f"train.lr_schedule must be 'constant' or 'cosine', got '{cfg.lr_schedule}'")
+    if not 0.0 <= cfg.ema_decay < 1.0:
+        raise ValueError(f"train.ema_decay must be in [0, 1), got {cfg.ema_decay}")
+    for name in ("warmup_steps", "log_every", "sample_every", "ckpt_every", "num_threads"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"train.{name} must be >= 0, got {getattr(cfg, name)}")
+
+
+# --------------------------------------------------------------------------------------
+# Distributed context
+# --------------------------------------------------------------------------------------
+@dataclass
+class DistContext:
+    """Rank, world size and device of this process; owns the process group if it created it."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    owns_group: bool = False
+
+    @classmethod
+    def setup(cls, device: str | torch.device | None = None) -> "DistContext":
+        """Join the torchrun process group (creating it when ``WORLD_SIZE > 1``) and pick the device."""
+        owns = False
+        if not (dist.is_available() and dist.is_initialized()) and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            use_cuda = torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda")
+            dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+            owns = True
+        active = dist.is_available() and dist.is_initialized()
+        rank, world = (dist.get_rank(), dist.get_world_size()) if active else (0, 1)
+        dev = torch.device(device) if device is not None else default_device()
+        if dev.type == "cuda" and dev.index is None:
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        return cls(rank, world, dev, owns)
+
+    @property
+    def is_main(self) -> bool:
+        """True on rank 0, which writes files."""
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        """Wait for every rank (no-op in one process)."""
+        if self.world_size > 1:
+            dist.barrier()
+
+    def all_mean_(self, tensors: Sequence[torch.Tensor]) -> None:
+        """Average ``tensors`` in place over ranks: one flat all_reduce per dtype."""
+        if self.world_size == 1 or not tensors:
+            return
+        by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+        for t in tensors:
+            by_dtype.setdefault(t.dtype, []).append(t)
+        for group in by_dtype.values():
+            flat = torch.cat([t.reshape(-1) for t in group])
+            dist.all_reduce(flat)
+            flat /= self.world_size
+            for t, chunk in zip(group, flat.split([t.numel() for t in group])):
+                t.copy_(chunk.view_as(t))
+
+    def broadcast_module(self, module: nn.Module) -> None:
+        """Copy rank 0's parameters and buffers to every rank."""
+        if self.world_size > 1:
+            for tensor in module.state_dict().values():
+                dist.broadcast(tensor, src=0)
+
+    def same_on_all_ranks(self, value: Any, what: str) -> None:
+        """Raise if ``value`` differs between ranks."""
+        if self.world_size == 1:
+            return
+        values: list[Any] = [None] * self.world_size
+        dist.all_gather_object(values, value)
+        if len(set(map(str, values))) > 1:
+            raise RuntimeError(f"ranks disagree on {what}: {values}; out_dir must be on a file system all ranks share")
+
+    def close(self) -> None:
+        """Destroy the process group if :meth:`setup` created it."""
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+# --------------------------------------------------------------------------------------
+# Sample grids
+# --------------------------------------------------------------------------------------
+def _to_rgb(x: torch.Tensor) -> np.ndarray:
+    """``[C, *S]`` model-range image (middle slice of 3D) -> ``[H, W, 3]`` uint8."""
+    x = x.detach().float().cpu()
+    if x.dim() == 4:
+        x = x[:, x.shape[1] // 2]
+    x = x if x.shape[0] == 3 else x[:1].expand(3, -1, -1)
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+
+
+def save_sample_grid(path: str | os.PathLike, source: torch.Tensor, prediction: torch.Tensor,
+                     target: torch.Tensor | None = None, *, min_size: int = 64, gap: int = 2) -> Path:
+    """Save a PNG grid, one row per sample: source | prediction | target.
+
+    source ``[B, C_s, *S]``, prediction ``[B, C_t, *S]``, target ``[B, C_t, *S]`` or None, model
+    range ``[-1, 1]``; 3D volumes show their middle slice; tiles are enlarged (nearest) to at
+    least ``min_size`` pixels. Returns the path.
+    """
+    columns = [source, prediction] + ([target] if target is not None else [])
+    tiles = [[_to_rgb(col[i]) for col in columns] for i in range(source.shape[0])]
+    h, w = tiles[0][0].shape[:2]
+    scale = max(1, math.ceil(min_size / max(h, w)))
+    th, tw = h * scale, w * scale
+    grid = np.full((len(tiles) * (th + gap) - gap, len(columns) * (tw + gap) - gap, 3), 255, np.uint8)
+    for r, row in enumerate(tiles):
+        for c, tile in enumerate(row):
+            big = tile.repeat(scale, axis=0).repeat(scale, axis=1)
+            grid[r * (th + gap):r * (th + gap) + th, c * (tw + gap):c * (tw + gap) + tw] = big
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid).save(path)
+    return path
+
+
+# --------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------
+def _dataset_attr(dataset: Any, name: str) -> Any:
+    """``dataset.<name>`` (called if callable) or None."""
+    value = getattr(dataset, name, None)
+    return value() if callable(value) else value
+
+
+def _param_groups(method: Method) -> dict[str, list[nn.Parameter]]:
+    groups = dict(method.param_groups())
+    if not groups:
+        raise ValueError(f"{type(method).__name__}.param_groups() returned no groups")
+    seen: set[int] = set()
+    for name, params in groups.items():
+        params = list(params)
+        if not params:
+            raise ValueError(f"{type(method).__name__}.param_groups()['{name}'] has no parameters")
+        if seen & {id(p) for p in params}:
+            raise ValueError(f"{type(method).__name__}.param_groups()['{name}'] shares parameters with an earlier group")
+        seen |= {id(p) for p in params}
+        groups[name] = params
+    return groups
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+            "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+class _Trainer:
+    """State of one :func:`fit` call; short methods for each part of a step."""
+
+    def __init__(self, method: Method, dataset: Dataset, cfg: TrainConfig, run_config: RunConfig,
+                 out_dir: Path, seed: int, ctx: DistContext, keep_last: int | None) -> None:
+        self.method, self.dataset, self.cfg, self.run_config = method, dataset, cfg, run_config
+        self.out_dir, self.seed, self.ctx, self.keep_last = out_dir, seed, ctx, keep_last
+        self.groups = _param_groups(method)
+        self.optimizers = {n: torch.optim.AdamW(p, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+                           for n, p in self.groups.items()}
+        self.schedulers = {n: torch.optim.lr_scheduler.LambdaLR(o, functools.partial(lr_factor, cfg=cfg))
+                           for n, o in self.optimizers.items()}
+        self.ema = (AveragedModel(method, multi_avg_fn=ema_update_fn(cfg.ema_decay), use_buffers=True)
+                    if cfg.ema_decay > 0 else None)
+        self.amp = cfg.amp and ctx.device.type == "cuda"
+        self.step, self.start_step, self.wall_time = 0, 0, 0.0
+        self.sums: dict[str, torch.Tensor] = {}
+        self.n_summed = 0
+        self.last_losses: dict[str, float] = {}
+
+    # ---- resume ---------------------------------------------------------------------
+    def restore(self, ckpt: Path) -> None:
+        """Load weights, EMA, optimiser/scheduler states and counters from ``ckpt``."""
+        check_config(ckpt, self.run_config)
+        state = load_training_state(ckpt, map_location="cpu")  # optimisers move their state to the params
+        if state.get("seed") != self.seed:
+            raise CheckpointError(f"{ckpt}: checkpoint was trained with seed {state.get('seed')}, asked {self.seed}")
+        load_weights(ckpt, self.method, ema=False)
+        if self.ema is not None:
+            load_weights(ckpt, self.ema.module, ema=True)
+            self.ema.n_averaged.fill_(int(state["ema_n_averaged"]))
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])
+            self.schedulers[name].load_state_dict(state["schedulers"][name])
+        self.step = self.start_step = int(state["step"])
+        self.wall_time = float(state["wall_time"])
+        torch.set_rng_state(state["rng"]["torch"])
+
+    # ---- one optimiser step -----------------------------------------------------------
+    def train_step(self, batch: Batch) -> None:
+        """All groups' updates for one global batch (this rank's shard), then the EMA."""
+        torch.manual_seed(derive_seed(self.seed, "global", self.step, self.ctx.rank))
+        for g, (name, params) in enumerate(self.groups.items()):
+            self._group_step(batch, g, name, params)
+        if self.ema is not None:
+            self.ema.update_parameters(self.method)
+
+    def _group_step(self, batch: Batch, g: int, name: str, params: list[nn.Parameter]) -> None:
+        opt, accum = self.optimizers[name], self.cfg.grad_accum
+        opt.zero_grad(set_to_none=True)
+        size = len(batch) // accum
+        for m in range(accum):
+            micro = batch.slice(m * size, (m + 1) * size)
+            gen = torch.Generator(device=self.ctx.device)
+            gen.manual_seed(derive_seed(self.seed, "method", self.step, g, self.ctx.rank * accum + m))
+            with torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else contextlib.nullcontext():
+                out = self.method.training_step(micro, name, gen)
+            if "loss" not in out:
+                raise KeyError(f"{type(self.method).__name__}.training_step(group='{name}') returned no 'loss'")
+            torch.autograd.backward(out["loss"].float() / accum, inputs=params)
+            self._accumulate(name, out, accum)
+        self._finish_grads(params)
+        opt.step()
+        self.schedulers[name].step()
+
+    def _finish_grads(self, params: list[nn.Parameter]) -> None:
+        """Zero-fill missing grads (so ranks agree), average over ranks, clip the global norm."""
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        self.ctx.all_mean_([p.grad for p in params])
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+
+    def _accumulate(self, group: str, out: dict[str, Any], accum: int) -> None:
+        for key, value in out.items():
+            if not isinstance(value, (torch.Tensor, float, int)):
+                continue
+            value = torch.as_tensor(value).detach()
+            if value.numel() == 1:
+                name = f"{group}/{key}"
+                self.sums[name] = self.sums.get(name, 0) + value.float().reshape(()) / accum
+
+    # ---- logging, samples, checkpoints ------------------------------------------------
+    def flush_log(self, bar: tqdm | None, elapsed: float) -> None:
+        """Average the losses since the last log over steps and ranks; write log.jsonl; update the bar."""
+        if not self.sums:
+            return
+        names = sorted(self.sums)
+        values = torch.stack([self.sums[n].to(self.ctx.device) for n in names]) / max(1, self.n_summed)
+        self.ctx.all_mean_([values])
+        self.last_losses = dict(zip(names, values.tolist()))
+        self.sums, self.n_summed = {}, 0
+        bad = [n for n, v in self.last_losses.items() if not math.isfinite(v)]
+        if bad:
+            raise FloatingPointError(f"step {self.step}: {bad[0]} is {self.last_losses[bad[0]]} "
+                                     "(training diverged; lower train.lr or set train.grad_clip)")
+        if self.ctx.is_main:
+            lr = next(iter(self.schedulers.values())).get_last_lr()[0]
+            record = {"step": self.step, "lr": lr, "wall_time_s": round(elapsed, 3), **self.last_losses}
+            with open(self.out_dir / LOG_FILE, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+        if bar is not None:
+            bar.set_postfix({k.split("/", 1)[1] if len(self.groups) == 1 else k: f"{v:.4g}"
+                             for k, v in self.last_losses.items() if k.endswith("/loss")}, refresh=False)
+
+    def write_samples(self, sample_batch: Batch) -> Path:
+        """Translate ``sample_batch.source`` with the EMA (else raw) model and save a grid."""
+        model = self.ema.module if self.ema is not None else self.method
+        was_training = model.training
+        model.eval()
+        gen = torch.Generator(device=self.ctx.device).manual_seed(derive_seed(self.seed, "samples"))
+        with torch.no_grad():
+            pred = model.translate(sample_batch.source.to(self.ctx.device), generator=gen)
+        model.train(was_training)
+        path = self.out_dir / SAMPLES_DIR / f"step_{self.step:08d}.png"
+        return save_sample_grid(path, sample_batch.source, pred, sample_batch.target)
+
+    def save(self, elapsed: float) -> Path:
+        """Write a checkpoint of the current step (rank 0)."""
+        state = {"format": 1, "step": self.step, "seed": self.seed, "wall_time": elapsed,
+                 "world_size": self.ctx.world_size,
+                 "ema_n_averaged": int(self.ema.n_averaged) if self.ema is not None else 0,
+                 "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+                 "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()},
+                 "rng": _rng_state()}
+        manifest = make_manifest(self.run_config, step=self.step, total_steps=self.cfg.steps, seed=self.seed,
+                                 wall_time=elapsed, split_hash=_dataset_attr(self.dataset, "split_hash"),
+                                 world_size=self.ctx.world_size, device=str(self.ctx.device))
+        return save_checkpoint(self.out_dir, self.step, model=self.method, state=state, manifest=manifest,
+                               config=self.run_config, keep_last=self.keep_last,
+                               ema_model=self.ema.module if self.ema is not None else None)
+
+    def finish(self) -> None:
+        """Leave the method holding the EMA weights (what translate() should use), in eval mode."""
+        if self.ema is not None:
+            self.method.load_state_dict(self.ema.module.state_dict())
+        self.method.eval()
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log lines written after ``step`` by a run that died before its next checkpoint."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+def _clear_run(out_dir: Path) -> None:
+    """Remove fit()'s own outputs from ``out_dir`` (resume=False)."""
+    for name in (CHECKPOINTS_DIR, SAMPLES_DIR):
+        shutil.rmtree(out_dir / name, ignore_errors=True)
+    for name in (LATEST, LOG_FILE):
+        path = out_dir / name
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+
+
+def _default_sample_batch(dataset: Dataset, n: int = 4) -> Batch:
+    return collate([dataset[i] for i in range(min(n, len(dataset)))])
+
+
+def fit(method: Method, train_dataset: Dataset, cfg: TrainConfig, *, out_dir: str | os.PathLike,
+        run_config: RunConfig | None = None, seed: int = 0, resume: bool = True, progress: bool = True,
+        sample_batch: Batch | None = None, device: str | torch.device | None = None,
+        stop_at_step: int | None = None, num_workers: int = 0, keep_last: int | None = 2) -> FitResult:
+    """Train ``method`` on ``train_dataset`` for ``cfg.steps`` optimiser steps; see the module docstring.
+
+    ``run_config`` (default ``method.config``) is saved with ``train`` replaced by ``cfg``.
+    ``resume=True`` continues from ``out_dir/latest`` when it exists (its config and seed must
+    match); ``resume=False`` deletes fit's previous outputs in ``out_dir`` first.
+    ``sample_batch`` (default: the first 4 training items) is translated every
+    ``cfg.sample_every`` steps. ``stop_at_step`` ends early with a checkpoint (train in
+    time-boxed chunks; a later call resumes). On return ``method`` holds the EMA weights,
+    in eval mode, on ``device`` (default: CUDA if available).
+    """
+    ctx = DistContext.setup(device)
+    threads = torch.get_num_threads()
+    try:
+        validate_train_config(cfg, ctx.world_size)
+        if cfg.num_threads > 0:
+            torch.set_num_threads(cfg.num_threads)
+        run_config = replace(run_config if run_config is not None else method.config, train=cfg)
+        return _fit(method, train_dataset, cfg, Path(out_dir), run_config, seed, resume, progress, sample_batch,
+                    ctx, stop_at_step, num_workers, keep_last)
+    finally:
+        torch.set_num_threads(threads)
+        ctx.close()
+
+
+def _prepare_out_dir(out_dir: Path, resume: bool, ctx: DistContext) -> Path | None:
+    """Create / clear ``out_dir`` (rank 0) and return the checkpoint to resume from, if any."""
+    if ctx.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            _clear_run(out_dir)
+    ctx.barrier()
+    ckpt = latest_checkpoint(out_dir) if resume else None
+    ctx.same_on_all_ranks(None if ckpt is None else ckpt.name, "the checkpoint to resume from")
+    return ckpt
+
+
+def _fit(method: Method, dataset: Dataset, cfg: TrainConfig, out_dir: Path, run_config: RunConfig, seed: int,
+         resume: bool, progress: bool, sample_batch: Batch | None, ctx: DistContext, stop_at_step: int | None,
+         num_workers: int, keep_last: int | None) -> FitResult:
+    if len(dataset) == 0:
+        raise ValueError("fit(): the training dataset is empty")
+    ckpt = _prepare_out_dir(out_dir, resume, ctx)
+    method.to(ctx.device).train()
+    ctx.broadcast_module(method)
+    trainer = _Trainer(method, dataset, cfg, run_config, out_dir, seed, ctx, keep_last)
+    if ckpt is not None:
+        trainer.restore(ckpt)
+    if ctx.is_main:
+        _truncate_log(out_dir / LOG_FILE, trainer.step)
+    stop = cfg.steps if stop_at_step is None else min(cfg.steps, stop_at_step)
+    if cfg.sample_every and sample_batch is None:
+        sample_batch = _default_sample_batch(dataset)
+    final = _run_loop(trainer, stop, progress, sample_batch, num_workers)
+    ctx.barrier()
+    trainer.finish()
+    return FitResult(out_dir=out_dir, checkpoint=final or latest_checkpoint(out_dir), step=trainer.step,
+                     resumed_from=trainer.start_step, wall_time=trainer.wall_time, losses=trainer.last_losses,
+                     log_path=out_dir / LOG_FILE)
+
+
+def _run_loop(tr: _Trainer, stop: int, progress: bool, sample_batch: Batch | None, num_workers: int) -> Path | None:
+    """Steps ``tr.step .. stop-1``; returns the last checkpoint written (rank 0) or None."""
+    cfg, ctx = tr.cfg, tr.ctx
+    sampler = StepBatchSampler(len(tr.dataset), cfg.batch_size, tr.seed, tr.step, stop, ctx.rank, ctx.world_size)
+    loader = DataLoader(tr.dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
+                        pin_memory=ctx.device.type == "cuda")
+    bar = tqdm(total=stop, initial=tr.step, desc=tr.run_config.name, unit="step", dynamic_ncols=True,
+               disable=not progress or not ctx.is_main) if stop > tr.step else None
+    t0, base, shown, saved = time.perf_counter(), tr.wall_time, tr.step, None
+    log_every = max(1, cfg.log_every)
+    for batch in loader:
+        tr.train_step(batch.to(ctx.device))
+        tr.step += 1
+        tr.n_summed += 1
+        tr.wall_time = base + time.perf_counter() - t0
+        if tr.step % log_every == 0 or tr.step == stop:
+            tr.flush_log(bar, tr.wall_time)
+            if bar is not None:
+                bar.update(tr.step - shown)
+                shown = tr.step
+        if ctx.is_main and cfg.sample_every and tr.step % cfg.sample_every == 0:
+            tr.write_samples(sample_batch)
+        if ctx.is_main and ((cfg.ckpt_every and tr.step % cfg.ckpt_every == 0) or tr.step == stop):
+            saved = tr.save(tr.wall_time)
+    if bar is not None:
+        bar.close()
+    if ctx.is_main and saved is None and latest_checkpoint(tr.out_dir) is None:
+        saved = tr.save(tr.wall_time)  # nothing to train (steps == 0): still leave a loadable checkpoint
+    return saved
+
+
+# --------------------------------------------------------------------------------------
+# Config-hash cache
+# --------------------------------------------------------------------------------------
+def run_dir_for(cfg: RunConfig, root: str | os.PathLike = "runs") -> Path:
+    """Where :func:`train_or_load` keeps the model of ``cfg``: ``root/<name>/<config_hash>``."""
+    return Path(root) / cfg.name / config_hash(cfg)
+
+
+def check_patient_overlap(train_dataset: Any, test_dataset: Any, name: str = "dataset") -> None:
+    """Raise :class:`SplitOverlapError` if both datasets expose ``patient_ids`` and they intersect."""
+    train_ids, test_ids = _dataset_attr(train_dataset, "patient_ids"), _dataset_attr(test_dataset, "patient_ids")
+    if train_ids is None or test_ids is None:
+        return
+    shared = sorted(set(map(str, train_ids)) & set(map(str, test_ids)))
+    if shared:
+        raise SplitOverlapError(f"{name}: {len(shared)} patient id(s) are in both the train and test splits "
+                                f"(e.g. '{shared[0]}'); refusing to train on a split that overlaps test")
+
+
+def _cached_checkpoint(run_dir: Path, cfg: RunConfig) -> Path | None:
+    """The complete final checkpoint of ``cfg`` in ``run_dir``, or None."""
+    ckpt = latest_checkpoint(run_dir) if run_dir.is_dir() else None
+    if ckpt is None or int(read_manifest(ckpt).get("step", -1)) < cfg.train.steps:
+        return None
+    return ckpt
+
+
+def train_or_load(cfg: RunConfig, *, root: str | os.PathLike = "runs", progress: bool = True, force: bool = False,
+                  device: str | torch.device | None = None) -> Method:
+    """The trained model of ``cfg`` (EMA weights, eval mode), trained only if not cached.
+
+    Looks in ``root/<cfg.name>/<config_hash(cfg)>/``: a complete final checkpoint is loaded,
+    a partial one is resumed, otherwise the method is trained from scratch (``force=True``
+    deletes the cached run first). Refuses (:class:`SplitOverlapError`) to train when the
+    train and test datasets both expose ``patient_ids`` and share any.
+    """
+    run_dir = run_dir_for(cfg, root)
+    ctx = DistContext.setup(device)
+    try:
+        if force and ctx.is_main:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        ctx.barrier()
+        cached = _cached_checkpoint(run_dir, cfg)
+        if cached is not None:
+            return load_translator(cached, device=ctx.device, config=cfg)
+        make_dataset = registry.lookup(registry.DATASETS, cfg.data.dataset)
+        train_ds = make_dataset(cfg.data, "train")
+        if _dataset_attr(train_ds, "patient_ids") is not None:
+            check_patient_overlap(train_ds, make_dataset(cfg.data, "test"), f"dataset '{cfg.data.dataset}'")
+        seed_everything(cfg.seed)
+        method = registry.lookup(registry.METHODS, cfg.method)(cfg)
+        fit(method, train_ds, cfg.train, out_dir=run_dir, run_config=cfg, seed=cfg.seed, resume=True,
+            progress=progress, device=ctx.device)
+        return method
+    finally:
+        ctx.close()
