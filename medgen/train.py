@@ -16,7 +16,8 @@ permutations (epoch ``e`` permuted by a generator seeded with ``(seed, e)``, see
 :func:`step_indices`); micro-batch ``m`` of group ``g`` gets a fresh ``torch.Generator``
 seeded with ``(seed, step, g, global micro-batch index)``; the global torch RNG (dropout) is
 re-seeded with ``(seed, step, rank)`` every step. With optimiser, scheduler and EMA states
-in the checkpoint, a run killed at any point and resumed ends with bit-identical weights.
+in the checkpoint, a run killed at any point and resumed ends with bit-identical weights on
+the CPU (on CUDA up to non-deterministic kernels; see ``seed_everything(deterministic=True)``).
 RNG states are saved too, for the record.
 
 EMA. ``torch.optim.swa_utils.AveragedModel`` keeps the average; the decay used at update
@@ -78,7 +79,7 @@ from medgen.checkpoint import (CHECKPOINTS_DIR, LATEST, CheckpointError, check_c
 from medgen.config import RunConfig, TrainConfig, config_hash
 from medgen.data.batch import Batch, collate
 from medgen.methods.base import Method
-from medgen.utils import default_device, derive_seed, seed_everything
+from medgen.utils import atomic_write_text, default_device, derive_seed, seed_everything
 
 LOG_FILE = "log.jsonl"
 SAMPLES_DIR = "samples"
@@ -465,12 +466,20 @@ class _Trainer:
         self.method.eval()
 
 
+def _log_step(line: str) -> int | None:
+    """Step of a log.jsonl line, or None for a line torn by a kill."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def _truncate_log(path: Path, step: int) -> None:
-    """Drop log lines written after ``step`` by a run that died before its next checkpoint."""
+    """Drop log lines written after ``step`` (or torn) by a run that died before its next checkpoint."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in keep))
+    keep = [line for line in path.read_text().splitlines() if (s := _log_step(line)) is not None and s <= step]
+    atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
 def _clear_run(out_dir: Path) -> None:
@@ -505,8 +514,8 @@ def fit(method: Method, train_dataset: Dataset, cfg: TrainConfig, *, out_dir: st
     threads = torch.get_num_threads()
     try:
         validate_train_config(cfg, ctx.world_size)
-        if cfg.num_threads > 0:
-            torch.set_num_threads(cfg.num_threads)
+        if cfg.num_threads > 0 and ctx.device.type == "cpu":  # share the cores among this node's ranks
+            torch.set_num_threads(max(1, cfg.num_threads // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
         run_config = replace(run_config if run_config is not None else method.config, train=cfg)
         return _fit(method, train_dataset, cfg, Path(out_dir), run_config, seed, resume, progress, sample_batch,
                     ctx, stop_at_step, num_workers, keep_last)
@@ -555,8 +564,7 @@ def _run_loop(tr: _Trainer, stop: int, progress: bool, sample_batch: Batch | Non
     """Steps ``tr.step .. stop-1``; returns the last checkpoint written (rank 0) or None."""
     cfg, ctx = tr.cfg, tr.ctx
     sampler = StepBatchSampler(len(tr.dataset), cfg.batch_size, tr.seed, tr.step, stop, ctx.rank, ctx.world_size)
-    loader = DataLoader(tr.dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
-                        pin_memory=ctx.device.type == "cuda")
+    loader = DataLoader(tr.dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers)
     bar = tqdm(total=stop, initial=tr.step, desc=tr.run_config.name, unit="step", dynamic_ncols=True,
                disable=not progress or not ctx.is_main) if stop > tr.step else None
     t0, base, shown, saved = time.perf_counter(), tr.wall_time, tr.step, None

@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import random
@@ -52,10 +53,12 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+@functools.lru_cache(maxsize=16)
 def git_sha(path: str | os.PathLike | None = None) -> str:
     """The commit SHA of the git checkout containing ``path`` (default: medgen's source).
 
     Returns ``"unknown"`` when ``path`` is not inside a git repository or git is missing.
+    Cached per process: the code a process runs is the code it imported at start.
     """
     where = Path(path) if path is not None else Path(__file__).resolve().parent
     try:
