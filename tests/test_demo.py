@@ -1,0 +1,284 @@
+"""The Gradio demo hub, end to end: one server per module at preset ``ci``.
+
+(a) the gradio client runs the quickstart model and gets images back;
+(b) bad uploads give one-line messages, never a traceback;
+(c) headless Debian Chromium (Playwright, no `playwright install`) drives the page.
+The quickstart model trains once into a temporary runs folder (a few seconds at ``ci``).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
+]
+SIZE = 16  # image_size of the quickstart `ci` preset
+RUN_TIMEOUT_MS = 180_000  # the first Run trains the `ci` model
+pytestmark = pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")  # pandas noise (TOOLCHAIN.md)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
+    """The hub at preset ci on a free port, with its runs folder in a temporary directory."""
+    from demos import quickstart
+    from demos.app import launch
+
+    runs = tmp_path_factory.mktemp("runs")
+    port = _free_port()
+    app = launch("ci", "127.0.0.1", port, runs_root=runs, prevent_thread_lock=True, quiet=True)
+    cfg = quickstart.get_preset("ci", "quickstart")
+    try:
+        yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", runs=runs, cfg=cfg,
+                              examples=quickstart.example_labels(cfg))
+    finally:
+        app.close()
+
+
+@pytest.fixture(scope="module")
+def client(hub: SimpleNamespace) -> Any:
+    from gradio_client import Client
+
+    return Client(hub.url, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """Good and bad upload files."""
+    d = tmp_path_factory.mktemp("uploads")
+    yy, xx = np.mgrid[:48, :48]
+    disk = ((yy - 24) ** 2 + (xx - 24) ** 2 < 15 ** 2).astype(np.uint8) * 200 + 20
+    Image.fromarray(disk).save(d / "disk.png")
+    (d / "notes.png").write_text("this is a text file, not a PNG\n")
+    Image.fromarray(disk.astype(np.uint16) * 250).save(d / "deep16.png")
+    Image.fromarray(np.stack([disk, disk // 2, disk // 3], axis=-1)).save(d / "colour.png")
+    Image.fromarray(np.zeros((4200, 4200), np.uint8)).save(d / "huge.png")  # 17.6 MP, ~20 KB on disk
+    bad = disk.astype(np.float32) / 255
+    bad[3, 3] = np.nan
+    np.save(d / "nan.npy", bad)
+    return SimpleNamespace(dir=d, **{p.stem: p for p in d.iterdir()})
+
+
+def _upload(client: Any, path: Path) -> tuple[Any, ...]:
+    from gradio_client import handle_file
+
+    return client.predict(handle_file(str(path)), api_name="/quickstart_load_upload")
+
+
+def _run(client: Any, upload: Path | None, example: str | None, sampler: str = "ddim", steps: int = 4,
+         eta: float = 0.0, seed: int = 0) -> tuple[Any, ...]:
+    from gradio_client import handle_file
+
+    up = handle_file(str(upload)) if upload is not None else None
+    return client.predict(up, example, sampler, steps, eta, seed, api_name="/quickstart_run")
+
+
+def _gray(path: str) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("L"))
+
+
+# ------------------------------------------------------------------------------------------
+# (a) the run function through gradio_client
+# ------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_run_example_returns_output_truth_metrics_and_gallery(client: Any, hub: SimpleNamespace) -> None:
+    assert len(hub.examples) == 4
+    picked = client.predict(hub.examples[0], api_name="/quickstart_pick_example")
+    assert picked[1] is not None and picked[2] is not None  # input preview and ground truth
+    status, output, gallery, truth, metrics, raw = _run(client, None, hub.examples[0], seed=3)
+    assert status.startswith("Done: DDIM, 4 steps, seed 3."), status
+    assert _gray(output).shape == (256, 256)  # 16 px enlarged 16x for display
+    assert _gray(truth).shape == (256, 256)
+    raw_img = Image.open(raw)
+    assert raw_img.size == (SIZE, SIZE) and np.asarray(raw_img).dtype == np.uint16
+    np.testing.assert_array_equal(_gray(output)[::16, ::16], np.round(np.asarray(raw_img) / 257).astype(np.uint8))
+    assert "| model output |" in metrics and "| input, unchanged (trivial baseline) |" in metrics
+    assert 1 <= len(gallery) <= 6 and all("predicted x0" in g["caption"] for g in gallery)
+    assert (hub.runs / "quickstart").is_dir()  # trained once into the configured runs folder
+
+
+@pytest.mark.slow
+def test_same_seed_same_output_other_seed_differs(client: Any, hub: SimpleNamespace) -> None:
+    a = np.asarray(Image.open(_run(client, None, hub.examples[1], "ddim", 3, 0.0, 7)[5]))
+    b = np.asarray(Image.open(_run(client, None, hub.examples[1], "ddim", 3, 0.0, 7)[5]))
+    c = np.asarray(Image.open(_run(client, None, hub.examples[1], "ddim", 3, 0.0, 8)[5]))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sampler", ["ddpm", "dpmpp"])
+def test_run_upload_with_each_sampler(client: Any, files: SimpleNamespace, sampler: str) -> None:
+    status, output, gallery, truth, metrics, raw = _run(client, files.disk, None, sampler, 2)
+    assert status.startswith("Done:") and "disk.png" in status and "resized from 48x48 to the model's 16x16" in status
+    assert _gray(output).shape == (256, 256) and truth is None
+    assert "No ground truth for uploads" in metrics
+
+
+def test_run_without_input_or_with_bad_settings(client: Any, hub: SimpleNamespace) -> None:
+    from gradio_client.exceptions import AppError
+
+    status, output = _run(client, None, None)[:2]
+    assert status == "**Error:** Pick an example or upload an image first." and output is None
+    # gradio checks the components' own bounds and choices first: one-line errors too
+    with pytest.raises(AppError, match="euler is not in the list of choices"):
+        _run(client, None, hub.examples[0], "euler")
+    with pytest.raises(AppError, match="Value 0 is less than minimum value 1"):
+        _run(client, None, hub.examples[0], steps=0)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("euler", 4, 0.0, 0), "unknown sampler 'euler' (choose from ddpm, ddim, dpmpp)"),
+        (("ddim", 101, 0.0, 0), "steps must be between 1 and 100, got 101"),
+        (("ddim", 4, 2.0, 0), "eta must be between 0 and 1, got 2.0"),
+        (("ddim", 4, 0.0, -1), "seed must be a non-negative integer, got -1"),
+        (("ddim", "many", 0.0, 0), "steps, eta and seed must be numbers"),
+    ],
+)
+def test_check_settings_messages(args: tuple, message: str) -> None:
+    from demos import quickstart
+
+    cfg = quickstart.get_preset("ci", "quickstart")
+    with pytest.raises(quickstart.DemoError) as info:
+        quickstart.check_settings(cfg, *args)
+    assert message in str(info.value) and "\n" not in str(info.value)
+    assert quickstart.check_settings(cfg, "ddpm", 4.0, 0.5, None) == ("ddpm", 4, 0.5, 0)
+
+
+# ------------------------------------------------------------------------------------------
+# (b) bad uploads: a one-line message, no traceback
+# ------------------------------------------------------------------------------------------
+REJECTED = [
+    ("notes", "notes.png: not an image"),
+    ("huge", "huge.png: image too large (4200x4200 = 17,640,000 pixels; limit 16,777,216)"),
+    ("nan", "nan.npy: contains 1 NaN and 0 Inf values"),
+]
+ACCEPTED_WITH_NOTE = [
+    ("deep16", "deep16.png: 16-bit image scaled by 1/65535 to [0, 1]"),
+    ("colour", "colour.png: RGB colour image converted to grayscale luminance"),
+]
+
+
+def _assert_one_line_error(status: str, expected: str) -> None:
+    assert status.startswith("**Error:** "), status
+    assert "\n" not in status and "Traceback" not in status, status
+    assert expected in status.replace("\\", ""), status  # file names are Markdown-escaped
+
+
+@pytest.mark.parametrize("stem, expected", REJECTED)
+def test_bad_upload_is_refused_with_one_line(client: Any, files: SimpleNamespace, stem: str, expected: str) -> None:
+    example, preview, truth, status = _upload(client, getattr(files, stem))
+    _assert_one_line_error(status, expected)
+    assert preview is None and truth is None
+
+
+@pytest.mark.parametrize("stem, expected", REJECTED)
+def test_run_with_bad_upload_is_refused(client: Any, files: SimpleNamespace, stem: str, expected: str) -> None:
+    status, output, gallery, truth, metrics, raw = _run(client, getattr(files, stem), None)
+    _assert_one_line_error(status, expected)
+    assert output is None and raw is None and gallery == []
+
+
+@pytest.mark.parametrize("stem, note", ACCEPTED_WITH_NOTE)
+def test_16bit_and_rgb_uploads_are_accepted_with_a_note(client: Any, files: SimpleNamespace, stem: str,
+                                                        note: str) -> None:
+    example, preview, truth, status = _upload(client, getattr(files, stem))
+    assert preview is not None and _gray(preview).shape == (256, 256)
+    lines = status.replace("\\", "").splitlines()
+    assert lines[0].startswith(f"Input: **{stem}.png** at 16x16 px"), status
+    assert any(line.startswith("- Note: ") and note in line for line in lines), status
+    assert "Traceback" not in status
+
+
+# ------------------------------------------------------------------------------------------
+# (c) the page in headless Chromium
+# ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def page(hub: SimpleNamespace, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing (run scripts/install_browser.sh)")
+    from playwright.sync_api import sync_playwright
+
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    with sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(profile), executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS,
+            viewport={"width": 1400, "height": 1000})
+        try:
+            pg = context.new_page()
+            pg.goto(hub.url, wait_until="domcontentloaded")
+            yield pg
+        finally:
+            context.close()
+
+
+def _screenshot(page: Any, tmp_path: Path, name: str) -> Path:
+    """Full-page screenshot into tmp_path (and into $MEDGEN_SCREENSHOTS when set, for a human)."""
+    path = tmp_path / name
+    page.screenshot(path=str(path), full_page=True)
+    if os.environ.get("MEDGEN_SCREENSHOTS"):
+        Path(os.environ["MEDGEN_SCREENSHOTS"]).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(os.environ["MEDGEN_SCREENSHOTS"]) / name)
+    return path
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_browser_example_then_run(page: Any, hub: SimpleNamespace, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    expect(page.locator("#hub-tabs")).to_contain_text("Quickstart: toy shapes")
+    expect(page.locator("#qs-intro")).to_contain_text("Inputs are resized to 16x16 px")
+    page.locator("#qs-example input").click()
+    page.get_by_role("option", name=hub.examples[2]).click()
+    expect(page.locator("#qs-input img")).to_be_visible()
+    expect(page.locator("#qs-truth img")).to_be_visible()
+    page.locator("#qs-run").click()
+    expect(page.locator("#qs-output img")).to_be_visible(timeout=RUN_TIMEOUT_MS)
+    expect(page.locator("#qs-status")).to_contain_text("Done: DDIM", timeout=RUN_TIMEOUT_MS)
+    expect(page.locator("#qs-metrics")).to_contain_text("PSNR (dB)")
+    expect(page.locator("#qs-gallery img").first).to_be_visible()
+    shot = _screenshot(page, tmp_path, "quickstart_example.png")
+    assert Image.open(shot).size[0] >= 1000
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_browser_upload_bad_then_good(page: Any, files: SimpleNamespace, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    file_input = page.locator("#qs-upload input[type=file]")
+    file_input.set_input_files(str(files.notes))
+    expect(page.locator("#qs-status")).to_contain_text("notes.png: not an image")
+    expect(page.locator("#qs-status")).not_to_contain_text("Traceback")
+    page.locator("#qs-upload button[aria-label='Clear']").click()
+    file_input.set_input_files(str(files.colour))
+    expect(page.locator("#qs-status")).to_contain_text("RGB colour image converted to grayscale")
+    expect(page.locator("#qs-input img")).to_be_visible()
+    page.locator("#qs-run").click()
+    expect(page.locator("#qs-status")).to_contain_text("Done:", timeout=RUN_TIMEOUT_MS)
+    expect(page.locator("#qs-output img")).to_be_visible()
+    _screenshot(page, tmp_path, "quickstart_upload.png")
