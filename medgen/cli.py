@@ -209,10 +209,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(to_json(cfg))
         return 0
-    import torch
-
     from medgen.checkpoint import load_translator
-    from medgen.data.io import from_model_range, read_image, to_model_range, write_image
+    from medgen.data.io import read_image, write_image
 
     out = Path(args.output)
     if out.suffix.lower() not in (".png", ".npy"):
@@ -222,20 +220,28 @@ def cmd_sample(args: argparse.Namespace) -> int:
     for note in notes:
         print(f"{PROG}: note: {note}", file=sys.stderr)
     translator = load_translator(args.checkpoint)
+    write_image(out, translate_image(translator, image, cfg, seed=args.seed, name=Path(args.input).name))
+    print(out)
+    return 0
+
+
+def translate_image(translator: Any, image: Any, cfg: RunConfig, *, seed: int = 0, name: str = "image") -> Any:
+    """Translate a ``[H, W]`` array in [0, 1] at the model's size; returns ``[H, W]`` in [0, 1]."""
+    import torch
+
+    from medgen.data.io import from_model_range, to_model_range
+
     size = translator.config.data.image_size
     if image.shape != (size, size):
-        print(f"{PROG}: note: {Path(args.input).name} is {image.shape[0]}x{image.shape[1]}; the model works at "
-              f"{size}x{size}, so the image is resized in and the result resized back", file=sys.stderr)
-    source = to_model_range(image, size)
-    generator = torch.Generator().manual_seed(args.seed)
+        print(f"{PROG}: note: {name} is {image.shape[0]}x{image.shape[1]}; the model works at {size}x{size}, "
+              "so the image is resized in and the result resized back", file=sys.stderr)
+    generator = torch.Generator().manual_seed(seed)
     with torch.inference_mode():
-        pred = translator.translate(source, generator=generator, **sample_options(cfg))
+        pred = translator.translate(to_model_range(image, size), generator=generator, **sample_options(cfg))
     result = from_model_range(pred[:1, :1])
     if result.shape != image.shape:
         result = from_model_range(to_model_range(result, image.shape))
-    write_image(out, result)
-    print(out)
-    return 0
+    return result
 
 
 def _evaluation_frame(translator: Any, dataset: Any, args: argparse.Namespace, cfg: RunConfig) -> Any:

@@ -114,6 +114,30 @@ def test_demo_dry_run(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0 and json.loads(out) == {"preset": "ci", "url": "http://127.0.0.1:7861"}
 
 
+def test_demo_launches_local_only(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    launched: dict[str, object] = {}
+
+    class FakeApp:
+        def launch(self, **kwargs: object) -> None:
+            launched.update(kwargs)
+
+    built: list[tuple[str, str | None]] = []
+    monkeypatch.setattr("medgen.cli.load_demo_app", lambda preset, runs=None: built.append((preset, runs)) or FakeApp())
+    code, out, _ = run(capsys, "demo", "--preset", "ci", "--port", "7999", "--runs", "myruns")
+    assert code == 0 and built == [("ci", "myruns")]
+    assert launched == {"server_name": "127.0.0.1", "server_port": 7999, "share": False}
+    assert "http://127.0.0.1:7999" in out
+
+
+def test_demo_without_app_exits_2(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDGEN_ROOT", str(tmp_path))
+    code, _, err = run(capsys, "demo", "--preset", "ci")
+    assert_one_line_error(code, err, "demos/app.py", "not found")
+    code, _, err = run(capsys, "demo", "--preset", "cii")
+    assert_one_line_error(code, err, "unknown preset 'cii'")
+
+
 # --------------------------------------------------------------------------------------
 # phantoms
 # --------------------------------------------------------------------------------------
