@@ -226,7 +226,8 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
         return path
     latest = latest_checkpoint(path)
     if latest is None:
-        raise CheckpointNotFoundError(f"{path}: not a checkpoint folder (no {CONFIG_FILE}) and no '{LATEST}' checkpoint")
+        raise CheckpointNotFoundError(f"{path}: not a checkpoint folder (no {CONFIG_FILE}) "
+                                      f"and no '{LATEST}' checkpoint")
     return latest
 
 

@@ -73,11 +73,12 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from medgen import registry
-from medgen.checkpoint import (CHECKPOINTS_DIR, LATEST, CheckpointError, check_config, latest_checkpoint,
-                               load_training_state, load_translator, load_weights, make_manifest,
-                               read_manifest, save_checkpoint)
+from medgen.checkpoint import (CHECKPOINTS_DIR, LATEST, CheckpointError, check_config, checkpoint_name,
+                               latest_checkpoint, load_training_state, load_translator, load_weights,
+                               make_manifest, read_manifest, save_checkpoint)
 from medgen.config import RunConfig, TrainConfig, config_hash
 from medgen.data.batch import Batch, collate
+from medgen.data.splits import check_disjoint
 from medgen.methods.base import Method
 from medgen.utils import atomic_write_text, default_device, derive_seed, seed_everything
 
@@ -305,16 +306,16 @@ def _dataset_attr(dataset: Any, name: str) -> Any:
 
 
 def _param_groups(method: Method) -> dict[str, list[nn.Parameter]]:
+    """The method's optimiser groups, checked non-empty and disjoint ({} for untrainable baselines)."""
     groups = dict(method.param_groups())
-    if not groups:
-        raise ValueError(f"{type(method).__name__}.param_groups() returned no groups")
     seen: set[int] = set()
     for name, params in groups.items():
         params = list(params)
         if not params:
             raise ValueError(f"{type(method).__name__}.param_groups()['{name}'] has no parameters")
         if seen & {id(p) for p in params}:
-            raise ValueError(f"{type(method).__name__}.param_groups()['{name}'] shares parameters with an earlier group")
+            raise ValueError(f"{type(method).__name__}.param_groups()['{name}'] shares parameters "
+                             "with an earlier group")
         seen |= {id(p) for p in params}
         groups[name] = params
     return groups
@@ -563,6 +564,8 @@ def _fit(method: Method, dataset: Dataset, cfg: TrainConfig, out_dir: Path, run_
 def _run_loop(tr: _Trainer, stop: int, progress: bool, sample_batch: Batch | None, num_workers: int) -> Path | None:
     """Steps ``tr.step .. stop-1``; returns the last checkpoint written (rank 0) or None."""
     cfg, ctx = tr.cfg, tr.ctx
+    if not tr.groups:  # an untrainable baseline: nothing to optimise, only a checkpoint to write
+        tr.step = max(tr.step, stop)
     sampler = StepBatchSampler(len(tr.dataset), cfg.batch_size, tr.seed, tr.step, stop, ctx.rank, ctx.world_size)
     loader = DataLoader(tr.dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers)
     bar = tqdm(total=stop, initial=tr.step, desc=tr.run_config.name, unit="step", dynamic_ncols=True,
@@ -585,8 +588,9 @@ def _run_loop(tr: _Trainer, stop: int, progress: bool, sample_batch: Batch | Non
             saved = tr.save(tr.wall_time)
     if bar is not None:
         bar.close()
-    if ctx.is_main and saved is None and latest_checkpoint(tr.out_dir) is None:
-        saved = tr.save(tr.wall_time)  # nothing to train (steps == 0): still leave a loadable checkpoint
+    latest = latest_checkpoint(tr.out_dir) if ctx.is_main and saved is None else None
+    if ctx.is_main and saved is None and (latest is None or latest.name != checkpoint_name(tr.step)):
+        saved = tr.save(tr.wall_time)  # nothing was trained (baseline, steps=0): still leave a checkpoint
     return saved
 
 
@@ -603,10 +607,10 @@ def check_patient_overlap(train_dataset: Any, test_dataset: Any, name: str = "da
     train_ids, test_ids = _dataset_attr(train_dataset, "patient_ids"), _dataset_attr(test_dataset, "patient_ids")
     if train_ids is None or test_ids is None:
         return
-    shared = sorted(set(map(str, train_ids)) & set(map(str, test_ids)))
-    if shared:
-        raise SplitOverlapError(f"{name}: {len(shared)} patient id(s) are in both the train and test splits "
-                                f"(e.g. '{shared[0]}'); refusing to train on a split that overlaps test")
+    try:
+        check_disjoint(list(train_ids), list(test_ids))
+    except ValueError as err:
+        raise SplitOverlapError(f"{name}: {err}; refusing to train on a split that overlaps test") from None
 
 
 def _cached_checkpoint(run_dir: Path, cfg: RunConfig) -> Path | None:

@@ -313,6 +313,19 @@ def test_train_or_load_resumes_partial_run(tmp_path):
 
 def test_train_or_load_refuses_patient_overlap(tmp_path):
     cfg = th.tiny_config(dataset="test_pairs_leaky")
-    with pytest.raises(tr.SplitOverlapError, match=r"test_pairs_leaky.*4 patient id\(s\).*'p2'.*refusing"):
+    pattern = r"test_pairs_leaky'?: train and test share 4 patient\(s\): p2, p3.*refusing"
+    with pytest.raises(tr.SplitOverlapError, match=pattern):
         tr.train_or_load(cfg, root=tmp_path, progress=False, device="cpu")
     assert not tr.run_dir_for(cfg, tmp_path).exists()
+
+
+def test_untrainable_method_gets_a_loadable_checkpoint(tmp_path, monkeypatch):
+    cfg = th.tiny_config("test_identity", steps=5)
+    method, result = _fit(cfg, tmp_path / "run")
+    assert result.step == 5 and ck.read_manifest(tmp_path / "run")["complete"] is True
+    assert not (tmp_path / "run" / tr.LOG_FILE).exists() or _log(tmp_path / "run") == []
+    x = torch.rand(2, 1, 8, 8)
+    assert torch.equal(ck.load_translator(tmp_path / "run").translate(x), x)
+    tr.train_or_load(cfg, root=tmp_path, progress=False, device="cpu")
+    monkeypatch.setattr(tr, "fit", lambda *a, **k: pytest.fail("trained again"))
+    assert isinstance(tr.train_or_load(cfg, root=tmp_path, progress=False, device="cpu"), th.TinyIdentity)

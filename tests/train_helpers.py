@@ -2,7 +2,7 @@
 
 Registered names (test-only): methods ``test_regressor`` (a 2-layer conv net regressing
 target from noisy source), ``test_regressor_det`` (the same without noise) and
-``test_gan`` (generator + discriminator groups); datasets ``test_pairs`` (disjoint
+``test_gan`` (generator + discriminator groups), ``test_identity`` (no parameters); datasets ``test_pairs`` (disjoint
 train/test patients) and ``test_pairs_leaky`` (test patients overlap train).
 
 Script entry, used by subprocess tests (SIGKILL resume, torchrun DDP)::
@@ -123,6 +123,18 @@ class TinyGAN(Method):
     @torch.no_grad()
     def translate(self, source: torch.Tensor, *, generator=None, callback=None, **options) -> torch.Tensor:
         return self.gen(source)
+
+
+@_register(registry.METHODS, "test_identity")
+class TinyIdentity(Method):
+    """No parameters and no optimiser groups, like the trivial baselines: fit() has nothing to do."""
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {}
+
+    @torch.no_grad()
+    def translate(self, source: torch.Tensor, *, generator=None, callback=None, **options) -> torch.Tensor:
+        return source.clone()
 
 
 class TinyPairs(Dataset):
