@@ -56,14 +56,16 @@ Library networks and what this class adds
   gives cross-attention (a full transformer layer) at the attention levels;
   ``down_block_additional_residuals`` adds precomputed tensors to the skip features (ControlNet).
   It cannot give a tuner the encoder features of the same forward pass, and has no per-stage
-  embeddings.
+  embeddings. (Its attention blocks import ``einops``, which is not a medgen dependency; its
+  middle block always has attention, so it cannot be built without ``einops``.)
 - diffusers ``UNet2DModel``: 2D only; timestep plus ``class_labels`` (integer, or with
   ``class_embed_type="identity"`` a vector of the embedding width); no cross-attention, no skip
   residuals.
 - diffusers ``UNet2DConditionModel``: 2D only; cross-attention to ``encoder_hidden_states``
   (always required), continuous vectors through ``class_embed_type="projection"``, ControlNet
   residuals (``down_block_additional_residuals``); no 3D, no callable tuner, no per-stage
-  embeddings.
+  embeddings. (diffusers' ``UNet3DConditionModel`` is a video UNet: 2D spatial layers plus
+  attention over frames, not a volumetric 3D network.)
 This UNet is one class for 2D and 3D with all five injection modes together, including skip
 residuals computed by a tuner from the current encoder features and separate stage
 embeddings for the down and up paths, and it checks every condition against its config.
@@ -316,20 +318,26 @@ class UNet(nn.Module):
 
     def _check_condition(self, cond: Condition, x: torch.Tensor) -> None:
         cfg, b, spatial = self.config, x.shape[0], tuple(x.shape[2:])
-        _check_field("image", cond.image, "cond_image_channels", cfg.cond_image_channels,
-                     (b, cfg.cond_image_channels, *spatial), "[B, c, *S] matching x")
-        _check_field("vector", cond.vector, "cond_vector_dim", cfg.cond_vector_dim,
-                     (b, cfg.cond_vector_dim), "[B, d]")
-        tokens_n = cond.tokens.shape[1] if cond.tokens is not None and cond.tokens.dim() == 3 else -1
-        _check_field("tokens", cond.tokens, "cond_tokens_dim", cfg.cond_tokens_dim,
-                     (b, tokens_n, cfg.cond_tokens_dim), "[B, N, d]")
-        _check_field("skip_residuals", cond.skip_residuals, "skip_residuals", cfg.skip_residuals, None, "")
-        stages = cond.stage if isinstance(cond.stage, (tuple, list)) else (cond.stage,)
-        if isinstance(cond.stage, (tuple, list)) and len(stages) != 2:
-            raise ValueError(f"cond.stage is a sequence of {len(stages)} tensors; give one [B, d] or a pair (down, up)")
-        for s in stages:
-            _check_field("stage", s, "stage_embedding_dim", cfg.stage_embedding_dim,
-                         (b, cfg.stage_embedding_dim), "[B, d]")
+        if _present("image", cond.image, "cond_image_channels", cfg.cond_image_channels):
+            _check_shape("image", cond.image, (b, cfg.cond_image_channels, *spatial), "[B, c, *S] matching x",
+                         f"cond_image_channels={cfg.cond_image_channels}")
+        if _present("vector", cond.vector, "cond_vector_dim", cfg.cond_vector_dim):
+            _check_shape("vector", cond.vector, (b, cfg.cond_vector_dim), "[B, d]",
+                         f"cond_vector_dim={cfg.cond_vector_dim}")
+        if _present("tokens", cond.tokens, "cond_tokens_dim", cfg.cond_tokens_dim):
+            n_tokens = cond.tokens.shape[1] if cond.tokens.dim() == 3 else -1
+            _check_shape("tokens", cond.tokens, (b, n_tokens, cfg.cond_tokens_dim), "[B, N, d]",
+                         f"cond_tokens_dim={cfg.cond_tokens_dim}")
+        _present("skip_residuals", cond.skip_residuals, "skip_residuals", cfg.skip_residuals)
+        if _present("stage", cond.stage, "stage_embedding_dim", cfg.stage_embedding_dim):
+            pair = isinstance(cond.stage, (tuple, list))
+            stages = cond.stage if pair else (cond.stage,)
+            if pair and len(stages) != 2:
+                raise ValueError(f"cond.stage is a sequence of {len(stages)} tensors; give one [B, d] or a "
+                                 f"pair (down, up)")
+            for s in stages:
+                _check_shape("stage", s, (b, cfg.stage_embedding_dim), "[B, d]",
+                             f"stage_embedding_dim={cfg.stage_embedding_dim}")
 
     def _check_residuals(self, residuals: Sequence[torch.Tensor], skips: list[torch.Tensor]) -> None:
         if len(residuals) != len(skips):
@@ -341,15 +349,17 @@ class UNet(nn.Module):
                                  f"{tuple(s.shape)} (see UNet.skip_shapes)")
 
 
-def _check_field(name: str, value: object, cfg_field: str, cfg_value: int | bool,
-                 shape: tuple[int, ...] | None, layout: str) -> None:
-    """One condition field against its UNetConfig switch (and, for tensors, its expected shape)."""
-    if value is None:
-        if cfg_value:
-            raise ValueError(f"UNetConfig.{cfg_field}={cfg_value} requires cond.{name}")
-        return
-    if not cfg_value:
+def _present(name: str, value: object, cfg_field: str, cfg_value: int | bool) -> bool:
+    """Whether ``cond.<name>`` is given; raise if that disagrees with ``UNetConfig.<cfg_field>``."""
+    if value is None and cfg_value:
+        raise ValueError(f"UNetConfig.{cfg_field}={cfg_value} requires cond.{name}")
+    if value is not None and not cfg_value:
         raise ValueError(f"cond.{name} was given but UNetConfig.{cfg_field}={cfg_value}")
-    if shape is not None and tuple(value.shape) != shape:  # type: ignore[attr-defined]
-        raise ValueError(f"cond.{name} has shape {tuple(value.shape)}, expected {list(shape)} {layout} "  # type: ignore[attr-defined]
-                         f"(UNetConfig.{cfg_field}={cfg_value})")
+    return value is not None
+
+
+def _check_shape(name: str, tensor: torch.Tensor, shape: tuple[int, ...], layout: str, setting: str) -> None:
+    """Raise if ``cond.<name>`` does not have exactly ``shape`` (no silent broadcasting)."""
+    if tuple(tensor.shape) != shape:
+        raise ValueError(f"cond.{name} has shape {tuple(tensor.shape)}, expected {list(shape)} {layout} "
+                         f"(UNetConfig.{setting})")

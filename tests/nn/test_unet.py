@@ -262,6 +262,8 @@ def test_condition_given_but_not_configured_and_missing(mode, arg):
         (dict(tokens=torch.randn(B, 5)), r"cond\.tokens has shape \(2, 5\)"),
         (dict(stage=torch.randn(B, 2)), r"cond\.stage has shape \(2, 2\).*UNetConfig\.stage_embedding_dim=4"),
         (dict(stage=(torch.randn(B, 4),) * 3), r"cond\.stage is a sequence of 3 tensors"),
+        (dict(stage=[torch.randn(B, 4)]), r"cond\.stage is a sequence of 1 tensors"),
+        (dict(stage=(torch.randn(B, 4), torch.randn(B, 3))), r"cond\.stage has shape \(2, 3\)"),
         (dict(skip_residuals=[torch.zeros(B, 8, 16, 16)]), r"cond\.skip_residuals has 1 tensors but the UNet has 4 skip"),
         (dict(skip_residuals=[torch.zeros(B, 8, 16, 16)] * 4),
          r"cond\.skip_residuals\[2\] has shape \(2, 8, 16, 16\) but skip 2 has shape \(2, 8, 8, 8\)"),
