@@ -187,13 +187,26 @@ def build_setup(preset: str, batch_size: int, seed: int = 0) -> SpeedSetup:
 
     cfg = get_preset(preset, "quickstart")
     torch.manual_seed(seed)
-    net = UNet(cfg.model).eval()
+    net = randomize_zero_init(UNet(cfg.model)).eval()
     schedule = NoiseSchedule.from_config(cfg.diffusion)
     denoiser = Denoiser(net, schedule, prediction=cfg.diffusion.prediction, clip_x0=cfg.diffusion.clip_x0)
     batch = fixed_batch(cfg, batch_size)
     generator = torch.Generator().manual_seed(seed)
     x_T = torch.randn(batch.target.shape, generator=generator)
     return SpeedSetup(cfg, net, denoiser, x_T, batch.source, batch.target)
+
+
+def randomize_zero_init(net: nn.Module, std: float = 0.02) -> nn.Module:
+    """Give all-zero parameters (the UNet zero-initialises ``conv_out``) small random values.
+
+    An untrained zero-output network would make the medgen-vs-diffusers output comparison of
+    (b) trivial (x0 = a x_t exactly); the speed does not depend on the values.
+    """
+    with torch.no_grad():
+        for p in net.parameters():
+            if not p.any():
+                p.normal_(0.0, std)
+    return net
 
 
 def n_parameters(net: nn.Module) -> int:
@@ -561,11 +574,14 @@ class Plan:
     nfes: tuple[int, ...]
 
 
-def make_plan(quick: bool, steps: int | None) -> Plan:
-    """Full or quick sizes; ``steps`` overrides the DDIM step count of (a) and (b)."""
-    if quick:
-        return Plan(steps or 4, 3, 4, 2, 512, QUICK_NFES)
-    return Plan(steps or 20, 9, 10, 3, 2048, FULL_NFES)
+def make_plan(quick: bool, steps: int | None = None, repeats: int | None = None) -> Plan:
+    """Full or quick sizes; ``steps`` overrides N of (a) and (b), ``repeats`` every round count."""
+    plan = Plan(4, 3, 4, 2, 512, QUICK_NFES) if quick else Plan(20, 9, 10, 3, 2048, FULL_NFES)
+    if steps:
+        plan = replace(plan, steps=steps)
+    if repeats:
+        plan = replace(plan, repeats=repeats, train_rounds=repeats)
+    return plan
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -578,13 +594,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--root", default="runs", help="train_or_load cache folder for (e)")
     p.add_argument("--batch", type=int, default=16, help="batch size of (a), (b), (d)")
     p.add_argument("--steps", type=int, default=None, help="DDIM steps N of (a), (b) (default 20; quick 4)")
+    p.add_argument("--repeats", type=int, default=None, help="timed rounds of every measure (default 9, quick 3)")
     p.add_argument("--only", default="abcde", help="subset of the measures to run, e.g. 'ab'")
     return p.parse_args(argv)
 
 
 def run(args: argparse.Namespace) -> list[Row]:
     """Run the selected measures and return their rows."""
-    plan = make_plan(args.quick, args.steps)
+    plan = make_plan(args.quick, args.steps, args.repeats)
     cfg = get_preset(args.preset, "quickstart")
     torch.set_num_threads(cfg.train.num_threads)
     log(f"preset {args.preset}: UNet {cfg.model.channels}, {cfg.data.image_size} px, batch {args.batch}, "

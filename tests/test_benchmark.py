@@ -21,7 +21,7 @@ GOAL = re.compile(r"^(report|(<=|>=) \S+)$")
 def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Run ``benchmark.speed --quick`` at the ``ci`` preset into a temporary folder."""
     tmp = tmp_path_factory.mktemp("speed")
-    argv = ["--quick", "--preset", "ci", "--quality-preset", "ci", "--batch", "4", "--steps", "3",
+    argv = ["--quick", "--preset", "ci", "--quality-preset", "ci", "--batch", "4", "--steps", "3", "--repeats", "1",
             "--root", str(tmp / "runs"), "--out", str(tmp / "out")]
     assert speed.main(argv) == 0
     return tmp / "out"
