@@ -1,5 +1,5 @@
 """Methods (translators); importing this package registers every method in ``registry.METHODS``."""
-from medgen.methods import baselines  # noqa: F401  (registers "identity", "gaussian_filter")
+from medgen.methods import baselines, cddpm  # noqa: F401  (register identity, gaussian_filter, cddpm)
 from medgen.methods.base import Method
 
-__all__ = ["Method", "baselines"]
+__all__ = ["Method", "baselines", "cddpm"]
