@@ -99,7 +99,7 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, *, model: nn.Module, 
                     ema_model: nn.Module | None = None, keep_last: int | None = 2) -> Path:
     """Write ``run_dir/checkpoints/step_<step>/`` atomically and point ``run_dir/latest`` at it.
 
-    ``state`` (optimiser states, counters, RNG) goes to ``optim.pt``. ``keep_last`` older
+    ``state`` (optimiser states, counters, RNG) goes to ``optim.pt``. The newest ``keep_last``
     checkpoints are kept (``None``: all); the one ``latest`` points at is never removed.
     Returns the checkpoint folder.
     """

@@ -613,6 +613,24 @@ def check_patient_overlap(train_dataset: Any, test_dataset: Any, name: str = "da
         raise SplitOverlapError(f"{name}: {err}; refusing to train on a split that overlaps test") from None
 
 
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Exclusive lock on a cached run (``.<hash>.lock`` beside it), so that two processes asking
+    for one config train it once: the second waits, then loads. No-op where ``fcntl`` is missing."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(run_dir.parent / f".{run_dir.name}.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def _cached_checkpoint(run_dir: Path, cfg: RunConfig) -> Path | None:
     """The complete final checkpoint of ``cfg`` in ``run_dir``, or None."""
     ckpt = latest_checkpoint(run_dir) if run_dir.is_dir() else None
@@ -633,20 +651,26 @@ def train_or_load(cfg: RunConfig, *, root: str | os.PathLike = "runs", progress:
     run_dir = run_dir_for(cfg, root)
     ctx = DistContext.setup(device)
     try:
-        if force and ctx.is_main:
-            shutil.rmtree(run_dir, ignore_errors=True)
-        ctx.barrier()
-        cached = _cached_checkpoint(run_dir, cfg)
-        if cached is not None:
-            return load_translator(cached, device=ctx.device, config=cfg)
-        make_dataset = registry.lookup(registry.DATASETS, cfg.data.dataset)
-        train_ds = make_dataset(cfg.data, "train")
-        if _dataset_attr(train_ds, "patient_ids") is not None:
-            check_patient_overlap(train_ds, make_dataset(cfg.data, "test"), f"dataset '{cfg.data.dataset}'")
-        seed_everything(cfg.seed)
-        method = registry.lookup(registry.METHODS, cfg.method)(cfg)
-        fit(method, train_ds, cfg.train, out_dir=run_dir, run_config=cfg, seed=cfg.seed, resume=True,
-            progress=progress, device=ctx.device)
-        return method
+        with run_lock(run_dir) if ctx.is_main else contextlib.nullcontext():  # rank 0 locks for the job
+            if force and ctx.is_main:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            ctx.barrier()
+            cached = _cached_checkpoint(run_dir, cfg)
+            if cached is not None:
+                return load_translator(cached, device=ctx.device, config=cfg)
+            return _train_cached(cfg, run_dir, progress, ctx)
     finally:
         ctx.close()
+
+
+def _train_cached(cfg: RunConfig, run_dir: Path, progress: bool, ctx: DistContext) -> Method:
+    """Build the datasets and method of ``cfg``, check the split, and fit (resuming) into ``run_dir``."""
+    make_dataset = registry.lookup(registry.DATASETS, cfg.data.dataset)
+    train_ds = make_dataset(cfg.data, "train")
+    if _dataset_attr(train_ds, "patient_ids") is not None:
+        check_patient_overlap(train_ds, make_dataset(cfg.data, "test"), f"dataset '{cfg.data.dataset}'")
+    seed_everything(cfg.seed)
+    method = registry.lookup(registry.METHODS, cfg.method)(cfg)
+    fit(method, train_ds, cfg.train, out_dir=run_dir, run_config=cfg, seed=cfg.seed, resume=True,
+        progress=progress, device=ctx.device)
+    return method

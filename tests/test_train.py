@@ -226,6 +226,7 @@ def test_resume_after_stop_is_exact(tmp_path):
     assert [r["step"] for r in _log(tmp_path / "split")] == list(range(1, 7))
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_exact(tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, str(HERE / "train_helpers.py"), str(out), "--steps", "12", "--ckpt-every", "3",
@@ -266,6 +267,7 @@ def test_resume_refuses_other_config_and_seed(tmp_path):
 # --------------------------------------------------------------------------------------
 # DDP (2 processes, gloo, CPU)
 # --------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_ddp_two_processes_match_single_process(tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -329,3 +331,25 @@ def test_untrainable_method_gets_a_loadable_checkpoint(tmp_path, monkeypatch):
     tr.train_or_load(cfg, root=tmp_path, progress=False, device="cpu")
     monkeypatch.setattr(tr, "fit", lambda *a, **k: pytest.fail("trained again"))
     assert isinstance(tr.train_or_load(cfg, root=tmp_path, progress=False, device="cpu"), th.TinyIdentity)
+
+
+def test_train_or_load_waits_for_a_concurrent_trainer(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    cfg = th.tiny_config(steps=2)
+    run_dir = tr.run_dir_for(cfg, tmp_path)
+    fits = []
+    real_fit = tr.fit
+    monkeypatch.setattr(tr, "fit", lambda *a, **k: fits.append(threading.current_thread().name) or real_fit(*a, **k))
+    results = []
+    with tr.run_lock(run_dir):  # another process is training this config
+        worker = threading.Thread(name="waiter", target=lambda: results.append(
+            tr.train_or_load(cfg, root=tmp_path, progress=False, device="cpu")))
+        worker.start()
+        time.sleep(0.5)
+        assert worker.is_alive() and not fits  # waiting, not training
+        _fit(cfg, run_dir)  # the other trainer finishes
+    worker.join(timeout=60)
+    assert results and "waiter" not in fits  # the waiter loaded the finished run instead of training again
+    _assert_equal(results[0].state_dict(), _weights(run_dir, ema=True) | {"version": torch.tensor(3)})
