@@ -646,7 +646,8 @@ def train_or_load(cfg: RunConfig, *, root: str | os.PathLike = "runs", progress:
     Looks in ``root/<cfg.name>/<config_hash(cfg)>/``: a complete final checkpoint is loaded,
     a partial one is resumed, otherwise the method is trained from scratch (``force=True``
     deletes the cached run first). Refuses (:class:`SplitOverlapError`) to train when the
-    train and test datasets both expose ``patient_ids`` and share any.
+    train and test datasets both expose ``patient_ids`` and share any. Concurrent callers
+    for one config are serialised by :func:`run_lock`: the first trains, the others load.
     """
     run_dir = run_dir_for(cfg, root)
     ctx = DistContext.setup(device)
