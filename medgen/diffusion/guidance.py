@@ -3,10 +3,12 @@
 A wrapper is itself a denoiser (``(x_t, t, cond) -> Prediction`` with ``.schedule``), so
 guidance lives neither in the network nor in the sampler loop, and wrappers compose.
 
-Both wrappers change eps and x0 by the *same* affine update (so with clipping off the pair
-stays an exact forward-formula pair) and then clamp x0 when the wrapped denoiser clips
-(``clip_x0``), the rule of :mod:`medgen.diffusion.parameterization`. Every sampler
-(DDPM uses x0, DDIM x0 and eps, DPM-Solver++ x0) therefore takes the guided step.
+Both wrappers change eps and x0 by the *same* affine update, so with clipping off the pair
+stays an exact forward-formula pair. When the wrapped denoiser clips (``clip_x0``) its x0
+is already clamped, so the guided x0 is re-derived from the guided eps (which is never
+clamped) and then clamped: the result is the clamp of the guided raw estimate, the rule of
+:mod:`medgen.diffusion.parameterization`. Every sampler (DDPM uses x0, DDIM x0 and eps,
+DPM-Solver++ x0) therefore takes the guided step.
 
 - CFG (Ho & Salimans 2021; MRI->CT paper appendix: "the conditioned output is multiplied by
   w+1 and the unconditioned output by -w"): ``eps = (1 + w) eps(c) - w eps(null)`` and
@@ -16,8 +18,13 @@ stays an exact forward-formula pair) and then clamp x0 when the wrapped denoiser
   ``grad log p(y | x_t) ~= -scale * grad_{x_t} ||y - A(x0_hat(x_t))||^2``, and added to the
   model score ``-eps / sqrt(1 - ab_t)``. In eps / x0 terms, with g that gradient,
   ``eps' = eps + sqrt(1 - ab_t) scale g`` and ``x0' = x0 - (1 - ab_t) / sqrt(ab_t) scale g``.
+  For Gaussian measurement noise of std sigma_y, ``scale = 1 / (2 sigma_y^2)`` (DPS's rho).
   ``normalize=True`` uses ``||y - A(x0_hat)||`` instead of its square, the step-size
-  normalisation ``zeta / ||y - A(x0_hat)||`` of the DPS paper and code.
+  normalisation ``zeta / ||y - A(x0_hat)||`` of the DPS paper and code. Because the
+  correction is a score, its pull on x per step scales with the step's noise decrement
+  (about ``beta_t scale g`` for DDPM), unlike DPS's fixed ``zeta``. On the toy inpainting
+  test (20 steps) scale 10 (squared) or 20 (normalized) cuts the residual to 4-14 % of the
+  unguided one; scales about 10x larger diverge.
 
 Why hand-written: no library wraps a denoiser this way (diffusers does CFG inside pipelines).
 """
@@ -147,8 +154,11 @@ class _Wrapper(nn.Module):
     def clip_x0(self) -> bool:
         return bool(getattr(self.denoiser, "clip_x0", False))
 
-    def _finish(self, x0: torch.Tensor, eps: torch.Tensor) -> Prediction:
-        return Prediction(x0=x0.clamp(-1.0, 1.0) if self.clip_x0 else x0, eps=eps)
+    def _finish(self, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor) -> Prediction:
+        """The guided pair; with clipping, x0 = clamp(x0 implied by the guided eps) (module docstring)."""
+        if not self.clip_x0:
+            return Prediction(x0=x0, eps=eps)
+        return Prediction(x0=self.schedule.x0_from_eps(x_t, t, eps).clamp(-1.0, 1.0), eps=eps)
 
 
 class CFGDenoiser(_Wrapper):
@@ -169,7 +179,7 @@ class CFGDenoiser(_Wrapper):
             return self.denoiser(x_t, t, cond)  # exactly one plain forward
         c, u = self._both(x_t, t, cond)
         w = self.scale
-        return self._finish((1 + w) * c.x0 - w * u.x0, (1 + w) * c.eps - w * u.eps)
+        return self._finish(x_t, t, (1 + w) * c.x0 - w * u.x0, (1 + w) * c.eps - w * u.eps)
 
     def _both(self, x_t: torch.Tensor, t: torch.Tensor, cond: Any) -> tuple[Prediction, Prediction]:
         """Conditional and null predictions, as one 2B forward when the condition concatenates."""
@@ -206,9 +216,11 @@ class MeasurementGuidance(_Wrapper):
         pred, grad = self._prediction_and_gradient(x_t, t, cond)
         a, s = self.schedule.coefficients(t, x_t)  # [B, 1, ..., 1]
         step = self.scale * grad
-        return self._finish(pred.x0 - (s * s / a) * step, pred.eps + s * step)
+        return self._finish(x_t, t, pred.x0 - (s * s / a) * step, pred.eps + s * step)
 
-    def _prediction_and_gradient(self, x_t: torch.Tensor, t: torch.Tensor, cond: Any) -> tuple[Prediction, torch.Tensor]:
+    def _prediction_and_gradient(
+        self, x_t: torch.Tensor, t: torch.Tensor, cond: Any
+    ) -> tuple[Prediction, torch.Tensor]:
         """The wrapped prediction (detached) and g = grad_{x_t} of each sample's residual ``[B, C, *S]``."""
         with torch.inference_mode(False), torch.enable_grad():
             x = x_t.detach().clone().requires_grad_(True)

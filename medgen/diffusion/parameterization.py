@@ -67,7 +67,9 @@ class Denoiser(nn.Module):
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Any = None) -> Prediction:
         return self.to_prediction(self.net(x_t, t, cond), x_t, t)
 
-    def to_prediction(self, raw: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, *, clip: bool | None = None) -> Prediction:
+    def to_prediction(
+        self, raw: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, *, clip: bool | None = None
+    ) -> Prediction:
         """Convert a raw network output ``[B, C, *S]`` at (x_t, t) into ``(x0, eps)``.
 
         ``clip`` overrides ``self.clip_x0`` (training losses use ``clip=False``).

@@ -17,13 +17,15 @@
 
 Samplers run under ``torch.no_grad`` (guidance wrappers that need gradients enable them).
 All per-step coefficients are computed once, in float64 on the host, before the loop, so a
-step is the network call plus a few fused-size elementwise ops and no host synchronisation.
+step is the network call plus a few elementwise ops and no host synchronisation (pass a
+generator on x's device: a CPU generator for a CUDA sample costs one host-to-device copy
+per stochastic step).
 
 Why hand-written rather than driving diffusers' schedulers: the schedulers take the raw
 network output (so the parameterization would live in the sampler, against medgen's
-contract), keep mutable step state, synchronise with the host on every step (DDPM's
-``previous_timestep`` and DPM-Solver's ``index_for_timestep`` search the timestep table),
-and DDIMScheduler assumes uniform gaps (its previous timestep is ``t - T // n``, wrong for
+contract), keep mutable step state (DPM-Solver's history and step index), DDPMScheduler
+synchronises with the host on every step (``previous_timestep`` searches the timestep table
+with ``nonzero``), and DDIMScheduler assumes uniform gaps (its previous timestep is ``t - T // n``, wrong for
 "linspace" or uneven "trailing" spacings). The update formulas are a few lines each; the
 tests compare every step with DDPMScheduler, DDIMScheduler and DPMSolverMultistepScheduler.
 """
@@ -63,7 +65,9 @@ def _timestep_list(timesteps: Any, T: int) -> list[int]:
     return ts
 
 
-def _prepare(denoiser: Any, timesteps: Any, x_T: torch.Tensor) -> tuple[list[int], list[float], list[float], torch.Tensor]:
+def _prepare(
+    denoiser: Any, timesteps: Any, x_T: torch.Tensor
+) -> tuple[list[int], list[float], list[float], torch.Tensor]:
     """Host timesteps, alpha_bar at each and at its successor (1.0 after the last), and the
     timesteps on x_T's device ``[n]``."""
     schedule = _schedule_of(denoiser)

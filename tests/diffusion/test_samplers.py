@@ -32,6 +32,8 @@ from medgen.diffusion import (
 
 DIFFUSERS_PREDICTION = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
 T = 1000
+# diffusers' DPMSolverMultistepScheduler.set_timesteps calls np.array(tensor), which numpy 2 flags
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
 
 
 class ToyNet(nn.Module):
@@ -136,7 +138,9 @@ def test_ddim_matches_diffusers(prediction: str, clip: bool, spacing: str, eta: 
 
 
 @pytest.mark.parametrize("prediction,clip", PARAMS)
-@pytest.mark.parametrize("schedule,spacing", [("linear", "trailing"), ("cosine", "leading"), ("scaled_linear", "linspace")])
+@pytest.mark.parametrize(
+    "schedule,spacing", [("linear", "trailing"), ("cosine", "leading"), ("scaled_linear", "linspace")]
+)
 def test_dpmpp_matches_diffusers(prediction: str, clip: bool, schedule: str, spacing: str) -> None:
     denoiser, x_T = make(prediction, clip, schedule)
     ref_sched = DPMSolverMultistepScheduler(num_train_timesteps=T, trained_betas=SCHEDULES[schedule](T).numpy(),
