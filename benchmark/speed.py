@@ -58,12 +58,20 @@ from typing import Callable, Mapping, Sequence
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from diffusers import DDIMScheduler
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from medgen.config import RunConfig, get_preset
 from medgen.data.batch import Batch, collate
+from medgen.diffusion.parameterization import Denoiser
+from medgen.diffusion.samplers import ddim_sample
+from medgen.diffusion.schedules import NoiseSchedule, respace
+from medgen.metrics.image import psnr
+from medgen.nn.unet import Condition, UNet
 from medgen.registry import DATASETS, METHODS, lookup
 from medgen.reports import markdown_table, resolve_reports_root
+from medgen.train import fit, train_or_load
 
 COLUMNS = ("measure", "value", "unit", "goal", "holds")
 FULL_NFES = (5, 8, 10, 15, 20, 25, 30, 50)
@@ -157,7 +165,7 @@ class SpeedSetup:
 
     cfg: RunConfig
     net: nn.Module
-    denoiser: nn.Module
+    denoiser: Denoiser
     x_T: torch.Tensor  # [B, out_channels, S, S]
     source: torch.Tensor  # [B, cond_image_channels, S, S]
     target: torch.Tensor  # [B, out_channels, S, S]
@@ -166,10 +174,8 @@ class SpeedSetup:
     def batch_size(self) -> int:
         return self.x_T.shape[0]
 
-    def cond(self, image: torch.Tensor | None = None):
+    def cond(self, image: torch.Tensor | None = None) -> Condition:
         """The network condition for the batch (channel-concatenated source image)."""
-        from medgen.nn.unet import Condition
-
         return Condition(image=self.source if image is None else image)
 
 
@@ -181,10 +187,6 @@ def fixed_batch(cfg: RunConfig, batch_size: int) -> Batch:
 
 def build_setup(preset: str, batch_size: int, seed: int = 0) -> SpeedSetup:
     """The default UNet of ``preset`` (quickstart task) with random init, and its batch."""
-    from medgen.diffusion.parameterization import Denoiser
-    from medgen.diffusion.schedules import NoiseSchedule
-    from medgen.nn.unet import UNet
-
     cfg = get_preset(preset, "quickstart")
     torch.manual_seed(seed)
     net = randomize_zero_init(UNet(cfg.model)).eval()
@@ -219,9 +221,6 @@ def n_parameters(net: nn.Module) -> int:
 # --------------------------------------------------------------------------------------
 def measure_sampler_overhead(s: SpeedSetup, steps: int, repeats: int) -> list[Row]:
     """time(N-step DDIM) / (N x time(one Denoiser forward)), same batch and timesteps."""
-    from medgen.diffusion.samplers import ddim_sample
-    from medgen.diffusion.schedules import respace
-
     timesteps = respace(s.cfg.diffusion.timesteps, steps, s.cfg.sample.spacing)
     cond = s.cond()
     t_batches = [t.repeat(s.batch_size) for t in timesteps]
@@ -246,10 +245,8 @@ def measure_sampler_overhead(s: SpeedSetup, steps: int, repeats: int) -> list[Ro
 # --------------------------------------------------------------------------------------
 # (b) medgen DDIM vs diffusers DDIMScheduler
 # --------------------------------------------------------------------------------------
-def diffusers_scheduler(s: SpeedSetup):
+def diffusers_scheduler(s: SpeedSetup) -> DDIMScheduler:
     """A diffusers DDIMScheduler configured like medgen's DDIM (same betas, spacing, clipping, final alpha 1)."""
-    from diffusers import DDIMScheduler
-
     d = s.cfg.diffusion
     scheduler = DDIMScheduler(
         num_train_timesteps=d.timesteps,
@@ -264,7 +261,8 @@ def diffusers_scheduler(s: SpeedSetup):
     return scheduler
 
 
-def diffusers_ddim(s: SpeedSetup, scheduler, use_clipped_eps: bool, steps: int, cond) -> torch.Tensor:
+def diffusers_ddim(s: SpeedSetup, scheduler: DDIMScheduler, use_clipped_eps: bool, steps: int,
+                   cond: Condition) -> torch.Tensor:
     """Deterministic DDIM with diffusers' scheduler driving the raw network: x_T -> x_0."""
     scheduler.set_timesteps(steps)
     x = s.x_T
@@ -287,9 +285,6 @@ def medgen_clips_eps(s: SpeedSetup) -> bool:
 
 def measure_vs_diffusers(s: SpeedSetup, steps: int, repeats: int) -> list[Row]:
     """diffusers_time / medgen_time for N-step DDIM (eta 0), and max |output difference|."""
-    from medgen.diffusion.samplers import ddim_sample
-    from medgen.diffusion.schedules import respace
-
     clipped = medgen_clips_eps(s)
     scheduler = diffusers_scheduler(s)
     timesteps = respace(s.cfg.diffusion.timesteps, steps, s.cfg.sample.spacing)
@@ -333,8 +328,6 @@ class PlainTrainer:
 
     @classmethod
     def create(cls, s: SpeedSetup, seed: int = 0) -> "PlainTrainer":
-        from medgen.nn.unet import UNet
-
         torch.manual_seed(seed)
         net = UNet(s.cfg.model).train()
         tc = s.cfg.train
@@ -345,8 +338,6 @@ class PlainTrainer:
 
     def loss(self) -> torch.Tensor:
         """MSE between the network output and its target (eps, x0 or v) at uniform random t."""
-        from medgen.nn.unet import Condition
-
         x0 = self.x0
         t = torch.randint(0, self.alphas_cumprod.shape[0], (x0.shape[0],))
         noise = torch.randn_like(x0)
@@ -392,13 +383,12 @@ class StepClock:
 
 def fit_step_times(cfg: RunConfig, dataset, steps: int, seed: int = 0) -> list[float]:
     """Per-step seconds of ``medgen.train.fit`` over ``steps`` steps (first interval dropped)."""
-    from medgen.train import fit
-
     torch.manual_seed(seed)
     method = lookup(METHODS, cfg.method)(cfg)
     clock = StepClock(method)
     calls_per_step = max(1, len(method.param_groups())) * cfg.train.grad_accum
-    train_cfg = replace(cfg.train, steps=steps, ckpt_every=0, sample_every=0)
+    # The plain loop's thread count, so both sides of the ratio run with the same threads.
+    train_cfg = replace(cfg.train, steps=steps, ckpt_every=0, sample_every=0, num_threads=torch.get_num_threads())
     with tempfile.TemporaryDirectory(prefix="medgen-speed-fit-") as tmp:
         fit(method, dataset, train_cfg, out_dir=Path(tmp) / "run", seed=seed, resume=False, progress=False)
     per_call = clock.intervals()[calls_per_step:]  # drop the first step (warm-up)
@@ -460,8 +450,6 @@ def paired_diff(a: Sequence[float], b: Sequence[float]) -> float:
 # --------------------------------------------------------------------------------------
 def forward_flops(s: SpeedSetup) -> int:
     """FLOPs of one UNet forward on the batch, counted by FlopCounterMode."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     t = torch.full((s.batch_size,), s.cfg.diffusion.timesteps // 2)
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
@@ -496,8 +484,6 @@ class NFECounter:
     """Counts forward calls of every UNet inside a module (hooks; remove with :meth:`close`)."""
 
     def __init__(self, module: nn.Module) -> None:
-        from medgen.nn.unet import UNet
-
         self.calls = 0
         nets = [m for m in module.modules() if isinstance(m, UNet)]
         self.handles = [m.register_forward_pre_hook(self._hook) for m in nets]
@@ -512,8 +498,6 @@ class NFECounter:
 
 def translate_psnr(method: nn.Module, batch: Batch, seed: int, **options) -> tuple[float, int]:
     """Mean PSNR (data_range 2) of ``method.translate`` on ``batch`` from the x_T of ``seed``; and its NFE."""
-    from medgen.metrics.image import psnr
-
     counter = NFECounter(method)
     try:
         with torch.inference_mode():
@@ -534,9 +518,6 @@ def smallest_nfe(psnrs: Mapping[int, float], reference: float, two_sided: bool) 
 
 def measure_fast_solver(preset: str, root: str, nfes: Sequence[int], seed: int = 0) -> list[Row]:
     """PSNR of DDIM-50 and DPM-Solver++ at each NFE on the toy test split, same x_T."""
-    from medgen.metrics.image import psnr
-    from medgen.train import train_or_load
-
     cfg = get_preset(preset, "quickstart")
     log(f"(e) train_or_load quickstart/{preset} under {root}/ (cached by config hash)")
     method = train_or_load(cfg, root=root).eval()
@@ -595,6 +576,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=16, help="batch size of (a), (b), (d)")
     p.add_argument("--steps", type=int, default=None, help="DDIM steps N of (a), (b) (default 20; quick 4)")
     p.add_argument("--repeats", type=int, default=None, help="timed rounds of every measure (default 9, quick 3)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: the preset's train.num_threads)")
     p.add_argument("--only", default="abcde", help="subset of the measures to run, e.g. 'ab'")
     return p.parse_args(argv)
 
@@ -603,7 +585,7 @@ def run(args: argparse.Namespace) -> list[Row]:
     """Run the selected measures and return their rows."""
     plan = make_plan(args.quick, args.steps, args.repeats)
     cfg = get_preset(args.preset, "quickstart")
-    torch.set_num_threads(cfg.train.num_threads)
+    torch.set_num_threads(args.threads or cfg.train.num_threads)
     log(f"preset {args.preset}: UNet {cfg.model.channels}, {cfg.data.image_size} px, batch {args.batch}, "
         f"{torch.get_num_threads()} threads, plan {plan}")
     s = build_setup(args.preset, args.batch)
