@@ -9,7 +9,7 @@ Examples
     medgen sample --checkpoint runs/<run> --input in.png --output out.png --steps 20
     medgen evaluate --checkpoint runs/<run> --out eval.csv
     medgen reproduce --preset smoke --papers spine,knee
-    medgen demo --preset cpu --port 7860
+    medgen demo --preset smoke --port 7860
     medgen phantoms --dataset toy_shapes --n 8 --out phantoms/
 
 Every user error (unknown preset, method, dataset, config key or file; an unreadable image)
@@ -300,6 +300,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from medgen.reports import repo_root
     from medgen.reproduce import ReproduceError, reproduce, select_notebooks
 
+    get_preset(args.preset)  # unknown preset -> one-line error, not one failure per notebook
     if args.dry_run:
         notebooks = select_notebooks(repo_root() / "notebooks", args.papers)
         _print_json({"preset": args.preset, "kernel": args.kernel,
@@ -315,7 +316,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 def load_demo_app(preset: str, runs: str | None = None) -> Any:
     """``demos/app.py``'s ``build_app(preset=..., runs_root=...)`` from the repository root."""
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported: no outside lookups
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     from medgen.reports import repo_root
 
