@@ -60,6 +60,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler
 from torch import nn
+from torch.utils.data import Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from medgen.config import RunConfig, get_preset
@@ -78,6 +79,7 @@ FULL_NFES = (5, 8, 10, 15, 20, 25, 30, 50)
 QUICK_NFES = (5, 10, 20)
 PSNR_TOLERANCE_DB = 0.2
 REFERENCE_STEPS = 50
+PLAIN_PHASES = ("fwd_bwd", "clip", "adamw", "ema")  # timed parts of a plain-loop step
 PREDICTION_TO_DIFFUSERS = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
 
 
@@ -346,21 +348,31 @@ class PlainTrainer:
         target = {"eps": noise, "x0": x0, "v": a.sqrt() * noise - (1 - a).sqrt() * x0}[self.prediction]
         return F.mse_loss(self.net(x_t, t, Condition(image=self.source)), target)
 
-    def step(self, clip: float, ema: bool) -> None:
-        """One optimiser step; ``clip`` > 0 clips the global grad norm, ``ema`` updates the EMA copy."""
+    def step(self, clip: float, ema: bool) -> dict[str, float]:
+        """One optimiser step; ``clip`` > 0 clips the global grad norm, ``ema`` updates the EMA copy.
+
+        Returns the seconds of each phase: ``fwd_bwd``, ``clip``, ``adamw``, ``ema`` and ``total``.
+        """
+        stamps = [time.perf_counter()]
         self.optimizer.zero_grad(set_to_none=True)
         self.loss().backward()
+        stamps.append(time.perf_counter())
         if clip > 0:
             nn.utils.clip_grad_norm_(self.net.parameters(), clip)
+        stamps.append(time.perf_counter())
         self.optimizer.step()
+        stamps.append(time.perf_counter())
         if ema:
             with torch.no_grad():
                 for e, p in zip(self.ema, self.net.parameters()):
                     e.lerp_(p, 1.0 - self.ema_decay)
+        stamps.append(time.perf_counter())
+        phases = dict(zip(PLAIN_PHASES, (b - a for a, b in zip(stamps, stamps[1:]))))
+        return {**phases, "total": stamps[-1] - stamps[0]}
 
-    def run(self, steps: int, clip: float, ema: bool) -> list[float]:
-        """Seconds of each of ``steps`` steps."""
-        return [timed(lambda: self.step(clip, ema)) for _ in range(steps)]
+    def run(self, steps: int, clip: float, ema: bool) -> list[dict[str, float]]:
+        """Phase seconds of each of ``steps`` steps."""
+        return [self.step(clip, ema) for _ in range(steps)]
 
 
 class StepClock:
@@ -381,7 +393,7 @@ class StepClock:
         return [b - a for a, b in zip(self.stamps, self.stamps[1:])]
 
 
-def fit_step_times(cfg: RunConfig, dataset, steps: int, seed: int = 0) -> list[float]:
+def fit_step_times(cfg: RunConfig, dataset: Dataset, steps: int, seed: int = 0) -> list[float]:
     """Per-step seconds of ``medgen.train.fit`` over ``steps`` steps (first interval dropped)."""
     torch.manual_seed(seed)
     method = lookup(METHODS, cfg.method)(cfg)
@@ -395,49 +407,56 @@ def fit_step_times(cfg: RunConfig, dataset, steps: int, seed: int = 0) -> list[f
     return [sum(per_call[i:i + calls_per_step]) for i in range(0, len(per_call) - calls_per_step + 1, calls_per_step)]
 
 
-def training_arms(s: SpeedSetup, dataset, steps: int) -> dict[str, Callable[[], list[float]]]:
-    """Block-level arms of (c); each returns the per-step seconds of one block of ``steps`` steps."""
+StepTimes = list[dict[str, float]]  # per step: phase -> seconds (at least "total")
+
+
+def training_arms(s: SpeedSetup, dataset: Dataset, steps: int) -> dict[str, Callable[[], StepTimes]]:
+    """Block-level arms of (c); each returns the step times of one block (its first step dropped)."""
     tc = s.cfg.train
     plain = PlainTrainer.create(s)
     return {
         "plain": lambda: plain.run(steps, clip=0.0, ema=False)[1:],
-        "plain+clip": lambda: plain.run(steps, clip=tc.grad_clip, ema=False)[1:],
         "plain+clip+ema": lambda: plain.run(steps, clip=tc.grad_clip, ema=tc.ema_decay > 0)[1:],
-        "fit": lambda: fit_step_times(s.cfg, dataset, steps + 1),
+        "fit": lambda: [{"total": t} for t in fit_step_times(s.cfg, dataset, steps + 1)],
     }
 
 
-def run_training_rounds(arms: Mapping[str, Callable[[], list[float]]], rounds: int) -> dict[str, list[float]]:
-    """Per-round median step seconds of each arm, arm order alternating per round (after a warm-up)."""
+def run_training_rounds(arms: Mapping[str, Callable[[], StepTimes]], rounds: int) -> dict[str, list[dict[str, float]]]:
+    """Per round and arm, the median seconds of every phase; arm order alternates per round (after a warm-up)."""
     names = list(arms)
     for name in names:
         arms[name]()
-    medians: dict[str, list[float]] = {n: [] for n in names}
+    medians: dict[str, list[dict[str, float]]] = {n: [] for n in names}
     for r in range(rounds):
         for name in names if r % 2 == 0 else names[::-1]:
-            medians[name].append(statistics.median(arms[name]()))
-        log(f"(c) round {r + 1}/{rounds}: " + ", ".join(f"{n} {medians[n][-1] * 1e3:.0f} ms/step" for n in names))
+            steps = arms[name]()
+            medians[name].append({k: statistics.median(st[k] for st in steps) for k in steps[0]})
+        log(f"(c) round {r + 1}/{rounds}: "
+            + ", ".join(f"{n} {medians[n][-1]['total'] * 1e3:.0f} ms/step" for n in names))
     return medians
 
 
 def measure_training(s: SpeedSetup, steps: int, rounds: int) -> list[Row]:
-    """Images/s of fit() vs plain loops, their ratio, and the per-step cost of clipping and EMA."""
+    """Images/s of fit() vs plain loops, their ratios, and where a plain step's time goes."""
     tc = s.cfg.train
     log(f"(c) building the {s.cfg.data.dataset} train split (n={s.cfg.data.n_train})")
     dataset = lookup(DATASETS, s.cfg.data.dataset)(s.cfg.data, "train")
     med = run_training_rounds(training_arms(s, dataset, steps), rounds)
-    ips = {n: tc.batch_size / statistics.median(v) for n, v in med.items()}
-    clip_ms = 1e3 * paired_diff(med["plain+clip"], med["plain"])
-    ema_ms = 1e3 * paired_diff(med["plain+clip+ema"], med["plain+clip"])
-    return [
+    total = {n: [m["total"] for m in v] for n, v in med.items()}
+    ips = {n: tc.batch_size / statistics.median(v) for n, v in total.items()}
+    same = f"plain + clip {tc.grad_clip:g} + EMA {tc.ema_decay:g}"
+    rows = [
         Row("(c) train images/s, plain loop (AdamW only)", ips["plain"], "img/s"),
-        Row(f"(c) train images/s, plain + clip {tc.grad_clip:g} + EMA {tc.ema_decay:g}", ips["plain+clip+ema"], "img/s"),
+        Row(f"(c) train images/s, {same}", ips["plain+clip+ema"], "img/s"),
         Row("(c) train images/s, medgen.train.fit", ips["fit"], "img/s"),
-        goal_row("(c) fit / plain loop throughput", paired_ratio(med["plain"], med["fit"]), "x", ">=", 0.95),
-        Row("(c) fit / plain+clip+EMA throughput (same work)", paired_ratio(med["plain+clip+ema"], med["fit"]), "x"),
-        Row("(c) grad-clip cost per step (plain loop)", clip_ms, "ms"),
-        Row("(c) EMA cost per step (plain loop)", ema_ms, "ms"),
+        goal_row("(c) fit / plain loop throughput", paired_ratio(total["plain"], total["fit"]), "x", ">=", 0.95),
+        Row(f"(c) fit / {same} throughput (same work)", paired_ratio(total["plain+clip+ema"], total["fit"]), "x"),
+        Row(f"(c) fit step - {same} step", 1e3 * paired_diff(total["fit"], total["plain+clip+ema"]), "ms"),
     ]
+    for phase in PLAIN_PHASES:
+        ms = 1e3 * statistics.median(m[phase] for m in med["plain+clip+ema"])
+        rows.append(Row(f"(c) {same} step: {phase}", ms, "ms"))
+    return rows
 
 
 def paired_diff(a: Sequence[float], b: Sequence[float]) -> float:
