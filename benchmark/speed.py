@@ -29,8 +29,10 @@ parameterization, wrapped in medgen's ``Denoiser``; the condition is a batch of 
     the same v/eps/x0 MSE loss written out by hand). fit's per-step time is the interval
     between consecutive ``training_step`` calls (a wrapper records them), which covers data
     loading, forward, backward, clipping, the optimiser, EMA and logging, but not set-up or
-    the final checkpoint. The plain loop is also run with clipping, and with clipping + EMA,
-    so the EMA and clipping costs appear as rows of their own. Goal: fit / plain >= 0.95.
+    the final checkpoint; fit runs at the same thread count. The plain loop is also run with
+    the preset's clipping + EMA (the same work as fit), its phases (forward+backward, clip,
+    AdamW, EMA) timed separately, so the reader sees where the time goes. Blocks of steps
+    alternate between the arms; per block the median step time. Goal: fit / plain >= 0.95.
 (d) Achieved GFLOP/s: FLOPs of one UNet forward counted by ``FlopCounterMode`` (convs,
     matmuls and attention; a multiply-add is 2 FLOPs) over its median time, against the
     measured GFLOP/s of a square fp32 ``torch.mm`` timed alternately with it. Report only.
