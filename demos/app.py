@@ -69,6 +69,7 @@ def build_app(preset: str = "ci", *, runs_root: str | os.PathLike | None = None)
             for title, builder in TABS:
                 with gr.Tab(title, id=_slug(title), elem_id=f"tab-{_slug(title)}"):
                     builder(preset, runs_root=root)
+    app.queue(default_concurrency_limit=1)  # one model run at a time on a small CPU
     return app
 
 
@@ -81,7 +82,6 @@ def launch(preset: str = "smoke", host: str = "127.0.0.1", port: int = 7860, *,
     """
     app = build_app(preset, runs_root=runs_root)
     kwargs.setdefault("max_file_size", MAX_FILE_SIZE)
-    app.queue(default_concurrency_limit=1)  # one model run at a time on a small CPU
     app.launch(server_name=host, server_port=port, share=False, **kwargs)
     return app
 

@@ -39,7 +39,6 @@ SAMPLERS = {"ddpm": "DDPM (ancestral)", "ddim": "DDIM", "dpmpp": "DPM-Solver++ 2
 N_EXAMPLES = 4  # example inputs drawn from the toy_shapes test split
 N_SNAPSHOTS = 6  # predicted-x0 frames kept for the step-by-step gallery
 MAX_STEPS = 250  # upper end of the steps slider (never above the training T)
-GALLERY_MAX_WIDTH_PX = 1500  # usable width of gradio's page at its widest (max-width ~1536 px)
 DISPLAY_PX = 256  # images are enlarged (nearest neighbour) to about this size for display
 DATA_RANGE = 2.0  # metrics on model range [-1, 1]
 NO_INPUT = "Pick an example or upload an image first."
@@ -278,16 +277,6 @@ def translate(model: Any, inp: InputImage, sampler: str, steps: int, eta: float,
     return out.float().cpu(), frames
 
 
-def _gallery(frames: list[tuple[np.ndarray, str]]) -> dict[str, Any]:
-    """Gallery update whose height fits one row of square tiles.
-
-    Gradio draws ``len(frames)`` square tiles across the page; the height is sized for the
-    widest page (about 1,536 px) so no tile is cut off.
-    """
-    tile = GALLERY_MAX_WIDTH_PX // max(1, len(frames))
-    return gr.update(value=frames, height=tile + 40)
-
-
 def metrics_markdown(pred: torch.Tensor, inp: InputImage) -> str:
     """PSNR / SSIM of the output and of the input itself against the ground truth (Markdown)."""
     if inp.target is None:
@@ -359,7 +348,7 @@ def run(cfg: RunConfig, root: Path, upload: str | None, example: str | None, sam
     out01 = from_model_range(pred[:1])
     status = _input_status(inp, cfg.data.image_size).splitlines()
     status[0] = f"Done: {SAMPLERS[settings[0]]}, {settings[1]} steps, seed {settings[3]}. " + status[0]
-    yield ("\n".join(status), _display(out01), _gallery(frames), _display(inp.target), metrics_markdown(pred[:1], inp),
+    yield ("\n".join(status), _display(out01), frames, _display(inp.target), metrics_markdown(pred[:1], inp),
            _save_raw(out01, inp, settings[0], settings[1], settings[3]))
 
 
@@ -408,8 +397,8 @@ def build_tab(preset: str, *, runs_root: str | os.PathLike | None = None) -> Non
         metrics = gr.Markdown("", elem_id="qs-metrics")
         raw = gr.File(label=f"Output at {size}x{size} (16-bit PNG)", interactive=False, elem_id="qs-download")
     gallery = gr.Gallery(label="Predicted x0 during sampling (denoising progress)", columns=N_SNAPSHOTS, rows=1,
-                         height=GALLERY_MAX_WIDTH_PX // N_SNAPSHOTS + 40, format="png", buttons=["fullscreen"],
-                         elem_id="qs-gallery")
+                         height="auto", format="png", buttons=["fullscreen"], interactive=False,
+                         elem_id="qs-gallery")  # "auto": the row of square tiles is never cut off
     _wire(cfg, root, _Components(status, example, upload, sampler, steps, eta, seed, run_btn, preview, truth,
                                  output, metrics, raw, gallery))
 
@@ -484,4 +473,5 @@ def _wire(cfg: RunConfig, root: Path, c: _Components) -> None:
                     api_name="quickstart_pick_example").then(_clear_outputs, None, results, api_visibility="private")
     c.sampler.change(lambda s: gr.update(interactive=s == "ddim"), [c.sampler], [c.eta], api_visibility="private")
     c.run.click(run_fn, [c.upload, c.example, c.sampler, c.steps, c.eta, c.seed],
-                [c.status, c.output, c.gallery, c.truth, c.metrics, c.raw], api_name="quickstart_run")
+                [c.status, c.output, c.gallery, c.truth, c.metrics, c.raw], api_name="quickstart_run",
+                show_progress_on=[c.output])  # the status line stays readable while training / sampling

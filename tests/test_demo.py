@@ -57,10 +57,10 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
 
 
 @pytest.fixture(scope="module")
-def client(hub: SimpleNamespace) -> Any:
+def client(hub: SimpleNamespace, tmp_path_factory: pytest.TempPathFactory) -> Any:
     from gradio_client import Client
 
-    return Client(hub.url, verbose=False)
+    return Client(hub.url, verbose=False, download_files=str(tmp_path_factory.mktemp("client-downloads")))
 
 
 @pytest.fixture(scope="module")
@@ -282,3 +282,31 @@ def test_browser_upload_bad_then_good(page: Any, files: SimpleNamespace, tmp_pat
     expect(page.locator("#qs-status")).to_contain_text("Done:", timeout=RUN_TIMEOUT_MS)
     expect(page.locator("#qs-output img")).to_be_visible()
     _screenshot(page, tmp_path, "quickstart_upload.png")
+
+
+# ------------------------------------------------------------------------------------------
+# the hub itself
+# ------------------------------------------------------------------------------------------
+def test_hub_is_offline_and_uploads_go_to_a_private_temp_dir(client: Any, files: SimpleNamespace) -> None:
+    assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
+    temp = Path(os.environ["GRADIO_TEMP_DIR"])
+    _upload(client, files.disk)
+    assert any(p.name == "disk.png" for p in temp.rglob("*.png")), f"upload not under {temp}"
+
+
+def test_one_tab_per_built_paper() -> None:
+    from demos import app
+
+    assert app.TABS[0][0] == "Quickstart: toy shapes"
+    assert len({title for title, _ in app.TABS}) == len(app.TABS)
+    assert all(callable(builder) for _, builder in app.TABS)
+
+
+def test_main_rejects_unknown_preset(capsys: pytest.CaptureFixture[str]) -> None:
+    from demos.app import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["--preset", "smok"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "unknown preset 'smok'" in err and "did you mean 'smoke'?" in err
