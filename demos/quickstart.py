@@ -63,7 +63,12 @@ class InputImage:
 # --------------------------------------------------------------------------------------
 _MODELS: dict[tuple[str, str], Any] = {}
 _MODEL_LOCK = threading.Lock()
-_OUT_DIR = Path(tempfile.mkdtemp(prefix="medgen-quickstart-"))
+
+
+@functools.cache
+def _out_dir() -> Path:
+    """Private folder (under ``$GRADIO_TEMP_DIR`` when set) for the downloadable raw outputs."""
+    return Path(tempfile.mkdtemp(prefix="medgen-quickstart-", dir=os.environ.get("GRADIO_TEMP_DIR") or None))
 
 
 def resolve_runs_root(runs_root: str | os.PathLike | None = None) -> Path:
@@ -300,7 +305,7 @@ def metrics_markdown(pred: torch.Tensor, inp: InputImage) -> str:
 def _save_raw(out01: np.ndarray, inp: InputImage, sampler: str, steps: int, seed: int) -> str:
     """Write the output at model resolution as a 16-bit PNG; returns its path."""
     stem = re.sub(r"[^A-Za-z0-9]+", "_", Path(inp.label).stem).strip("_")[:40] or "input"
-    path = _OUT_DIR / f"{stem}_{sampler}{steps}_seed{seed}_{time.time_ns()}.png"
+    path = _out_dir() / f"{stem}_{sampler}{steps}_seed{seed}_{time.time_ns()}.png"
     return str(write_image(path, out01, bits=16))
 
 
