@@ -16,6 +16,17 @@ CFG = get_preset("ci")  # 16 px, UNet (8, 16), T = 100, v-prediction
 CFG3D = dataclasses.replace(CFG, model=dataclasses.replace(CFG.model, spatial_dims=3, attention_levels=(False, False)))
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These networks are tiny: one thread is barely slower on idle cores, while two threads
+    stall 10-20x when other processes share the 2 cores (measured: 72 s vs 3.5 s for the
+    training test under load)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _model(cfg=CFG, seed=0, perturb=True):
     """A model whose zero-initialised output conv is perturbed, so the output depends on the input."""
     torch.manual_seed(seed)
@@ -125,9 +136,10 @@ def test_guidance_scale_combines_conditional_and_black_null_predictions():
     t = torch.full((2,), 99)
     model.denoiser.clip_x0 = False  # reference predictions unclipped; translate clipped the combination
     cond, null = (model.denoiser(x_T, t, Condition(image=s)).x0 for s in (batch.source, torch.full_like(batch.source, -1.0)))
-    assert torch.allclose(out, ((1 + w) * cond - w * null).clamp(-1, 1), atol=1e-5)
+    # CFG runs both passes as one batch of 2B: float32 kernels may differ slightly from two B passes
+    assert torch.allclose(out, ((1 + w) * cond - w * null).clamp(-1, 1), atol=2e-3)
     assert torch.allclose(plain, cond.clamp(-1, 1), atol=1e-5)
-    assert not torch.allclose(out, plain)
+    assert (out - plain).abs().max() > 0.05
 
 
 def test_unknown_option_names_it_and_lists_valid_ones():
