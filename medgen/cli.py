@@ -338,7 +338,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     get_preset(args.preset)  # unknown preset -> one-line error before gradio loads
     app = load_demo_app(args.preset, args.runs)
     print(f"medgen demo (preset {args.preset}) at http://{args.host}:{args.port}  (Ctrl+C to stop)", flush=True)
-    app.launch(server_name=args.host, server_port=args.port, share=False)
+    from demos.app import MAX_FILE_SIZE  # importable: load_demo_app put the repo root on sys.path
+
+    app.launch(server_name=args.host, server_port=args.port, share=False, max_file_size=MAX_FILE_SIZE)
     return 0
 
 

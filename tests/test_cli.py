@@ -125,7 +125,10 @@ def test_demo_launches_local_only(capsys: pytest.CaptureFixture[str], monkeypatc
     monkeypatch.setattr("medgen.cli.load_demo_app", lambda preset, runs=None: built.append((preset, runs)) or FakeApp())
     code, out, _ = run(capsys, "demo", "--preset", "ci", "--port", "7999", "--runs", "myruns")
     assert code == 0 and built == [("ci", "myruns")]
-    assert launched == {"server_name": "127.0.0.1", "server_port": 7999, "share": False}
+    from demos.app import MAX_FILE_SIZE
+
+    assert launched == {"server_name": "127.0.0.1", "server_port": 7999, "share": False,
+                        "max_file_size": MAX_FILE_SIZE}
     assert "http://127.0.0.1:7999" in out
 
 
