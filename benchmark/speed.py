@@ -40,9 +40,11 @@ parameterization, wrapped in medgen's ``Denoiser``; the condition is a batch of 
     translates the whole toy test split with DDIM-50 and with DPM-Solver++ (2M) at each NFE of
     the grid, every run from the same x_T (the same generator seed; ``translate`` draws x_T
     first). NFE is counted by a hook on the network. Reported: mean PSNR (data_range 2) per
-    run, and the smallest NFE whose PSNR is at least DDIM-50's minus 0.2 dB (one-sided:
-    fewer-step samplers tend to give smoother images that can score *higher* PSNR, which is no
-    loss of quality). The two-sided ``|dPSNR| <= 0.2`` NFE is reported beside it. Goal <= 25.
+    run, and the smallest NFE whose PSNR is within 0.2 dB of DDIM-50's (two-sided,
+    ``|dPSNR| <= 0.2``): goal <= 25. Two-sided because few-step samples are smoother and score
+    *higher* PSNR than converged ones (PSNR rewards blur towards the posterior mean), so a
+    one-sided "at least DDIM-50 - 0.2 dB" rule is met trivially by the coarsest solve; that
+    one-sided NFE is reported beside it for the reader who wants "no worse in PSNR".
 """
 from __future__ import annotations
 
@@ -554,10 +556,10 @@ def measure_fast_solver(preset: str, root: str, nfes: Sequence[int], seed: int =
         psnrs[nfe], calls = translate_psnr(method, batch, seed, sampler="dpmpp", steps=nfe)
         log(f"(e) dpmpp NFE {nfe}: {psnrs[nfe]:.3f} dB ({calls} network calls)")
         rows.append(Row(f"(e) PSNR dpmpp NFE={nfe} ({calls} net calls)", psnrs[nfe], "dB"))
-    rows.append(goal_row(f"(e) smallest dpmpp NFE with PSNR >= DDIM-{REFERENCE_STEPS} - 0.2 dB",
-                         smallest_nfe(psnrs, ref, two_sided=False), "NFE", "<=", 25))
-    rows.append(Row(f"(e) smallest dpmpp NFE with |PSNR - DDIM-{REFERENCE_STEPS}| <= 0.2 dB",
-                    smallest_nfe(psnrs, ref, two_sided=True), "NFE"))
+    rows.append(goal_row(f"(e) smallest dpmpp NFE with |PSNR - DDIM-{REFERENCE_STEPS}| <= 0.2 dB",
+                         smallest_nfe(psnrs, ref, two_sided=True), "NFE", "<=", 25))
+    rows.append(Row(f"(e) smallest dpmpp NFE with PSNR >= DDIM-{REFERENCE_STEPS} - 0.2 dB",
+                    smallest_nfe(psnrs, ref, two_sided=False), "NFE"))
     return rows
 
 

@@ -59,6 +59,6 @@ def test_goal_row_and_nfe_rule() -> None:
     assert speed.goal_row("x", 1.02, "x", "<=", 1.03).holds is True
     assert speed.goal_row("x", float("nan"), "NFE", "<=", 25).holds is False
     psnrs = {5: 20.5, 10: 19.9, 20: 20.0}
-    assert speed.smallest_nfe(psnrs, 20.0, two_sided=False) == 5  # higher PSNR counts as matched
+    assert speed.smallest_nfe(psnrs, 20.0, two_sided=False) == 5  # one-sided: higher PSNR counts as matched
     assert speed.smallest_nfe(psnrs, 20.0, two_sided=True) == 10
     assert math.isnan(speed.smallest_nfe({5: 18.0}, 20.0, two_sided=False))
