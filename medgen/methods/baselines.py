@@ -27,7 +27,7 @@ from medgen.registry import METHODS, register
 
 __all__ = ["Identity", "GaussianFilter", "match_channels", "DEFAULT_SIGMA"]
 
-DEFAULT_SIGMA = 1.0  # pixels; best fixed sigma on the toy_shapes task at 32 px (see medgen.data.toy)
+DEFAULT_SIGMA = 1.0  # pixels; about the best fixed sigma on toy_shapes training subjects at 32 px
 IGNORED_OPTIONS = tuple(f.name for f in dataclasses.fields(SampleConfig))
 
 
