@@ -34,9 +34,11 @@ parameterization, wrapped in medgen's ``Denoiser``; the condition is a batch of 
     the same v/eps/x0 MSE loss written out by hand). fit's per-step time is the interval
     between consecutive ``training_step`` calls (a wrapper records them), which covers data
     loading, forward, backward, clipping, the optimiser, EMA and logging, but not set-up or
-    the final checkpoint; fit runs at the same thread count. The plain loop is also run with
-    the preset's clipping + EMA (the same work as fit), its phases (forward+backward, clip,
-    AdamW, EMA) timed separately, so the reader sees where the time goes. Blocks of steps
+    the final checkpoint; fit runs at the same thread count. To show where the time goes, the
+    plain loop also runs with the preset's clipping + EMA (the same work as fit; its phases
+    forward+backward, clip, AdamW and EMA timed separately), and with that plus the method's
+    own ``training_step`` as the loss; the differences between these arms split fit's extra
+    time into clip/EMA, the method's loss path and fit's own loop. Blocks of 10 steps
     alternate between the arms; per block the median step time. Goal: fit / plain >= 0.95.
 (d) Achieved GFLOP/s: FLOPs of one UNet forward counted by ``FlopCounterMode`` (convs,
     matmuls and attention; a multiply-add is 2 FLOPs) over its median time, against the
@@ -61,6 +63,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -362,38 +365,54 @@ def loop_cost_rows(s: SpeedSetup, scheduler: DDIMScheduler, clipped: bool, steps
 # --------------------------------------------------------------------------------------
 # (c) training throughput: fit() vs a plain loop
 # --------------------------------------------------------------------------------------
+def handwritten_loss(net: nn.Module, alphas_cumprod: torch.Tensor, prediction: str, source: torch.Tensor,
+                     x0: torch.Tensor) -> torch.Tensor:
+    """MSE between the network output and its target (eps, x0 or v) at uniform random t, in a few lines.
+
+    ``alphas_cumprod``: float32 ``[T]``; ``source`` ``[B, C_s, *S]`` (the condition); ``x0`` ``[B, C, *S]``.
+    """
+    t = torch.randint(0, alphas_cumprod.shape[0], (x0.shape[0],))
+    noise = torch.randn_like(x0)
+    a = alphas_cumprod[t].view(-1, *([1] * (x0.dim() - 1)))
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+    target = {"eps": noise, "x0": x0, "v": a.sqrt() * noise - (1 - a).sqrt() * x0}[prediction]
+    return F.mse_loss(net(x_t, t, Condition(image=source)), target)
+
+
 @dataclass
 class PlainTrainer:
-    """A plain PyTorch training loop on one fixed batch: AdamW, the preset's MSE loss, optional clip/EMA."""
+    """A plain PyTorch training loop on one fixed batch: default AdamW, a loss function, optional clip/EMA."""
 
-    net: nn.Module
-    alphas_cumprod: torch.Tensor  # float32 [T]
-    prediction: str
-    source: torch.Tensor
-    x0: torch.Tensor
+    params: list[nn.Parameter]
+    loss: Callable[[], torch.Tensor]
     optimizer: torch.optim.Optimizer
     ema: list[torch.Tensor]
     ema_decay: float
 
     @classmethod
-    def create(cls, s: SpeedSetup, seed: int = 0) -> "PlainTrainer":
+    def create(cls, params: list[nn.Parameter], loss: Callable[[], torch.Tensor], s: SpeedSetup) -> "PlainTrainer":
+        """AdamW with the preset's lr / betas / weight decay; the EMA copy starts at the weights."""
+        tc = s.cfg.train
+        opt = torch.optim.AdamW(params, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
+        return cls(params, loss, opt, [p.detach().clone() for p in params], tc.ema_decay)
+
+    @classmethod
+    def handwritten(cls, s: SpeedSetup, seed: int = 0) -> "PlainTrainer":
+        """A fresh UNet of the preset trained with :func:`handwritten_loss` on the fixed batch."""
         torch.manual_seed(seed)
         net = UNet(s.cfg.model).train()
-        tc = s.cfg.train
-        opt = torch.optim.AdamW(net.parameters(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
-        ema = [p.detach().clone() for p in net.parameters()]
         ac = s.denoiser.schedule.alphas_cumprod.float()
-        return cls(net, ac, s.cfg.diffusion.prediction, s.source, s.target, opt, ema, tc.ema_decay)
+        loss = partial(handwritten_loss, net, ac, s.cfg.diffusion.prediction, s.source, s.target)
+        return cls.create(list(net.parameters()), loss, s)
 
-    def loss(self) -> torch.Tensor:
-        """MSE between the network output and its target (eps, x0 or v) at uniform random t."""
-        x0 = self.x0
-        t = torch.randint(0, self.alphas_cumprod.shape[0], (x0.shape[0],))
-        noise = torch.randn_like(x0)
-        a = self.alphas_cumprod[t].view(-1, *([1] * (x0.dim() - 1)))
-        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        target = {"eps": noise, "x0": x0, "v": a.sqrt() * noise - (1 - a).sqrt() * x0}[self.prediction]
-        return F.mse_loss(self.net(x_t, t, Condition(image=self.source)), target)
+    @classmethod
+    def method_loss(cls, s: SpeedSetup, batch: Batch, seed: int = 0) -> "PlainTrainer":
+        """A fresh method of the preset trained with its own ``training_step`` loss on ``batch``."""
+        torch.manual_seed(seed)
+        method = lookup(METHODS, s.cfg.method)(s.cfg).train()
+        group, params = next(iter(method.param_groups().items()))
+        generator = torch.Generator().manual_seed(seed)
+        return cls.create(list(params), lambda: method.training_step(batch, group, generator)["loss"], s)
 
     def step(self, clip: float, ema: bool) -> dict[str, float]:
         """One optimiser step; ``clip`` > 0 clips the global grad norm, ``ema`` updates the EMA copy.
@@ -405,13 +424,13 @@ class PlainTrainer:
         self.loss().backward()
         stamps.append(time.perf_counter())
         if clip > 0:
-            nn.utils.clip_grad_norm_(self.net.parameters(), clip)
+            nn.utils.clip_grad_norm_(self.params, clip)
         stamps.append(time.perf_counter())
         self.optimizer.step()
         stamps.append(time.perf_counter())
         if ema:
             with torch.no_grad():
-                for e, p in zip(self.ema, self.net.parameters()):
+                for e, p in zip(self.ema, self.params):
                     e.lerp_(p, 1.0 - self.ema_decay)
         stamps.append(time.perf_counter())
         phases = dict(zip(PLAIN_PHASES, (b - a for a, b in zip(stamps, stamps[1:]))))
@@ -460,10 +479,14 @@ StepTimes = list[dict[str, float]]  # per step: phase -> seconds (at least "tota
 def training_arms(s: SpeedSetup, dataset: Dataset, steps: int) -> dict[str, Callable[[], StepTimes]]:
     """Block-level arms of (c); each returns the step times of one block (its first step dropped)."""
     tc = s.cfg.train
-    plain = PlainTrainer.create(s)
+    clip, ema = tc.grad_clip, tc.ema_decay > 0
+    plain = PlainTrainer.handwritten(s)
+    train_batch = collate([dataset[i % len(dataset)] for i in range(tc.batch_size)])
+    with_method = PlainTrainer.method_loss(s, train_batch)
     return {
         "plain": lambda: plain.run(steps, clip=0.0, ema=False)[1:],
-        "plain+clip+ema": lambda: plain.run(steps, clip=tc.grad_clip, ema=tc.ema_decay > 0)[1:],
+        "same_work": lambda: plain.run(steps, clip=clip, ema=ema)[1:],
+        "method_loss": lambda: with_method.run(steps, clip=clip, ema=ema)[1:],
         "fit": lambda: [{"total": t} for t in fit_step_times(s.cfg, dataset, steps + 1)],
     }
 
@@ -484,7 +507,7 @@ def run_training_rounds(arms: Mapping[str, Callable[[], StepTimes]], rounds: int
 
 
 def measure_training(s: SpeedSetup, steps: int, rounds: int) -> list[Row]:
-    """Images/s of fit() vs plain loops, their ratios, and where a plain step's time goes."""
+    """Images/s of fit() vs plain loops, their ratios, and where the time goes."""
     tc = s.cfg.train
     log(f"(c) building the {s.cfg.data.dataset} train split (n={s.cfg.data.n_train})")
     dataset = lookup(DATASETS, s.cfg.data.dataset)(s.cfg.data, "train")
@@ -494,15 +517,22 @@ def measure_training(s: SpeedSetup, steps: int, rounds: int) -> list[Row]:
     same = f"plain + clip {tc.grad_clip:g} + EMA {tc.ema_decay:g}"
     rows = [
         Row("(c) train images/s, plain loop (AdamW only)", ips["plain"], "img/s"),
-        Row(f"(c) train images/s, {same}", ips["plain+clip+ema"], "img/s"),
+        Row(f"(c) train images/s, {same}", ips["same_work"], "img/s"),
+        Row(f"(c) train images/s, {same}, loss = method.training_step", ips["method_loss"], "img/s"),
         Row("(c) train images/s, medgen.train.fit", ips["fit"], "img/s"),
         *ratio_rows("(c) fit / plain loop throughput", total["plain"], total["fit"], ">=", 0.95),
-        Row(f"(c) fit / {same} throughput (same work)", paired_ratio(total["plain+clip+ema"], total["fit"]), "x"),
-        Row(f"(c) fit step - {same} step", 1e3 * paired_diff(total["fit"], total["plain+clip+ema"]), "ms"),
+        Row(f"(c) fit / {same} throughput (same work)", paired_ratio(total["same_work"], total["fit"]), "x"),
     ]
     for phase in PLAIN_PHASES:
-        ms = 1e3 * statistics.median(m[phase] for m in med["plain+clip+ema"])
+        ms = 1e3 * statistics.median(m[phase] for m in med["same_work"])
         rows.append(Row(f"(c) {same} step: {phase}", ms, "ms"))
+    fwd_bwd = {n: [m["fwd_bwd"] for m in med[n]] for n in ("same_work", "method_loss")}
+    rows += [
+        Row("(c) step time added by method.training_step over the hand-written loss (fwd+bwd)",
+            1e3 * paired_diff(fwd_bwd["method_loss"], fwd_bwd["same_work"]), "ms"),
+        Row("(c) step time added by fit over the same loop with method.training_step",
+            1e3 * paired_diff(total["fit"], total["method_loss"]), "ms"),
+    ]
     return rows
 
 
