@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import platform
 import statistics
 import sys
@@ -699,21 +700,31 @@ def run(args: argparse.Namespace) -> list[Row]:
     return rows
 
 
-def header(argv: Sequence[str]) -> str:
+def load_average() -> str:
+    """The machine's 1-minute load average (other processes compete for the cores), or "n/a"."""
+    try:
+        return f"{os.getloadavg()[0]:.1f}"
+    except (AttributeError, OSError):
+        return "n/a"
+
+
+def header(argv: Sequence[str], load_before: str, seconds: float) -> str:
     """Provenance line of the markdown report."""
     command = " ".join(["python -m benchmark.speed", *argv])
-    return (f"`{command}` on {platform.machine()} ({torch.get_num_threads()} torch threads, "
-            f"torch {torch.__version__}), {time.strftime('%Y-%m-%d %H:%M')}. Ratios are medians of "
-            "per-round ratios of interleaved runs; see benchmark/README.md.")
+    return (f"`{command}` on {platform.machine()} ({os.cpu_count()} cores, {torch.get_num_threads()} torch "
+            f"threads, torch {torch.__version__}), {time.strftime('%Y-%m-%d %H:%M')}, {seconds:.0f} s; "
+            f"1-minute load average {load_before} at the start and {load_average()} at the end. Ratios "
+            "are medians of per-round ratios of interleaved runs; see benchmark/README.md.")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: run, write the CSV and markdown, print the table."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    start = time.perf_counter()
+    start, load_before = time.perf_counter(), load_average()
     rows = run(args)
-    csv_path, md_path = write_report(rows, resolve_reports_root(args.out), header(argv))
+    provenance = header(argv, load_before, time.perf_counter() - start)
+    csv_path, md_path = write_report(rows, resolve_reports_root(args.out), provenance)
     print(to_markdown(rows))
     log(f"wrote {csv_path} and {md_path} in {time.perf_counter() - start:.0f} s")
     return 0
