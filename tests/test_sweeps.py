@@ -50,9 +50,9 @@ def test_summary_table_matches_manual_subject_means(setup):
 def _fake_rows(values: dict[str, float], kinds: dict[str, str], options: dict[str, dict]) -> pd.DataFrame:
     recs = []
     for label, v in values.items():
-        for pid in range(3):
+        for pid in range(8):
             recs.append(dict(label=label, kind=kinds[label], metric="psnr", patient_id=f"p{pid}",
-                             value=v + 0.01 * pid, **options.get(label, {})))
+                             value=v + 0.01 * pid * (1 + len(label) % 3), **options.get(label, {})))
     return pd.DataFrame(recs)
 
 
@@ -66,12 +66,22 @@ def test_quickstart_findings_hold_and_fail():
     f = quickstart.findings(good)
     assert f["model_beats_trivial_baselines"][0] is True
     assert f["fast_solver_matches_ddim"][0] is True and "needs 10 steps" in f["fast_solver_matches_ddim"][1]
+    assert "Wilcoxon p = 0.0078" in f["model_beats_trivial_baselines"][1]  # 8 subjects, all better
     bad = _fake_rows({"input (identity)": 15, "Gaussian filter": 21, "DDIM-10": 19, "DDIM-50": 20,
                       "DPMPP-5": 18, "DPMPP-10": 19}, kinds, opts)
     f = quickstart.findings(bad)
     assert f["model_beats_trivial_baselines"][0] is False
     assert f["fast_solver_matches_ddim"][0] is False
     assert "21.0" in f["model_beats_trivial_baselines"][1]
+    # faster but 0.5 dB *better* is not "matching" (two-sided), and a mean gap without significance is no win
+    over = _fake_rows({"input (identity)": 15, "Gaussian filter": 17, "DDIM-10": 17.01, "DDIM-50": 16.9,
+                       "DPMPP-5": 17.4, "DPMPP-10": 17.5}, kinds, opts)
+    low = over.patient_id.isin(["p0", "p1", "p2", "p3"])
+    over.loc[(over.label == "DPMPP-10") & low, "value"] -= 1.0  # mean unchanged (17.5 dB), but half the
+    over.loc[(over.label == "DPMPP-10") & ~low, "value"] += 1.0  # subjects are worse than the filter
+    f = quickstart.findings(over)
+    assert f["fast_solver_matches_ddim"][0] is False
+    assert f["model_beats_trivial_baselines"][0] is False
 
 
 def test_quickstart_entries_follow_preset_grid(setup):

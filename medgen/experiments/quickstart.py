@@ -5,9 +5,14 @@ step counts against two trivial baselines: the degraded input itself (identity) 
 Gaussian filter of it. Findings checked on every run:
 
 * ``model_beats_trivial_baselines`` — the best sampler setting has a higher mean PSNR than
-  both the input and the Gaussian filter (otherwise the model learned nothing useful);
+  both the input and the Gaussian filter, significantly across subjects (Wilcoxon p < 0.05);
+  otherwise the model learned nothing a classical filter does not give;
 * ``fast_solver_matches_ddim`` — DPM-Solver++ reaches the PSNR of the longest DDIM run within
-  0.2 dB with fewer network evaluations.
+  ±0.2 dB with fewer network evaluations.
+
+PSNR rewards the posterior mean, and a single diffusion sample is a draw from the posterior,
+so few-step (blurrier, closer to the mean) settings score higher PSNR than long chains: the
+table's best row is usually a short one. That is a property of the metric, not of a sampler.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from typing import Any
 import pandas as pd
 
 from medgen.config import RunConfig
+from medgen.evaluate import paired_test
 from medgen.registry import METHODS, lookup
 from medgen.sweeps import SweepEntry, mean_of
 
@@ -51,25 +57,36 @@ def headline_metrics(rows: pd.DataFrame) -> dict[str, dict[str, float]]:
     return out
 
 
-def findings(rows: pd.DataFrame, tolerance_db: float = 0.2) -> dict[str, tuple[bool, str]]:
-    """The notebook's findings as ``{name: (holds, one-sentence evidence with the numbers)}``."""
+def findings(rows: pd.DataFrame, tolerance_db: float = 0.2, alpha: float = 0.05) -> dict[str, tuple[bool, str]]:
+    """The notebook's findings as ``{name: (holds, one-sentence evidence with the numbers)}``.
+
+    ``model_beats_trivial_baselines`` needs a higher mean PSNR than the best baseline *and* a
+    Wilcoxon signed-rank p < ``alpha`` across subjects (a mean gap inside the noise is not a win).
+    ``fast_solver_matches_ddim`` is two-sided, as in the speed benchmark: the fewest DPM-Solver++
+    steps whose PSNR is within ``tolerance_db`` of the longest DDIM run, fewer than DDIM used.
+    """
     models = rows[rows["kind"] == "model"]
     psnr = {label: mean_of(rows, label, "psnr") for label in rows["label"].unique()}
     best = max(models["label"].unique(), key=psnr.get)
     base_best = max(BASELINES, key=psnr.get)
-    beats = psnr[best] > psnr[base_best]
-    out = {"model_beats_trivial_baselines": (beats, (
+    test = paired_test(rows, best, base_best, "psnr", by="label") if len(rows["patient_id"].unique()) > 1 else None
+    pvalue = float("nan") if test is None else test["pvalue"]
+    beats = psnr[best] > psnr[base_best] and pvalue < alpha
+    out = {"model_beats_trivial_baselines": (bool(beats), (
         f"best setting {best} reaches {psnr[best]:.2f} dB PSNR vs {psnr[base_best]:.2f} dB for the best "
-        f"trivial baseline ({base_best}); input {psnr[BASELINES[0]]:.2f} dB."))}
+        f"trivial baseline ({base_best}; Wilcoxon p = {pvalue:.3g} over {rows['patient_id'].nunique()} subjects); "
+        f"input {psnr[BASELINES[0]]:.2f} dB."))}
     ddim = models[models["sampler"] == "ddim"]
     fast = models[models["sampler"] == "dpmpp"]
     if not ddim.empty and not fast.empty:
         ref_steps = int(ddim["steps"].max())
         ref = psnr[f"DDIM-{ref_steps}"]
-        ok = sorted(int(s) for s in fast["steps"].unique() if psnr[f"DPMPP-{int(s)}"] >= ref - tolerance_db)
+        gap = {int(s): psnr[f"DPMPP-{int(s)}"] - ref for s in fast["steps"].unique()}
+        ok = sorted(s for s, d in gap.items() if abs(d) <= tolerance_db)
         holds = bool(ok) and ok[0] < ref_steps
-        detail = (f"DPM-Solver++ needs {ok[0]} steps ({psnr[f'DPMPP-{ok[0]}']:.2f} dB)" if ok
-                  else f"no DPM-Solver++ setting (max {max(psnr[f'DPMPP-{int(s)}'] for s in fast['steps'].unique()):.2f} dB) comes")
+        detail = (f"DPM-Solver++ needs {ok[0]} steps ({psnr[f'DPMPP-{ok[0]}']:.2f} dB)" if ok else
+                  "no DPM-Solver++ setting (" + ", ".join(f"{s} steps {d:+.2f} dB" for s, d in sorted(gap.items()))
+                  + ") comes")
         out["fast_solver_matches_ddim"] = (holds, (
             f"{detail} within {tolerance_db} dB of DDIM-{ref_steps} ({ref:.2f} dB)."))
     return out
