@@ -64,15 +64,15 @@ def test_quickstart_findings_hold_and_fail():
     good = _fake_rows({"input (identity)": 15, "Gaussian filter": 17, "DDIM-10": 19, "DDIM-50": 20,
                        "DPMPP-5": 19.5, "DPMPP-10": 19.9}, kinds, opts)
     f = quickstart.findings(good)
-    assert f["model_beats_trivial_baselines"][0] is True
+    assert f["model_beats_trivial_baselines_psnr"][0] is True
     assert f["fast_solver_matches_ddim"][0] is True and "needs 10 steps" in f["fast_solver_matches_ddim"][1]
-    assert "Wilcoxon p = 0.0078" in f["model_beats_trivial_baselines"][1]  # 8 subjects, all better
+    assert "Wilcoxon p = 0.0078" in f["model_beats_trivial_baselines_psnr"][1]  # 8 subjects, all better
     bad = _fake_rows({"input (identity)": 15, "Gaussian filter": 21, "DDIM-10": 19, "DDIM-50": 20,
                       "DPMPP-5": 18, "DPMPP-10": 19}, kinds, opts)
     f = quickstart.findings(bad)
-    assert f["model_beats_trivial_baselines"][0] is False
+    assert f["model_beats_trivial_baselines_psnr"][0] is False
     assert f["fast_solver_matches_ddim"][0] is False
-    assert "21.0" in f["model_beats_trivial_baselines"][1]
+    assert "vs 21.035 for the best trivial baseline (Gaussian filter" in f["model_beats_trivial_baselines_psnr"][1]
     # faster but 0.5 dB *better* is not "matching" (two-sided), and a mean gap without significance is no win
     over = _fake_rows({"input (identity)": 15, "Gaussian filter": 17, "DDIM-10": 17.01, "DDIM-50": 16.9,
                        "DPMPP-5": 17.4, "DPMPP-10": 17.5}, kinds, opts)
@@ -81,7 +81,7 @@ def test_quickstart_findings_hold_and_fail():
     over.loc[(over.label == "DPMPP-10") & ~low, "value"] += 1.0  # subjects are worse than the filter
     f = quickstart.findings(over)
     assert f["fast_solver_matches_ddim"][0] is False
-    assert f["model_beats_trivial_baselines"][0] is False
+    assert f["model_beats_trivial_baselines_psnr"][0] is False
 
 
 def test_quickstart_entries_follow_preset_grid(setup):
