@@ -2,6 +2,7 @@
 what they must (the Makefile's test target is run against a fake virtualenv)."""
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 import shlex
@@ -100,7 +101,10 @@ def test_entry_point_python_version_and_pytest_config() -> None:
     pytest_cfg = PYPROJECT["tool"]["pytest"]["ini_options"]
     assert pytest_cfg["testpaths"] == ["tests"]
     assert {m.split(":")[0] for m in pytest_cfg["markers"]} == {"slow", "browser"}
-    assert PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"] == ["medgen*"]
+    include = PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
+    for package in ("medgen", "demos", "benchmark"):  # `medgen demo` / `make benchmark` import these
+        assert (REPO / package / "__init__.py").is_file()
+        assert any(fnmatch.fnmatch(package, pattern) for pattern in include), f"{package} not packaged"
 
 
 # --------------------------------------------------------------------------------------
