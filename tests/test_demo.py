@@ -281,6 +281,7 @@ def test_browser_upload_bad_then_good(page: Any, files: SimpleNamespace, tmp_pat
     page.locator("#qs-run").click()
     expect(page.locator("#qs-status")).to_contain_text("Done:", timeout=RUN_TIMEOUT_MS)
     expect(page.locator("#qs-output img")).to_be_visible()
+    assert "Traceback" not in page.content()
     _screenshot(page, tmp_path, "quickstart_upload.png")
 
 

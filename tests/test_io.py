@@ -120,7 +120,8 @@ def test_notes_become_warnings_when_not_collected() -> None:
         validate_array(np.zeros((2, 2), np.uint16), "w")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        validate_array(np.zeros((2, 2), np.uint8), "quiet")  # nothing to say for 8-bit gray
+        quiet = validate_array(np.zeros((2, 2), np.uint8), "quiet")  # nothing to say for 8-bit gray
+    assert quiet.dtype == np.float32 and quiet.shape == (2, 2)
 
 
 def test_float_rounding_overshoot_is_clipped() -> None:
