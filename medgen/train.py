@@ -351,6 +351,10 @@ class _Trainer:
         self.out_dir, self.seed, self.ctx, self.keep_last = out_dir, seed, ctx, keep_last
         self.groups = _param_groups(method)
         self.optimizers = {n: _adamw(p, cfg) for n, p in self.groups.items()}
+        # One group holding every trainable parameter: a plain backward() is the same and cheaper
+        # than backward(inputs=...), which the GAN-style multi-group case needs.
+        trainable = {id(p) for p in method.parameters() if p.requires_grad}
+        self.plain_backward = len(self.groups) == 1 and {id(p) for ps in self.groups.values() for p in ps} == trainable
         self.schedulers = {n: torch.optim.lr_scheduler.LambdaLR(o, functools.partial(lr_factor, cfg=cfg))
                            for n, o in self.optimizers.items()}
         self.ema = (AveragedModel(method, multi_avg_fn=ema_update_fn(cfg.ema_decay), use_buffers=True)
@@ -400,7 +404,8 @@ class _Trainer:
                 out = self.method.training_step(micro, name, gen)
             if "loss" not in out:
                 raise KeyError(f"{type(self.method).__name__}.training_step(group='{name}') returned no 'loss'")
-            torch.autograd.backward(out["loss"].float() / accum, inputs=params)
+            loss = out["loss"].float() / accum
+            loss.backward() if self.plain_backward else torch.autograd.backward(loss, inputs=params)
             self._accumulate(name, out, accum)
         self._finish_grads(params)
         opt.step()
