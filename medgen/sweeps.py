@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import pandas as pd
 import torch
 
-from medgen.evaluate import evaluate
+from medgen.evaluate import evaluate, subject_means, summarize
 
 
 @dataclass(frozen=True)
@@ -65,20 +65,19 @@ def sweep(
 def summary_table(rows: pd.DataFrame, by: Sequence[str] = ("label",), *, digits: int = 3) -> pd.DataFrame:
     """Wide table: one row per ``by`` group, ``<metric> mean`` / ``<metric> sd`` across subjects.
 
-    Per-subject means come first (several samples of one patient count once), then the mean
-    and SD across subjects, as DESIGN.md's metric guardrails ask.
+    The statistics are :func:`medgen.evaluate.summarize`'s (per-subject means first, then mean
+    and SD across subjects, as DESIGN.md's metric guardrails ask); this only lays them out
+    one row per entry, in entry order, with the seconds per image beside them.
     """
     by = list(by)
-    subject = rows.groupby(by + ["metric", "patient_id"], sort=False)["value"].mean().reset_index()
-    agg = subject.groupby(by + ["metric"], sort=False)["value"].agg(["mean", "std", "count"]).reset_index()
-    wide = agg.pivot_table(index=by, columns="metric", values=["mean", "std"], sort=False)
-    wide.columns = [f"{metric} {'sd' if stat == 'std' else stat}" for stat, metric in wide.columns]
+    stats = summarize(rows, by=by)
+    wide = stats.pivot_table(index=by, columns="metric", values=["mean", "sd"], sort=False)
+    wide.columns = [f"{metric} {stat}" for stat, metric in wide.columns]
     metrics = list(dict.fromkeys(rows["metric"]))
     wide = wide[[f"{m} {s}" for m in metrics for s in ("mean", "sd")]].round(digits)
-    extra = rows.groupby(by, sort=False)["sec_per_image"].first() if "sec_per_image" in rows else None
-    if extra is not None:
-        wide["sec/image"] = extra.round(digits)
-    wide["n subjects"] = subject.groupby(by, sort=False)["patient_id"].nunique()
+    if "sec_per_image" in rows:
+        wide["sec/image"] = rows.groupby(by, sort=False)["sec_per_image"].first().round(digits)
+    wide["n subjects"] = stats.groupby(by, sort=False)["n"].max()
     order = list(dict.fromkeys(map(tuple, rows[by].itertuples(index=False))))
     wide = wide.reindex(pd.MultiIndex.from_tuples(order, names=by) if len(by) > 1 else [o[0] for o in order])
     return wide.reset_index()
@@ -89,4 +88,4 @@ def mean_of(rows: pd.DataFrame, label: str, metric: str) -> float:
     sel = rows[(rows["label"] == label) & (rows["metric"] == metric)]
     if sel.empty:
         raise ValueError(f"no rows for label '{label}' and metric '{metric}'")
-    return float(sel.groupby("patient_id")["value"].mean().mean())
+    return float(subject_means(sel, by=["label"])["value"].mean())

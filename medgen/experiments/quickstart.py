@@ -52,8 +52,8 @@ def entries(model: Any, cfg: RunConfig) -> list[SweepEntry]:
 def headline_metrics(rows: pd.DataFrame) -> dict[str, dict[str, float]]:
     """``{label: {metric: mean across subjects}}`` for results.json."""
     out: dict[str, dict[str, float]] = {}
-    for (label, metric), grp in rows.groupby(["label", "metric"], sort=False):
-        out.setdefault(label, {})[metric] = round(float(grp.groupby("patient_id")["value"].mean().mean()), 4)
+    for label, metric in rows[["label", "metric"]].drop_duplicates().itertuples(index=False):
+        out.setdefault(label, {})[metric] = round(mean_of(rows, label, metric), 4)
     return out
 
 
