@@ -114,6 +114,13 @@ class DataConfig:
     n_test: int = 64  # held-out test samples (disjoint seeds / patients)
     manifest: str = ""  # CSV manifest of real data (patient_id, source, target, ...); "" for phantoms
     split_seed: int = 0  # seed of the hashed patient-level split
+    phantom: str = ""  # registry.PHANTOMS anatomy behind a phantom-backed dataset ("" for toy/manifest)
+    source: str = "source"  # modality key(s) of the input; several joined by "," become channels
+    target: str = "target"  # modality key of the output ("" for unpaired / unconditional data)
+    depth: int = 0  # slices of a 3D volume (0: the phantom's size for the run's preset)
+    test_fraction: float = 0.2  # share of patients held out when a manifest is split by patient
+    window: str = ""  # HU window of CT from real data: soft_tissue (W400/L40), lung (W1500/L-600), bone (W1800/L400); "" = modality range
+    augment: str = ""  # augmentation recipe names joined by "+" ("flip", "mri_jitter", "elastic3d"); "" none
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,10 @@ T = TypeVar("T")
 METHODS: dict[str, Callable[..., Any]] = {}  # method name -> class (cfg: RunConfig) -> Method
 DATASETS: dict[str, Callable[..., Any]] = {}  # dataset name -> (cfg: DataConfig, split: str) -> Dataset
 METRICS: dict[str, Callable[..., Any]] = {}  # metric name -> fn(pred, target, *, data_range, mask) -> [B]
+PHANTOMS: dict[str, Any] = {}  # anatomy name -> medgen.data.phantoms.base.PhantomSpec
 
-_TABLE_NAMES = {id(METHODS): "method", id(DATASETS): "dataset", id(METRICS): "metric"}
+_TABLE_NAMES = {id(METHODS): "method", id(DATASETS): "dataset", id(METRICS): "metric",
+                id(PHANTOMS): "phantom"}
 
 
 class UnknownNameError(KeyError):
