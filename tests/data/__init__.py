@@ -1,0 +1,1 @@
+"""Tests of real-data I/O, manifests, datasets and augmentation (medgen/data)."""

@@ -1,0 +1,1 @@
+"""Tests of the phantom simulators (medgen/data/phantoms)."""
