@@ -10,7 +10,8 @@ Examples
     medgen evaluate --checkpoint runs/<run> --out eval.csv
     medgen reproduce --preset smoke --papers spine,knee
     medgen demo --preset smoke --port 7860
-    medgen phantoms --dataset toy_shapes --n 8 --out phantoms/
+    medgen phantoms knee --n 8 --out phantoms/knee --control kl_grade=3
+    medgen phantoms toy_shapes --n 8 --out phantoms/toy
 
 Every user error (unknown preset, method, dataset, config key or file; an unreadable image)
 ends the command with one line ``medgen: error: ...`` on stderr and exit code 2.
@@ -18,6 +19,7 @@ ends the command with one line ``medgen: error: ...`` on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import json
 import os
@@ -129,11 +131,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", help="folder of cached runs the demo loads/trains models in (default: the app's)")
     p.add_argument("--dry-run", action="store_true", help="print what would be launched and exit")
 
-    p = sub.add_parser("phantoms", parents=[preset_opts, cfg_opts], help="write phantom source/target pairs as PNGs")
-    p.add_argument("--dataset", help="registry dataset name (default: the preset's data.dataset)")
-    p.add_argument("--n", type=int, default=8, help="number of pairs (default: 8)")
-    p.add_argument("--out", default="phantoms", help="output folder (default: ./phantoms)")
+    p = sub.add_parser("phantoms", parents=[preset_opts, cfg_opts],
+                       help="write a phantom data set in the real-data format (manifest.csv + images)")
+    p.add_argument("anatomy", nargs="?", help="phantom (spine_coronal, spine_sagittal, knee, lung) or a "
+                   "registry dataset such as toy_shapes (default: the preset's data.dataset)")
+    p.add_argument("--dataset", help="same as the positional anatomy (kept for old scripts)")
+    p.add_argument("--n", type=int, default=8, help="number of subjects (default: 8)")
+    p.add_argument("--out", default="phantoms", help="output folder, must not exist or be empty (default: ./phantoms)")
     p.add_argument("--split", default="test", choices=("train", "test"), help="split to draw from (default: test)")
+    p.add_argument("--seed", type=int, default=0, help="phantom seed (default: 0)")
+    p.add_argument("--size", help="rendered size HxW or HxWxD (default: the phantom's size at --preset)")
+    p.add_argument("--control", action="append", default=[], metavar="NAME=VALUE",
+                   help="fix a phantom parameter, e.g. --control kl_grade=3 (repeatable)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     return parser
 
 
@@ -387,13 +397,21 @@ def _scalar_labels(item: dict[str, Any]) -> dict[str, Any]:
 
 
 def cmd_phantoms(args: argparse.Namespace) -> int:
-    """Write ``--n`` source/target pairs (and masks) as PNGs plus a ``manifest.csv``."""
-    from medgen.registry import DATASETS, lookup
+    """Write ``--n`` subjects of a phantom (or pairs of a registered dataset) with a ``manifest.csv``."""
+    from medgen.registry import DATASETS, PHANTOMS, _ensure_loaded, lookup
 
     if args.n < 1:
         raise ConfigError(f"--n must be at least 1, got {args.n}")
+    if args.anatomy and args.dataset and args.anatomy != args.dataset:
+        raise ConfigError(f"anatomy '{args.anatomy}' and --dataset '{args.dataset}' disagree: give one")
+    _ensure_loaded()
+    name = args.anatomy or args.dataset
+    if name in PHANTOMS or (name and name not in DATASETS and not args.dataset):
+        return _write_phantom(args, lookup(PHANTOMS, name))
+    if args.size or args.control:
+        raise ConfigError(f"--size and --control apply to phantoms ({', '.join(sorted(PHANTOMS))}), not '{name}'")
     cfg = resolve_preset_config(args)
-    name = args.dataset or cfg.data.dataset
+    name = name or cfg.data.dataset
     size_key = "n_train" if args.split == "train" else "n_test"
     data = replace(cfg.data, dataset=name, **{size_key: max(args.n, getattr(cfg.data, size_key))})
     cfg = replace(cfg, data=data)
@@ -409,6 +427,52 @@ def cmd_phantoms(args: argparse.Namespace) -> int:
     rows = [_write_item(out, i, dataset[i]) for i in range(min(args.n, len(dataset)))]
     pd.DataFrame(rows).to_csv(out / "manifest.csv", index=False)
     print(f"wrote {len(rows)} {name} pairs ({args.split} split) to {out}/ with manifest.csv")
+    return 0
+
+
+def _parse_size(text: str) -> tuple[int, ...]:
+    """``"64x32"`` -> ``(64, 32)``; ``"64x64x16"`` -> ``(64, 64, 16)``."""
+    try:
+        parts = tuple(int(v) for v in text.lower().split("x"))
+    except ValueError:
+        parts = ()
+    if len(parts) not in (2, 3):
+        raise ConfigError(f"--size must look like HxW or HxWxD (e.g. 64x32), got '{text}'")
+    return parts
+
+
+def _parse_controls(items: Sequence[str]) -> dict[str, float]:
+    """``["kl_grade=3"]`` -> ``{"kl_grade": 3.0}``."""
+    controls = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        try:
+            controls[key.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not key.strip():
+            raise ConfigError(f"--control must look like NAME=NUMBER, got '{item}'")
+    return controls
+
+
+def _write_phantom(args: argparse.Namespace, spec: Any) -> int:
+    """Render ``--n`` subjects of phantom ``spec`` into ``--out`` in the real-data format."""
+    from medgen.data.manifest import write_phantom_dataset
+    from medgen.data.phantoms.base import TEST_OFFSET, Sizes
+
+    sizes = Sizes(*_parse_size(args.size)) if args.size else spec.sizes_for(args.preset)
+    controls = _parse_controls(args.control)
+    spec.check_controls(controls)
+    numbers = list(range(args.n)) if args.split == "train" else list(range(TEST_OFFSET, TEST_OFFSET + args.n))
+    if args.dry_run:
+        _print_json({"phantom": spec.name, "n": args.n, "split": args.split, "seed": args.seed,
+                     "sizes": dataclasses.asdict(sizes),
+                     "controls": controls, "out": args.out})
+        return 0
+    manifest = write_phantom_dataset(spec, numbers, args.out, seed=args.seed, sizes=sizes, controls=controls,
+                                     overwrite=args.overwrite, progress=sys.stderr.isatty())
+    print(f"wrote {args.n} {spec.name} subjects ({args.split} split, seed {args.seed}, "
+          f"{sizes.height}x{sizes.width}{f'x{sizes.depth}' if sizes.depth else ''}) to {manifest}")
     return 0
 
 

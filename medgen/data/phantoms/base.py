@@ -37,10 +37,11 @@ import numpy as np
 
 from medgen.registry import PHANTOMS, register
 
-__all__ = ["PRESETS", "PhantomError", "Modality", "Control", "Sizes", "PhantomSpec",
+__all__ = ["PRESETS", "TEST_OFFSET", "PhantomError", "Modality", "Control", "Sizes", "PhantomSpec",
            "subject_rng", "register_phantom", "as_numbers"]
 
 PRESETS = ("ci", "smoke", "cpu", "paper")
+TEST_OFFSET = 500_000  # subject numbers of test splits start here (train: 0 .. n_train - 1)
 
 
 class PhantomError(ValueError):
