@@ -127,12 +127,13 @@ def to_markdown(rows: Sequence[Row]) -> str:
     return markdown_table(to_frame(rows), floatfmt=".4g")
 
 
-def write_report(rows: Sequence[Row], out_dir: Path, header: str) -> tuple[Path, Path]:
-    """Write ``speed.csv`` and ``speed.md`` (same table, under a provenance line) to ``out_dir``."""
+def write_report(rows: Sequence[Row], out_dir: Path, header: str, *, name: str = "speed",
+                 title: str = "Speed benchmark") -> tuple[Path, Path]:
+    """Write ``<name>.csv`` and ``<name>.md`` (same table, under a provenance line) to ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    csv_path, md_path = out_dir / "speed.csv", out_dir / "speed.md"
+    csv_path, md_path = out_dir / f"{name}.csv", out_dir / f"{name}.md"
     to_frame(rows).to_csv(csv_path, index=False, float_format="%.6g")
-    md_path.write_text(f"# Speed benchmark\n\n{header}\n\n{to_markdown(rows)}")
+    md_path.write_text(f"# {title}\n\n{header}\n\n{to_markdown(rows)}")
     return csv_path, md_path
 
 
