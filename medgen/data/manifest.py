@@ -1,0 +1,973 @@
+"""CSV manifests of real (or phantom-written) data: reading, checking, splitting and writing.
+
+The manifest format
+-------------------
+A dataset is a folder holding ``manifest.csv`` (any name works for :func:`read_manifest`)
+and, optionally, a ``dataset.json`` sidecar beside it::
+
+    patient_id,source,target,us_depths,cobb
+    P001,images/P001_us.png,images/P001_xr.png,us/P001_0.png|us/P001_1.png,23.5
+    P002,images/P002_us.png,images/P002_xr.png,us/P002_0.png|us/P002_1.png,41.0
+
+* ``patient_id`` (required, non-empty): splits are by patient, several rows may share one.
+* Image columns: paths relative to the CSV's folder (absolute paths work too) to PNG / TIFF /
+  JPEG, NIfTI, DICOM files or DICOM folders, or ``.npy``. A cell ``a.png|b.png`` stacks
+  the files along a new first axis (``[K, H, W]``, e.g. the 5 ultrasound depths).
+* Label columns: numbers are parsed, strings kept; a label column may also hold paths to
+  per-subject ``.npy`` arrays (landmarks), declared in the sidecar with type ``"array"``.
+
+The sidecar (every key optional)::
+
+    {"phantom": "knee" | null,
+     "modalities": {"target": {"unit": "HU", "low": -1024, "high": 3071, "description": "...",
+                               "png_range": [low, high]}},      # optional, see below
+     "labels": {"cobb": "Cobb angle [deg]",                     # meaning, type inferred
+                "kl": {"meaning": "KL grade", "type": "int"}},  # float | int | bool | str | array
+     "label_maps": ["seg"],                                      # integer label-image columns
+     "split": {"test_fraction": 0.2, "seed": 0}}                 # defaults of Manifest.split
+
+``modalities`` gives each image column's :class:`~medgen.data.phantoms.base.Modality`, the
+*fixed* map of its physical range ``[low, high]`` onto the model range. ``png_range``
+says that the column's 8/16-bit pictures store ``(value - low) / (high - low)`` rather
+than the value itself (``write_phantom_dataset`` does this for modalities whose range is not
+[0, 1]); :meth:`Manifest.load` undoes it. Other keys (``seed``, ``sizes`` ...) are kept.
+
+Without a sidecar entry a column holding only image paths is an image column and its
+modality is inferred from the files of the first rows:
+
+* PNG / TIFF / JPEG and display-referred DICOM (CR, DX, US ...): unit ``"[0,1]"``, low 0, high 1;
+* DICOM CT (or a NIfTI written by :func:`medgen.data.io.write_volume` with unit HU): ``"HU"``
+  over the full 12-bit CT range -1024 .. 3071;
+* MRI DICOM, NIfTI and ``.npy`` of unknown unit: ``"a.u."`` with one *per-dataset* fixed
+  scale: ``high`` = the 99.5th percentile and ``low`` = min(0, 0.5th percentile) of the values
+  of the first ``SCALE_ROWS`` rows (each image subsampled to at most ``SCALE_SAMPLES`` values).
+  Never per image: every image of the column shares the map, and :meth:`Manifest.split`
+  and :func:`write_split_manifests` carry the same map to both sides.
+
+Label maps must be declared (they look like images). Other columns are labels whose type
+is inferred: ``int`` when every non-empty cell is an integer, else ``float`` when every one
+is a number, else ``str``; an empty cell is a missing label (``None``).
+
+Checks and errors
+-----------------
+:class:`ManifestError` (a ``ValueError``) has a one-line message naming the file and the row
+/ column, e.g. ``manifest.csv row 7 (line 9) column target: 64x64, expected 128x128 like
+row 0``. Rows count from 0 (the first data row; the same index :meth:`Manifest.load` takes)
+and ``line`` is the line of the CSV file. :func:`read_manifest` checks eagerly what is cheap:
+a missing file, a missing ``patient_id`` column, an empty patient id, duplicated columns,
+ragged rows, a bad sidecar, a referenced file that does not exist, and a label that is not a
+number where the sidecar says it is. What needs decoding -- an unreadable image, mixed image
+sizes within a column -- is checked lazily by :meth:`Manifest.load`, or for every row at
+once by :meth:`Manifest.validate`.
+
+Writing
+-------
+:func:`write_split_manifests` writes ``train.csv`` / ``test.csv`` (paths rewritten relative
+to the output folder), the resolved ``dataset.json`` (inferred modalities included, so both
+sides keep one fixed map) and ``split.json`` (seed, fraction, each side's ``split_hash``).
+:func:`write_phantom_dataset` renders a phantom into exactly this format. Every file is
+written to a temporary name and renamed, and the phantom folder as a whole is built in a
+temporary folder and renamed at the end, so nothing is ever half-written.
+"""
+from __future__ import annotations
+
+import csv
+import io as _stdio
+import json
+import math
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from medgen.data import io
+from medgen.data.io import ImageReadError, atomic_path
+from medgen.data.phantoms.base import Modality, PhantomSpec, Sizes, as_numbers
+from medgen.data.splits import check_disjoint, patient_split, split_hash
+
+__all__ = ["ManifestError", "Manifest", "read_manifest", "write_split_manifests", "write_phantom_dataset",
+           "MANIFEST_NAME", "SIDECAR_NAME", "SPLIT_NAME", "HU_RANGE", "LABEL_TYPES"]
+
+MANIFEST_NAME = "manifest.csv"  # CSV name written by write_phantom_dataset (and looked for in a folder)
+SIDECAR_NAME = "dataset.json"  # sidecar beside the CSV
+SPLIT_NAME = "split.json"  # split record written by write_split_manifests
+PATIENT = "patient_id"  # the required column
+SEP = "|"  # joins several files in one cell (stacked along a new first axis)
+SCALE_ROWS = 8  # rows read to infer the fixed a.u. scale of a column without a sidecar entry
+SCALE_PERCENTILE = 99.5  # percentile of those rows' values used as the a.u. column's "high"
+SCALE_SAMPLES = 1 << 18  # at most this many values per image enter the percentile (strided)
+HU_RANGE = (-1024.0, 3071.0)  # full 12-bit CT range in HU (inferred CT columns)
+DEFAULT_SPLIT = {"test_fraction": 0.2, "seed": 0}  # Manifest.split defaults without a sidecar "split"
+LABEL_TYPES = ("float", "int", "bool", "str", "array")
+_MODALITY_KEYS = ("unit", "low", "high", "description", "png_range")  # other keys are kept as written
+CHUNK = 32  # subjects rendered at once by write_phantom_dataset (bounds memory)
+_INT = re.compile(r"[+-]?\d+")
+_TRUE, _FALSE = {"1", "true", "yes"}, {"0", "false", "no"}
+
+
+class ManifestError(ValueError):
+    """A manifest, sidecar or referenced file that cannot be used; one line naming file and row / column."""
+
+
+# --------------------------------------------------------------------------------------
+# The schema: what every column means (shared by a manifest and its subsets)
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Schema:
+    path: Path  # the CSV
+    columns: tuple[str, ...]  # every CSV column, in file order
+    modalities: Mapping[str, Modality]  # image column -> fixed map (declared or inferred)
+    png_ranges: Mapping[str, tuple[float, float]]  # image column -> (low, high) its pictures are scaled by
+    label_maps: tuple[str, ...]  # integer label-image columns
+    label_types: Mapping[str, str]  # label column -> one of LABEL_TYPES
+    meanings: Mapping[str, str]  # label column -> meaning
+    extra: Mapping[str, Any]  # other sidecar keys (phantom, seed, sizes, split ...)
+    modality_notes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # other keys per modality
+
+    @property
+    def root(self) -> Path:
+        return self.path.parent
+
+    def kind(self, column: str) -> str:
+        """"image", "label_map", "array", "label" or "id"."""
+        if column in self.modalities:
+            return "image"
+        if column in self.label_maps:
+            return "label_map"
+        if column in self.label_types:
+            return "array" if self.label_types[column] == "array" else "label"
+        if column == PATIENT:
+            return "id"
+        raise KeyError(column)
+
+    def path_columns(self) -> list[str]:
+        """Columns whose cells are file paths (images, label maps, arrays)."""
+        return [c for c in self.columns if c != PATIENT and self.kind(c) in ("image", "label_map", "array")]
+
+
+# --------------------------------------------------------------------------------------
+# Manifest
+# --------------------------------------------------------------------------------------
+class Manifest:
+    """Rows of a CSV manifest with typed access to images (physical units) and labels.
+
+    Build it with :func:`read_manifest`; :meth:`subset` / :meth:`split` return manifests that
+    share the schema (and the fixed modality maps) of the manifest they came from.
+    """
+
+    def __init__(self, schema: _Schema, rows: Sequence[Mapping[str, str]], row_ids: Sequence[int],
+                 lines: Sequence[int], shapes: dict[str, tuple[int, tuple[int, ...]]] | None = None) -> None:
+        self._schema = schema
+        self._rows = [dict(r) for r in rows]
+        self._row_ids = list(row_ids)  # row index in the CSV file (0 = first data row)
+        self._lines = list(lines)  # line number in the CSV file
+        self._shapes = {} if shapes is None else shapes  # column -> (CSV row, shape) of the reference
+
+    # -- description --------------------------------------------------------------------
+    @property
+    def path(self) -> Path:
+        """The CSV file."""
+        return self._schema.path
+
+    @property
+    def root(self) -> Path:
+        """The folder relative paths are resolved against (the CSV's folder)."""
+        return self._schema.root
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """Every CSV column in file order (``patient_id`` included)."""
+        return self._schema.columns
+
+    @property
+    def image_columns(self) -> tuple[str, ...]:
+        """Columns of intensity images (each has a :attr:`modalities` entry) and label maps."""
+        return tuple(c for c in self.columns if c != PATIENT and self._schema.kind(c) in ("image", "label_map"))
+
+    @property
+    def label_maps(self) -> tuple[str, ...]:
+        """Columns of integer label images (segmentations)."""
+        return self._schema.label_maps
+
+    @property
+    def label_columns(self) -> tuple[str, ...]:
+        """Scalar and array label columns (what :meth:`labels` returns)."""
+        return tuple(c for c in self.columns if c in self._schema.label_types)
+
+    @property
+    def label_types(self) -> dict[str, str]:
+        """Label column -> type (float, int, bool, str or array)."""
+        return dict(self._schema.label_types)
+
+    @property
+    def label_meanings(self) -> dict[str, str]:
+        """Label column -> meaning (from the sidecar; "" when none)."""
+        return {c: self._schema.meanings.get(c, "") for c in self.label_columns}
+
+    @property
+    def modalities(self) -> dict[str, Modality]:
+        """Image column -> :class:`Modality` (unit and fixed [low, high] map to the model range)."""
+        return dict(self._schema.modalities)
+
+    @property
+    def sidecar(self) -> dict[str, Any]:
+        """The resolved sidecar (declared and inferred entries) as written next to split manifests."""
+        return _sidecar_dict(self._schema)
+
+    @property
+    def patient_ids(self) -> list[str]:
+        """The patient id of every row (repeated when a patient has several rows)."""
+        return [r[PATIENT] for r in self._rows]
+
+    @property
+    def split_hash(self) -> str:
+        """:func:`medgen.data.splits.split_hash` of this manifest's patients."""
+        return split_hash(self.patient_ids)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __repr__(self) -> str:
+        return (f"Manifest({self.path.name!r}, rows={len(self)}, patients={len(set(self.patient_ids))}, "
+                f"images={list(self.image_columns)}, labels={list(self.label_columns)})")
+
+    # -- access -------------------------------------------------------------------------
+    def cell(self, row: int, column: str) -> str:
+        """The raw CSV text of one cell."""
+        self._check_row(row)
+        if column not in self.columns:
+            raise ManifestError(f"{self.path.name}: no column '{column}' (columns: {', '.join(self.columns)})")
+        return self._rows[row][column]
+
+    def paths(self, row: int, column: str) -> list[Path]:
+        """The files one cell refers to (several for ``a|b`` cells), resolved against :attr:`root`."""
+        return [self.root / part for part in _split_cell(self.cell(row, column))]
+
+    def load(self, row: int, column: str) -> np.ndarray:
+        """One cell's image(s) as an array.
+
+        Image columns: float32 ``[H, W]`` / ``[D, H, W]`` in physical units (``[K, ...]`` for a
+        cell of K files); label maps: int32; array columns: the ``.npy`` as stored. Raises
+        :class:`ManifestError` naming row, column and file for a missing or unreadable file,
+        and for an image whose size differs from the column's first row.
+        """
+        self._check_row(row)
+        kind = self._kind(column)
+        if kind not in ("image", "label_map", "array"):
+            raise ManifestError(f"{self._where(row, column)}: not an image column (a {kind} column)")
+        paths = self.paths(row, column)
+        if not paths:
+            raise ManifestError(f"{self._where(row, column)}: empty cell (no file)")
+        arrays = [self._read(path, kind, row, column) for path in paths]
+        if len({a.shape for a in arrays}) > 1:
+            shapes = ", ".join(_shape_text(a.shape) for a in arrays)
+            raise ManifestError(f"{self._where(row, column)}: the files of one cell differ in size ({shapes})")
+        arr = arrays[0] if len(arrays) == 1 else np.stack(arrays)
+        if kind != "array":
+            self._check_shape(row, column, arr.shape)
+        return arr
+
+    def labels(self, row: int) -> dict[str, Any]:
+        """Label column -> value for one row: float / int / bool / str, a loaded array for array
+        columns, ``None`` for an empty cell."""
+        self._check_row(row)
+        out: dict[str, Any] = {}
+        for column in self.label_columns:
+            text = self._rows[row][column]
+            if text == "":
+                out[column] = None
+            elif self._schema.label_types[column] == "array":
+                out[column] = self.load(row, column)
+            else:
+                out[column] = _parse_label(text, self._schema.label_types[column], self._where(row, column))
+        return out
+
+    def validate(self) -> None:
+        """Load every image and label of every row once (sizes, decoding, values); raise the first error."""
+        for row in range(len(self)):
+            for column in self.columns:
+                if column != PATIENT and self._kind(column) in ("image", "label_map") and self._rows[row][column]:
+                    self.load(row, column)
+            self.labels(row)
+
+    # -- subsets and splits -------------------------------------------------------------
+    def subset(self, rows: Sequence[int]) -> Manifest:
+        """The manifest of ``rows`` (indices into this manifest), sharing the schema and size checks."""
+        idx = [int(r) for r in rows]
+        for r in idx:
+            self._check_row(r)
+        return Manifest(self._schema, [self._rows[r] for r in idx], [self._row_ids[r] for r in idx],
+                        [self._lines[r] for r in idx], self._shapes)
+
+    def split(self, test_fraction: float | None = None, seed: int | None = None) -> tuple[Manifest, Manifest]:
+        """Patient-level ``(train, test)`` manifests (:func:`medgen.data.splits.patient_split`).
+
+        Defaults come from the sidecar's ``"split"`` entry, else test_fraction 0.2 and seed 0.
+        The split depends only on the set of patient ids and the seed, not on the row order.
+        """
+        test_fraction, seed = self._split_args(test_fraction, seed)
+        train_ids, test_ids = patient_split(self.patient_ids, test_fraction, seed)
+        check_disjoint(train_ids, test_ids)
+        test_set = set(test_ids)
+        train_rows = [i for i, pid in enumerate(self.patient_ids) if pid not in test_set]
+        test_rows = [i for i, pid in enumerate(self.patient_ids) if pid in test_set]
+        return self.subset(train_rows), self.subset(test_rows)
+
+    def _split_args(self, test_fraction: float | None, seed: int | None) -> tuple[float, int]:
+        defaults = {**DEFAULT_SPLIT, **(self._schema.extra.get("split") or {})}
+        return (float(defaults["test_fraction"] if test_fraction is None else test_fraction),
+                int(defaults["seed"] if seed is None else seed))
+
+    # -- internals ----------------------------------------------------------------------
+    def _kind(self, column: str) -> str:
+        try:
+            return self._schema.kind(column)
+        except KeyError:
+            raise ManifestError(f"{self.path.name}: no column '{column}' (columns: {', '.join(self.columns)})") from None
+
+    def _check_row(self, row: int) -> None:
+        if not isinstance(row, (int, np.integer)) or not 0 <= int(row) < len(self._rows):
+            raise ManifestError(f"{self.path.name}: row {row} out of range (0..{len(self._rows) - 1})")
+
+    def _where(self, row: int, column: str | None = None) -> str:
+        """``manifest.csv row 7 (line 9) column target`` (CSV row and line of this manifest's ``row``)."""
+        text = f"{self.path.name} row {self._row_ids[row]} (line {self._lines[row]})"
+        return text if column is None else f"{text} column {column}"
+
+    def _read(self, path: Path, kind: str, row: int, column: str) -> np.ndarray:
+        """One file of a cell, converted for its column kind (ManifestError with the context)."""
+        where = f"{self._where(row, column)}: {_rel(path, self.root)}"
+        if not path.exists():
+            raise ManifestError(f"{where}: file not found")
+        try:
+            if kind == "label_map":
+                return io.read_labels(path)
+            if kind == "array":
+                return _load_npy_array(path)
+            vol = io.read_volume(path, notes=[])
+        except (ImageReadError, ValueError) as exc:
+            raise ManifestError(f"{where}: {_first_line(exc)}") from None
+        arr = vol.array
+        png = self._schema.png_ranges.get(column)
+        if png is not None and path.suffix.lower() in io.PIL_SUFFIXES:  # stored (v - low) / (high - low)
+            arr = (png[0] + arr.astype(np.float64) * (png[1] - png[0])).astype(np.float32)
+        return arr
+
+    def _check_shape(self, row: int, column: str, shape: tuple[int, ...]) -> None:
+        """Every image of a column has the size of the column's first row (reference loaded once)."""
+        if column not in self._shapes and row != 0 and self._rows[0][column]:
+            self.load(0, column)  # sets the reference from this manifest's first row
+        ref = self._shapes.setdefault(column, (self._row_ids[row], tuple(shape)))
+        if ref[1] != tuple(shape):
+            raise ManifestError(f"{self._where(row, column)}: {_shape_text(shape)}, expected "
+                                f"{_shape_text(ref[1])} like row {ref[0]}")
+
+
+def _shape_text(shape: Sequence[int]) -> str:
+    return "x".join(str(int(n)) for n in shape)
+
+
+def _split_cell(text: str) -> list[str]:
+    return [part.strip() for part in text.split(SEP) if part.strip()]
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _load_npy_array(path: Path) -> np.ndarray:
+    """A per-subject ``.npy`` array (landmarks ...), never unpickled."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ImageReadError(f"{path.name}: unreadable .npy array ({_first_line(exc)})") from None
+
+
+def _parse_label(text: str, kind: str, where: str) -> Any:
+    """A CSV label cell as float / int / bool / str."""
+    if kind == "str":
+        return text
+    try:
+        if kind == "int":
+            value = float(text)
+            if not value.is_integer():
+                raise ValueError
+            return int(value)
+        if kind == "bool":
+            low = text.strip().lower()
+            if low in _TRUE or low in _FALSE:
+                return low in _TRUE
+            raise ValueError
+        return float(text)
+    except ValueError:
+        raise ManifestError(f"{where}: {text!r} is not {'an integer' if kind == 'int' else 'a ' + kind}") from None
+
+
+# --------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------
+def read_manifest(path: str | os.PathLike) -> Manifest:
+    """Read a manifest CSV (or the ``manifest.csv`` of a folder) and its ``dataset.json`` sidecar.
+
+    Checks eagerly what needs no decoding (module docstring) and infers the modality of
+    image columns the sidecar does not describe (reading the first rows' files).
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / MANIFEST_NAME
+    if not path.is_file():
+        raise ManifestError(f"{path.name}: manifest file not found ({path})")
+    columns, rows, lines = _read_csv(path)
+    sidecar = _read_sidecar(path.parent / SIDECAR_NAME, columns, path.name)
+    schema = _build_schema(path, columns, rows, lines, sidecar)
+    manifest = Manifest(schema, rows, list(range(len(rows))), lines)
+    _check_paths(manifest)
+    _check_labels(manifest)
+    return _infer_modalities(manifest)
+
+
+def _read_csv(path: Path) -> tuple[tuple[str, ...], list[dict[str, str]], list[int]]:
+    """Header, rows (stripped cells) and their line numbers; one-line errors."""
+    name = path.name
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{name}: unreadable CSV ({_first_line(exc)})") from None
+    reader = csv.reader(_stdio.StringIO(text))
+    try:
+        header = [h.strip() for h in next(reader)]
+    except StopIteration:
+        raise ManifestError(f"{name}: empty file (no header)") from None
+    except csv.Error as exc:
+        raise ManifestError(f"{name}: unreadable CSV header ({exc})") from None
+    if "" in header:
+        raise ManifestError(f"{name}: column {header.index('') + 1} of the header has no name")
+    dupes = sorted({h for h in header if header.count(h) > 1})
+    if dupes:
+        raise ManifestError(f"{name}: duplicated column(s) {', '.join(dupes)}")
+    if PATIENT not in header:
+        raise ManifestError(f"{name}: no '{PATIENT}' column (columns: {', '.join(header)})")
+    rows, lines = [], []
+    try:
+        for cells in reader:
+            if not any(c.strip() for c in cells):
+                continue  # blank line
+            line = reader.line_num
+            if len(cells) != len(header):
+                raise ManifestError(f"{name} row {len(rows)} (line {line}): {len(cells)} cells, "
+                                    f"the header has {len(header)}")
+            row = {h: c.strip() for h, c in zip(header, cells)}
+            if not row[PATIENT]:
+                raise ManifestError(f"{name} row {len(rows)} (line {line}): empty {PATIENT}")
+            rows.append(row)
+            lines.append(line)
+    except csv.Error as exc:
+        raise ManifestError(f"{name} line {reader.line_num}: {exc}") from None
+    if not rows:
+        raise ManifestError(f"{name}: no data rows")
+    return tuple(header), rows, lines
+
+
+def _read_sidecar(path: Path, columns: Sequence[str], csv_name: str) -> dict[str, Any]:
+    """The sidecar as a checked dict ({} when absent)."""
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"{path.name}: unreadable JSON ({_first_line(exc)})") from None
+    if not isinstance(data, dict):
+        raise ManifestError(f"{path.name}: expected a JSON object, got {type(data).__name__}")
+
+    def need(ok: bool, text: str) -> None:
+        if not ok:
+            raise ManifestError(f"{path.name}: {text}")
+
+    for key, kind in (("modalities", dict), ("labels", dict), ("label_maps", list)):
+        need(isinstance(data.get(key, kind()), kind), f"'{key}' must be a JSON {kind.__name__}")
+    need(data.get("split") is None or isinstance(data["split"], dict), "'split' must be an object or null")
+    named = [*data.get("modalities", {}), *data.get("labels", {}), *data.get("label_maps", [])]
+    for column in named:
+        need(column in columns, f"column '{column}' is not in {csv_name} (columns: {', '.join(columns)})")
+        need(column != PATIENT and named.count(column) == 1,
+             f"column '{column}' is listed more than once (modalities / labels / label_maps)")
+    for column, entry in data.get("modalities", {}).items():
+        need(isinstance(entry, dict) and isinstance(entry.get("unit"), str),
+             f"modality '{column}' needs an object with 'unit', 'low' and 'high'")
+        low, high = entry.get("low"), entry.get("high")
+        need(_is_number(low) and _is_number(high) and float(high) > float(low),
+             f"modality '{column}': 'low' and 'high' must be numbers with high > low, got {low!r}, {high!r}")
+        rng = entry.get("png_range")
+        need(rng is None or (isinstance(rng, list) and len(rng) == 2 and all(map(_is_number, rng))
+                             and float(rng[1]) > float(rng[0])),
+             f"modality '{column}': 'png_range' must be [low, high] with high > low")
+    for column, entry in data.get("labels", {}).items():
+        kind = entry.get("type") if isinstance(entry, dict) else None
+        need(isinstance(entry, (str, dict)) and (kind is None or kind in LABEL_TYPES),
+             f"label '{column}': expected a meaning string or {{'meaning', 'type'}} with type in "
+             f"{', '.join(LABEL_TYPES)}")
+    return data
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _looks_like_path(part: str, root: Path) -> bool:
+    """A cell part names an image file (by extension) or a folder (a DICOM series)."""
+    low = part.lower()
+    return low.endswith(io.VOLUME_SUFFIXES) or (root / part).is_dir()
+
+
+def _build_schema(path: Path, columns: Sequence[str], rows: list[dict[str, str]], lines: list[int],
+                  sidecar: dict[str, Any]) -> _Schema:
+    """Column kinds from the sidecar, the rest inferred (images by path-like cells, labels by type)."""
+    modalities: dict[str, Modality] = {}
+    png_ranges: dict[str, tuple[float, float]] = {}
+    notes: dict[str, dict[str, Any]] = {}
+    for column, entry in sidecar.get("modalities", {}).items():
+        modalities[column] = Modality(column, entry["unit"], float(entry["low"]), float(entry["high"]),
+                                      str(entry.get("description", "")))
+        notes[column] = {k: v for k, v in entry.items() if k not in _MODALITY_KEYS}
+        if entry.get("png_range") is not None:
+            png_ranges[column] = (float(entry["png_range"][0]), float(entry["png_range"][1]))
+    label_maps = tuple(c for c in columns if c in sidecar.get("label_maps", []))
+    label_types: dict[str, str] = {}
+    meanings: dict[str, str] = {}
+    for column, entry in sidecar.get("labels", {}).items():
+        meanings[column] = entry if isinstance(entry, str) else str(entry.get("meaning", ""))
+        if isinstance(entry, dict) and entry.get("type"):
+            label_types[column] = entry["type"]
+    for column in columns:
+        if column == PATIENT or column in modalities or column in label_maps or column in label_types:
+            continue
+        cells = [r[column] for r in rows if r[column]]
+        paths = bool(cells) and all(_looks_like_path(p, path.parent) for c in cells for p in _split_cell(c))
+        if paths and column in meanings:
+            label_types[column] = "array"  # a declared label holding per-subject files
+        elif paths:
+            modalities[column] = Modality(column, "?", 0.0, 1.0)  # placeholder, inferred from the files
+        else:
+            label_types[column] = _infer_label_type(cells)
+    label_types = {c: label_types[c] for c in columns if c in label_types}
+    extra = {k: v for k, v in sidecar.items() if k not in ("modalities", "labels", "label_maps")}
+    return _Schema(path, tuple(columns), modalities, png_ranges, label_maps, label_types, meanings, extra, notes)
+
+
+def _infer_label_type(cells: Sequence[str]) -> str:
+    """int when every non-empty cell is an integer, float when every one is a number, else str."""
+    if cells and all(_INT.fullmatch(c) for c in cells):
+        return "int"
+    try:
+        [float(c) for c in cells]
+    except ValueError:
+        return "str"
+    return "float" if cells else "str"
+
+
+def _check_paths(manifest: Manifest) -> None:
+    """Every referenced file exists (row, column and path named otherwise)."""
+    schema = manifest._schema
+    for column in schema.path_columns():
+        for row in range(len(manifest)):
+            for path in manifest.paths(row, column):
+                if not path.exists():
+                    raise ManifestError(f"{manifest._where(row, column)}: file not found: "
+                                        f"{_rel(path, manifest.root)}")
+
+
+def _check_labels(manifest: Manifest) -> None:
+    """Typed label cells parse (e.g. a number where the sidecar says float)."""
+    for column, kind in manifest._schema.label_types.items():
+        if kind in ("float", "int", "bool"):
+            for row in range(len(manifest)):
+                text = manifest._rows[row][column]
+                if text:
+                    _parse_label(text, kind, manifest._where(row, column))
+
+
+def _infer_modalities(manifest: Manifest) -> Manifest:
+    """Replace placeholder modalities (unit "?") by ones inferred from the first rows' files."""
+    schema = manifest._schema
+    todo = [c for c, m in schema.modalities.items() if m.unit == "?"]
+    if not todo:
+        return manifest
+    modalities = dict(schema.modalities)
+    for column in todo:
+        modalities[column] = _infer_modality(manifest, column)
+    new = _Schema(schema.path, schema.columns, modalities, schema.png_ranges, schema.label_maps,
+                  schema.label_types, schema.meanings, schema.extra, schema.modality_notes)
+    return Manifest(new, manifest._rows, manifest._row_ids, manifest._lines)
+
+
+def _infer_modality(manifest: Manifest, column: str) -> Modality:
+    """The fixed map of an undeclared image column (module docstring: units and the a.u. scale)."""
+    rows = [r for r in range(len(manifest)) if manifest._rows[r][column]][:SCALE_ROWS]
+    samples, unit = [], None
+    for row in rows:
+        for path in manifest.paths(row, column):
+            try:
+                vol = io.read_volume(path, notes=[])
+            except ImageReadError as exc:
+                raise ManifestError(f"{manifest._where(row, column)}: {_rel(path, manifest.root)}: "
+                                    f"{_first_line(exc)}") from None
+            unit = unit or vol.unit
+            if unit != "a.u.":
+                break
+            flat = vol.array.ravel()
+            samples.append(flat[:: max(1, flat.size // SCALE_SAMPLES)])
+        if unit != "a.u.":
+            break
+    if unit == "HU":
+        return Modality(column, "HU", *HU_RANGE, "inferred: CT in Hounsfield units, full 12-bit range")
+    if unit == "[0,1]":
+        return Modality(column, "[0,1]", 0.0, 1.0, "inferred: display-referred image in [0, 1]")
+    values = np.concatenate(samples).astype(np.float64)
+    high = float(np.percentile(values, SCALE_PERCENTILE))
+    low = min(0.0, float(np.percentile(values, 100.0 - SCALE_PERCENTILE)))
+    if not high > low:
+        high = low + 1.0
+    return Modality(column, "a.u.", low, high,
+                    f"inferred: fixed per-dataset scale, {SCALE_PERCENTILE:g}th percentile of rows "
+                    f"0-{rows[-1] if rows else 0}")
+
+
+# --------------------------------------------------------------------------------------
+# Writing: sidecar, CSV, split manifests
+# --------------------------------------------------------------------------------------
+def _sidecar_dict(schema: _Schema) -> dict[str, Any]:
+    """The sidecar describing ``schema`` (declared and inferred entries; extra keys kept)."""
+    modalities = {}
+    for column, m in schema.modalities.items():
+        entry: dict[str, Any] = {"unit": m.unit, "low": m.low, "high": m.high, "description": m.description}
+        if column in schema.png_ranges:
+            entry["png_range"] = list(schema.png_ranges[column])
+        entry.update(schema.modality_notes.get(column, {}))
+        modalities[column] = entry
+    labels = {c: {"meaning": schema.meanings.get(c, ""), "type": t} for c, t in schema.label_types.items()}
+    out = {"phantom": schema.extra.get("phantom"), "modalities": modalities, "labels": labels,
+           "label_maps": list(schema.label_maps)}
+    out.update({k: v for k, v in schema.extra.items() if k not in out})
+    return out
+
+
+def _write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def _csv_text(columns: Sequence[str], rows: Sequence[Mapping[str, str]]) -> str:
+    buf = _stdio.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([row[c] for c in columns])
+    return buf.getvalue()
+
+
+def _json_text(data: Any) -> str:
+    return json.dumps(data, indent=2, sort_keys=False) + "\n"
+
+
+def _rewrite_rows(manifest: Manifest, out_dir: Path) -> list[dict[str, str]]:
+    """Rows with every relative path re-expressed relative to ``out_dir`` (absolute ones kept)."""
+    columns = manifest._schema.path_columns()
+    rows = []
+    for row in manifest._rows:
+        new = dict(row)
+        for column in columns:
+            parts = []
+            for part in _split_cell(row[column]):
+                if Path(part).is_absolute():
+                    parts.append(part)
+                else:
+                    target = os.path.abspath(manifest.root / part)
+                    parts.append(Path(os.path.relpath(target, os.path.abspath(out_dir))).as_posix())
+            new[column] = SEP.join(parts)
+        rows.append(new)
+    return rows
+
+
+def write_split_manifests(manifest: Manifest, out_dir: str | os.PathLike, test_fraction: float | None = None,
+                          seed: int | None = None) -> tuple[Path, Path]:
+    """Write ``train.csv``, ``test.csv``, ``dataset.json`` and ``split.json`` into ``out_dir``.
+
+    The split is :meth:`Manifest.split` (patient-level, order-independent); overlapping
+    patients are refused (:func:`medgen.data.splits.check_disjoint`). Paths are rewritten
+    relative to ``out_dir``; ``dataset.json`` is the resolved sidecar (inferred modalities
+    included) with the split's ``test_fraction`` / ``seed``; ``split.json`` records seed,
+    fraction and each side's ``split_hash``, patients and rows. Every file is written to a
+    temporary name first and all are renamed only after all were written. Returns
+    ``(train_csv, test_csv)``.
+    """
+    out_dir = Path(out_dir)
+    test_fraction, seed = manifest._split_args(test_fraction, seed)
+    train, test = manifest.split(test_fraction, seed)
+    check_disjoint(train.patient_ids, test.patient_ids)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sidecar = {**manifest.sidecar, "split": {"test_fraction": test_fraction, "seed": seed}}
+    record = {"seed": seed, "test_fraction": test_fraction, "source": str(manifest.path)}
+    files: dict[str, str] = {}
+    for side, part in (("train", train), ("test", test)):
+        files[f"{side}.csv"] = _csv_text(manifest.columns, _rewrite_rows(part, out_dir))
+        record[side] = {"csv": f"{side}.csv", "split_hash": part.split_hash,
+                        "patients": len(set(part.patient_ids)), "rows": len(part)}
+    files[SIDECAR_NAME] = _json_text(sidecar)
+    files[SPLIT_NAME] = _json_text(record)
+    _write_all(out_dir, files)
+    return out_dir / "train.csv", out_dir / "test.csv"
+
+
+def _write_all(out_dir: Path, files: Mapping[str, str]) -> None:
+    """Write every file to a temporary name, then rename them all (nothing half-written)."""
+    temps: list[tuple[Path, Path]] = []
+    try:
+        for name, text in files.items():
+            tmp = out_dir / f".{name}.{os.urandom(6).hex()}.tmp"
+            tmp.write_text(text, encoding="utf-8")
+            temps.append((tmp, out_dir / name))
+        for tmp, final in temps:
+            os.replace(tmp, final)
+    finally:
+        for tmp, _ in temps:
+            if tmp.exists():
+                tmp.unlink()
+
+
+# --------------------------------------------------------------------------------------
+# Writing a phantom as a dataset
+# --------------------------------------------------------------------------------------
+@dataclass
+class _Plan:
+    """How one key of a phantom's output is stored."""
+
+    key: str
+    kind: str  # "image" | "label_map" | "scalar" | "array"
+    fmt: str  # "png" | "nifti" | "csv" | "npy"
+    multi: bool = False  # K files per subject ([n, K, H, W] / [n, K, D, H, W])
+    clipped: int = 0  # PNG pixels clipped to [low, high]
+    total: int = 0  # PNG pixels written
+
+
+def _nifti_unit(modality: Modality) -> bool:
+    """Modalities stored as NIfTI float32 even in 2D: Hounsfield units and MRI (by the unit's words)."""
+    return bool(set(re.findall(r"[A-Z]+", modality.unit.upper())) & {"HU", "MR", "MRI"})
+
+
+def _plan_key(spec: PhantomSpec, key: str, arr: np.ndarray, sizes: Sizes) -> _Plan:
+    """Storage of one output key from its role in the spec and its per-subject shape."""
+    per = arr.shape[1:]
+    is_volume = len(per) == 3 and sizes.depth > 0 and per[0] == sizes.depth
+    if key in spec.modalities or key in spec.label_maps:
+        if len(per) not in (2, 3, 4):
+            raise ManifestError(f"phantom '{spec.name}': image '{key}' has per-subject shape {per}, "
+                                f"expected [H, W], [D, H, W] or [K, H, W]")
+        multi = (len(per) == 3 and not is_volume) or len(per) == 4
+        three_d = len(per) == 4 or is_volume
+        if key in spec.label_maps:
+            return _Plan(key, "label_map", "nifti" if three_d else "png", multi)
+        nifti = three_d or _nifti_unit(spec.modalities[key])
+        return _Plan(key, "image", "nifti" if nifti else "png", multi)
+    return _Plan(key, "scalar", "csv") if len(per) == 0 else _Plan(key, "array", "npy")
+
+
+def _label_type(arr: np.ndarray, plan: _Plan) -> str:
+    if plan.kind == "array":
+        return "array"
+    return {"b": "bool", "i": "int", "u": "int", "f": "float"}.get(arr.dtype.kind, "str")
+
+
+def _format_scalar(value: Any) -> str:
+    """CSV text of a scalar label that parses back to the same value (floats: shortest repr)."""
+    if isinstance(value, (bool, np.bool_)):
+        return "1" if value else "0"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return repr(float(value))
+    return str(value)
+
+
+class _PhantomWriter:
+    """Writes rendered chunks of a phantom into ``folder`` and collects the CSV rows."""
+
+    def __init__(self, spec: PhantomSpec, sizes: Sizes, folder: Path) -> None:
+        self.spec, self.sizes, self.folder = spec, sizes, folder
+        self.plans: dict[str, _Plan] = {}
+        self.label_types: dict[str, str] = {}
+        self.rows: list[dict[str, str]] = []
+
+    def add(self, numbers: np.ndarray, arrays: Mapping[str, np.ndarray]) -> None:
+        """Write the subjects ``numbers`` of one rendered chunk."""
+        if not self.plans:
+            self._plan(arrays)
+        for key in self.plans:
+            if key not in arrays or len(arrays[key]) != len(numbers):
+                raise ManifestError(f"phantom '{self.spec.name}': output '{key}' missing or not of length "
+                                    f"{len(numbers)} in a chunk")
+        for i, number in enumerate(numbers):
+            pid = f"{self.spec.name}-{int(number):06d}"
+            row = {PATIENT: pid}
+            for key, plan in self.plans.items():
+                row[key] = self._write(plan, pid, arrays[key][i])
+            self.rows.append(row)
+
+    def _plan(self, arrays: Mapping[str, np.ndarray]) -> None:
+        order = [*self.spec.modalities, *self.spec.label_maps, *self.spec.labels, *sorted(arrays)]
+        for key in dict.fromkeys(order):
+            if key in arrays:
+                arr = np.asarray(arrays[key])
+                plan = self.plans[key] = _plan_key(self.spec, key, arr, self.sizes)
+                if plan.kind in ("scalar", "array"):
+                    self.label_types[key] = _label_type(arr, plan)
+                if plan.fmt in ("png", "nifti", "npy"):
+                    (self.folder / key).mkdir()
+
+    def _write(self, plan: _Plan, pid: str, value: np.ndarray) -> str:
+        """Write one subject's value of one key; return its CSV cell."""
+        if plan.kind == "scalar":
+            return _format_scalar(value.item() if isinstance(value, np.ndarray) else value)
+        if plan.kind == "array":
+            rel = f"{plan.key}/{pid}.npy"
+            np.save(self.folder / rel, np.asarray(value))
+            return rel
+        items = list(value) if plan.multi else [value]
+        suffix = ".png" if plan.fmt == "png" else ".nii.gz"
+        names = [f"{plan.key}/{pid}{suffix}"] if not plan.multi else \
+            [f"{plan.key}/{pid}_{k}{suffix}" for k in range(len(items))]
+        for rel, item in zip(names, items):
+            self._write_image(plan, self.folder / rel, np.asarray(item))
+        return SEP.join(names)
+
+    def _write_image(self, plan: _Plan, path: Path, item: np.ndarray) -> None:
+        if plan.kind == "label_map":
+            io.write_labels(path, item)
+            return
+        modality = self.spec.modalities[plan.key]
+        if plan.fmt == "nifti":
+            io.write_volume(path, item.astype(np.float32), unit="HU" if modality.unit == "HU" else "a.u.")
+            return
+        # 16-bit PNG of (value - low) / (high - low); values outside [low, high] are clipped (and
+        # counted: the model's fixed map clips them too, see Modality.to_model).
+        if not np.isfinite(item).all():
+            raise ManifestError(f"phantom '{self.spec.name}': image '{plan.key}' contains NaN or Inf")
+        scaled = (item.astype(np.float64) - modality.low) / (modality.high - modality.low)
+        plan.clipped += int(((scaled < 0.0) | (scaled > 1.0)).sum())
+        plan.total += scaled.size
+        io.write_image(path, np.clip(scaled, 0.0, 1.0), bits=16)
+
+    def sidecar(self, extra: Mapping[str, Any]) -> dict[str, Any]:
+        """dataset.json for the written columns."""
+        modalities = {}
+        for key, plan in self.plans.items():
+            if plan.kind != "image":
+                continue
+            m = self.spec.modalities[key]
+            entry: dict[str, Any] = {"unit": m.unit, "low": m.low, "high": m.high, "description": m.description,
+                                     "storage": "NIfTI float32, physical units" if plan.fmt == "nifti" else
+                                     "16-bit PNG of (value - low) / (high - low), clipped to [low, high]"}
+            if plan.fmt == "png":
+                entry["png_range"] = [m.low, m.high]
+                entry["clipped_fraction"] = plan.clipped / max(plan.total, 1)
+            modalities[key] = entry
+        labels = {k: {"meaning": self.spec.labels.get(k, ""), "type": t} for k, t in self.label_types.items()}
+        label_maps = [k for k, p in self.plans.items() if p.kind == "label_map"]
+        return {"phantom": self.spec.name, **extra, "modalities": modalities, "labels": labels,
+                "label_maps": label_maps}
+
+
+def write_phantom_dataset(
+    spec: PhantomSpec,
+    numbers: Sequence[int] | np.ndarray | int,
+    out_dir: str | os.PathLike,
+    *,
+    seed: int = 0,
+    sizes: Sizes | str = "ci",
+    controls: Mapping[str, float] | None = None,
+    progress: bool = False,
+    overwrite: bool = False,
+    chunk: int = CHUNK,
+) -> Path:
+    """Render phantom subjects ``numbers`` and write them as a manifest dataset; return the CSV path.
+
+    Subjects are rendered ``chunk`` at a time (``spec(numbers, seed=, sizes=, **controls)``) so
+    memory stays bounded. Storage per key (``<key>/<patient_id>[_k].<ext>``):
+
+    * 2D images (``[n, H, W]``; ``[n, K, H, W]`` -> K files joined with ``|``): 16-bit PNG of
+      ``(value - low) / (high - low)`` with the modality's ``[low, high]`` (``png_range`` in the
+      sidecar; values outside are clipped and the clipped fraction recorded), except Hounsfield
+      and MRI units, which go to NIfTI float32 like every 3D image (``[n, D, H, W]`` with
+      ``D == sizes.depth``): exact;
+    * label maps: 8/16-bit PNG (2D) or int16 NIfTI (3D);
+    * scalar labels (``[n]``): CSV columns; other arrays (landmarks ...): one ``.npy`` per subject.
+
+    Patient ids are ``"<phantom>-000123"``. The folder is built in a temporary folder beside
+    ``out_dir`` and renamed at the end; an existing non-empty ``out_dir`` is an error unless
+    ``overwrite``. Reading it back with :func:`read_manifest` and :meth:`Manifest.load`
+    reproduces the arrays (PNG: to 16-bit quantisation, ``(high - low) / 131070``).
+    """
+    numbers = as_numbers(numbers)
+    if numbers.size == 0:
+        raise ManifestError(f"phantom '{spec.name}': no subjects to write")
+    size = spec.sizes_for(sizes) if isinstance(sizes, str) else sizes
+    out_dir = Path(out_dir)
+    _check_target(out_dir, overwrite)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.urandom(6).hex()}"
+    tmp.mkdir()
+    try:
+        writer = _PhantomWriter(spec, size, tmp)
+        starts = range(0, len(numbers), max(1, int(chunk)))
+        if progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc=f"writing {spec.name}", unit="chunk")
+        for start in starts:
+            part = numbers[start:start + max(1, int(chunk))]
+            writer.add(part, spec(part, seed=seed, sizes=size, **dict(controls or {})))
+        extra = {"seed": int(seed), "sizes": {"height": size.height, "width": size.width, "depth": size.depth},
+                 "controls": dict(controls or {}), "subjects": int(len(numbers))}
+        columns = [PATIENT, *writer.plans]
+        (tmp / MANIFEST_NAME).write_text(_csv_text(columns, writer.rows), encoding="utf-8")
+        (tmp / SIDECAR_NAME).write_text(_json_text(writer.sidecar(extra)), encoding="utf-8")
+        _publish(tmp, out_dir, overwrite)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir / MANIFEST_NAME
+
+
+def _check_target(out_dir: Path, overwrite: bool) -> None:
+    """``out_dir`` must be absent or empty, unless ``overwrite``; never a file."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ManifestError(f"{out_dir.name}: exists and is not a folder ({out_dir})")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise ManifestError(f"{out_dir.name}: folder exists and is not empty; pass overwrite=True to replace it")
+
+
+def _publish(tmp: Path, out_dir: Path, overwrite: bool) -> None:
+    """Rename the finished ``tmp`` folder onto ``out_dir`` (an old one is moved aside, then removed)."""
+    _check_target(out_dir, overwrite)
+    if not out_dir.exists():
+        os.replace(tmp, out_dir)
+        return
+    old = out_dir.parent / f".{out_dir.name}.old-{os.urandom(6).hex()}"
+    os.replace(out_dir, old)
+    try:
+        os.replace(tmp, out_dir)
+    except BaseException:
+        os.replace(old, out_dir)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
