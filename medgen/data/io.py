@@ -146,7 +146,7 @@ WINDOWS: dict[str, tuple[float, float]] = {  # CT display windows in HU: name ->
 _HU_MODALITIES = frozenset({"CT"})  # DICOM modalities whose rescaled values are Hounsfield units
 _AU_MODALITIES = frozenset({"MR", "PT", "NM"})  # rescaled values in arbitrary / quantitative units
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])  # DICOM patient axes (LPS) -> NIfTI world axes (RAS)
-_DESCRIP = re.compile(r"medgen unit=(\S+)")  # what write_volume puts in the NIfTI descrip field
+_DESCRIP = re.compile(r"medgen unit=([^\s\x00]+)")  # what write_volume puts in the NIfTI descrip field
 
 
 class ImageReadError(ValueError):
@@ -254,10 +254,10 @@ def _check_float(arr: np.ndarray, name: str) -> np.ndarray:
     return np.clip(arr, 0.0, 1.0).astype(np.float32)
 
 
-def _note(notes: list[str] | None, text: str) -> None:
+def _note(notes: list[str] | None, text: str, stacklevel: int = 4) -> None:
     """Record a conversion note (or warn when the caller did not ask for notes)."""
     if notes is None:
-        warnings.warn(text, ImageConversionWarning, stacklevel=4)
+        warnings.warn(text, ImageConversionWarning, stacklevel=stacklevel)
     else:
         notes.append(text)
 
@@ -509,7 +509,7 @@ def read_volume(
         vol = reader(path, max_voxels, collected)
     _check_finite(vol.array, path.name)
     for text in collected:
-        _note(notes, text)
+        _note(notes, text, stacklevel=3)  # attributed to read_volume's caller
     return Volume(vol.array, vol.spacing, vol.affine, vol.unit, vol.modality, tuple(collected))
 
 
@@ -618,7 +618,7 @@ def _read_nifti(path: Path, max_voxels: int, notes: list[str]) -> Volume:
     except Exception as exc:  # truncated gzip streams raise EOFError / zlib.error / OSError ...
         raise ImageReadError(f"{path.name}: unreadable or truncated NIfTI data ({_first_line(exc)})") from None
     zooms = img.header.get_zooms()[: len(shape)]
-    unit_match = _DESCRIP.search(bytes(img.header["descrip"]).decode("latin-1", "replace"))
+    unit_match = _DESCRIP.search(np.asarray(img.header["descrip"]).item().decode("latin-1", "replace"))
     unit = unit_match.group(1) if unit_match and unit_match.group(1) in UNITS else "a.u."
     return Volume(np.ascontiguousarray(data.T), tuple(float(z) for z in reversed(zooms)),
                   np.asarray(img.affine, dtype=np.float64), unit)
