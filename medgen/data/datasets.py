@@ -69,6 +69,7 @@ for the kind (naming key, shape and kind), a window without an HU modality.
 """
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from dataclasses import replace
 from pathlib import Path
@@ -89,7 +90,8 @@ __all__ = ["DatasetError", "PhantomSource", "ManifestSource", "PairedDataset", "
            "MultiDepthDataset", "VolumeSlicesDataset", "VolumeDataset", "KINDS", "TEST_OFFSET",
            "phantom_patient_id", "is_mri"]
 
-CHUNK = 64  # phantom subjects rendered per vectorised call
+CHUNK = 64  # phantom subjects rendered per vectorised call (at most) ...
+CHUNK_VOXELS = 1 << 24  # ... and at most this many voxels per image array per call (bounds the memory)
 CACHE_BYTES = 1 << 28  # processed records kept in memory (256 MiB); a split that fits is rendered once
 KINDS = ("paired", "unpaired", "multi_depth", "volume_slices", "volume")
 SPLITS = ("train", "test")
@@ -123,10 +125,11 @@ class PhantomSource:
     label maps, labels); ``keys`` is ignored (a phantom renders everything at once).
     """
 
-    prefetch = CHUNK  # records worth fetching together on a single-item miss
-
     def __init__(self, spec: PhantomSpec, numbers: Sequence[int] | np.ndarray, *, seed: int, sizes: Sizes) -> None:
         self.spec, self.seed, self.sizes = spec, seed, sizes
+        voxels = sizes.height * sizes.width * max(1, sizes.depth)
+        self.chunk = max(1, min(CHUNK, CHUNK_VOXELS // voxels))  # subjects per generate() call
+        self.prefetch = self.chunk  # records worth rendering together on a single-item miss
         self.numbers = np.asarray(numbers, dtype=np.int64)
         self.patient_ids = [phantom_patient_id(spec.name, int(k)) for k in self.numbers]
         self.keys = tuple(spec.modalities)
@@ -152,12 +155,13 @@ class PhantomSource:
 
     def _render(self, numbers: np.ndarray) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
-        for start in range(0, len(numbers), CHUNK):
-            chunk = numbers[start:start + CHUNK]
+        for start in range(0, len(numbers), self.chunk):
+            chunk = numbers[start:start + self.chunk]
             try:
                 arrays = self.spec(chunk, seed=self.seed, sizes=self.sizes)
             except PhantomError as err:
-                raise DatasetError(f"phantom '{self.spec.name}' cannot render {self.sizes}: {err}") from None
+                hint = "; 2D dataset kinds render depth 0: use kind 'volume_slices' or 'volume'" if not self.sizes.depth else ""
+                raise DatasetError(f"phantom '{self.spec.name}' cannot render {self.sizes}: {err}{hint}") from None
             out += [{k: v[j] for k, v in arrays.items()} for j in range(len(chunk))]
         return out
 
@@ -254,9 +258,20 @@ def _rescale_points(value: Any, scale: tuple[float, ...]) -> Any:
 # --------------------------------------------------------------------------------------
 # Datasets
 # --------------------------------------------------------------------------------------
+_KEY = re.compile(r"^([^\[\],]+?)\s*(?:\[\s*([^\[\],]+?)\s*\])?$")  # "us_vpi" or "us_vpi[optimal_depth]"
+
+
 def _parse_keys(text: str) -> list[str]:
     """``"t1w, t2w"`` -> ``["t1w", "t2w"]`` (empty entries dropped)."""
     return [k.strip() for k in text.split(",") if k.strip()]
+
+
+def _split_key(key: str) -> tuple[str, str | None]:
+    """``"us_vpi[optimal_depth]"`` -> ``("us_vpi", "optimal_depth")``; ``"ct"`` -> ``("ct", None)``."""
+    m = _KEY.match(key)
+    if m is None:
+        raise DatasetError(f"bad image key '{key}' (use 'name' or 'name[index]' / 'name[label]')")
+    return m.group(1), m.group(2)
 
 
 def _meta_value(value: Any) -> Any:
@@ -287,6 +302,8 @@ class _RecordDataset(Dataset):
         if not self.source_keys:
             raise DatasetError(f"dataset kind '{self.kind}' needs data.source (one or more image keys joined by ',')")
         self.image_keys = list(dict.fromkeys([*self.source_keys, *([self.target_key] if self.target_key else [])]))
+        self._keyspec = {k: _split_key(k) for k in self.image_keys}  # key -> (backend key, selector)
+        self._bases = list(dict.fromkeys(b for b, _ in self._keyspec.values()))
         self.backend = self._make_backend()
         self._layout(self._probe())
         self._check_window()
@@ -339,11 +356,12 @@ class _RecordDataset(Dataset):
         part = train if self.split == "train" else test
         size, depth = None, self.cfg.depth or None
         if len(full.patient_ids):
-            first = np.asarray(full.load(0, self.source_keys[0]))  # the aspect ratio of the manifest's first row
+            first = np.asarray(full.load(0, self._keyspec[self.source_keys[0]][0]))  # the aspect ratio of the manifest's first row
             h0, w0 = first.shape[-2:]
             size = (max(8, int(round(self.cfg.image_size * h0 / w0))), self.cfg.image_size)
             if self.volumes and depth is None:
-                vol = first if first.ndim == 3 else np.asarray(full.load(0, self.target_key or self.source_keys[0]))
+                vol_key = self._keyspec[self.target_key or self.source_keys[0]][0]
+                vol = first if first.ndim == 3 else np.asarray(full.load(0, vol_key))
                 depth = vol.shape[0] if vol.ndim == 3 else None
         return ManifestSource(part, size=size, depth=depth, volumes=self.volumes,
                               rows=range(min(n, len(part.patient_ids))))
@@ -351,17 +369,35 @@ class _RecordDataset(Dataset):
     def _check_keys(self, known: Sequence[str], where: str) -> None:
         for field_name, keys in (("source", self.source_keys), ("target", [self.target_key] if self.target_key else [])):
             for key in keys:
-                if key not in known:
+                if self._keyspec[key][0] not in known:
                     raise DatasetError(f"unknown data.{field_name} key '{key}' for {where} (keys: {', '.join(known)})")
 
     def _probe(self) -> dict[str, Any] | None:
-        probe = self.backend.probe(self.image_keys)
+        probe = self.backend.probe(self._bases)
         if probe is not None:
-            for key in self.image_keys:
-                if key not in probe:
-                    raise DatasetError(f"{self.backend.describe()} did not produce key '{key}' "
+            for base in self._bases:
+                if base not in probe:
+                    raise DatasetError(f"{self.backend.describe()} did not produce key '{base}' "
                                        f"for dataset kind '{self.kind}'")
         return probe
+
+    def _image(self, raw: dict[str, Any], key: str) -> np.ndarray:
+        """The physical-unit image of ``key`` in a raw record (``name[i]`` / ``name[label]`` picks one image
+        of a ``[K, H, W]`` stack: a fixed index, or the subject's integer label such as ``optimal_depth``)."""
+        base, sel = self._keyspec[key]
+        arr = np.asarray(raw[base])
+        if sel is None:
+            return arr
+        if re.fullmatch(r"-?\d+", sel):
+            idx = int(sel)
+        elif sel in raw and np.ndim(raw[sel]) == 0:
+            idx = int(np.asarray(raw[sel]))
+        else:
+            raise DatasetError(f"image key '{key}': '{sel}' is neither an index nor a scalar label of "
+                               f"{self.backend.describe()}")
+        if arr.ndim != 3 or not -arr.shape[0] <= idx < arr.shape[0]:
+            raise DatasetError(f"image key '{key}': cannot take image {idx} of shape {arr.shape}")
+        return arr[idx]
 
     # -- layout: shapes, channels, meta keys ---------------------------------------------
     def _dims_error(self, key: str, shape: tuple[int, ...], needs: str) -> DatasetError:
@@ -384,7 +420,7 @@ class _RecordDataset(Dataset):
         self._point_keys: list[str] = []
         if probe is None:  # an empty manifest split: nothing to check or serve
             return
-        shapes = {k: tuple(np.shape(probe[k])) for k in self.image_keys}
+        shapes = {k: tuple(self._image(probe, k).shape) for k in self.image_keys}
         self.spatial_shape = self._check_dims(shapes)
         self._channels_per_key = {k: (shapes[k][0] if self.kind == "multi_depth" else 1) for k in self.source_keys}
         self.source_channels = sum(self._channels_per_key.values())
@@ -419,7 +455,7 @@ class _RecordDataset(Dataset):
         known = getattr(io, "WINDOWS", {})
         if window not in known:
             raise DatasetError(f"unknown data.window '{window}' (known: {', '.join(known) or 'none'})")
-        hu = [k for k in self.image_keys if str(self.backend.modality(k).unit).upper() == "HU"]
+        hu = [k for k in self.image_keys if str(self._modality(k).unit).upper() == "HU"]
         if not hu:
             raise DatasetError(f"data.window='{window}' but none of the keys {', '.join(self.image_keys)} of "
                                f"{self.backend.describe()} is in HU")
@@ -429,7 +465,7 @@ class _RecordDataset(Dataset):
         out, start = [], 0
         for key in self.source_keys:
             n = self._channels_per_key.get(key, 1)
-            if is_mri(key, self.backend.modality(key)):
+            if is_mri(self._keyspec[key][0], self._modality(key)):
                 out += range(start, start + n)
             start += n
         return out
@@ -485,7 +521,7 @@ class _RecordDataset(Dataset):
             extra = range(start, min(start + self.backend.prefetch, len(self.backend)))
             missing += [r for r in extra if r not in self._cache and r not in missing]
         if missing:
-            for r, raw in zip(missing, self.backend.records(missing, self.image_keys)):
+            for r, raw in zip(missing, self.backend.records(missing, self._bases)):
                 got[r] = self._process(raw)
                 self._cache_put(r, got[r])
         return got
@@ -494,7 +530,7 @@ class _RecordDataset(Dataset):
         if len(self._cache) == 0:  # size the LRU from the first record
             nbytes = sum(a.nbytes for a in rec["images"].values()) + (rec["mask"].nbytes if rec["mask"] is not None else 0)
             nbytes += sum(v.nbytes for v in rec["meta"].values() if isinstance(v, np.ndarray))
-            self._capacity = max(2 * CHUNK, CACHE_BYTES // max(1, nbytes))
+            self._capacity = max(self.backend.prefetch, CACHE_BYTES // max(1, nbytes))
         self._cache[r] = rec
         self._cache.move_to_end(r)
         while len(self._cache) > self._capacity:
@@ -502,14 +538,17 @@ class _RecordDataset(Dataset):
 
     def _process(self, raw: dict[str, Any]) -> dict[str, Any]:
         """Raw record (physical units) -> model-range images, mask and compact meta."""
-        images = {k: self._to_model(k, raw[k]) for k in self.image_keys}
+        images = {k: self._to_model(k, self._image(raw, k)) for k in self.image_keys}
         mask = (np.asarray(raw["mask"]) > 0).astype(np.float32) if self._has_mask else None
         meta = {k: _meta_value(raw[k]) for k in self._meta_keys if k in raw}
         return {"images": images, "mask": mask, "meta": meta}
 
+    def _modality(self, key: str) -> Modality:
+        return self.backend.modality(self._keyspec[key][0])
+
     def _to_model(self, key: str, arr: Any) -> np.ndarray:
         """Physical units -> float32 [-1, 1]: the modality's fixed map, or the HU window when set."""
-        mod = self.backend.modality(key)
+        mod = self._modality(key)
         if self._window and str(mod.unit).upper() == "HU":
             from medgen.data.io import window
 
