@@ -908,7 +908,9 @@ def _positive_pair(value: Any) -> tuple[float, float] | None:
         pair = tuple(float(v) for v in value)
     except (TypeError, ValueError):
         return None
-    return pair if len(pair) == 2 and all(np.isfinite(v) and v > 0 for v in pair) else None  # type: ignore[return-value]
+    if len(pair) == 2 and all(np.isfinite(v) and v > 0 for v in pair):
+        return pair[0], pair[1]
+    return None
 
 
 def _inplane_spacing(ds: Any, name: str, notes: list[str]) -> tuple[float, float]:

@@ -327,7 +327,8 @@ class Manifest:
         try:
             return self._schema.kind(column)
         except KeyError:
-            raise ManifestError(f"{self.path.name}: no column '{column}' (columns: {', '.join(self.columns)})") from None
+            known = ", ".join(self.columns)
+            raise ManifestError(f"{self.path.name}: no column '{column}' (columns: {known})") from None
 
     def _check_row(self, row: int) -> None:
         if not isinstance(row, (int, np.integer)) or not 0 <= int(row) < len(self._rows):

@@ -132,7 +132,8 @@ def test_write_volume_rejects_and_is_atomic(tmp_path: Path, monkeypatch: pytest.
     with pytest.raises(ValueError, match="NIfTI only"):
         write_volume(tmp_path / "x.png", np.ones((2, 3), np.float32))
     with pytest.raises(ValueError, match="disagrees"):
-        write_volume(tmp_path / "y.nii", np.ones((2, 3, 4), np.float32), spacing=(1, 1, 1), affine=np.diag([2, 1, 1, 1]))
+        write_volume(tmp_path / "y.nii", np.ones((2, 3, 4), np.float32), spacing=(1, 1, 1),
+                     affine=np.diag([2, 1, 1, 1]))
 
     def crash(img, filename):  # write half a file, then fail like a full disk
         Path(filename).write_bytes(b"\x1f\x8bhalf")
