@@ -27,13 +27,14 @@ if not os.environ.get("GRADIO_TEMP_DIR"):
 
 import gradio as gr  # noqa: E402
 
-from demos import quickstart  # noqa: E402
+from demos import phantoms, quickstart  # noqa: E402
 
 TabBuilder = Callable[..., None]  # build_tab(preset: str, *, runs_root: Path | None) -> None
 
 # (tab title, builder) in display order; later papers append theirs.
 TABS: list[tuple[str, TabBuilder]] = [
     ("Quickstart: toy shapes", quickstart.build_tab),
+    ("Phantom explorer", phantoms.build_tab),
 ]
 
 MAX_FILE_SIZE = "60mb"  # gradio's own upload cap; medgen.data.io rejects files over 50 MB with a clearer message

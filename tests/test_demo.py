@@ -286,6 +286,62 @@ def test_browser_upload_bad_then_good(page: Any, files: SimpleNamespace, tmp_pat
 
 
 # ------------------------------------------------------------------------------------------
+# (d) the phantom explorer tab
+# ------------------------------------------------------------------------------------------
+def _phantom(client: Any, name: str, *args: Any) -> tuple[Any, ...]:
+    return client.predict(*args, api_name=f"/phantom_{name}")
+
+
+def test_phantom_explorer_knee_renders_both_modalities_and_follows_the_grade(client: Any) -> None:
+    status, xray, mri = _phantom(client, "knee", 2, 0, 1.0, 0.03, 0.5)
+    assert status.startswith("Subject 2 of the knee phantom") and "kl_grade = 0" in status, status
+    status4, xray4, mri4 = _phantom(client, "knee", 2, 4, 1.0, 0.03, 0.5)
+    assert "kl_grade = 4" in status4
+    a, b = _gray(xray["value"] if isinstance(xray, dict) else xray), _gray(xray4["value"] if isinstance(xray4, dict) else xray4)
+    assert a.shape == b.shape and a.shape[0] >= 256 and not np.array_equal(a, b)  # narrower joint at grade 4
+
+
+@pytest.mark.parametrize("name", ["spine_coronal", "spine_sagittal", "lung"])
+def test_phantom_explorer_other_anatomies(client: Any, name: str) -> None:
+    from demos.phantoms import N_PANELS, VIEW_OPTIONS
+    from medgen.registry import PHANTOMS
+
+    spec = PHANTOMS[name]
+    views = [c[0] if isinstance(c, list) else c[3] for _, _, c in VIEW_OPTIONS[name]]
+    out = _phantom(client, name, 1, *[c.default for c in spec.controls.values()], *views)
+    assert out[0].startswith(f"Subject 1 of the {name} phantom"), out[0]
+    assert len(out) == 1 + N_PANELS.get(name, 2) and all(img is not None for img in out[1:])
+
+
+def test_phantom_explorer_bad_request_is_one_line() -> None:
+    from demos.phantoms import DemoError, render
+
+    with pytest.raises(ValueError, match="unknown control 'kl' for phantom 'knee'"):
+        render("knee", "ci", 0, {"kl": 3}, {})
+    with pytest.raises(ValueError, match=r"control 'kl_grade' of phantom 'knee' must be in \[0, 4\], got 7"):
+        render("knee", "ci", 0, {"kl_grade": 7}, {})
+    with pytest.raises(DemoError, match="subject must be an integer"):
+        render("knee", "ci", 1.5, {}, {})
+    with pytest.raises(DemoError, match="unknown phantom 'kne'"):
+        render("kne", "ci", 0, {}, {})
+
+
+@pytest.mark.browser
+def test_browser_phantom_explorer(page: Any, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    page.get_by_role("tab", name="Phantom explorer").click()
+    page.get_by_role("tab", name="Knee: X-ray / MRI").click()
+    page.locator("#ph-knee-render").click()
+    expect(page.locator("#ph-knee-panel0 img")).to_be_visible(timeout=60_000)
+    expect(page.locator("#ph-knee-panel1 img")).to_be_visible()
+    expect(page.locator("#ph-knee-status")).to_contain_text("Ground truth: kl_grade = 2")
+    assert "Traceback" not in page.content()
+    _screenshot(page, tmp_path, "phantom_explorer_knee.png")
+    page.get_by_role("tab", name="Quickstart: toy shapes").click()  # leave the page as the other tests expect
+
+
+# ------------------------------------------------------------------------------------------
 # the hub itself
 # ------------------------------------------------------------------------------------------
 def test_hub_is_offline_and_uploads_go_to_a_private_temp_dir(client: Any, files: SimpleNamespace) -> None:
