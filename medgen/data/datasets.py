@@ -11,15 +11,16 @@ manifest row), so every kind works on phantoms and on real data alike.
 * :class:`PhantomSource` -- ``cfg.phantom`` names a :data:`registry.PHANTOMS` anatomy. Subjects
   ``0 .. n_train-1`` form the train split and ``TEST_OFFSET ..`` (500000) the test split, so the
   splits are disjoint and the test set does not change when the training set grows; patient
-  ids are ``"<phantom>-000123"``. Subjects are rendered on the fly, ``CHUNK`` per vectorised call,
-  at ``spec.sizes_at(cfg.image_size, cfg.depth)`` for the 3D kinds and at the same height x width
-  with ``depth = 0`` (the phantom's 2D images) for the 2D kinds. Subject ``k`` depends only on
+  ids are ``"<phantom>-000123"``. Subjects are rendered on the fly, up to ``CHUNK`` per vectorised
+  call (fewer for large volumes: ``CHUNK_VOXELS``), at ``spec.sizes_at(cfg.image_size, cfg.depth)``
+  for the 3D kinds and at the same height x width with ``depth = 0`` (the phantom's 2D images)
+  for the 2D kinds. Subject ``k`` depends only on
   ``(seed, k)``, so items do not depend on the chunking or the access order.
 * :class:`ManifestSource` -- ``cfg.manifest`` is a CSV read by :func:`medgen.data.manifest.
   read_manifest`, split by patient with ``cfg.test_fraction`` / ``cfg.split_seed``; ``n_train`` /
   ``n_test`` cap the rows taken from each split (its first rows in CSV order). Images of
-  another size are resized (MONAI ``Resize``: antialiased bilinear / trilinear for images,
-  nearest for label maps and masks) to width ``cfg.image_size`` and the aspect ratio of the
+  another size are resized (scikit-image ``resize``: antialiased linear for images, nearest
+  for label maps and masks) to width ``cfg.image_size`` and the aspect ratio of the
   manifest's first row (its first source image); volumes keep that row's number of slices
   unless ``cfg.depth`` is set; ``[K, H, W]`` stacks are resized in-plane only. Landmark arrays
   (float arrays ``[..., 2|3]``) are rescaled with the image.
@@ -44,6 +45,10 @@ kind               source -> target (per subject)                     item spati
 
 ``n_train`` / ``n_test`` count subjects (``volume_slices`` has ``D`` items per subject).
 
+Image keys: a modality key (``"ct"``), or ``"name[i]"`` / ``"name[label]"`` for one image of a
+``[K, H, W]`` stack -- a fixed index, or the subject's own integer label, e.g.
+``"us_vpi[optimal_depth]"`` for the single-VPI spine task -- which is then a 2D image.
+
 Items
 -----
 ``source [C,*S]`` (``cfg.source`` may join several keys with "," -> channels) and ``target
@@ -52,7 +57,8 @@ map ``Modality.to_model`` -- or, with ``cfg.window`` set, ``io.window(hu, cfg.wi
 every HU modality; ``mask [1,*S]`` (ones unless the backend provides a ``mask`` image, > 0 ->
 1); ``patient_id``; the backend's labels as meta: scalars as Python ``int`` / ``float`` /
 ``bool``, label maps as ``LongTensor [*S]`` (sliced for ``volume_slices``), other arrays
-(landmarks, per-depth flags) as tensors. The train split applies
+(landmarks, per-depth flags) as tensors, unsliced even for ``volume_slices`` (e.g. the knee's
+``slice_depth [D]``; the item's own ``depth`` is the slice's). The train split applies
 :func:`medgen.data.augment.build_augment` ``(cfg.augment)``; the test split never augments.
 
 ``.patient_ids`` lists the item patients in index order (for ``unpaired`` train: every patient
@@ -226,20 +232,24 @@ class ManifestSource:
         return (arr.shape[0], *self.size)
 
     def _resize(self, arr: np.ndarray, nearest: bool) -> np.ndarray:
-        """Resize ``arr`` ``[H, W]`` / ``[D, H, W]`` / ``[K, H, W]`` to the source's size (MONAI Resize)."""
-        from monai.transforms import Resize
+        """Resize ``arr`` ``[H, W]`` / ``[D, H, W]`` / ``[K, H, W]`` to the source's size.
+
+        :func:`skimage.transform.resize`: linear with Gaussian anti-aliasing (edge-replicating,
+        so a constant image stays constant up to its border) for images, nearest without
+        smoothing for label maps and masks. A stack's K axis keeps its length, so it is never
+        smoothed. (MONAI's ``Resize`` anti-aliasing pads with zeros and pulls the border towards
+        0 -- towards soft tissue in HU -- so it is not used here.)
+        """
+        from skimage.transform import resize
 
         shape = self._target_shape(arr)
         if tuple(arr.shape) == tuple(shape):
             return arr
-        volume = arr.ndim == 3 and self.volumes
-        x = arr[None] if arr.ndim == 2 or volume else arr  # channel-first: a stack's K is the channel axis
-        spatial = shape if volume else shape[-2:]
-        mode = "nearest" if nearest else ("trilinear" if volume else "bilinear")
-        out = Resize(spatial, mode=mode, anti_aliasing=not nearest)(torch.as_tensor(x, dtype=torch.float32))
-        out = np.asarray(torch.as_tensor(out))
-        out = out[0] if arr.ndim == 2 or volume else out
-        return np.rint(out).astype(arr.dtype) if nearest else out.astype(np.float32)
+        if nearest:
+            out = resize(arr, shape, order=0, anti_aliasing=False, preserve_range=True, mode="edge")
+            return np.rint(out).astype(arr.dtype)
+        out = resize(arr.astype(np.float32), shape, order=1, anti_aliasing=True, preserve_range=True, mode="edge")
+        return out.astype(np.float32)
 
 
 def _rescale_points(value: Any, scale: tuple[float, ...]) -> Any:
@@ -590,7 +600,7 @@ class _RecordDataset(Dataset):
         target = f"{self.target_key!r}" if self.target_key else "none"
         return (f"{type(self).__name__}(kind={self.kind!r}, split={self.split!r}, {self.backend.describe()}, "
                 f"source={','.join(self.source_keys)!r} ({self.source_channels} ch), target={target}, "
-                f"n={len(self)}, spatial={self.spatial_shape}, augment={self.cfg.augment if self.augment else 'none'!r}, "
+                f"n={len(self)}, spatial={self.spatial_shape}, augment={self.cfg.augment if self.augment and self.split == 'train' else 'none'!r}, "
                 f"split_hash={self.split_hash!r})")
 
 

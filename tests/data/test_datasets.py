@@ -57,6 +57,7 @@ def _generate(numbers: np.ndarray, *, seed: int, sizes: Sizes) -> dict[str, np.n
         "mask": (u > 0.05).astype(np.uint8),
         "grade": np.array([r.integers(0, 5) for r in rngs]),
         "angle": np.array([r.uniform(0, 60) for r in rngs]),
+        "best": np.array([r.integers(0, K) for r in rngs]),  # a per-subject index into the "us" stack
         "corners": np.stack([[[2.0, 3.0], [4.0, 5.0]]] * len(numbers)).astype(np.float32),
     }
     out["us"] = out["us"].astype(np.float32)
@@ -65,7 +66,7 @@ def _generate(numbers: np.ndarray, *, seed: int, sizes: Sizes) -> dict[str, np.n
 
 SPEC = PhantomSpec(
     name=NAME, card="fake phantom for dataset tests", generate=_generate, modalities=MODALITIES,
-    labels={"seg": "label map", "mask": "body mask", "grade": "int 0-4", "angle": "deg",
+    labels={"seg": "label map", "mask": "body mask", "grade": "int 0-4", "angle": "deg", "best": "us index",
             "corners": "landmarks [2, 2] (row, col)"},
     sizes={"ci": Sizes(16, 16, 4), "smoke": Sizes(16, 16, 4), "cpu": Sizes(32, 16, 4), "paper": Sizes(32, 16, 8)},
     label_maps=("seg",))
@@ -199,6 +200,23 @@ def test_multi_depth_stacks_k_channels(fake):
         build("multi_depth", source="t1w")
 
 
+def test_key_selector_picks_one_image_of_a_stack(fake):
+    stack = build("multi_depth", source="us")
+    fixed, by_label = build("paired", source="us[2]"), build("paired", source="us[best], t1w")
+    for i in range(4):
+        ref = stack[i]
+        torch.testing.assert_close(fixed[i]["source"][0], ref["source"][2])
+        torch.testing.assert_close(by_label[i]["source"][0], ref["source"][ref["best"]])
+        assert by_label[i]["source"].shape == (2, 32, 16)
+    assert len({stack[i]["best"] for i in range(6)}) > 1  # the label really varies
+    with pytest.raises(ds.DatasetError, match=r"'us\[grade_x\]'.*neither an index nor a scalar label"):
+        build("paired", source="us[grade_x]")
+    with pytest.raises(ds.DatasetError, match=r"'us\[7\]'.*\(3, 32, 16\)"):
+        build("paired", source="us[7]")
+    with pytest.raises(ds.DatasetError, match=r"unknown data.source key 'vpi\[1\]'"):
+        build("paired", source="vpi[1]")
+
+
 def test_volume_slices_shared_and_sliced_sources(fake):
     d = build("volume_slices", source="xray,t1w", depth=4, n_train=2)
     assert len(d) == 2 * 4 and d.patient_ids == [f"{NAME}-000000"] * 4 + [f"{NAME}-000001"] * 4
@@ -299,3 +317,86 @@ def test_window_maps_hu_through_the_named_window(fake):
         build("paired", source="t1w", target="xray", window="bone")
     with pytest.raises(ds.DatasetError, match="unknown data.window"):
         build("paired", window="brain_ish")
+
+
+# --------------------------------------------------------------------------------------
+# Manifest-backed datasets
+# --------------------------------------------------------------------------------------
+def _by_patient(d) -> dict:
+    return {d[i]["patient_id"]: d[i] for i in range(len(d))}
+
+
+@pytest.mark.parametrize("kind, sizes, extra", [
+    ("paired", Sizes(32, 16, 0), dict(source="t1w,xray")),
+    ("multi_depth", Sizes(32, 16, 0), dict(source="us")),
+    ("volume_slices", Sizes(32, 16, 4), dict(source="xray,t1w", depth=4)),
+])
+def test_manifest_items_match_the_phantom_they_were_written_from(fake, tmp_path, kind, sizes, extra):
+    """write_phantom_dataset -> read back as a manifest dataset == the phantom dataset, patient by patient."""
+    import medgen.data.manifest as manifest
+
+    csv = manifest.write_phantom_dataset(fake, 5, tmp_path / "fake", seed=0, sizes=sizes)
+    phantom_ds = build(kind, n_train=5, **extra)
+    from_phantom = _by_patient(phantom_ds)
+    train = DATASETS[kind](cfg(phantom="", manifest=str(csv), test_fraction=0.4, **extra), "train")
+    test = DATASETS[kind](cfg(phantom="", manifest=str(csv), test_fraction=0.4, **extra), "test")
+    assert len(set(train.patient_ids)) == 3 and len(set(test.patient_ids)) == 2
+    check_disjoint(train.patient_ids, test.patient_ids)
+    assert set(train.patient_ids) | set(test.patient_ids) == {f"{NAME}-{k:06d}" for k in range(5)}
+    for d in (train, test):
+        for i in range(len(d)):
+            item, ref = d[i], from_phantom[d[i]["patient_id"]] if kind != "volume_slices" else None
+            if ref is None:  # volume_slices: the phantom dataset's item of the same patient and slice
+                k = int(item["patient_id"].rsplit("-", 1)[1])
+                ref = phantom_ds[k * 4 + item["slice_index"]]
+            assert item["source"].shape == ref["source"].shape and item["source"].dtype == torch.float32
+            torch.testing.assert_close(item["source"], ref["source"], atol=2e-4, rtol=0)  # 16-bit PNG / NIfTI
+            torch.testing.assert_close(item["target"], ref["target"], atol=2e-4, rtol=0)
+            torch.testing.assert_close(item["mask"], ref["mask"])
+            torch.testing.assert_close(item["seg"], ref["seg"])
+            assert item["grade"] == ref["grade"] and item["angle"] == pytest.approx(ref["angle"], abs=1e-6)
+    batch = collate([train[i] for i in range(len(train))])
+    assert batch.source.shape[0] == len(train) and "manifest" in repr(train)
+
+
+def _png(path, arr: np.ndarray) -> str:
+    from PIL import Image
+
+    Image.fromarray(arr.astype(np.uint8)).save(path)
+    return path.name
+
+
+def test_manifest_resizes_to_image_size_keeping_aspect(tmp_path):
+    """A hand-written CSV of 24x12 PNGs, read at image_size 8: bilinear images, nearest label maps,
+    landmarks scaled with the image, the first row's aspect ratio (2:1) kept."""
+    rows = ["patient_id,src,tgt,seg,pts,grade"]
+    for p in range(5):
+        left_right = np.zeros((24, 12))
+        left_right[:, 6:] = 200 + p  # dark left half, bright right half
+        _png(tmp_path / f"s{p}.png", left_right)
+        _png(tmp_path / f"t{p}.png", 255 - left_right)
+        _png(tmp_path / f"l{p}.png", (left_right > 0) * 2)
+        np.save(tmp_path / f"p{p}.npy", np.array([[11.5, 5.5], [0.0, 0.0]], dtype=np.float32))
+        rows.append(f"P{p},s{p}.png,t{p}.png,l{p}.png,p{p}.npy,{p % 3}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "dataset.json").write_text(json.dumps({"label_maps": ["seg"], "labels": {"pts": {"type": "array"}}}))
+    c = DataConfig(manifest=str(tmp_path / "m.csv"), image_size=8, n_train=10, n_test=10, source="src",
+                   target="tgt", test_fraction=0.2)
+    train, test = DATASETS["paired"](c, "train"), DATASETS["paired"](c, "test")
+    assert len(train) == 4 and len(test) == 1
+    item = train[0]
+    assert item["source"].shape == (1, 16, 8) and item["target"].shape == (1, 16, 8)
+    src = item["source"][0]
+    assert torch.all(src[:, :3] == -1.0)  # far from the edge the halves keep their values
+    p = int(item["patient_id"][1:])
+    torch.testing.assert_close(src[:, 5:], torch.full((16, 3), (200 + p) / 255 * 2 - 1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(item["target"], -item["source"], atol=1e-5, rtol=0)  # 255 - x maps to -x
+    assert item["seg"].dtype == torch.int64 and set(item["seg"].unique().tolist()) == {0, 2}  # nearest: no 1s
+    assert torch.all(item["seg"][:, :4] == 0) and torch.all(item["seg"][:, 4:] == 2)
+    # pixel-centre scaling by 2/3: (p + 0.5) * 2/3 - 0.5
+    torch.testing.assert_close(torch.as_tensor(item["pts"]), torch.tensor([[7.5, 3.5], [-1 / 6, -1 / 6]]))
+    assert isinstance(item["grade"], int)
+    with pytest.raises(ds.DatasetError, match=r"unknown data.source key 'mri'.*src, tgt"):
+        DATASETS["paired"](replace(c, source="mri"), "train")
+    capped = DATASETS["paired"](replace(c, n_train=2), "train")
+    assert capped.patient_ids == train.patient_ids[:2]
