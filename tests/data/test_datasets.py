@@ -400,3 +400,37 @@ def test_manifest_resizes_to_image_size_keeping_aspect(tmp_path):
         DATASETS["paired"](replace(c, source="mri"), "train")
     capped = DATASETS["paired"](replace(c, n_train=2), "train")
     assert capped.patient_ids == train.patient_ids[:2]
+
+
+def test_manifest_split_disjoint_and_overlap_refused(tmp_path):
+    """Train/test of one manifest pass check_disjoint; a test set drawn with another split seed
+    that shares patients with the train set is refused, naming a shared patient."""
+    from medgen.train import SplitOverlapError, check_patient_overlap
+
+    rows = ["patient_id,src,tgt"]
+    for p in range(6):
+        for visit in range(2):  # two rows per patient: a split must keep them together
+            name = _png(tmp_path / f"i{p}_{visit}.png", np.full((8, 8), 10 * p + visit))
+            rows.append(f"P{p},{name},{name}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    c = DataConfig(manifest=str(tmp_path / "m.csv"), image_size=8, n_train=20, n_test=20, source="src",
+                   target="tgt", test_fraction=0.34)
+    train, test = DATASETS["paired"](c, "train"), DATASETS["paired"](c, "test")
+    assert len(train) == 8 and len(test) == 4 and len(set(test.patient_ids)) == 2
+    check_disjoint(train.patient_ids, test.patient_ids)
+    check_patient_overlap(train, test)
+    for seed in range(1, 20):
+        other = DATASETS["paired"](replace(c, split_seed=seed), "test")
+        shared = sorted(set(train.patient_ids) & set(other.patient_ids))
+        if shared:
+            break
+    assert shared
+    with pytest.raises(SplitOverlapError, match=shared[0]):
+        check_patient_overlap(train, other)
+    with pytest.raises(ValueError, match=shared[0]):
+        check_disjoint(train.patient_ids, other.patient_ids)
+    # unpaired on the same manifest: the halves split patients, never a patient's rows
+    unpaired = DATASETS["unpaired"](replace(c, dataset="unpaired"), "train")
+    src = {unpaired[i]["patient_id"] for i in range(len(unpaired))}
+    tgt = {unpaired[i]["target_patient_id"] for i in range(len(unpaired))}
+    assert not src & tgt and src | tgt == set(train.patient_ids) and len(unpaired) == 2 * len(src)
