@@ -136,3 +136,18 @@ def test_mri_jitter_mean_is_brightness_only():
         out = aug({"source": src})
         ratios.append(float(((out["source"] + 1) / 2).mean() / ((src + 1) / 2).mean()))
     assert all(1 - JITTER - 1e-4 <= r <= 1 + JITTER + 1e-4 for r in ratios)
+
+
+def test_dataloader_workers_get_their_own_stream(monkeypatch):
+    """A forked worker holds a copy of the parent's state; it is re-seeded from worker_info.seed."""
+    import types
+
+    items = [ramp_item((16, 16), seed=i) for i in range(12)]
+    parent = build_augment("flip", 2, seed=0)
+    main = [torch.equal(parent(it)["source"], it["source"]) for it in items]
+    worker = build_augment("flip", 2, seed=0)
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: types.SimpleNamespace(id=1, seed=987654321))
+    in_worker = [torch.equal(worker(it)["source"], it["source"]) for it in items]
+    worker_again = build_augment("flip", 2, seed=0)
+    assert in_worker != main  # not the parent's draws ...
+    assert in_worker == [torch.equal(worker_again(it)["source"], it["source"]) for it in items]  # ... but seeded
