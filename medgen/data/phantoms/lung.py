@@ -37,9 +37,12 @@ Dataset card
   (``lung_mask`` 1 or 2); ``aeration_category`` 0 (< 0.60), 1 (0.60-0.85), 2 (>= 0.85). The
   target is drawn per subject: pathology with probabilities ``PATHOLOGY_PROBS``, then a
   category with ``CATEGORY_PROBS[pathology]``, then the aeration uniformly within the
-  category's ``AERATION_RANGES``; overall about 38 % / 40 % / 22 % of subjects fall in
-  categories 0 / 1 / 2. The ``aeration`` control (0.2-0.98) fixes the target; the rendered
-  aeration hits it to ~1e-4 (it is solved on the rendered grid). ``pathology`` fixes the type.
+  category's ``AERATION_RANGES``; overall 37 % / 41 % / 23 % of subjects fall in categories
+  0 / 1 / 2 (2,000 subjects, seed 0). The ``aeration`` control (0.2-0.98) fixes the target;
+  ``b`` is solved on the rendered grid, so the rendered aeration hits it to < 1e-4 up to
+  ~0.97; above that, partial-volume pixels on the pleural line (counted as lung with half
+  their air) cap the mean at small sizes (0.976 at 32 px for some subjects).
+  ``pathology`` fixes the type.
 * **Measurements**: ``us_linear`` and ``us_acoustic`` (``[n, H, ceil(W / 2)]``, a.u.) are
   :class:`~medgen.data.phantoms.ultrasound.LinearUltrasound` and
   :class:`~medgen.data.phantoms.ultrasound.AcousticUltrasound` applied to the ``ct``
@@ -55,6 +58,11 @@ Dataset card
   ``[n]`` float32; ``aeration_category`` ``[n]`` int64; ``pathology`` ``[n]`` int64;
   ``pleura_row`` ``[n, W]`` float32 (pixel row of the pleural line per column); ``us_linear``,
   ``us_acoustic`` ``[n, H', W']`` float32.
+* **Aeration of any CT section** (e.g. a generated one, for the per-category memorization
+  study): :func:`aeration_from_ct` (with a lung mask, or estimating the lung as everything
+  below a pleural line fitted to the first dark row per column: median error 0.001,
+  largest 0.05, category agreement 98 % on 200 default subjects at 64 px) and
+  :func:`aeration_category`.
 * **Sizes**: ci / smoke 32 x 32, cpu 64 x 64, paper 256 x 256 (the paper's image size).
   Any size >= 16 works (the operators need >= 4).
 * **Ignored**: 3D anatomy, heart / diaphragm / mediastinum, vessels and airways outside
@@ -74,7 +82,7 @@ from medgen.data.phantoms.base import (Control, Modality, PhantomError, PhantomS
                                        subject_rng)
 from medgen.data.phantoms.ultrasound import HU_HIGH, HU_LOW, NOISE_STD, AcousticUltrasound, LinearUltrasound
 
-__all__ = ["SPEC", "generate", "aeration_category", "CT", "LINEAR", "ACOUSTIC", "LABELS"]
+__all__ = ["SPEC", "generate", "aeration_category", "aeration_from_ct", "air_fraction_from_ct", "CT", "LINEAR", "ACOUSTIC", "LABELS"]
 
 NAME = "lung"
 # Tissue HU of the non-air part of each pixel.
@@ -84,6 +92,8 @@ HU_FLUID = 5.0  # pleural effusion (transudate)
 HU_LUNG_TISSUE = 50.0  # alveolar walls, blood, interstitium
 HU_AIR = -1000.0
 AIR_MAX = 0.99  # largest air fraction of lung tissue
+LUNG_DETECT_HU = -300.0  # aeration_from_ct: the lung starts at the first row darker than this
+PLEURA_FIT_ROUNDS = 6  # aeration_from_ct: refits of the pleural line to its shallow envelope
 LABELS = {0: "chest wall", 1: "lung", 2: "consolidated lung", 3: "pleural effusion", 4: "rib"}
 PATHOLOGIES = ("none", "consolidation", "interstitial", "effusion")
 PATHOLOGY_PROBS = (0.4, 0.2, 0.2, 0.2)  # default mix of pathology types
@@ -108,6 +118,46 @@ AIR = Modality("air_fraction", "air volume fraction", 0.0, 1.0,
                "per-pixel air fraction (the paper's normalized pixel value); 0 in the chest wall")
 LINEAR = LinearUltrasound()  # measurement operators (no parameters; shared, stateless)
 ACOUSTIC = AcousticUltrasound()
+
+
+def air_fraction_from_ct(ct: np.ndarray) -> np.ndarray:
+    """Per-pixel air fraction of lung tissue from HU (any shape): ``(T - HU) / (T + 1000)``
+    with ``T = HU_LUNG_TISSUE``, clipped to [0, 1] (meaningful inside the lung only)."""
+    return np.clip((HU_LUNG_TISSUE - np.asarray(ct, np.float64)) / (HU_LUNG_TISSUE - HU_AIR), 0.0, 1.0)
+
+
+def aeration_from_ct(ct: np.ndarray, lung_mask: np.ndarray | None = None) -> np.ndarray:
+    """Aeration ``[n]`` of CT sections ``ct [n, H, W]`` (HU), e.g. generated ones.
+
+    ``lung_mask [n, H, W]``: the lung pixels are labels 1 and 2; without it the lung is
+    estimated as everything below the pleural line: per column the first row darker than
+    ``LUNG_DETECT_HU``, then a cubic in the column fitted to the shallow envelope of those
+    rows (refitted without columns more than a pixel deeper than the fit: a subpleural
+    consolidation or an effusion pushes the first dark row down). Consolidations wider
+    than about half the section still bias the estimate upwards."""
+    ct = np.asarray(ct, np.float64)
+    if ct.ndim != 3:
+        raise PhantomError(f"ct must be [n, H, W], got shape {ct.shape}")
+    if lung_mask is not None:
+        lung = np.isin(lung_mask, (1, 2))
+    else:
+        lung = np.arange(ct.shape[1])[None, :, None] >= _pleura_estimate(ct)[:, None, :]
+    return (air_fraction_from_ct(ct) * lung).sum((1, 2)) / np.maximum(lung.sum((1, 2)), 1)
+
+
+def _pleura_estimate(ct: np.ndarray) -> np.ndarray:
+    """First lung row per column ``[n, W]`` of CT sections ``[n, H, W]`` (see :func:`aeration_from_ct`)."""
+    n, h, w = ct.shape
+    dark = ct < LUNG_DETECT_HU
+    first = np.where(dark.any(1), dark.argmax(1), h).astype(np.float64)  # [n, W]
+    cols = np.linspace(-1.0, 1.0, w)
+    basis = np.stack([cols**k for k in range(4)], 1)  # [W, 4] cubic
+    keep = np.ones((n, w), bool)
+    for _ in range(PLEURA_FIT_ROUNDS):
+        fit = np.stack([basis @ np.linalg.lstsq(basis[k], first[i, k], rcond=None)[0] for i, k in enumerate(keep)])
+        keep = first <= fit + 1.0
+        keep[keep.sum(1) < 4] = True  # too few columns left: use them all
+    return np.clip(np.ceil(fit - 0.5), 0, h)
 
 
 def aeration_category(aeration: np.ndarray) -> np.ndarray:
