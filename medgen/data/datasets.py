@@ -140,6 +140,7 @@ class PhantomSource:
         self.patient_ids = [phantom_patient_id(spec.name, int(k)) for k in self.numbers]
         self.keys = tuple(spec.modalities)
         self.label_maps = tuple(spec.label_maps)
+        self.meanings = dict(spec.labels)  # label key -> "meaning [unit]" (tells landmarks apart)
 
     def describe(self) -> str:
         return f"phantom '{self.spec.name}'"
@@ -190,6 +191,7 @@ class ManifestSource:
         self.patient_ids = [all_ids[r] for r in self.rows]
         self.keys = tuple(manifest.modalities)
         self.label_maps = tuple(getattr(manifest, "label_maps", ()))
+        self.meanings = dict(getattr(manifest, "label_meanings", {}))
 
     def describe(self) -> str:
         return f"manifest '{Path(str(getattr(self.manifest, 'path', 'manifest'))).name}'"
@@ -218,7 +220,8 @@ class ManifestSource:
             if scale is None and key in keys:
                 scale = tuple(o / i for o, i in zip(rec[key].shape, raw.shape))
         for name, value in dict(self.manifest.labels(row)).items():
-            rec[name] = value if scale is None else _rescale_points(value, scale)
+            points = _is_points(value, self.meanings.get(name, ""))
+            rec[name] = _rescale_points(value, scale) if points and scale is not None else value
         return rec
 
     def _target_shape(self, arr: np.ndarray) -> tuple[int, ...]:
@@ -255,8 +258,6 @@ class ManifestSource:
 def _rescale_points(value: Any, scale: tuple[float, ...]) -> Any:
     """Landmarks ``[..., 2|3]`` (pixel centres) scaled with the image: ``(p + 0.5) * s - 0.5``."""
     arr = np.asarray(value)
-    if arr.ndim < 2 or arr.dtype.kind != "f" or arr.shape[-1] not in (2, 3):
-        return value
     if all(f == 1.0 for f in scale):
         return value
     s = np.ones(arr.shape[-1])  # axes the image does not have (e.g. a slice index of a 2D row) keep 1
@@ -293,9 +294,17 @@ def _meta_value(value: Any) -> Any:
     return value
 
 
-def _is_points(value: Any) -> bool:
-    """Landmarks: a float array ``[..., 2|3]`` with at least two axes (pixel coordinates)."""
-    return isinstance(value, np.ndarray) and value.ndim >= 2 and value.dtype.kind == "f" and value.shape[-1] in (2, 3)
+_POINTS = re.compile(r"\((slice, ?)?row, ?col\)|\[pixels?[\] ]|landmark", re.IGNORECASE)  # meanings of landmarks
+
+
+def _is_points(value: Any, meaning: str = "") -> bool:
+    """Landmarks in pixel coordinates: a float array ``[..., 2|3]`` with at least two axes whose
+    meaning says "(row, col)", "[pixel" or "landmark" (an undocumented label: the shape alone), so
+    e.g. the spine's per-vertebra ``transforms [V, 3, 3]`` are not mistaken for points."""
+    arr = np.asarray(value) if isinstance(value, np.ndarray) else None
+    if arr is None or arr.ndim < 2 or arr.dtype.kind != "f" or arr.shape[-1] not in (2, 3):
+        return False
+    return not meaning or _POINTS.search(meaning) is not None
 
 
 class _RecordDataset(Dataset):
@@ -351,7 +360,10 @@ class _RecordDataset(Dataset):
         self._check_keys(tuple(spec.modalities), f"phantom '{name}'")
         try:
             sizes = spec.sizes_at(self.cfg.image_size, self.cfg.depth)
-            sizes = sizes if self.volumes else replace(sizes, depth=0)  # 2D kinds: the phantom's 2D images
+            if not self.volumes:
+                sizes = replace(sizes, depth=0)  # 2D kinds: the phantom's 2D images
+            elif sizes.depth == 0 and self.cfg.depth > 0:  # a 2D-sized phantom that also renders volumes
+                sizes = replace(sizes, depth=self.cfg.depth)
         except (PhantomError, KeyError) as err:
             raise DatasetError(f"phantom '{name}' has no size for image_size={self.cfg.image_size}: {err}") from None
         numbers = np.arange(n) + (0 if self.split == "train" else TEST_OFFSET)
@@ -412,6 +424,8 @@ class _RecordDataset(Dataset):
     # -- layout: shapes, channels, meta keys ---------------------------------------------
     def _dims_error(self, key: str, shape: tuple[int, ...], needs: str) -> DatasetError:
         role = "source" if key in self.source_keys else "target"
+        if self.volumes and isinstance(self.backend, PhantomSource) and self.backend.sizes.depth == 0:
+            needs += "; this phantom's sizes are 2D: set data.depth > 0 if it renders volumes"
         return DatasetError(f"data.{role} key '{key}' of {self.backend.describe()} has per-subject shape "
                             f"{tuple(shape)} but dataset kind '{self.kind}' needs {needs}")
 
@@ -445,7 +459,7 @@ class _RecordDataset(Dataset):
         maps = set(self.backend.label_maps)
         self._label_keys_at_s = [k for k in self._meta_keys if k in maps and self._item_shape(np.shape(probe[k]))
                                  == self.spatial_shape]
-        self._point_keys = [k for k in self._meta_keys if _is_points(np.asarray(probe[k]))]
+        self._point_keys = [k for k in self._meta_keys if _is_points(probe[k], self.backend.meanings.get(k, ""))]
 
     def _full_shape(self) -> tuple[int, ...]:
         """Per-subject shape of a volume whose slices are the items (volume_slices); else ``S``."""

@@ -58,6 +58,7 @@ def _generate(numbers: np.ndarray, *, seed: int, sizes: Sizes) -> dict[str, np.n
         "grade": np.array([r.integers(0, 5) for r in rngs]),
         "angle": np.array([r.uniform(0, 60) for r in rngs]),
         "best": np.array([r.integers(0, K) for r in rngs]),  # a per-subject index into the "us" stack
+        "affine": np.stack([np.stack([np.eye(3)] * 2)] * len(numbers)),  # [n, 2, 3, 3] floats, not points
         "corners": np.stack([[[2.0, 3.0], [4.0, 5.0]]] * len(numbers)).astype(np.float32),
     }
     out["us"] = out["us"].astype(np.float32)
@@ -67,6 +68,7 @@ def _generate(numbers: np.ndarray, *, seed: int, sizes: Sizes) -> dict[str, np.n
 SPEC = PhantomSpec(
     name=NAME, card="fake phantom for dataset tests", generate=_generate, modalities=MODALITIES,
     labels={"seg": "label map", "mask": "body mask", "grade": "int 0-4", "angle": "deg", "best": "us index",
+            "affine": "per-part homogeneous matrix of pixel coordinates",
             "corners": "landmarks [2, 2] (row, col)"},
     sizes={"ci": Sizes(16, 16, 4), "smoke": Sizes(16, 16, 4), "cpu": Sizes(32, 16, 4), "paper": Sizes(32, 16, 8)},
     label_maps=("seg",))
@@ -282,6 +284,7 @@ def test_augment_applies_to_train_only(fake):
             torch.testing.assert_close(it[k], v)
         if changed[i]:  # landmark columns follow: col -> W - 1 - col
             torch.testing.assert_close(it["corners"][:, 1], 15 - plain[i]["corners"][:, 1])
+        torch.testing.assert_close(it["affine"], plain[i]["affine"])  # a matrix is not a landmark
     again = build("paired", n_train=8, augment="flip")
     for i in range(8):  # deterministic for the seed
         torch.testing.assert_close(again[i]["source"], items[i]["source"])
@@ -434,3 +437,16 @@ def test_manifest_split_disjoint_and_overlap_refused(tmp_path):
     src = {unpaired[i]["patient_id"] for i in range(len(unpaired))}
     tgt = {unpaired[i]["target_patient_id"] for i in range(len(unpaired))}
     assert not src & tgt and src | tgt == set(train.patient_ids) and len(unpaired) == 2 * len(src)
+
+
+def test_volume_kinds_on_a_2d_sized_phantom_need_data_depth(fake):
+    """A phantom whose sizes are 2D but which renders volumes when asked (the sagittal spine)."""
+    flat = replace(fake, name=NAME + "_2d", sizes={k: replace(v, depth=0) for k, v in fake.sizes.items()})
+    PHANTOMS[flat.name] = flat
+    try:
+        with pytest.raises(ds.DatasetError, match="set data.depth"):
+            build("volume", phantom=flat.name)
+        assert build("volume", phantom=flat.name, depth=5)[0]["source"].shape == (1, 5, 32, 16)
+        assert build("paired", phantom=flat.name, depth=5)[0]["source"].shape == (1, 32, 16)
+    finally:
+        PHANTOMS.pop(flat.name, None)
