@@ -167,7 +167,7 @@ class PhantomSource:
             try:
                 arrays = self.spec(chunk, seed=self.seed, sizes=self.sizes)
             except PhantomError as err:
-                hint = "; 2D dataset kinds render depth 0: use kind 'volume_slices' or 'volume'" if not self.sizes.depth else ""
+                hint = "" if self.sizes.depth else "; 2D kinds render depth 0: use kind 'volume_slices' or 'volume'"
                 raise DatasetError(f"phantom '{self.spec.name}' cannot render {self.sizes}: {err}{hint}") from None
             out += [{k: v[j] for k, v in arrays.items()} for j in range(len(chunk))]
         return out
@@ -315,7 +315,8 @@ class _RecordDataset(Dataset):
 
     def __init__(self, cfg: DataConfig, split: str, *, seed: int = 0) -> None:
         if split not in SPLITS:
-            raise DatasetError(f"unknown split '{split}' for dataset kind '{self.kind}' (choose from {', '.join(SPLITS)})")
+            raise DatasetError(f"unknown split '{split}' for dataset kind '{self.kind}' "
+                               f"(choose from {', '.join(SPLITS)})")
         self.cfg, self.split, self.seed = cfg, split, seed
         self.source_keys, self.target_key = _parse_keys(cfg.source), cfg.target.strip()
         if not self.source_keys:
@@ -344,7 +345,8 @@ class _RecordDataset(Dataset):
         phantom, manifest = cfg.phantom.strip(), cfg.manifest.strip()
         if bool(phantom) == bool(manifest):
             raise DatasetError(f"dataset kind '{self.kind}' needs exactly one of data.phantom (a phantom name) and "
-                               f"data.manifest (a CSV path); got data.phantom={phantom!r} and data.manifest={manifest!r}")
+                               f"data.manifest (a CSV path); got data.phantom={phantom!r} and "
+                               f"data.manifest={manifest!r}")
         n = cfg.n_train if self.split == "train" else cfg.n_test
         if not 0 <= n <= TEST_OFFSET:
             raise DatasetError(f"data.n_{self.split} must be in [0, {TEST_OFFSET}], got {n}")
@@ -378,7 +380,8 @@ class _RecordDataset(Dataset):
         part = train if self.split == "train" else test
         size, depth = None, self.cfg.depth or None
         if len(full.patient_ids):
-            first = np.asarray(full.load(0, self._keyspec[self.source_keys[0]][0]))  # the aspect ratio of the manifest's first row
+            # the aspect ratio (and depth) of the manifest's first row
+            first = np.asarray(full.load(0, self._keyspec[self.source_keys[0]][0]))
             h0, w0 = first.shape[-2:]
             size = (max(8, int(round(self.cfg.image_size * h0 / w0))), self.cfg.image_size)
             if self.volumes and depth is None:
@@ -389,7 +392,8 @@ class _RecordDataset(Dataset):
                               rows=range(min(n, len(part.patient_ids))))
 
     def _check_keys(self, known: Sequence[str], where: str) -> None:
-        for field_name, keys in (("source", self.source_keys), ("target", [self.target_key] if self.target_key else [])):
+        targets = [self.target_key] if self.target_key else []
+        for field_name, keys in (("source", self.source_keys), ("target", targets)):
             for key in keys:
                 if self._keyspec[key][0] not in known:
                     raise DatasetError(f"unknown data.{field_name} key '{key}' for {where} (keys: {', '.join(known)})")
@@ -552,7 +556,8 @@ class _RecordDataset(Dataset):
 
     def _cache_put(self, r: int, rec: dict[str, Any]) -> None:
         if len(self._cache) == 0:  # size the LRU from the first record
-            nbytes = sum(a.nbytes for a in rec["images"].values()) + (rec["mask"].nbytes if rec["mask"] is not None else 0)
+            nbytes = sum(a.nbytes for a in rec["images"].values())
+            nbytes += rec["mask"].nbytes if rec["mask"] is not None else 0
             nbytes += sum(v.nbytes for v in rec["meta"].values() if isinstance(v, np.ndarray))
             self._capacity = max(self.backend.prefetch, CACHE_BYTES // max(1, nbytes))
         self._cache[r] = rec
@@ -612,9 +617,10 @@ class _RecordDataset(Dataset):
 
     def __repr__(self) -> str:
         target = f"{self.target_key!r}" if self.target_key else "none"
+        augment = self.cfg.augment if self.augment and self.split == "train" else "none"
         return (f"{type(self).__name__}(kind={self.kind!r}, split={self.split!r}, {self.backend.describe()}, "
                 f"source={','.join(self.source_keys)!r} ({self.source_channels} ch), target={target}, "
-                f"n={len(self)}, spatial={self.spatial_shape}, augment={self.cfg.augment if self.augment and self.split == 'train' else 'none'!r}, "
+                f"n={len(self)}, spatial={self.spatial_shape}, augment={augment!r}, "
                 f"split_hash={self.split_hash!r})")
 
 
