@@ -108,7 +108,7 @@ class TrainConfig:
 class DataConfig:
     """Which data set, its size and its patient-level split."""
 
-    dataset: str = "toy_shapes"  # registry.DATASETS name, or "manifest" for real paired data
+    dataset: str = "toy_shapes"  # registry.DATASETS kind: toy_shapes, paired, unpaired, multi_depth, volume_slices, volume
     image_size: int = 32  # side length in pixels of the (square) model input
     n_train: int = 512  # training samples (phantoms are generated on the fly from seeds)
     n_test: int = 64  # held-out test samples (disjoint seeds / patients)
@@ -117,7 +117,7 @@ class DataConfig:
     phantom: str = ""  # registry.PHANTOMS anatomy behind a phantom-backed dataset ("" for toy/manifest)
     source: str = "source"  # modality key(s) of the input; several joined by "," become channels
     target: str = "target"  # modality key of the output ("" for unpaired / unconditional data)
-    depth: int = 0  # slices of a 3D volume (0: the phantom's size for the run's preset)
+    depth: int = 0  # slices of a 3D volume (0: the phantom's paper depth scaled to image_size; required (> 0) for 3D spine_sagittal)
     test_fraction: float = 0.2  # share of patients held out when a manifest is split by patient
     window: str = ""  # HU window of CT from real data: soft_tissue (W400/L40), lung (W1500/L-600), bone (W1800/L400); "" = modality range
     augment: str = ""  # augmentation recipe names joined by "+" ("flip", "mri_jitter", "elastic3d"); "" none
