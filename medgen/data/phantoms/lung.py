@@ -67,7 +67,8 @@ Dataset card
   Any size >= 16 works (the operators need >= 4).
 * **Ignored**: 3D anatomy, heart / diaphragm / mediastinum, vessels and airways outside
   consolidations, CT noise and reconstruction blur (the image is the clean section the
-  paper's simulations start from), breathing motion, speckle.
+  paper's simulations start from), breathing motion, speckle. Thin structures (air
+  bronchograms, septa) are drawn at least one pixel wide, so they look thicker at small sizes.
 
 Rendering is written by hand (NumPy, vectorised over the subjects; the Fourier field is
 two matrix products per subject batch) because no installed library draws this anatomy;
@@ -82,7 +83,8 @@ from medgen.data.phantoms.base import (Control, Modality, PhantomError, PhantomS
                                        subject_rng)
 from medgen.data.phantoms.ultrasound import HU_HIGH, HU_LOW, NOISE_STD, AcousticUltrasound, LinearUltrasound
 
-__all__ = ["SPEC", "generate", "aeration_category", "aeration_from_ct", "air_fraction_from_ct", "CT", "LINEAR", "ACOUSTIC", "LABELS"]
+__all__ = ["SPEC", "generate", "aeration_category", "aeration_from_ct", "air_fraction_from_ct", "CT", "LINEAR",
+           "ACOUSTIC", "LABELS"]
 
 NAME = "lung"
 # Tissue HU of the non-air part of each pixel.
@@ -224,8 +226,13 @@ def _step(d: np.ndarray, px: float) -> np.ndarray:
 
 
 def _wave(q: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """``mean + amp sin(2 pi freq x + phase)`` per subject: q ``[n, 4]``, x ``[W]`` -> ``[n, W]``."""
+    """``mean + amp sin(2 pi freq x + phase)`` per subject: q ``[n, 4]``, x ``[W]`` or ``[n, K]``."""
     return q[:, :1] + q[:, 1:2] * np.sin(2 * np.pi * q[:, 2:3] * x + q[:, 3:4])
+
+
+def _pleura_depth(q: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Normalised depth of the pleural line at lateral positions ``x`` (``[W]`` or ``[n, K]``)."""
+    return np.clip(_wave(q, x), 0.15, 0.6)
 
 
 def _field(modes: np.ndarray, z: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -245,7 +252,7 @@ def _segment_distance(px, pz, ax, az, bx, bz) -> np.ndarray:
     return np.hypot(px - ax - t * dx, pz - az - t * dz)
 
 
-def _chest_wall(p: dict[str, np.ndarray], z, x, pleura, pz: float, px: float) -> tuple[np.ndarray, np.ndarray]:
+def _chest_wall(p: dict[str, np.ndarray], z, x, pz: float, px: float) -> tuple[np.ndarray, np.ndarray]:
     """Tissue HU of the chest wall ``[n, H, W]`` and rib occupancy ``[n, H, W]``."""
     skin = p["skin"][:, None, None]
     fat_bottom = skin + np.maximum(_wave(p["fat"], x[0, 0]), 0.02)[:, None, :]
@@ -253,11 +260,11 @@ def _chest_wall(p: dict[str, np.ndarray], z, x, pleura, pz: float, px: float) ->
     tissue = tissue + (HU_MUSCLE - tissue) * _step(z - fat_bottom, pz)
     rib = np.zeros_like(tissue)
     rib_hu = np.zeros_like(tissue)
-    x_idx = np.clip(np.round(p["rib_x"] * (len(x[0, 0]) - 1)).astype(int), 0, len(x[0, 0]) - 1)
+    under = _pleura_depth(p["pleura"], p["rib_x"])  # [n, N_RIBS] pleura below each rib
     for j in range(N_RIBS):
         hw, hh, gap = (p["rib_size"][:, j, k, None, None] for k in range(3))
         cx = p["rib_x"][:, j, None, None]
-        cz = np.take_along_axis(pleura[:, 0, :], x_idx[:, j:j + 1], 1)[:, :, None] - gap - hh
+        cz = under[:, j, None, None] - gap - hh
         r = np.sqrt(((x - cx) / hw) ** 2 + ((z - cz) / hh) ** 2)  # 1 on the rib's outline
         occ = _step((1.0 - r) * np.minimum(hw, hh), min(pz, px))
         hu = HU_CORTEX + (HU_MARROW - HU_CORTEX) * _step((0.7 - r) * np.minimum(hw, hh), min(pz, px))
@@ -271,15 +278,14 @@ def _subset(p: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
     return {k: v[idx] for k, v in p.items()}
 
 
-def _consolidation(p, z, x, pleura, px: float) -> list[tuple[np.ndarray, np.ndarray]]:
+def _consolidation(p, z, x, px: float) -> list[tuple[np.ndarray, np.ndarray]]:
     """Layers ``(weight [m, H, W], a_p [m, H, W])`` of each blob of ``m`` consolidated subjects:
     lobulated subpleural ellipses of airless lung, each with two air bronchograms."""
     layers = []
     for i in range(N_BLOBS):
         q = p["blobs"][:, i]
         cx, rx, rz = (q[:, k, None, None] for k in (1, 3, 4))
-        x_idx = np.clip(np.round(q[:, 1] * (x.shape[-1] - 1)).astype(int), 0, x.shape[-1] - 1)
-        cz = np.take_along_axis(pleura[:, 0, :], x_idx[:, None], 1)[:, :, None] + q[:, 2, None, None] * rz
+        cz = _pleura_depth(p["pleura"], q[:, 1:2])[:, :, None] + q[:, 2, None, None] * rz
         u_, v_ = (x - cx) / rx, (z - cz) / rz
         theta = np.arctan2(v_, u_)
         radius = 1.0 + sum(q[:, 5 + j, None, None] * np.cos((j + 2) * theta + q[:, 8 + j, None, None])
@@ -326,7 +332,7 @@ def _lung_layers(p, z, x, pleura, surface, px: float) -> tuple[np.ndarray, list]
     field = _field(p["modes"], z[0, :, 0], x[0, 0]) - p["gravity"][:, None, None] * (z - pleura)
     kind = p["pathology"].astype(int)
     layers = []
-    for k, make in ((1, lambda q, i: _consolidation(q, z, x, pleura[i], px)),
+    for k, make in ((1, lambda q, i: _consolidation(q, z, x, px)),
                     (2, lambda q, i: _interstitial(q, z, x, pleura[i], px)),
                     (3, lambda q, i: _effusion(q, z, pleura[i], surface[i]))):
         idx = np.flatnonzero(kind == k)
@@ -391,12 +397,12 @@ def _render(p: dict[str, np.ndarray], sizes: Sizes) -> dict[str, np.ndarray]:
     pz, px = 1.0 / h, 1.0 / w
     z = ((np.arange(h) + 0.5) / h)[None, :, None]
     x = ((np.arange(w) + 0.5) / w)[None, None, :]
-    pleura = np.clip(_wave(p["pleura"], x[0, 0]), 0.15, 0.6)[:, None, :]  # [n, 1, W]
+    pleura = _pleura_depth(p["pleura"], x[0, 0])[:, None, :]  # [n, 1, W]
     kind = p["pathology"].astype(int)
     cx, half, thick = (p["effusion"][:, k, None, None] for k in range(3))
     lens = thick * np.clip(1.0 - ((x - cx) / half) ** 2, 0.0, None) ** 1.5 * (kind == 3)[:, None, None]
     surface = pleura + lens  # visceral pleura (lung surface)
-    wall, rib = _chest_wall(p, z, x, pleura, pz, px)
+    wall, rib = _chest_wall(p, z, x, pz, px)
     pleura_in, lung_in = _step(z - pleura, pz), _step(z - surface, pz)
     rib = rib * (1.0 - pleura_in)
     tissue = wall + pleura_in * (HU_FLUID - wall)

@@ -25,8 +25,8 @@ attenuation are the same at every resolution (the kernels are built from ``x``'s
 :class:`AcousticUltrasound` -- a nonlinear, ray-based (one vertical scan line per column)
 energy model of pulse-echo imaging, every step smooth:
   1. HU -> tissue: acoustic air fraction ``a = softclip((AIR_ONSET_HU - HU) / (AIR_ONSET_HU + 1000))``
-     (tissue at or above ``AIR_ONSET_HU`` -- fat, fluid, airless consolidation -- counts as
-     airless), bone fraction ``b = softclip((HU - BONE_ONSET_HU) / (BONE_FULL_HU - BONE_ONSET_HU))``;
+     (tissue at or above ``AIR_ONSET_HU`` -- fat, fluid, consolidated lung with < ~24 % air --
+     counts as airless), bone fraction ``b = softclip((HU - BONE_ONSET_HU) / (BONE_FULL_HU - BONE_ONSET_HU))``;
   2. impedance (MRayl): soft tissue ``Z_s = Z_SOFT + Z_SOFT_SWING tanh((HU - 40) / 150)`` (fat
      1.41, fluid 1.57, muscle 1.65); air-tissue mixture by Wood's rule
      ``Z = Z_s sqrt((1 - a + AIR_DENSITY_RATIO) / (1 + a (AIR_STIFFNESS_RATIO - 1)))`` (density
@@ -55,6 +55,8 @@ reflections between rows closer than one pixel (a boundary smeared over several 
 reflects less than a sharp one). Written by hand because no installed library provides a
 differentiable torch ultrasound model (MONAI/scikit-image have none); the blur is a sum of
 shifted slices (faster than ``conv2d`` for one channel and short kernels on CPU).
+Numerics: exponentials are taken of clamped arguments (intensities below ~1e-35 count as
+zero) so that no subnormal floats arise, which would slow a CPU several times.
 """
 from __future__ import annotations
 
@@ -207,7 +209,8 @@ class _Geometry(nn.Module):
         """``A(x) + noise_std * n`` with ``n ~ N(0, I)`` drawn from ``generator``.
 
         x: ``[B, 1, H, W]`` model range; returns ``[B, 1, H', W']``. ``noise_std`` defaults to
-        the operator's ``noise_std``; the same generator state gives the same noise."""
+        the operator's ``noise_std``; the same generator state gives the same noise
+        (``generator=None`` draws from torch's global generator)."""
         y = self(x)
         std = self.noise_std if noise_std is None else float(noise_std)
         noise = torch.randn(y.shape, generator=generator, dtype=y.dtype, device=y.device)
