@@ -145,7 +145,9 @@ def _lung(spec: Any, a: Mapping[str, np.ndarray], i: int, *, measurement: str = 
     ct, f = _upscale(gray(a["ct"][i], spec.modalities["ct"]))
     _outline(ct, np.isin(a["lung_mask"][i], (1, 2, 3)), COLORS["lung"], f)
     air, _ = _upscale(gray(a["air_fraction"][i], spec.modalities["air_fraction"]))
-    us, _ = _upscale(gray(a[measurement][i], spec.modalities[measurement]))
+    meas = gray(a[measurement][i], spec.modalities[measurement])  # [H, W'] (every k-th scan line)
+    stretch = max(1, round(a["ct"].shape[-1] / meas.shape[1]))
+    us, _ = _upscale(np.repeat(meas, stretch, axis=1))  # lateral stride undone for display
     cat = ("< 60 %", "60-85 %", "> 85 %")[int(a["aeration_category"][i])]
     return {f"lung section (aeration {float(a['aeration'][i]) * 100:.0f} %, {cat})": ct,
             "air fraction (ground truth)": air,
