@@ -482,7 +482,7 @@ SPEC = register_phantom(PhantomSpec(
         "air_fraction": AIR,
         "us_linear": Modality("us_linear", "a.u. (linear ultrasound)", -1.0, 1.0,
                               "attenuated, PSF-blurred, laterally subsampled image (LinearUltrasound)"),
-        "us_acoustic": Modality("us_acoustic", "a.u. (log-compressed B-mode)", 0.0, 1.0,
+        "us_acoustic": Modality("us_acoustic", "a.u. (log-compressed B-mode)", -0.1, 1.0,
                                 "pulse-echo B-mode: pleural line, rib shadows, A-lines (AcousticUltrasound)"),
     },
     labels={
