@@ -144,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--control", action="append", default=[], metavar="NAME=VALUE",
                    help="fix a phantom parameter, e.g. --control kl_grade=3 (repeatable)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    p.add_argument("--card", action="store_true", help="print the phantom's dataset card and exit")
     return parser
 
 
@@ -460,6 +461,9 @@ def _write_phantom(args: argparse.Namespace, spec: Any) -> int:
     from medgen.data.manifest import write_phantom_dataset
     from medgen.data.phantoms.base import TEST_OFFSET, Sizes
 
+    if args.card:
+        print(spec.card.strip())
+        return 0
     sizes = Sizes(*_parse_size(args.size)) if args.size else spec.sizes_for(args.preset)
     controls = _parse_controls(args.control)
     spec.check_controls(controls)

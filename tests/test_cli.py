@@ -187,6 +187,8 @@ def test_phantoms_anatomy_writes_the_real_data_format(capsys: pytest.CaptureFixt
     assert code == 2 and "control 'kl_grade' of phantom 'knee' must be in [0, 4], got 9" in err
     code, _, err = run(capsys, "phantoms", "knee", "--size", "big", "--out", str(tmp_path / "y"))
     assert code == 2 and "--size must look like HxW or HxWxD" in err
+    code, out, _ = run(capsys, "phantoms", "lung", "--card")
+    assert code == 0 and "aeration" in out.lower()
     code, _, err = run(capsys, "phantoms", "lungs", "--out", str(tmp_path / "z"))
     assert code == 2 and "did you mean 'lung'?" in err
 
