@@ -23,8 +23,8 @@ any noise, so a subject is the same at every size of the same 2:1 aspect):
   Cobb angle of the endplates is exactly the drawn ``cobb`` (uniform 0-60 degrees, or the
   control).
 * Axial rotation grows with lateral deviation from the line T1-L5:
-  ``psi = 30 deg * tanh(k * deviation / 30 deg)``, ``k`` 0.30-0.50 deg/mm per patient (about
-  20 deg at the apex of a 60 deg curve). The posterior elements sit ``arm`` = 30-40 mm behind
+  ``psi = 30 deg * tanh(k * deviation / 30 deg)``, ``k`` 0.20-0.60 deg/mm per patient (about
+  20 deg at the apex of a 60 deg curve). The posterior elements sit ``arm`` = 28-42 mm behind
   the body centre, so they swing towards the concavity: the posterior column follows
   ``x_post = x_body - arm * sin(psi)``, a flatter curve than the bodies. Transverse processes
   (TPs) lie on lines perpendicular to that posterior curve and are foreshortened by
@@ -32,68 +32,74 @@ any noise, so a subject is the same at every size of the same 2:1 aspect):
   how the phantom makes UCA < Cobb, as reported in the ultrasound literature; in life the
   vertebra is rigid and the gap comes from the 3D projection of rotated vertebrae and the
   smaller deformation of the posterior column -- the phantom lumps both into ``x_post``.
-* Ribs on T1-T12 (pairs from the TP tips, running laterally and curving downwards; length,
-  slope, bend and thickness vary per patient; floating ribs 11-12 short), iliac wings with
-  crests at the L4 level and the sacrum below L5, torso outline (half-width and antero-
-  posterior thickness grow with BMI), lungs (air) from T1 to T10.
+* Ribs on T1-T12: tubes from the TP tips running laterally and bending downwards (length,
+  slope, bend and thickness vary per patient; floating ribs 11-12 short); a rib follows half
+  of its TP line's tilt (the rib cage resists). Iliac wings with crests at the L4 level and
+  the sacrum below L5; torso outline (half-width and antero-posterior thickness grow with
+  BMI); lungs (air) from T1 to T10.
 * BMI: normal(20, 3) clipped to 15-32 (the paper excluded BMI > 25; the tail gives
   difficult-to-image subjects). Soft tissue over the spinous processes is
-  ``4 + 1.5 * (BMI - 15)`` mm.
+  ``T = 4 + 1.5 * (BMI - 15)`` mm.
 
 **Radiograph** ``xray`` ``[n, H, W]``, film density in ``[0, 1]`` shown as on a light box
-(1 = white = unexposed, bone; 0 = black, air). Line integral of excess attenuation (1/mm:
-soft tissue 0.020, cortical bone +0.045, cancellous +0.012, rib +0.030) through elliptic-
-cylinder bodies with a cortical shell and endplates, pedicle rings, spinous processes, TP
-capsules, rib tubes, iliac plates with cortical crests, sacrum, torso and lungs; automatic
-exposure control (mid-grey at the abdomen's soft tissue); Gaussian detector blur (0.8 mm,
-at least 0.4 px against aliasing); Poisson quantum noise (Gaussian approximation,
-600 photons/mm^2 behind the abdomen, so it is visible at the ``paper`` size and negligible
-at 8.75 mm pixels); logistic film characteristic (gamma 1.4, fog 0.03). It shows every bone
-and hides soft-tissue texture.
+(1 = white = unexposed, bone; 0 = black, air). Line integral of attenuation (1/mm: soft
+tissue 0.020; bone in excess of it: cortical +0.045, cancellous +0.012, rib +0.030) through
+elliptic-cylinder bodies with a cortical shell and endplates, pedicle rings, spinous
+processes, TP capsules, rib tubes, iliac plates with cortical crests, sacrum, torso and
+lungs; automatic exposure control (mid-grey behind the abdomen's soft tissue, +-0.15
+attenuation error); Gaussian detector blur (0.8 mm, at least 0.4 px against aliasing);
+quantum noise (Gaussian approximation of Poisson, 600 photons/mm^2 behind the abdomen:
+visible at the ``paper`` size, negligible at 8.75 mm pixels); logistic film curve (gamma
+1.4, fog 0.03). It shows every bone and no soft-tissue texture.
 
 **Ultrasound** ``us_vpi`` / ``us_clean`` ``[n, 5, H, W]``, a.u. in ``[0, 1]``. Each of the 5
-depths is a slab (16 mm thick, 11 mm apart) parallel to the skin; a pixel shows the first
+depths is a slab (14 mm thick, 12 mm apart) parallel to the skin; a pixel shows the first
 bone surface along the beam if it lies in the slab (bright, rounded reflection profile),
 acoustic shadow (dark) if that surface lies above the slab, and muscle echo (grey, a smooth
-random texture) otherwise. Bone depths below the skin: spinous processes at the soft-tissue
-thickness ``T``; laminae ``T + 9``; TPs ``T + 17``; ribs ``T + 19`` deepening laterally; lumbar
-lumps (laminae / TP roots) ``T + 24``; axial rotation lifts the convex side
-(``-lateral * sin(psi)``, the rib hump). Attenuation ``exp(-alpha * depth)`` with
-``alpha = 0.008 + 0.0012 * (BMI - 18)`` per mm, multiplicative speckle (2 looks, 1.2 mm
-grain), additive noise 0.02, and only the scanned strip (65-85 mm either side of the
-posterior column, from above T1 to below L5) holds data (0 outside). Bodies, pelvis, lungs
-are not seen. The operator's depth profile puts depth ``optimal_depth`` (drawn from the
-paper's optimal-index distribution, :data:`OPTIMAL_DEPTH_PRIOR`) on the TP / rib / lump layer
-(+-2 mm), so it shows the most bone by construction: shallower depths show spinous processes
-and laminae (and, for the deepest indices, only skin / gel: black), deeper ones mostly
-shadow. ``us_clean`` is the same scan without artifacts (the enhancement target); ``us_vpi``
-adds scanning artifacts: motion drop-out bands (signal x 0.1, 8-35 mm high, all depths),
-blurred stretches (30-90 mm, cranio-caudal blur 5-11 mm, all depths) in 55 % of scans, and
-multipath haze on the shallow depths with probability ``0.05 + 0.05 * (BMI - 18)``.
-``artifact_free`` flags every depth image; about a third of optimal images are artifact-free,
-close to the paper's 151 of 432.
+random texture) otherwise. Bone depths below the skin: spinous processes ``T``, laminae
+``T + 7``, TPs ``T + 18``, ribs ``T + 20`` deepening laterally, lumbar lumps (laminae / TP
+roots) ``T + 22`` (lumbar posterior elements 3 mm deeper); axial rotation lifts the convex
+side by ``lateral * sin(psi)`` (lever capped at 30 mm: the rib hump). Time-gain
+compensation undoes the attenuation of a BMI-18 patient (0.008/mm, amplifying the additive
+noise 0.02 with depth); fat adds ``0.0012 * (BMI - 18)``/mm that it does not undo. Speckle
+is multiplicative, log-normal (relative std 0.5, 1.2 mm grain: a VPI averages a slab).
+Only the scanned strip (65-85 mm either side of the posterior column, from above T1 to
+below L5) holds data (0 outside); bodies, pelvis and lungs are not seen. The operator's
+depth profile puts a depth drawn from the paper's optimal-index distribution
+(:data:`OPTIMAL_DEPTH_PRIOR`) on the TP / rib / lump layer (+-1.5 mm); shallower depths show
+spinous processes and laminae (the shallowest may lie above the skin: black), deeper ones
+mostly shadow. ``optimal_depth`` is then the depth whose slab holds the largest area of
+visible bone surface, counted on the rendered pixel grid (it equals the aimed depth for
+500 of 500 subjects at ``cpu`` and 498 of 500 at ``ci``, where 8.75 mm pixels break two
+near ties). ``us_clean`` is the same scan without artifacts (the enhancement target);
+``us_vpi`` adds scanning artifacts: in 60 % of scans motion drop-out bands (signal x 0.1,
+8-35 mm high) and / or blurred stretches (30-90 mm, cranio-caudal blur 5-11 mm), both on
+all depths; multipath haze on the 1-3 shallowest depths with probability
+``0.05 + 0.05 * (BMI - 18)``. ``artifact_free`` flags every depth image.
 
 **Labels** (see ``SPEC.labels``): ``cobb``, ``uca`` (degrees), ``landmarks`` ``[n, 17, 4, 2]``
 corners (top-left, top-right, bottom-left, bottom-right) in pixels ``(row, col)`` with pixel
 centres at integer coordinates, ``tp_landmarks`` ``[n, 17, 2, 2]`` (left, right) TP tips
-(lumbar: the lump axis), ``optimal_depth``, ``artifact_free``, ``bmi``, ``curve_type``,
-``apex_level`` and ``seg`` ``[n, H, W]`` (0 background, 1 transverse process T1-T12, 2 rib,
-3 lumbar lump) at the optimal depth: the first bone surface visible in that slab, by class.
+(lumbar TPs too; their tilt is also the lumbar lumps'), ``optimal_depth``,
+``artifact_free``, ``bmi``, ``curve_type``, ``apex_level``, and ``seg`` ``[n, H, W]``
+(0 background, 1 transverse process T1-T12, 2 rib, 3 lumbar lump) at the optimal depth: the
+class of the first bone surface where it is visible in that slab.
 
-**Measured relations** (``python -m medgen.data.phantoms.spine_coronal``, 500 subjects, seed 0,
-``cpu`` size): UCA = 0.76 x Cobb (least squares through 0; 0.77 x Cobb + -0.3 deg with an
-intercept), Pearson r = 0.991, UCA < Cobb in 100 % of subjects with Cobb > 5 deg; Cobb spans
-0.1-59.9 deg; optimal depth 0-4 in 10 / 21 / 25 / 27 / 17 %; artifact-free optimal images
-37 %. ``cobb_angle(landmarks)`` and ``curve_angle(tp_landmarks)`` (:mod:`medgen.measure.spine`)
-reproduce ``cobb`` and ``uca`` to 1e-3 degrees.
+**Measured relations** (:func:`relations`: 500 subjects, seed 0; labels do not depend on the
+size): UCA = 0.79 x Cobb (least squares through the origin; 0.81 x Cobb - 0.7 deg with an
+intercept), Pearson r = 0.988, UCA < Cobb in 100 % of subjects with Cobb > 5 deg; Cobb spans
+0.3-59.9 deg; optimal depth 0-4 in 11 / 18 / 30 / 25 / 17 % (paper: 11 / 21 / 25 / 26 /
+17 %); 39 % of optimal images are artifact-free (paper: 151 of 432, 35 %).
+``cobb_angle(landmarks)`` and ``curve_angle(tp_landmarks)`` (:mod:`medgen.measure.spine`)
+reproduce ``cobb`` and ``uca`` to 1e-4 degrees.
 
 **Units and sizes**: pixels are square; the image height is :data:`FOV_HEIGHT_MM` and the
 width follows the requested aspect (wider images show more of the flanks). Sizes: ``ci``
 64x32, ``smoke`` 64x32, ``cpu`` 128x64, ``paper`` 512x256 (height x width; the 5 depths are
 their own axis, ``Sizes.depth`` stays 0).
 
-**Ignored**: sagittal curves in the radiograph (kyphosis / lordosis change only ultrasound
-depths), vertebral shape changes other than wedging, the anterior ribs, clavicles, scapulae,
+**Ignored**: sagittal curves (kyphosis / lordosis; only the lumbar posterior elements lie a
+little deeper), vertebral shape changes other than wedging, the anterior ribs, clavicles, scapulae,
 femora, bowel gas, scatter and the heel effect; ultrasound beam physics (no PSF, refraction,
 reverberation other than the haze artifact); rib cage deformation other than the rotation
 lift.
@@ -453,7 +459,12 @@ def _render_vertebrae(g: dict, p: dict, grid: _Grid, atten: np.ndarray, surf: _S
         psi, phi_p = g["psi"][:, k], g["phi_post"][:, k]
         sin_psi = _col(np.sin(psi))
         depth_of = lambda part, lat: _col(t_soft + DEPTH_MM[part]) - lat * sin_psi  # noqa: E731
-        rows, Y, X = grid.band(np.minimum(yt, yb) - 2 * ht, np.maximum(yt, yb) + 2 * hb)
+        # rows reached by this level's parts: endplate corners, TP tips (+ radius), spinous tip
+        tp_dy = g["tp_half"][:, k] * np.abs(np.sin(phi_p)) + TP_RADIUS_MM[k] * scale
+        lo = np.minimum(yt - ht * np.abs(np.sin(g["phi_top"][:, k])), g["y_tp"][:, k] - tp_dy)
+        hi = np.maximum.reduce([yb + hb * np.abs(np.sin(g["phi_bot"][:, k])), g["y_tp"][:, k] + tp_dy,
+                                0.5 * (yt + yb) + 0.75 * h])
+        rows, Y, X = grid.band(lo - 3.0, hi + 3.0)
         a = atten[:, rows]
 
         # --- body: local frame between the two endplates (wedged quadrilateral) ---
@@ -527,11 +538,16 @@ def _render_ribs(k: int, g: dict, p: dict, grid: _Grid, atten: np.ndarray, surf:
     frame of the TP line."""
     length = RIB_LENGTH_MM[k] * p["scale"] * p["rib_length"]
     slope, bend = p["rib_slope"], p["rib_bend"]
-    drop = slope * length + bend * length ** 2
     y_tp, half, phi = g["y_tp"][:, k], g["tp_half"][:, k], g["phi_post"][:, k]
-    reach = length + half
-    rows, Y, X = grid.band(y_tp - np.abs(np.sin(phi)) * reach - 15.0,
-                           y_tp + np.abs(np.sin(phi)) * reach + drop + 15.0)  # |tilt| >= the rib's
+    # rows reached: the centreline at a few points of both ribs, +- the radius
+    along = np.linspace(0.0, 1.0, 6)[None, :] * length[:, None]  # [n, 6]
+    bend_rows = slope[:, None] * along + bend[:, None] * along ** 2
+    pr = RIB_TILT_SHARE * phi[:, None]
+    reached = [y_tp[:, None] - sgn * half[:, None] * np.sin(phi[:, None]) - sgn * along * np.sin(pr)
+               + bend_rows * np.cos(pr) for sgn in (-1.0, 1.0)]
+    margin = 1.1 * p["rib_radius"] * p["scale"] + 3.0
+    rows, Y, X = grid.band(np.minimum(*[r.min(axis=1) for r in reached]) - margin,
+                           np.maximum(*[r.max(axis=1) for r in reached]) + margin)
     a_band = atten[:, rows]
     radius = _col(p["rib_radius"] * p["scale"])
     ph, sin_psi = _col(phi), _col(np.sin(g["psi"][:, k]))
