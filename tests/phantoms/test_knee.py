@@ -148,30 +148,29 @@ def test_xray_is_the_projection_of_the_same_volume(ci):
 
 
 def test_xray_hides_cartilage_and_menisci(monkeypatch):
-    """Replace cartilage and menisci (or bone) by muscle and see how much each image changes
-    (same seed, so noise cancels): cartilage changes the MRI, hardly the radiograph."""
-    def render():
-        return SPEC(np.arange(4), seed=0, sizes="ci", kl_grade=0)
-
-    base = render()
-    changed = {}
-    for name, tissues in (("cartilage", (knee.CARTILAGE, knee.MENISCUS)), ("bone", (knee.CORTEX_T, knee.MARROW))):
-        att, t1 = knee.ATTENUATION.copy(), knee.T1_SIGNAL.copy()
-        att[list(tissues)], t1[list(tissues)] = att[knee.MUSCLE], t1[knee.MUSCLE]
-        monkeypatch.setattr(knee, "ATTENUATION", att)
-        monkeypatch.setattr(knee, "T1_SIGNAL", t1)
-        out = render()
-        monkeypatch.undo()
-        inside = np.isin(base["tissue"], tissues)  # MRI voxels of those tissues
-        rays = inside.any(axis=1)  # radiograph pixels whose ray crosses them
-        changed[name] = (np.abs(out["mri"] - base["mri"])[inside].mean(),
-                         np.abs(out["xray"] - base["xray"])[rays].mean())
-    mri_cart, xray_cart = changed["cartilage"]
-    mri_bone, xray_bone = changed["bone"]
-    assert mri_cart > 0.05  # the MRI shows cartilage and menisci
+    """Give cartilage and menisci the properties of muscle and see how much each image changes
+    (same seed, so the noise cancels): the MRI changes, the radiograph hardly does -- though
+    it shows bone with high contrast."""
+    base = SPEC(np.arange(4), seed=0, sizes="ci", kl_grade=0)
+    tissues = [knee.CARTILAGE, knee.MENISCUS]
+    att, t1 = knee.ATTENUATION.copy(), knee.T1_SIGNAL.copy()
+    att[tissues], t1[tissues] = att[knee.MUSCLE], t1[knee.MUSCLE]
+    monkeypatch.setattr(knee, "ATTENUATION", att)
+    monkeypatch.setattr(knee, "T1_SIGNAL", t1)
+    gone = SPEC(np.arange(4), seed=0, sizes="ci", kl_grade=0)
+    inside = np.isin(base["tissue"], tissues)  # MRI voxels of cartilage / menisci
+    rays = inside.any(axis=1)  # radiograph pixels whose ray crosses them
+    mri_cart = np.abs(gone["mri"] - base["mri"])[inside].mean()
+    xray_cart = np.abs(gone["xray"] - base["xray"])[rays].mean()
+    assert mri_cart > 0.05  # the MRI shows cartilage and menisci (measured ~0.08)
     assert xray_cart < 0.2 * mri_cart  # the radiograph barely does (measured ~0.12x)
-    assert xray_bone > 10 * xray_cart  # while it shows bone well
-    assert mri_bone > 0.2
+    # Bone contrast on the same radiographs: rays through bone in most slices vs rays
+    # through soft tissue only (inside the leg).
+    bone_share = np.isin(base["tissue"], [knee.CORTEX_T, knee.MARROW]).mean(axis=1)
+    leg = (base["tissue"] != knee.AIR).all(axis=1)
+    x = base["xray"]
+    bone_contrast = x[bone_share >= 0.5].mean() - x[(bone_share == 0) & leg].mean()
+    assert bone_contrast > 10 * xray_cart, (bone_contrast, xray_cart)
 
 
 def test_jsw_decreases_with_kl_grade(by_grade):
@@ -251,5 +250,7 @@ def test_koa_prob_is_a_soft_grade(ci):
     np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-5)
     assert np.all(p > 0) and np.all(p.max(axis=1) < 0.999)  # soft, not one-hot
     many = SPEC(np.arange(40), seed=2, sizes=Sizes(16, 16, 4))
-    assert (many["koa_prob"].argmax(axis=1) == many["kl_grade"]).mean() > 0.6
+    guess = many["koa_prob"].argmax(axis=1)
+    assert (guess == many["kl_grade"]).mean() > 0.5  # a classifier, mostly right (~75 %)...
+    assert np.all(np.abs(guess - many["kl_grade"]) <= 1)  # ...and wrong by one grade at most
     assert set(np.unique(many["kl_grade"])) == set(range(5))  # the prior draws every grade

@@ -14,14 +14,15 @@ so this module renders both images from ONE seeded 3D knee.
   The full AP field of view holds ``F = round(S * 80 / 50)`` slices; slices
   ``round(F * 13 / 80) .. + S - 1`` are kept as the MRI (slice 0 is the most anterior kept
   slice). Each slice is ``r`` thin sub-slices (``r`` chosen so that a sub-slice is about
-  ``SUBSLICE_PX`` pixels thick: 2 at every preset size), averaged into the MRI slice (partial volume of a thick slice).
+  ``SUBSLICE_PX`` pixels thick; 1-2 at the preset sizes), averaged into the MRI slice
+  (partial volume of a thick slice) and summed into the radiograph.
 * **Anatomy** (analytic implicit shapes, approximate signed distances, rendered with
   anti-aliased partial-volume fractions so edges move smoothly with sub-pixel geometry):
   distal femur (shaft, metaphysis, medial and lateral condyle ellipsoids with the
   intercondylar notch), tibia (flaring shaft, plateau with a shallow dish under each
   condyle and the two tibial spines), fibular head and shaft, patella, each bone with a
-  cortical shell (``CORTEX``) around fatty marrow; femoral cartilage (a shell on the lower
-  half of each condyle) and tibial cartilage (a layer on each compartment of the plateau),
+  cortical shell (``CORTEX``) around fatty marrow; femoral cartilage (a shell on the distal,
+  weight-bearing surface of each condyle) and tibial cartilage (a layer on each compartment of the plateau),
   wedge-shaped menisci around each compartment, Hoffa's and the popliteal fat pad, muscle,
   subcutaneous fat (thickness drawn, "BMI") and skin. Left and right knees (the medial
   compartment on either side of the image), knee position, size and shape vary per subject.
@@ -32,8 +33,8 @@ so this module renders both images from ONE seeded 3D knee.
   larger) and subchondral sclerosis (a dense band of ``SCLEROSIS_DEPTH`` under the joint
   surfaces) from grade 3 (medial compartment at grade 3, both at grade 4). Grades are drawn
   with the OAI-like prior ``KL_PRIOR``. The KL0 joint space (``JSW_KL0``, 0.12-0.16 units,
-  about 4-5 % of the field of view) is about 1.5x the real ratio so that it stays resolvable
-  at 32-64 px.
+  6-8 % of the field of view) is about twice the real ratio so that it stays resolvable at
+  64 px (about 4 px at KL0, 2 px at KL4; at 32 px the KL3-KL4 gaps are sub-pixel).
 * **MRI** ``mri`` ``[n, S, H, W]``, a.u. in ``[0, 1]`` (T1-like: fat and marrow bright,
   muscle dark-grey, cartilage intermediate, menisci and cortical bone black, sclerosis
   dark; ``T1_SIGNAL``) times a smooth multiplicative bias field (quadratic log-polynomial,
@@ -43,7 +44,8 @@ so this module renders both images from ONE seeded 3D knee.
   60 keV) through the WHOLE AP field of view of the same volume, blurred by the detector
   PSF (``XRAY_BLUR_PX``), with quantum noise whose std grows as ``exp(P / 2)`` (fewer
   photons behind bone), through a sigmoid film (H&D) curve of log exposure
-  (``FILM_GAMMA``, ``FILM_OFFSET``). Soft tissues attenuate alike (0.18-0.22 /cm), so
+  (``FILM_GAMMA``) whose mid point an automatic exposure control sets per image (the median
+  line integral over the central third of the field plus ``AEC_SHIFT``). Soft tissues attenuate alike (0.18-0.22 /cm), so
   cartilage, menisci and fat pads are nearly invisible on it, as in life.
 * **Ground truth** (see ``SPEC.labels``): ``kl_grade``; ``slice_depth`` (the paper's target
   depth ``d``: slice index / (S - 1)); ``slice_position`` (proportional position of each
@@ -51,12 +53,13 @@ so this module renders both images from ONE seeded 3D knee.
   2 tibia, 3 fibula, 4 patella; osteophytes belong to their bone); ``tissue`` (``TISSUES``:
   the tissue covering most of each MRI voxel); ``rssim_mask`` ``[n, H, W]`` (the RSSIM
   region: rows from the lower third of the femur visible in the image to the upper third
-  of the tibia, columns spanning the bones and osteophytes, 5 % margin); ``jsw_true``
+  of the tibia, columns spanning the bones and osteophytes plus 0.05 units); ``jsw_true``
   (mean over the two compartments of the minimum bone-to-bone joint-space width that the
   AP projection shows, in radiograph pixels along the rows), ``jsw_compartments``
   ``[n, 2]`` (medial, lateral); ``koa_prob`` ``[n, 5]``: a STAND-IN for the paper's
   pre-trained KOA classifier -- softmax of ``-(k - grade)^2 / (2 * 0.7^2)`` plus per-subject
-  logit noise (std 0.35), so it is mostly right but not one-hot; ``medial_right`` (1 when
+  logit noise (std 0.8): about 75 % top-1 accuracy, errors almost always one grade off (published
+  KL-grade CNNs reach about 65-70 %), never one-hot; ``medial_right`` (1 when
   the medial compartment is on the image's right); ``knee_scale``.
 * **Controls** (demo sliders): ``kl_grade`` (0-4, integer), ``knee_scale`` (0.85-1.15,
   size of the whole knee about its centre), ``mri_noise`` (0-0.1). A fixed control
@@ -113,7 +116,7 @@ OSTEOPHYTE = np.array([0.0, 0.0, 0.035, 0.06, 0.09])  # marginal osteophyte size
 OSTEOPHYTE_MEDIAL = 1.25  # medial osteophytes are this much larger than lateral ones
 SCLEROSIS = np.array([[0, 0, 0, 1, 1], [0, 0, 0, 0, 1]])  # sclerosis on (medial, lateral) rows
 SCLEROSIS_DEPTH = (0.04, 0.06)  # subchondral sclerotic band depth range (units)
-KOA_SIGMA, KOA_LOGIT_NOISE = 0.7, 0.35  # stand-in classifier: width of the grade peak, logit noise
+KOA_SIGMA, KOA_LOGIT_NOISE = 0.7, 0.8  # stand-in classifier: grade-peak width, logit noise (~70 % top-1)
 
 # --- anatomy constants (normalised units, knee-local frame: plateau level at v = 0) -------------
 CORTEX = 0.02  # cortical shell thickness
@@ -139,9 +142,9 @@ FAT_PADS = (((0.0, -0.05, 0.62), (0.30, 0.45, 0.20)),  # popliteal fat
 # --- image formation -----------------------------------------------------------------------------
 BIAS_STRENGTH = 0.08  # std of the log bias field's polynomial coefficients
 XRAY_BLUR_PX = 0.6  # detector PSF std (pixels)
-XRAY_NOISE = 0.012  # quantum noise std of the line integral where P = FILM_OFFSET
-FILM_GAMMA = 5.0  # slope of the film curve (density per unit of log exposure)
-FILM_OFFSET = 2.3  # line integral at mid density
+XRAY_NOISE = 0.012  # quantum noise std of the line integral where the film is at mid density
+FILM_GAMMA = 5.0  # slope of the film curve (logit of density per unit of log exposure)
+AEC_SHIFT = 0.06  # mid-density line integral minus the median one in the AEC chamber
 
 CONTROLS = {
     "kl_grade": Control(0, 4, step=1, default=2, description="Kellgren-Lawrence grade"),
@@ -533,10 +536,15 @@ def _render(p: dict[str, np.ndarray], lay: _Layout, za: int, zb: int, kept: bool
 def _xray(line_integral: np.ndarray, rngs: list[np.random.Generator]) -> np.ndarray:
     """Film density ``[n, H, W]`` in [0, 1] from line integrals ``[n, H, W]`` (dimensionless)."""
     blurred = gaussian_filter(line_integral, sigma=(0, XRAY_BLUR_PX, XRAY_BLUR_PX), mode="nearest")
+    # Automatic exposure control: the exposure makes the median line integral over the central
+    # third of the field (the AEC chamber, behind the joint) land at a fixed film density.
+    h, w = blurred.shape[1:]
+    chamber = blurred[:, h // 3:max(2 * h // 3, h // 3 + 1), w // 3:max(2 * w // 3, w // 3 + 1)]
+    offset = np.median(chamber.reshape(len(blurred), -1), axis=1)[:, None, None] + AEC_SHIFT
     # Quantum noise: counts N = N0 exp(-P), so the std of the measured P is 1/sqrt(N) ~ exp(P/2).
-    std = XRAY_NOISE * np.exp((blurred - FILM_OFFSET) / 2.0)
+    std = XRAY_NOISE * np.exp((blurred - offset) / 2.0)
     noisy = blurred + std * np.stack([rng.standard_normal(blurred.shape[1:], dtype=np.float32) for rng in rngs])
-    return (1.0 / (1.0 + np.exp(-FILM_GAMMA * (noisy - FILM_OFFSET)))).astype(np.float32)
+    return (1.0 / (1.0 + np.exp(-FILM_GAMMA * (noisy - offset)))).astype(np.float32)
 
 
 def _mri(t1: np.ndarray, p: dict[str, np.ndarray], lay: _Layout, rngs: list[np.random.Generator]) -> np.ndarray:
