@@ -220,6 +220,19 @@ def test_bmi_control_thickens_soft_tissue():
     assert fat["xray"][edge].mean() > thin["xray"][edge].mean()
 
 
+def test_multipath_haze_follows_the_bmi_control():
+    """Haze hits only the shallow depths, so it shows as flags that differ between depths."""
+    def depth_specific(out: dict) -> float:
+        flags = out["artifact_free"]
+        return float(np.mean(flags.any(axis=1) & ~flags.all(axis=1)))
+
+    numbers = np.arange(40)
+    lean, obese = SPEC(numbers, seed=0, sizes=Sizes(16, 16), bmi=16), SPEC(numbers, seed=0, sizes=Sizes(16, 16), bmi=34)
+    assert depth_specific(lean) == 0.0  # probability 0 below BMI 17
+    assert depth_specific(obese) > 0.1
+    assert sc.haze_probability(np.array([16.0, 20.0, 34.0])).tolist() == pytest.approx([0.0, 0.15, 0.6])
+
+
 def test_controls_are_validated_and_empty_requests_work():
     with pytest.raises(PhantomError, match="unknown control 'kl_grade'"):
         SPEC([0], sizes="ci", kl_grade=2)

@@ -75,7 +75,7 @@ near ties). ``us_clean`` is the same scan without artifacts (the enhancement tar
 ``us_vpi`` adds scanning artifacts: in 60 % of scans motion drop-out bands (signal x 0.1,
 8-35 mm high) and / or blurred stretches (30-90 mm, cranio-caudal blur 5-11 mm), both on
 all depths; multipath haze on the 1-3 shallowest depths with probability
-``0.05 + 0.05 * (BMI - 18)``. ``artifact_free`` flags every depth image.
+``0.05 + 0.05 * (BMI - 18)`` (0 to 0.6). ``artifact_free`` flags every depth image.
 
 **Labels** (see ``SPEC.labels``): ``cobb``, ``uca`` (degrees), ``landmarks`` ``[n, 17, 4, 2]``
 corners (top-left, top-right, bottom-left, bottom-right) in pixels ``(row, col)`` with pixel
@@ -119,7 +119,8 @@ from scipy.ndimage import gaussian_filter
 from medgen.data.phantoms.base import Control, Modality, PhantomSpec, Sizes, register_phantom, subject_rng
 from medgen.measure.spine import tilt_range
 
-__all__ = ["SPEC", "LEVELS", "SEG_CLASSES", "generate", "draw_parameters", "spine_geometry", "relations"]
+__all__ = ["SPEC", "LEVELS", "SEG_CLASSES", "generate", "draw_parameters", "spine_geometry", "haze_probability",
+           "relations"]
 
 NAME = "spine_coronal"
 LEVELS = tuple([f"T{i}" for i in range(1, 13)] + [f"L{i}" for i in range(1, 6)])  # cranial -> caudal
@@ -245,7 +246,7 @@ def draw_parameters(rng: np.random.Generator) -> dict[str, Any]:
     p["dropout"] = np.stack([rng.uniform(0.05, 0.95, 2), rng.uniform(8.0, 35.0, 2)], axis=1)  # (pos, mm)
     p["n_dropout"] = rng.integers(1, 3)
     p["blur_band"] = np.array([rng.uniform(0.1, 0.9), rng.uniform(30.0, 90.0), rng.uniform(5.0, 11.0)])
-    p["haze"] = rng.random() < np.clip(0.05 + 0.05 * (p["bmi"] - 18.0), 0.0, 0.6)
+    p["haze_u"] = rng.random()  # haze if below haze_probability(BMI), decided after the controls
     p["haze_depths"] = rng.integers(1, 4)  # haze on depths 0 .. haze_depths-1
     p["haze_strength"] = rng.uniform(0.4, 0.7)
     return p
@@ -367,7 +368,7 @@ def _corners_mm(g: dict[str, np.ndarray]) -> np.ndarray:
     The endplate through centre ``c`` with tilt ``phi`` runs along ``e = (-sin phi, cos phi)``
     in (y, x); left corner ``c - half * e``, right corner ``c + half * e``.
     """
-    def ends(y, x, phi, half):
+    def ends(y: np.ndarray, x: np.ndarray, phi: np.ndarray, half: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ey, ex = -np.sin(phi) * half, np.cos(phi) * half
         return np.stack([y - ey, x - ex], -1), np.stack([y + ey, x + ex], -1)
 
@@ -421,7 +422,8 @@ def _chord(q: np.ndarray) -> np.ndarray:
     return np.sqrt(np.clip(1.0 - q * q, 0.0, None))
 
 
-def _segment(Y, X, y0, x0, y1, x1):
+def _segment(Y: np.ndarray, X: np.ndarray, y0: np.ndarray, x0: np.ndarray, y1: np.ndarray,
+             x1: np.ndarray) -> np.ndarray:
     """Distance ``[n, r, W]`` from pixels to segments ``(y0, x0)-(y1, x1)`` (``[n,1,1]`` each)."""
     dy, dx = y1 - y0, x1 - x0
     t = np.clip(((Y - y0) * dy + (X - x0) * dx) / (dy * dy + dx * dx + 1e-9), 0.0, 1.0)
@@ -759,6 +761,11 @@ def _artifacts(clean: np.ndarray, g: dict, p: dict, grid: _Grid, scan: np.ndarra
 # ============================================================================================
 # generate
 # ============================================================================================
+def haze_probability(bmi: np.ndarray) -> np.ndarray:
+    """Probability ``[n]`` of multipath haze in a scan: grows with BMI (thicker fat layers)."""
+    return np.clip(0.05 + 0.05 * (np.asarray(bmi) - 18.0), 0.0, 0.6)
+
+
 def _apply_controls(p: dict[str, np.ndarray], controls: dict[str, float]) -> None:
     """Fixed parameters replace the drawn ones (after drawing, so the rest of a subject stays)."""
     n = len(p["scale"])
@@ -766,6 +773,7 @@ def _apply_controls(p: dict[str, np.ndarray], controls: dict[str, float]) -> Non
         p["cobb"] = np.full(n, float(controls["cobb"]))
     if "bmi" in controls:
         p["bmi"] = np.full(n, float(controls["bmi"]))
+    p["haze"] = p["haze_u"] < haze_probability(p["bmi"])
     if "artifacts" in controls:
         on = controls["artifacts"] >= 0.5
         p["scan_artifact"] = np.full(n, on)
@@ -888,7 +896,8 @@ SPEC = register_phantom(PhantomSpec(
     generate=generate,
     modalities={
         "xray": Modality("xray", "film density", 0.0, 1.0,
-                         "coronal radiograph: every bone (bodies, pedicles, processes, ribs, pelvis), no soft-tissue detail"),
+                         "coronal radiograph: every bone (bodies, pedicles, processes, ribs, pelvis), "
+                         "no soft-tissue detail"),
         "us_vpi": Modality("us_vpi", "a.u. (ultrasound VPI)", 0.0, 1.0,
                            "5 coronal VPI depths [n, 5, H, W]: bone surfaces in each slab, shadows, speckle, "
                            "scanning artifacts; no vertebral bodies"),
