@@ -168,8 +168,8 @@ NUC0 = CANC0 + N_VERT  # material code of the nucleus of the disc below vertebra
 N_MAT = NUC0 + N_VERT
 MAT_TISSUE = np.array(list(range(CANC0)) + [CANCELLOUS] * N_VERT + [NUCLEUS] * N_VERT, np.uint8)
 #              air   fat   muscle soft  csf   cord  annulus cortex lung
-T1W = np.array([0.0, 0.85, 0.32, 0.40, 0.08, 0.45, 0.30, 0.02, 0.03])
-T2W = np.array([0.0, 0.75, 0.22, 0.35, 0.95, 0.45, 0.20, 0.02, 0.03])
+T1W = np.array([0.0, 0.80, 0.32, 0.40, 0.08, 0.45, 0.30, 0.02, 0.03])
+T2W = np.array([0.0, 0.72, 0.22, 0.35, 0.90, 0.45, 0.20, 0.02, 0.03])
 CT_HU = np.array([-1000.0, -100.0, 50.0, 40.0, 8.0, 35.0, 90.0, 1100.0, -850.0])
 MARROW_T1 = (0.55, 0.78)  # cancellous bone (fatty marrow) per subject
 MARROW_T2 = (0.42, 0.58)
@@ -184,7 +184,7 @@ EDEMA = (0.6, 1.5)  # fractured marrow: T1 factor, T2 factor
 MRI_NOISE = (0.01, 0.035)  # Rician noise std (a.u.)
 CT_NOISE_HU = (8.0, 25.0)
 CT_NOISE_CORR_PX = 0.6
-BIAS_POSTERIOR = (0.1, 0.35)  # log-gain per half-fov towards the posterior coil
+BIAS_POSTERIOR = (0.1, 0.3)  # log-gain per half-fov towards the posterior coil
 BIAS_SD = 0.05  # std of the other log-polynomial coefficients
 
 CONTROLS = {
@@ -632,37 +632,38 @@ def _render(p: dict[str, np.ndarray], grid: _Grid, r: np.ndarray, c: np.ndarray,
     aff = _local_affine(r, c)  # [n, V, 3, 4]
     win = {key: _windows(box(p), r, c, grid)
            for key, box in (("disc", _bbox_disc), ("post", _bbox_posterior), ("body", _bbox_body))}
-    tc = _b(np.maximum(CORTEX_MM, CORTEX_MIN_PX * np.maximum(grid.sy, grid.sz)))
+    tc = _b(p["cortex_mm"])
 
-    def at(key: str, v: int) -> tuple[np.ndarray, ...]:
+    def at(key: str, v: int) -> tuple[Any, ...]:
         k0, kn, r0, rn, c0, cn = win[key]
         return (grid.x(k0[:, v], kn[v]), grid.y(r0[:, v], rn[v]), grid.z(c0[:, v], cn[v]),
-                (k0[:, v], r0[:, v], c0[:, v]))
+                (k0[:, v], r0[:, v], c0[:, v]), (int(kn[v]), int(rn[v]), int(cn[v])))
 
     for v in range(v_count):
         lab = 10 * (v + 1) * 32
         if v + 1 < v_count:
-            x, y, z, start = at("disc", v)
+            x, y, z, start, size = at("disc", v)
             disc, nuc = _disc(p, v, _apply(aff[:, v], x, y, z), _apply(aff[:, v + 1], x, y, z))
-            _scatter(code, start, disc, np.where(nuc, np.uint16(NUC0 + v), np.uint16(ANNULUS)))
-        x, y, z, start = at("post", v)
+            _scatter(code, start, size, disc, np.where(nuc, np.uint16(NUC0 + v), np.uint16(ANNULUS)))
+        x, y, z, start, size = at("post", v)
         bone, canc, sp = _posterior(p, v, *_apply(aff[:, v], x, y, z), tc)
         val = np.where(canc, np.uint16(CANC0 + v), np.uint16(CORTEX)) + np.where(sp, np.uint16(lab + 96),
                                                                                  np.uint16(lab + 64))
-        _scatter(code, start, bone, val)
-        x, y, z, start = at("body", v)
+        _scatter(code, start, size, bone, val)
+        x, y, z, start, size = at("body", v)
         body, canc = _body(p, v, *_apply(aff[:, v], x, y, z), tc)
-        _scatter(code, start, body, np.where(canc, np.uint16(CANC0 + v + lab + 32), np.uint16(CORTEX + lab + 32)))
+        _scatter(code, start, size, body, np.where(canc, np.uint16(CANC0 + v + lab + 32), np.uint16(CORTEX + lab + 32)))
     return (code & 31).astype(np.uint8), (code >> 5).astype(np.uint8)
 
 
-def _scatter(out: np.ndarray, start: tuple[np.ndarray, ...], mask: np.ndarray, val: np.ndarray) -> None:
-    """``out[i, k0:, r0:, c0:][mask[i]] = val[i]`` for every subject i (windows of ``mask``'s size,
-    starts ``(k0, r0, c0)``, each ``[n]``)."""
-    shape = np.broadcast_shapes(mask.shape, val.shape)[1:]
+def _scatter(out: np.ndarray, start: tuple[np.ndarray, ...], size: tuple[int, int, int], mask: np.ndarray,
+             val: np.ndarray) -> None:
+    """``out[i, k0:k0+K, r0:r0+R, c0:c0+C][mask[i]] = val[i]`` for every subject i (``size`` = (K, R, C),
+    ``start`` = (k0, r0, c0), each ``[n]``); ``mask`` and ``val`` broadcast to ``[n, K, R, C]``."""
+    full = (len(out),) + size
+    mask, val = np.broadcast_to(mask, full), np.broadcast_to(val, full)
     for i, (k0, r0, c0) in enumerate(zip(*start)):
-        view = out[i, k0:k0 + shape[0], r0:r0 + shape[1], c0:c0 + shape[2]]
-        np.copyto(view, np.broadcast_to(val[i], view.shape), where=np.broadcast_to(mask[i], view.shape))
+        np.copyto(out[i, k0:k0 + size[0], r0:r0 + size[1], c0:c0 + size[2]], val[i], where=mask[i])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -678,12 +679,16 @@ def _luts(p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     t2[:, :CANC0] = T2W * (1 + p["mri_jitter"][:, 1])
     ct[:, :CANC0] = CT_HU
     ct[:, FAT] = p["hu_fat"]
-    ct[:, CORTEX] = p["hu_cort"]
     frac = p["fracture"]
     v = slice(CANC0, CANC0 + N_VERT)
     t1[:, v] = (p["marrow"][:, :1] + p["marrow_v"]) * np.where(frac, EDEMA[0], 1.0)
     t2[:, v] = (p["marrow"][:, 1:] + p["marrow_v"]) * np.where(frac, EDEMA[1], 1.0)
-    ct[:, v] = np.clip(p["hu_canc"][:, None] + p["hu_canc_v"] + 60.0 * frac, *CANCELLOUS_HU[:1], 400.0)
+    ct[:, v] = np.clip(p["hu_canc"][:, None] + p["hu_canc_v"] + 60.0 * frac, 150.0, 400.0)
+    # A shell drawn thicker than CORTEX_MM holds the partial-volume mix of cortex and marrow.
+    phi = CORTEX_MM / p["cortex_mm"]
+    for lut, cortex, marrow in ((t1, T1W[CORTEX], p["marrow"][:, 0]), (t2, T2W[CORTEX], p["marrow"][:, 1]),
+                                (ct, p["hu_cort"], p["hu_canc"])):
+        lut[:, CORTEX] = phi * cortex + (1 - phi) * marrow
     deg = p["degenerated"]
     d = slice(NUC0, NUC0 + N_VERT)
     t1[:, d] = np.where(deg, NUCLEUS_T1[1], NUCLEUS_T1[0])
@@ -824,6 +829,8 @@ def generate(numbers: np.ndarray, *, seed: int = 0, sizes: Sizes, **controls: An
         x_centres = (controls.get("slice", 0.0) * p["lr"] / 2)[:, None] if "slice" in controls \
             else np.zeros((n, 1))
         thick = p["thick"]
+    fov_px = p["fov"] / min(sizes.height, sizes.width)
+    p["cortex_mm"] = np.maximum(CORTEX_MM, CORTEX_MIN_PX * fov_px)  # drawn cortical shell thickness
     poses = _poses(p)
     grid_mri = _Grid(p, sizes, x_centres, SUBSAMPLES * thick[:, None])
     grid_ct = _Grid(p, sizes, x_centres, np.zeros((n, 1)))
