@@ -23,8 +23,8 @@ any noise, so a subject is the same at every size of the same 2:1 aspect):
   Cobb angle of the endplates is exactly the drawn ``cobb`` (uniform 0-60 degrees, or the
   control).
 * Axial rotation grows with lateral deviation from the line T1-L5:
-  ``psi = 30 deg * tanh(k * deviation / 30 deg)``, ``k`` 0.20-0.60 deg/mm per patient (about
-  20 deg at the apex of a 60 deg curve). The posterior elements sit ``arm`` = 28-42 mm behind
+  ``psi = 30 deg * tanh(k * deviation / 30 deg)``, ``k`` 0.20-0.60 deg/mm per patient (apical
+  rotation 9-22 deg, median 15, for a 60 deg curve with its median apical deviation 44 mm). The posterior elements sit ``arm`` = 28-42 mm behind
   the body centre, so they swing towards the concavity: the posterior column follows
   ``x_post = x_body - arm * sin(psi)``, a flatter curve than the bodies. Transverse processes
   (TPs) lie on lines perpendicular to that posterior curve and are foreshortened by
