@@ -23,6 +23,10 @@ as in the knee crops of the xray2mri paper):
 
 Widths are in pixels along the rows. Where no joint is found (too few counted columns),
 the result is NaN. Written by hand because no library measures radiographic JSW.
+
+On the knee phantom (``reduce="mean"`` against its ``jsw_true``) the correlation is about
+0.8 at 32 px, 0.83-0.93 at 64 px and 0.998 at 128 px; at 256 px the error is below 0.6 px.
+Gaps narrower than the blur (KL3-4 at 32 px) read too wide: use >= 64 px to rank grades.
 """
 from __future__ import annotations
 

@@ -45,8 +45,9 @@ so this module renders both images from ONE seeded 3D knee.
   PSF (``XRAY_BLUR_PX``), with quantum noise whose std grows as ``exp(P / 2)`` (fewer
   photons behind bone), through a sigmoid film (H&D) curve of log exposure
   (``FILM_GAMMA``) whose mid point an automatic exposure control sets per image (the median
-  line integral over the central third of the field plus ``AEC_SHIFT``). Soft tissues attenuate alike (0.18-0.22 /cm), so
-  cartilage, menisci and fat pads are nearly invisible on it, as in life.
+  line integral over the central third of the field plus ``AEC_SHIFT``). Soft tissues
+  attenuate alike (0.18-0.22 /cm), so cartilage, menisci and fat pads are nearly invisible
+  on it, as in life.
 * **Ground truth** (see ``SPEC.labels``): ``kl_grade``; ``slice_depth`` (the paper's target
   depth ``d``: slice index / (S - 1)); ``slice_position`` (proportional position of each
   slice in the full 80-slice-like stack, 0.16-0.78); ``bone_mask`` (0 none, 1 femur,
@@ -65,6 +66,16 @@ so this module renders both images from ONE seeded 3D knee.
   size of the whole knee about its centre), ``mri_noise`` (0-0.1). A fixed control
   replaces the drawn value; every other draw is unchanged, so the same patient can be
   shown at each KL grade.
+* **Checks** (``tests/phantoms/test_knee.py``): the JSW that
+  :func:`medgen.measure.knee.joint_space_width` measures on the radiograph falls with the
+  grade (6 subjects at 64 px: about 4.4, 3.9, 3.3, 2.7, 1.9 px at KL0-4) and tracks
+  ``jsw_true`` (correlation over random subjects about 0.8 at 32 px, 0.83-0.93 at 64 px,
+  0.998 at 128 px; at 256 px within 0.6 px). Giving cartilage and menisci the properties of
+  muscle changes their MRI voxels by 0.084 a.u. on average but the radiograph pixels over
+  them by 0.009, while bone stands 0.41 above soft tissue on the radiograph.
+* **Speed** (NumPy, one core, CPU time): ``ci`` ~270 subjects/s, ``smoke`` ~400, ``cpu``
+  ~54 (870 MRI slices/s), ``paper`` ~1.2 (60 MRI slices/s), each subject being the MRI
+  volume, the radiograph and all labels.
 * **Ignored**: trabecular texture, ligaments and tendons (cruciates, collaterals, patellar
   tendon), vessels, joint effusion, bone marrow lesions, knee flexion, rotation and varus
   or valgus tilt of the joint line, posterior tibial slope, scatter and heel effect, MRI
@@ -465,11 +476,11 @@ def _bones(p: dict[str, np.ndarray], fr: _Frame, acc: _Accumulator, comp_u: np.n
     (hc, hr), (pc, pr) = FIBULA_HEAD, PATELLA
     box = fr.box(hc[1] - hr[1], np.inf, hc[2] - hr[2], hc[2] + hr[2])
     u, v, w = fr.coords(box)
-    fib = _smin(_ellipsoid(u - hc[0], v - hc[1], w - hc[2], *hr),
-                np.maximum(_ellipse(u - hc[0] + 0.02, w - hc[2], FIBULA_SHAFT_R, FIBULA_SHAFT_R), hc[1] - v), 0.04)
+    shaft = np.maximum(_ellipse(u - hc[0] + 0.02, w - hc[2], FIBULA_SHAFT_R, FIBULA_SHAFT_R), hc[1] - v)
+    fib = _smin(_ellipsoid(u - hc[0], v - hc[1], w - hc[2], *hr), shaft, 0.04)
     acc.add([(fr.frac(fib), CORTEX_T), (fr.frac(fib + CORTEX), MARROW)], box, 3)
-    box = fr.box(pc[1] - pr[1] + float(p["patella"][:, 1].min()), pc[1] + pr[1] + float(p["patella"][:, 1].max()),
-                 pc[2] - pr[2], pc[2] + pr[2])
+    shift = p["patella"][:, 1]
+    box = fr.box(pc[1] - pr[1] + float(shift.min()), pc[1] + pr[1] + float(shift.max()), pc[2] - pr[2], pc[2] + pr[2])
     u, v, w = fr.coords(box)
     pat = _ellipsoid(u - pc[0] - _p(p, "patella", 0), v - pc[1] - _p(p, "patella", 1), w - pc[2], *pr)
     acc.add([(fr.frac(pat), CORTEX_T), (fr.frac(pat + CORTEX), MARROW)], box, 4)
