@@ -621,14 +621,17 @@ def _disc(p: dict[str, np.ndarray], v: int, la: list[np.ndarray], lb: list[np.nd
 
 
 def _render(p: dict[str, np.ndarray], grid: _Grid, r: np.ndarray, c: np.ndarray, g_inv: np.ndarray,
-            kappa: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Material codes and labels ``[n, K, H, W]`` (uint8) of one frame (vertebra poses ``r``, ``c``).
+            kappa: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Material codes and labels ``[n, K, H, W]`` (uint8) of one frame (vertebra poses ``r``, ``c``),
+    and ``[n, V]`` flags of vertebrae whose bone met another vertebra's (one label map cannot hold
+    both, so their label regions are no longer rigid copies of each other).
 
     Each structure is evaluated only in its own window (``_windows``) and drawn in priority order:
     per vertebra v, the disc below it, then its arch and spinous process, then its body.
     """
     n, v_count = r.shape[:2]
     code = _soft_tissue(p, grid, g_inv, kappa).astype(np.uint16)  # label * 32 + material
+    clash = np.zeros((n, v_count), bool)
     aff = _local_affine(r, c)  # [n, V, 3, 4]
     win = {key: _windows(box(p), r, c, grid)
            for key, box in (("disc", _bbox_disc), ("post", _bbox_posterior), ("body", _bbox_body))}
@@ -644,26 +647,34 @@ def _render(p: dict[str, np.ndarray], grid: _Grid, r: np.ndarray, c: np.ndarray,
         if v + 1 < v_count:
             x, y, z, start, size = at("disc", v)
             disc, nuc = _disc(p, v, _apply(aff[:, v], x, y, z), _apply(aff[:, v + 1], x, y, z))
-            _scatter(code, start, size, disc, np.where(nuc, np.uint16(NUC0 + v), np.uint16(ANNULUS)))
+            _scatter(code, start, size, disc, np.where(nuc, np.uint16(NUC0 + v), np.uint16(ANNULUS)), clash, v)
         x, y, z, start, size = at("post", v)
         bone, canc, sp = _posterior(p, v, *_apply(aff[:, v], x, y, z), tc)
         val = np.where(canc, np.uint16(CANC0 + v), np.uint16(CORTEX)) + np.where(sp, np.uint16(lab + 96),
                                                                                  np.uint16(lab + 64))
-        _scatter(code, start, size, bone, val)
+        _scatter(code, start, size, bone, val, clash, v)
         x, y, z, start, size = at("body", v)
         body, canc = _body(p, v, *_apply(aff[:, v], x, y, z), tc)
-        _scatter(code, start, size, body, np.where(canc, np.uint16(CANC0 + v + lab + 32), np.uint16(CORTEX + lab + 32)))
-    return (code & 31).astype(np.uint8), (code >> 5).astype(np.uint8)
+        _scatter(code, start, size, body, np.where(canc, np.uint16(CANC0 + v + lab + 32), np.uint16(CORTEX + lab + 32)),
+                 clash, v)
+    return (code & 31).astype(np.uint8), (code >> 5).astype(np.uint8), clash
 
 
 def _scatter(out: np.ndarray, start: tuple[np.ndarray, ...], size: tuple[int, int, int], mask: np.ndarray,
-             val: np.ndarray) -> None:
+             val: np.ndarray, clash: np.ndarray, v: int) -> None:
     """``out[i, k0:k0+K, r0:r0+R, c0:c0+C][mask[i]] = val[i]`` for every subject i (``size`` = (K, R, C),
-    ``start`` = (k0, r0, c0), each ``[n]``); ``mask`` and ``val`` broadcast to ``[n, K, R, C]``."""
+    ``start`` = (k0, r0, c0), each ``[n]``); ``mask`` and ``val`` broadcast to ``[n, K, R, C]``.
+    Where the mask covers bone of a vertebra other than ``v``, both are flagged in ``clash [n, V]``."""
     full = (len(out),) + size
     mask, val = np.broadcast_to(mask, full), np.broadcast_to(val, full)
     for i, (k0, r0, c0) in enumerate(zip(*start)):
-        np.copyto(out[i, k0:k0 + size[0], r0:r0 + size[1], c0:c0 + size[2]], val[i], where=mask[i])
+        view = out[i, k0:k0 + size[0], r0:r0 + size[1], c0:c0 + size[2]]
+        under = view[mask[i]] >> 5  # labels about to be overwritten
+        other = under[(under >= 10) & (under // 10 != v + 1)]
+        if other.size:
+            clash[i, v] = True
+            clash[i, np.unique(other // 10 - 1)] = True
+        np.copyto(view, val[i], where=mask[i])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -835,10 +846,10 @@ def generate(numbers: np.ndarray, *, seed: int = 0, sizes: Sizes, **controls: An
     grid_mri = _Grid(p, sizes, x_centres, SUBSAMPLES * thick[:, None])
     grid_ct = _Grid(p, sizes, x_centres, np.zeros((n, 1)))
     eye = np.tile(np.eye(4)[:3], (n, 1, 1))
-    mat_mri, lab_mri = _render(p, grid_mri, poses["r_mri"], poses["c_mri"], eye, p["kappa"])
+    mat_mri, lab_mri, clash_mri = _render(p, grid_mri, poses["r_mri"], poses["c_mri"], eye, p["kappa"])
     g_rt = np.swapaxes(poses["g_ct"][:, :3, :3], 1, 2)  # rigid inverse [R^T, -R^T t], exact zeros kept
     g_inv = np.concatenate([g_rt, -(g_rt @ poses["g_ct"][:, :3, 3:])], axis=2)
-    mat_ct, lab_ct = _render(p, grid_ct, poses["r_ct"], poses["c_ct"], g_inv, p["kappa_ct"])
+    mat_ct, lab_ct, clash_ct = _render(p, grid_ct, poses["r_ct"], poses["c_ct"], g_inv, p["kappa_ct"])
     images = _images(p, rngs, mat_mri, mat_ct, grid_mri, x_centres)
     mid = len(SUBSAMPLES) // 2
     lab_mri, mat_mri = lab_mri[:, mid::len(SUBSAMPLES)], mat_mri[:, mid::len(SUBSAMPLES)]
@@ -853,7 +864,8 @@ def generate(numbers: np.ndarray, *, seed: int = 0, sizes: Sizes, **controls: An
         body_com_mri=lm_mri["body"], spinous_com_mri=lm_mri["spinous"],
         body_com_ct=lm_ct["body"], spinous_com_ct=lm_ct["spinous"],
         transforms=_transforms(poses, pix, depth),
-        complete=lm_mri["body_ok"] & lm_mri["spinous_ok"] & lm_ct["body_ok"] & lm_ct["spinous_ok"],
+        complete=lm_mri["body_ok"] & lm_mri["spinous_ok"] & lm_ct["body_ok"] & lm_ct["spinous_ok"] & ~clash_mri
+        & ~clash_ct,
         segment=p["segment"].astype(np.int64), curvature_deg=p["curvature_deg"].astype(np.float32),
         degenerated=p["degenerated"].astype(bool), fracture=p["fracture"].astype(bool),
         spacing_mm=np.stack(spacing, axis=1).astype(np.float32),
