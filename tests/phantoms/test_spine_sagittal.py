@@ -39,7 +39,8 @@ def _registration_errors(out: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarr
         np.testing.assert_allclose(out[f"{name}_com_mri"], mri, atol=1e-3)  # the generator's own COMs
         np.testing.assert_allclose(out[f"{name}_com_ct"], ct, atol=1e-3)
         ok = out["complete"]
-        res[name] = (np.linalg.norm(mri - ct, axis=-1)[ok], np.linalg.norm(_apply(out["transforms"], mri) - ct, axis=-1)[ok])
+        after = np.linalg.norm(_apply(out["transforms"], mri) - ct, axis=-1)
+        res[name] = (np.linalg.norm(mri - ct, axis=-1)[ok], after[ok])
     return res
 
 
