@@ -120,7 +120,7 @@ from scipy import ndimage
 from medgen.data.phantoms.base import (Control, Modality, PhantomError, PhantomSpec, Sizes,
                                        register_phantom, subject_rng)
 
-__all__ = ["SPEC", "generate", "TISSUES", "SEGMENTS", "N_VERT", "label_value"]
+__all__ = ["SPEC", "generate", "TISSUES", "SEGMENTS", "SUBREGIONS", "N_VERT", "label_value"]
 
 NAME = "spine_sagittal"
 SEGMENTS = ("cervical", "thoracic", "lumbar")
