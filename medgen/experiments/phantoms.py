@@ -9,7 +9,8 @@ run on generated images), returning findings for ``results.json``:
   average (the literature's relation), with the fitted slope and correlation as evidence; the
   optimal depth is the one whose clean VPI shows the most bright bone surface.
 * ``spine_sagittal``: MRI and CT landmarks disagree before registration and agree within
-  0.5 px after applying the known per-vertebra transforms.
+  0.5 px after applying the known per-vertebra transforms (at the paper's 256 px; see
+  :data:`REGISTRATION_SUBJECTS`).
 * ``knee``: the joint-space width measured on the radiograph
   (:func:`medgen.measure.knee.joint_space_width`) decreases with every KL grade.
 * ``lung``: all three aeration categories are present.
@@ -35,6 +36,10 @@ __all__ = ["N_SUBJECTS", "KL_SUBJECTS", "render_sets", "overview_table", "label_
 ANATOMIES = ("spine_coronal", "spine_sagittal", "knee", "lung")
 N_SUBJECTS = {"ci": 8, "smoke": 120, "cpu": 400, "paper": 400}  # subjects per anatomy for the distributions
 KL_SUBJECTS = {"ci": 2, "smoke": 12, "cpu": 40, "paper": 40}  # knee subjects per fixed KL grade (JSW check)
+REGISTRATION_SUBJECTS = {"ci": 3, "smoke": 24, "cpu": 64, "paper": 64}  # sagittal subjects at paper size
+# The registration check renders spine_sagittal at its paper size (256 px): below about 128 px the
+# rasterised endplates move landmark centres by up to 0.8 px (measured: worst 0.84 px at 32 px,
+# 0.63 at 64, 0.51 at 128, 0.34 at 256), so 0.5 px agreement is only meaningful at that size.
 COBB_TOLERANCE_DEG = 0.5  # measured vs generated Cobb angle
 REGISTRATION_TOLERANCE_PX = 0.5  # landmark distance after applying the known transforms
 BRIGHT = 0.5  # clean-VPI intensity counted as visible bone surface (optimal-depth check)
@@ -43,11 +48,15 @@ BRIGHT = 0.5  # clean-VPI intensity counted as visible bone surface (optimal-dep
 def render_sets(preset: str, *, n: int | None = None, seed: int = 0,
                 anatomies: tuple[str, ...] = ANATOMIES) -> dict[str, dict[str, np.ndarray]]:
     """Test-split subjects ``0 .. n-1`` of each anatomy at its ``preset`` size (``n`` default
-    :data:`N_SUBJECTS`), plus ``"knee_by_grade"``: :data:`KL_SUBJECTS` knees per fixed KL grade."""
+    :data:`N_SUBJECTS`), plus ``"knee_by_grade"``: :data:`KL_SUBJECTS` knees per fixed KL grade, and
+    ``"sagittal_registration"``: :data:`REGISTRATION_SUBJECTS` sagittal spines at the paper size."""
     _ensure_loaded()
     n = N_SUBJECTS[preset] if n is None else n
     numbers = np.arange(TEST_OFFSET, TEST_OFFSET + n)
     sets = {name: lookup(PHANTOMS, name)(numbers, seed=seed, sizes=preset) for name in anatomies}
+    if "spine_sagittal" in anatomies:
+        k = REGISTRATION_SUBJECTS.get(preset, 8)
+        sets["sagittal_registration"] = PHANTOMS["spine_sagittal"](numbers[:k], seed=seed, sizes="paper")
     if "knee" in anatomies:
         k = KL_SUBJECTS.get(preset, 4)
         by_grade = [PHANTOMS["knee"](numbers[:k], seed=seed, sizes=preset, kl_grade=g) for g in range(5)]
@@ -152,11 +161,12 @@ def distribution_figure(sets: Mapping[str, Mapping[str, np.ndarray]]) -> Any:
                    label=f"category {c} ({label})")
     ax[2].set(xlabel="aeration (mean air fraction)", ylabel="subjects", title="lung: aeration")
     ax[2].legend(fontsize=7)
-    before, after = _registration_errors(sets["spine_sagittal"])
+    before, after = _registration_errors(sets["sagittal_registration"])
     bins = np.linspace(0, max(1.0, float(np.percentile(before, 99))), 30)
     ax[3].hist(before, bins=bins, alpha=0.7, label="before registration")
     ax[3].hist(after, bins=bins, alpha=0.7, label="after the known transforms")
-    ax[3].set(xlabel="MRI-CT landmark distance (px)", ylabel="landmarks", title="spine_sagittal: alignment")
+    ax[3].set(xlabel="MRI-CT landmark distance (px, 256 px images)", ylabel="landmarks",
+              title="spine_sagittal: alignment")
     ax[3].legend(fontsize=7)
     fig.tight_layout()
     return fig
@@ -187,11 +197,11 @@ def _spine_coronal_checks(a: Mapping[str, np.ndarray]) -> dict[str, tuple[bool, 
 def checks(sets: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, tuple[bool, str]]:
     """Ground-truth findings ``{name: (holds, evidence)}`` re-measured from the rendered sets."""
     out = _spine_coronal_checks(sets["spine_coronal"])
-    before, after = _registration_errors(sets["spine_sagittal"])
+    before, after = _registration_errors(sets["sagittal_registration"])
     out["registration_recovers_landmarks"] = (
         bool(np.median(before) > 1.0 and after.max() <= REGISTRATION_TOLERANCE_PX),
         f"MRI-CT landmark distance median {np.median(before):.2f} px before, max {after.max():.3f} px after "
-        f"applying the known per-vertebra transforms ({after.size} landmarks)")
+        f"applying the known per-vertebra transforms ({after.size} landmarks, 256 px images)")
     jsw = _jsw_by_grade(sets["knee_by_grade"]).groupby("kl_grade")["jsw_measured"].mean()
     steps = np.diff(jsw.to_numpy())
     out["jsw_decreases_with_kl"] = (
