@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from assertions import raises_one_line  # noqa: E402  (tests/ is on sys.path)
 import torch
 from PIL import Image
 
@@ -30,13 +31,8 @@ def _png(tmp_path: Path, arr: np.ndarray, name: str = "img.png", mode: str | Non
 
 
 def _raises(match: str, fn, *args, **kw) -> str:
-    """Call ``fn``; assert an ImageReadError whose message is ONE line containing ``match``."""
-    with pytest.raises(ImageReadError) as info:
-        fn(*args, **kw)
-    msg = str(info.value)
-    assert "\n" not in msg, msg
-    assert match in msg, msg
-    return msg
+    """Call ``fn``; assert a one-line ImageReadError containing ``match``."""
+    return raises_one_line(ImageReadError, match, fn, *args, **kw)
 
 
 # ------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from assertions import raises_one_line  # noqa: E402  (tests/ is on sys.path)
 from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -41,13 +42,8 @@ def _raw(name: str) -> tuple[Dataset, np.ndarray]:
 
 
 def _raises(match: str, fn, *args, **kw) -> str:
-    """Call ``fn``; assert an ImageReadError whose message is ONE line containing ``match``."""
-    with pytest.raises(ImageReadError) as info:
-        fn(*args, **kw)
-    msg = str(info.value)
-    assert "\n" not in msg, msg
-    assert match in msg, msg
-    return msg
+    """Call ``fn``; assert a one-line ImageReadError containing ``match``."""
+    return raises_one_line(ImageReadError, match, fn, *args, **kw)
 
 
 def write_ct_slice(path: Path, stored: np.ndarray, *, z: float, slope: float = 2.0, intercept: float = -1024.0,

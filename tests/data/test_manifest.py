@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from assertions import raises_one_line  # noqa: E402  (tests/ is on sys.path)
 from PIL import Image
 from pydicom.data import get_testdata_file
 
@@ -18,13 +19,8 @@ from medgen.data.splits import patient_split, split_hash
 
 
 def _raises(match: str, fn, *args, **kw) -> str:
-    """Call ``fn``; assert a ManifestError whose message is ONE line containing ``match``."""
-    with pytest.raises(ManifestError) as info:
-        fn(*args, **kw)
-    msg = str(info.value)
-    assert "\n" not in msg, msg
-    assert match in msg, msg
-    return msg
+    """Call ``fn``; assert a one-line ManifestError containing ``match``."""
+    return raises_one_line(ManifestError, match, fn, *args, **kw)
 
 
 def _png8(path: Path, arr: np.ndarray) -> str:
