@@ -68,9 +68,9 @@ so this module renders both images from ONE seeded 3D knee.
   shown at each KL grade.
 * **Checks** (``tests/phantoms/test_knee.py``): the JSW that
   :func:`medgen.measure.knee.joint_space_width` measures on the radiograph falls with the
-  grade (6 subjects at 64 px: about 4.4, 3.9, 3.3, 2.7, 1.9 px at KL0-4) and tracks
-  ``jsw_true`` (correlation over random subjects about 0.8 at 32 px, 0.83-0.93 at 64 px,
-  0.998 at 128 px; at 256 px within 0.6 px). Giving cartilage and menisci the properties of
+  grade (6 subjects at 64 px: 4.3, 3.8, 3.2, 2.6, 1.8 px at KL0-4) and tracks ``jsw_true``
+  (correlation over 40 random subjects 0.74-0.84 at 32 px, 0.84-0.96 at 64 px, 0.998 at
+  128 px; at 256 px within 0.55 px). Giving cartilage and menisci the properties of
   muscle changes their MRI voxels by 0.084 a.u. on average but the radiograph pixels over
   them by 0.009, while bone stands 0.41 above soft tissue on the radiograph.
 * **Speed** (NumPy, one core, CPU time): ``ci`` ~270 subjects/s, ``smoke`` ~400, ``cpu``
