@@ -189,7 +189,7 @@ def test_jsw_measurement_tracks_ground_truth():
     out = SPEC(np.arange(30), seed=3, sizes=JSW_SIZE)
     measured = joint_space_width(out["xray"])
     assert np.isfinite(measured).all()
-    assert np.corrcoef(measured, out["jsw_true"])[0, 1] > 0.6  # measured ~0.77-0.89
+    assert np.corrcoef(measured, out["jsw_true"])[0, 1] > 0.6  # measured 0.79 here (0.84-0.96 for 40 subjects)
     assert abs(np.mean(measured / out["jsw_true"]) - 1.0) < 0.25
     # Each compartment: map image left/right to medial/lateral with the laterality label.
     cw = compartment_widths(out["xray"])
