@@ -59,6 +59,21 @@ def test_same_seed_same_arrays_and_batch_independent(ci):
             np.testing.assert_array_equal(alone[key][0], ci[key][4], err_msg=key)
 
 
+def test_boxes_change_nothing(ci, monkeypatch):
+    """Shapes are evaluated only inside their boxes (for speed); evaluating every shape over
+    the whole volume must give the same images and labels."""
+    boxed4 = SPEC(np.arange(3), seed=0, sizes="ci", kl_grade=4)  # osteophytes and sclerosis
+
+    def whole(self, *_: float) -> tuple[slice, slice]:
+        return slice(0, self.z_img.size), slice(0, self.lay.y.size)
+
+    monkeypatch.setattr(knee._Frame, "box", whole)
+    for boxed, out in ((ci, SPEC(np.arange(6), seed=0, sizes="ci")),
+                       (boxed4, SPEC(np.arange(3), seed=0, sizes="ci", kl_grade=4))):
+        for key in ("xray", "mri", "tissue", "bone_mask"):
+            np.testing.assert_allclose(out[key], boxed[key], atol=1e-6, err_msg=key)
+
+
 def test_different_seeds_different_patients(ci):
     other = SPEC(np.arange(6), seed=1, sizes="ci")
     assert not np.allclose(ci["xray"], other["xray"])

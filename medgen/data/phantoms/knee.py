@@ -480,7 +480,8 @@ def _bones(p: dict[str, np.ndarray], fr: _Frame, acc: _Accumulator, comp_u: np.n
     fib = _smin(_ellipsoid(u - hc[0], v - hc[1], w - hc[2], *hr), shaft, 0.04)
     acc.add([(fr.frac(fib), CORTEX_T), (fr.frac(fib + CORTEX), MARROW)], box, 3)
     shift = p["patella"][:, 1]
-    box = fr.box(pc[1] - pr[1] + float(shift.min()), pc[1] + pr[1] + float(shift.max()), pc[2] - pr[2], pc[2] + pr[2])
+    box = fr.box(pc[1] - pr[1] + float(shift.min()), pc[1] + pr[1] + float(shift.max()),
+                 pc[2] - pr[2], pc[2] + pr[2])
     u, v, w = fr.coords(box)
     pat = _ellipsoid(u - pc[0] - _p(p, "patella", 0), v - pc[1] - _p(p, "patella", 1), w - pc[2], *pr)
     acc.add([(fr.frac(pat), CORTEX_T), (fr.frac(pat + CORTEX), MARROW)], box, 4)
@@ -490,7 +491,7 @@ def _soft_tissue(p: dict[str, np.ndarray], fr: _Frame, acc: _Accumulator, comp_u
                  v_top: np.ndarray) -> None:
     """Cartilage, menisci, fat pads and the leg (skin > subcutaneous fat > muscle)."""
     # --- cartilage: femoral shell (distal surface of each condyle) and tibial layer, jsw / 2 thick ---
-    box = fr.box(float(np.min(p["cond_cy"])) - 0.03, 0.1, CONDYLE_W - 0.5, CONDYLE_W + 0.5)
+    box = fr.box(float(np.min(p["cond_cy"])) - 0.03, 0.1, CONDYLE_W - 0.6, CONDYLE_W + 0.6)
     u, v, w = fr.coords(box)
     cart = None
     for c in range(2):
@@ -585,7 +586,8 @@ def _rssim_mask(p: dict[str, np.ndarray], lay: _Layout) -> np.ndarray:
     femur_low = yj + s * np.max(p["cond_cy"] + p["cond_ry"], axis=1)  # lowest femoral point
     top = -1.0 + 2.0 / 3.0 * (femur_low + 1.0)  # the femur runs from the image top
     bottom = yj + (1.0 - yj) / 3.0  # the tibia runs from the plateau to the image bottom
-    half = s * (np.maximum(p["plat_w"], p["cond_sep"] + p["cond_rx"].max(axis=1)) + 1.25 * p["osteo_r"] + 0.05)
+    bones = np.maximum(p["plat_w"], p["cond_sep"] + p["cond_rx"].max(axis=1))
+    half = s * (bones + OSTEOPHYTE_MEDIAL * p["osteo_r"] + 0.05)
     rows = (lay.y[None, :] >= top[:, None]) & (lay.y[None, :] <= bottom[:, None])
     cols = np.abs(lay.x[None, :] - cx[:, None]) <= half[:, None]
     return (rows[:, :, None] & cols[:, None, :]).astype(np.uint8)
