@@ -64,7 +64,7 @@ def test_boxes_change_nothing(ci, monkeypatch):
     the whole volume must give the same images and labels."""
     boxed4 = SPEC(np.arange(3), seed=0, sizes="ci", kl_grade=4)  # osteophytes and sclerosis
 
-    def whole(self, *_: float) -> tuple[slice, slice]:
+    def whole(self, *_: float, **__: float) -> tuple[slice, slice]:
         return slice(0, self.z_img.size), slice(0, self.lay.y.size)
 
     monkeypatch.setattr(knee._Frame, "box", whole)
