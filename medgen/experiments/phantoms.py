@@ -34,8 +34,12 @@ __all__ = ["N_SUBJECTS", "KL_SUBJECTS", "render_sets", "overview_table", "label_
            "distribution_figure", "checks", "ANATOMIES"]
 
 ANATOMIES = ("spine_coronal", "spine_sagittal", "knee", "lung")
-N_SUBJECTS = {"ci": 8, "smoke": 120, "cpu": 400, "paper": 400}  # subjects per anatomy for the distributions
-KL_SUBJECTS = {"ci": 2, "smoke": 12, "cpu": 40, "paper": 40}  # knee subjects per fixed KL grade (JSW check)
+N_SUBJECTS = {"ci": 12, "smoke": 120, "cpu": 400, "paper": 400}  # subjects per anatomy for the distributions
+KL_SUBJECTS = {"ci": 4, "smoke": 12, "cpu": 40, "paper": 40}  # knee subjects per fixed KL grade (JSW check)
+# The JSW check renders knees at the cpu size (64 px) at every preset: at 32 px the grade 3-4 gaps are
+# narrower than a pixel and a few-subject mean can tie (measured correlation with jsw_true: 0.74-0.84
+# at 32 px, 0.84-0.96 at 64 px).
+KL_SIZE = "cpu"
 REGISTRATION_SUBJECTS = {"ci": 3, "smoke": 24, "cpu": 64, "paper": 64}  # sagittal subjects at paper size
 # The registration check renders spine_sagittal at its paper size (256 px): below about 128 px the
 # rasterised endplates move landmark centres by up to 0.8 px (measured: worst 0.84 px at 32 px,
@@ -48,7 +52,8 @@ BRIGHT = 0.5  # clean-VPI intensity counted as visible bone surface (optimal-dep
 def render_sets(preset: str, *, n: int | None = None, seed: int = 0,
                 anatomies: tuple[str, ...] = ANATOMIES) -> dict[str, dict[str, np.ndarray]]:
     """Test-split subjects ``0 .. n-1`` of each anatomy at its ``preset`` size (``n`` default
-    :data:`N_SUBJECTS`), plus ``"knee_by_grade"``: :data:`KL_SUBJECTS` knees per fixed KL grade, and
+    :data:`N_SUBJECTS`), plus ``"knee_by_grade"``: :data:`KL_SUBJECTS` knees per fixed KL grade at
+    :data:`KL_SIZE`, and
     ``"sagittal_registration"``: :data:`REGISTRATION_SUBJECTS` sagittal spines at the paper size."""
     _ensure_loaded()
     n = N_SUBJECTS[preset] if n is None else n
@@ -59,7 +64,7 @@ def render_sets(preset: str, *, n: int | None = None, seed: int = 0,
         sets["sagittal_registration"] = PHANTOMS["spine_sagittal"](numbers[:k], seed=seed, sizes="paper")
     if "knee" in anatomies:
         k = KL_SUBJECTS.get(preset, 4)
-        by_grade = [PHANTOMS["knee"](numbers[:k], seed=seed, sizes=preset, kl_grade=g) for g in range(5)]
+        by_grade = [PHANTOMS["knee"](numbers[:k], seed=seed, sizes=KL_SIZE, kl_grade=g) for g in range(5)]
         sets["knee_by_grade"] = {"xray": np.concatenate([b["xray"] for b in by_grade]),
                                  "kl_grade": np.concatenate([b["kl_grade"] for b in by_grade]),
                                  "jsw_true": np.concatenate([b["jsw_true"] for b in by_grade])}
@@ -206,7 +211,8 @@ def checks(sets: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, tuple[bool
     steps = np.diff(jsw.to_numpy())
     out["jsw_decreases_with_kl"] = (
         bool(len(jsw) == 5 and np.all(steps < 0)),
-        "mean JSW measured on the radiograph by KL grade 0-4: " + ", ".join(f"{v:.2f}" for v in jsw) + " px")
+        "mean JSW measured on the radiograph by KL grade 0-4: " + ", ".join(f"{v:.2f}" for v in jsw)
+        + f" px ({len(sets['knee_by_grade']['kl_grade']) // 5} knees per grade, {KL_SIZE}-size radiographs)")
     cats = np.bincount(sets["lung"]["aeration_category"].astype(int), minlength=3)
     out["all_aeration_categories"] = (bool(np.all(cats > 0)),
                                       f"aeration categories 0/1/2: {cats[0]}/{cats[1]}/{cats[2]} subjects")
