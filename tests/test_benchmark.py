@@ -62,3 +62,19 @@ def test_goal_row_and_nfe_rule() -> None:
     assert speed.smallest_nfe(psnrs, 20.0, two_sided=False) == 5  # one-sided: higher PSNR counts as matched
     assert speed.smallest_nfe(psnrs, 20.0, two_sided=True) == 10
     assert math.isnan(speed.smallest_nfe({5: 18.0}, 20.0, two_sided=False))
+
+
+def test_phantom_benchmark_quick(tmp_path: Path) -> None:
+    """``benchmark.phantoms --quick`` on one phantom writes the report schema with a goal row per preset."""
+    from benchmark import phantoms
+
+    argv = ["--quick", "--phantoms", "lung", "--presets", "smoke", "--threads", "1", "--out", str(tmp_path)]
+    assert phantoms.main(argv) == 0
+    df = pd.read_csv(tmp_path / "phantoms.csv", keep_default_na=False)
+    assert list(df.columns) == ["measure", "value", "unit", "goal", "holds"]
+    assert df["measure"].tolist() == ["lung smoke (32x32): generation", "lung smoke (32x32): training step consumes",
+                                      "lung smoke (32x32): generation / consumption"]
+    gen, use, ratio = df["value"].astype(float)
+    assert gen > 0 and use > 0 and math.isclose(ratio, gen / use, rel_tol=1e-4)  # one round: the ratio of the two
+    assert df["goal"].iloc[2] == ">= 20" and df["holds"].iloc[2] in ("True", "False")
+    assert (tmp_path / "phantoms.md").read_text().startswith("# Phantom generation speed")
