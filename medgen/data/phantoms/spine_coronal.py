@@ -111,6 +111,7 @@ per anatomical structure) because no dependency draws parametric vertebrae; blur
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -175,6 +176,7 @@ KEY_DEPTH_MM = 22.0  # TP / rib / lump layer below the soft tissue, where the op
 DEPTH_MM = {"sp": 0.0, "lamina": 7.0, "tp": 18.0, "rib": 20.0, "lump": 22.0}  # below T_soft
 RIB_DEEPENING_MM = 14.0  # ribs get this much deeper at 80 mm from the TP tip (quadratic)
 HUMP_MAX_MM = 30.0  # lateral lever of the rotation lift is capped here (rib hump)
+RIB_RING_CUTOFF = 1.6  # the rib's cortical rim (a Gaussian ring) ends at this many radii
 REFLECTIVITY = {"sp": 0.9, "lamina": 0.85, "tp": 1.0, "rib": 0.9, "lump": 0.8}
 CLASS = {"sp": 4, "lamina": 4, "tp": 1, "rib": 2, "lump": 3}  # 4: bone not in the label set
 TISSUE_ECHO = 0.15  # muscle echo level before attenuation
@@ -417,6 +419,80 @@ def _col(a: np.ndarray) -> np.ndarray:
     return np.asarray(a, dtype=np.float32)[:, None, None]
 
 
+class _Windows:
+    """Pixel windows of one common size ``rows x cols``, one per subject and item (``m`` items per
+    subject: the 17 levels, or the 24 ribs), each placed over its item's box.
+
+    An item is evaluated only inside its window, which is what makes rendering fast: the box
+    ``[ylo, yhi] x [xlo, xhi]`` (mm, ``[n, m]`` each) must hold the item's whole support (outside
+    it the item adds nothing), and the window holds every pixel centre of the box (one pixel
+    more on each side), clipped to the image. Coordinates: ``Y [n, m, rows, 1]``, ``X [n, m, 1,
+    cols]`` (float32, as :class:`_Grid`); ``flat [n, m, rows, cols]``: indices into a flattened
+    ``[n, H, W]`` image.
+    """
+
+    def __init__(self, grid: _Grid, ylo: np.ndarray, yhi: np.ndarray, xlo: np.ndarray, xhi: np.ndarray) -> None:
+        n = ylo.shape[0]
+        self.sp = grid.sp
+        offset = 0.5 * grid.width * grid.sp  # x of the left image edge is -offset
+        r0, self.rows = self._place(ylo, yhi, grid.sp, grid.height)
+        c0, self.cols = self._place(xlo + offset, xhi + offset, grid.sp, grid.width)
+        rows = r0[..., None] + np.arange(self.rows)  # [n, m, rows]
+        cols = c0[..., None] + np.arange(self.cols)  # [n, m, cols]
+        self.Y, self.X = grid.y[rows][..., None], grid.x[cols][..., None, :]
+        first = np.arange(n).reshape(n, 1, 1, 1) * (grid.height * grid.width)
+        self.flat = first + rows[..., None] * grid.width + cols[..., None, :]
+
+    @staticmethod
+    def _place(lo: np.ndarray, hi: np.ndarray, sp: float, size: int) -> tuple[np.ndarray, int]:
+        """First pixels ``[n, m]`` and the common length of windows over ``[lo, hi]`` (mm from
+        the image edge): pixel ``i`` has its centre at ``(i + 0.5) * sp``."""
+        first = np.floor(lo / sp - 0.5).astype(np.int64)
+        last = np.ceil(hi / sp - 0.5).astype(np.int64)
+        length = int(np.clip((last - first).max(initial=0) + 1, 1, size))
+        return np.clip(first, 0, size - length), length
+
+    def add(self, image: np.ndarray, values: np.ndarray) -> None:
+        """``image [n, H, W] += values [n, m, rows, cols]``, item by item in order (windows of
+        different items may overlap; within one item every pixel occurs once)."""
+        flat = image.reshape(-1)
+        for j in range(self.flat.shape[1]):
+            flat[self.flat[:, j]] += values[:, j]
+
+
+def _min(*arrays: np.ndarray) -> np.ndarray:
+    """Elementwise minimum of broadcastable arrays."""
+    return functools.reduce(np.minimum, arrays)
+
+
+def _max(*arrays: np.ndarray) -> np.ndarray:
+    """Elementwise maximum of broadcastable arrays."""
+    return functools.reduce(np.maximum, arrays)
+
+
+def _frame_box(yc: np.ndarray, xc: np.ndarray, angle: np.ndarray, lat: tuple[np.ndarray, np.ndarray],
+               axial: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, ...]:
+    """Image box ``(ylo, yhi, xlo, xhi)`` of the rectangle ``lat x axial`` (ranges, mm) of a frame
+    centred at ``(yc, xc)`` and turned by ``angle``: ``y = yc - lat sin + axial cos``, ``x = xc + lat
+    cos + axial sin`` (the frames of :func:`_render_vertebrae` and :func:`_render_ribs`)."""
+    s, c = np.sin(angle), np.cos(angle)
+    ys = [yc - a * s + b * c for a in lat for b in axial]
+    xs = [xc + a * c + b * s for a in lat for b in axial]
+    return _min(*ys), _max(*ys), _min(*xs), _max(*xs)
+
+
+def _union(*boxes: tuple[np.ndarray, ...], margin: float) -> tuple[np.ndarray, ...]:
+    """The box holding ``boxes`` (each ``(ylo, yhi, xlo, xhi)``), grown by ``margin`` mm."""
+    ylo, yhi, xlo, xhi = zip(*boxes)
+    return _min(*ylo) - margin, _max(*yhi) + margin, _min(*xlo) - margin, _max(*xhi) + margin
+
+
+def _lv(a: np.ndarray) -> np.ndarray:
+    """``[n]`` or ``[n, m]`` values -> float32 ``[n, 1|m, 1, 1]`` against windows ``[n, m, rows, cols]``."""
+    a = np.asarray(a, dtype=np.float32)
+    return (a[:, None] if a.ndim == 1 else a)[..., None, None]
+
+
 def _chord(q: np.ndarray) -> np.ndarray:
     """``sqrt(1 - q^2)`` inside the unit radius, 0 outside (normalised chord of a circle)."""
     return np.sqrt(np.clip(1.0 - q * q, 0.0, None))
@@ -424,138 +500,205 @@ def _chord(q: np.ndarray) -> np.ndarray:
 
 def _segment(Y: np.ndarray, X: np.ndarray, y0: np.ndarray, x0: np.ndarray, y1: np.ndarray,
              x1: np.ndarray) -> np.ndarray:
-    """Distance ``[n, r, W]`` from pixels to segments ``(y0, x0)-(y1, x1)`` (``[n,1,1]`` each)."""
+    """Distance from pixels ``(Y, X)`` to segments ``(y0, x0)-(y1, x1)`` (all broadcast)."""
     dy, dx = y1 - y0, x1 - x0
     t = np.clip(((Y - y0) * dy + (X - x0) * dx) / (dy * dy + dx * dx + 1e-9), 0.0, 1.0)
     return np.hypot(Y - (y0 + t * dy), X - (x0 + t * dx))
 
 
 class _Surfaces:
-    """The first bone surface along the ultrasound beam per pixel: depth, class, reflection."""
+    """The first bone surface along the ultrasound beam per pixel: depth, class, reflection,
+    of a whole image ``[n, H, W]`` or of windows ``[n, m, rows, cols]`` (:class:`_Windows`)."""
 
-    def __init__(self, n: int, grid: _Grid) -> None:
-        shape = (n, grid.height, grid.width)
+    def __init__(self, shape: tuple[int, ...]) -> None:
         self.depth = np.full(shape, np.inf, dtype=np.float32)
         self.cls = np.zeros(shape, dtype=np.int8)
         self.refl = np.zeros(shape, dtype=np.float32)
 
-    def add(self, rows: slice, inside: np.ndarray, depth: np.ndarray, refl: np.ndarray, cls: int) -> None:
-        """Keep the structure where it lies inside its footprint and above what is there."""
-        d, c, r = self.depth[:, rows], self.cls[:, rows], self.refl[:, rows]
+    def add(self, inside: np.ndarray, depth: np.ndarray, refl: np.ndarray, cls: int,
+            items: slice = slice(None)) -> None:
+        """Keep a structure of windows ``items`` where it lies inside its footprint and above
+        what is there (strictly: of equal depths the first drawn stays)."""
+        d = self.depth[:, items]
         take = inside & (depth < d)
-        d[take] = np.broadcast_to(depth, take.shape)[take]
-        c[take] = cls
-        r[take] = np.broadcast_to(refl, take.shape)[take]
+        np.copyto(d, depth, where=take)
+        np.copyto(self.cls[:, items], np.int8(cls), where=take)
+        np.copyto(self.refl[:, items], refl, where=take)
+
+    def merge(self, win: _Windows, local: "_Surfaces") -> None:
+        """Merge the surfaces ``local`` of windows ``win`` into this image, item by item in order."""
+        for j in range(win.flat.shape[1]):
+            idx = win.flat[:, j]
+            d = self.depth.reshape(-1)[idx]
+            take = local.depth[:, j] < d
+            self.depth.reshape(-1)[idx] = np.where(take, local.depth[:, j], d)
+            self.cls.reshape(-1)[idx] = np.where(take, local.cls[:, j], self.cls.reshape(-1)[idx])
+            self.refl.reshape(-1)[idx] = np.where(take, local.refl[:, j], self.refl.reshape(-1)[idx])
 
 
 # ============================================================================================
 # Structures: each adds its attenuation (radiograph) and its surface (ultrasound)
 # ============================================================================================
+def _level_boxes(g: dict, p: dict, sp: float) -> tuple[np.ndarray, ...]:
+    """Image boxes ``(ylo, yhi, xlo, xhi)`` ``[n, 17]`` (mm) holding every part of each level:
+    the body-frame parts (body, pedicles, spinous process) and the posterior-frame parts
+    (laminae, TPs, lumbar lumps), each bounded in its frame by the reach of its formula below."""
+    scale, arm = p["scale"][:, None], p["arm"][:, None]
+    h, psi = g["height"], np.abs(np.sin(g["psi"]))
+    widest = np.maximum(g["half_top"], g["half_bot"])
+    wedge = np.abs(np.tan(0.5 * (g["phi_top"] - g["phi_bot"])))  # endplates vs the mid tilt
+    lat_b = _max(1.05 * widest, 0.81 * g["half_top"] + 0.5 * arm * psi,
+                 (arm + SP_ARM_EXTRA_MM) * psi + SP_HALF_WIDTH_MM * scale)
+    ax_b = np.maximum(0.5 * h + 1.05 * widest * wedge + 0.25 * sp, 0.7 * h)  # endplates soft over sp / 4
+    body = _frame_box(0.5 * (g["y_top"] + g["y_bot"]), 0.5 * (g["x_top"] + g["x_bot"]),
+                      0.5 * (g["phi_top"] + g["phi_bot"]), (-lat_b, lat_b), (-ax_b, ax_b))
+    tp_r = TP_RADIUS_MM * scale
+    lat_p = _max(g["tp_half"] + tp_r, (LAMINA_OFFSET_MM + LAMINA_HALF_WIDTH_MM) * scale,
+                 (LUMP_OFFSET_MM + LUMP_HALF_WIDTH_MM) * scale)
+    ax_p = _max(0.55 * h, tp_r, 0.42 * h)
+    post = _frame_box(g["y_tp"], g["x_tp"], g["phi_post"], (-lat_p, lat_p), (-ax_p, ax_p))
+    return _union(body, post, margin=1.0)
+
+
 def _render_vertebrae(g: dict, p: dict, grid: _Grid, atten: np.ndarray, surf: _Surfaces) -> None:
-    """Bodies, pedicles, spinous processes, laminae, TPs, lumbar lumps and ribs of all levels."""
+    """Bodies, pedicles, spinous processes, laminae, TPs and lumbar lumps of all 17 levels at
+    once, each level in its own window (:class:`_Windows`), then the ribs. Per level the parts
+    are drawn in the order below; the levels' attenuation and surfaces are merged cranial to
+    caudal."""
+    n = len(p["scale"])
+    win = _Windows(grid, *_level_boxes(g, p, grid.sp))
+    local = _Surfaces((n, N_LEVELS, win.rows, win.cols))
     t_soft = 4.0 + 1.5 * (p["bmi"] - 15.0)
-    scale, width = p["scale"], p["width"]
-    for k in range(N_LEVELS):
-        yt, xt, yb, xb = (g[key][:, k] for key in ("y_top", "x_top", "y_bot", "x_bot"))
-        ht, hb, h = g["half_top"][:, k], g["half_bot"][:, k], g["height"][:, k]
-        psi, phi_p = g["psi"][:, k], g["phi_post"][:, k]
-        sin_psi = _col(np.sin(psi))
-        depth_of = lambda part, lat: _col(t_soft + DEPTH_MM[part]) - lat * sin_psi  # noqa: E731
-        # rows reached by this level's parts: endplate corners, TP tips (+ radius), spinous tip
-        tp_dy = g["tp_half"][:, k] * np.abs(np.sin(phi_p)) + TP_RADIUS_MM[k] * scale
-        lo = np.minimum(yt - ht * np.abs(np.sin(g["phi_top"][:, k])), g["y_tp"][:, k] - tp_dy)
-        hi = np.maximum.reduce([yb + hb * np.abs(np.sin(g["phi_bot"][:, k])), g["y_tp"][:, k] + tp_dy,
-                                0.5 * (yt + yb) + 0.75 * h])
-        rows, Y, X = grid.band(lo - 3.0, hi + 3.0)
-        a = atten[:, rows]
-
-        # --- body: local frame between the two endplates (wedged quadrilateral) ---
-        pt, pb = _col(g["phi_top"][:, k]), _col(g["phi_bot"][:, k])
-        d_top = (Y - _col(yt)) * np.cos(pt) + (X - _col(xt)) * np.sin(pt)  # below the top endplate
-        d_bot = (_col(yb) - Y) * np.cos(pb) + (_col(xb) - X) * np.sin(pb)  # above the bottom one
-        v = np.clip(d_top / np.maximum(d_top + d_bot, 1e-3), 0.0, 1.0)  # 0 top .. 1 bottom
-        pm = 0.5 * (pt + pb)
-        yc, xc = _col(0.5 * (yt + yb)), _col(0.5 * (xt + xb))
-        lat = -(Y - yc) * np.sin(pm) + (X - xc) * np.cos(pm)  # lateral, right positive
-        axial = (Y - yc) * np.cos(pm) + (X - xc) * np.sin(pm)  # along the axis, down positive
-        half_v = (_col(ht) + (_col(hb) - _col(ht)) * v) * (1.0 - BODY_WAIST * 4.0 * v * (1.0 - v))
-        edge = 0.5 * grid.sp  # soft endplates over about one pixel
-        inside_v = np.clip(d_top / edge + 0.5, 0, 1) * np.clip(d_bot / edge + 0.5, 0, 1)
-        inner_v = (np.clip((d_top - ENDPLATE_MM) / edge + 0.5, 0, 1)
-                   * np.clip((d_bot - ENDPLATE_MM) / edge + 0.5, 0, 1))
-        ap = BODY_AP_RATIO * half_v
-        outer = 2.0 * ap * _chord(lat / half_v) * inside_v
-        inner = 2.0 * (ap - CORTEX_MM) * _chord(lat / (half_v - CORTEX_MM)) * inner_v
-        a += MU_CORTICAL * (outer - inner) + MU_CANCELLOUS * inner
-
-        # --- pedicles: cortical rings at TP height, moved by the axial rotation ---
-        ap_shift = 0.5 * _col(p["arm"]) * sin_psi
-        for sgn in (-1.0, 1.0):
-            lat0 = sgn * 0.55 * _col(ht) * np.cos(_col(psi)) - ap_shift
-            r = np.hypot((lat - lat0) / (0.2 * _col(ht)), (axial - (TP_LEVEL - 0.5) * _col(h)) / (0.28 * _col(h)))
-            a += MU_CORTICAL * 10.0 * np.exp(-((r - 0.8) / 0.25) ** 2) * (r < 1.3)
-
-        # --- spinous process (towards the concavity) ---
-        sp_lat = -(_col(p["arm"]) + SP_ARM_EXTRA_MM) * sin_psi
-        sp_axial = (0.35 if k < N_THORACIC else 0.1) * _col(h)
-        q = np.hypot((lat - sp_lat) / (SP_HALF_WIDTH_MM * _col(scale)), (axial - sp_axial) / (0.35 * _col(h)))
-        a += MU_CORTICAL * 12.0 * _chord(q)
-        lumbar_extra = 0.0 if k < N_THORACIC else 3.0
-        surf.add(rows, q < 1.0, depth_of("sp", 0.0) + lumbar_extra, REFLECTIVITY["sp"] * _chord(q), CLASS["sp"])
-
-        # --- posterior frame: along the TP line (perpendicular to the posterior column) ---
-        qy, qx, ph = _col(g["y_tp"][:, k]), _col(g["x_tp"][:, k]), _col(phi_p)
-        plat = -(Y - qy) * np.sin(ph) + (X - qx) * np.cos(ph)  # lateral from the posterior midline
-        pax = (Y - qy) * np.cos(ph) + (X - qx) * np.sin(ph)
-        for sgn in (-1.0, 1.0):  # laminae (ultrasound only: hidden behind the body on X-ray)
-            q = np.hypot((plat - sgn * LAMINA_OFFSET_MM * _col(scale)) / (LAMINA_HALF_WIDTH_MM * _col(scale)),
-                         (pax - 0.25 * _col(h)) / (0.3 * _col(h)))
-            surf.add(rows, q < 1.0, depth_of("lamina", plat) + lumbar_extra,
-                     REFLECTIVITY["lamina"] * _chord(q), CLASS["lamina"])
-
-        # --- transverse processes: capsules from the pedicle to the tip ---
-        tp_half, tp_r = _col(g["tp_half"][:, k]), _col(TP_RADIUS_MM[k] * scale)
-        ey, ex = -np.sin(ph), np.cos(ph)
-        for sgn in (-1.0, 1.0):
-            root, tip = sgn * 0.35 * tp_half, sgn * tp_half
-            dist = _segment(Y, X, qy + root * ey, qx + root * ex, qy + tip * ey, qx + tip * ex)
-            q = dist / tp_r
-            a += MU_CORTICAL * 1.2 * tp_r * _chord(q)
-            if k < N_THORACIC:
-                surf.add(rows, q < 1.0, depth_of("tp", plat), REFLECTIVITY["tp"] * _chord(q), CLASS["tp"])
-            else:  # lumbar lumps: rounded rectangles beside the posterior midline
-                q4 = (np.abs((plat - sgn * LUMP_OFFSET_MM * _col(scale)) / (LUMP_HALF_WIDTH_MM * _col(scale))) ** 4
-                      + np.abs(pax / (0.42 * _col(h))) ** 4)
-                surf.add(rows, q4 < 1.0, depth_of("lump", plat) + lumbar_extra,
-                         REFLECTIVITY["lump"] * np.sqrt(np.clip(1.0 - q4, 0, None)), CLASS["lump"])
-
-        if k < N_THORACIC:
-            _render_ribs(k, g, p, grid, atten, surf, t_soft)
+    sin_psi = _lv(np.sin(g["psi"]))
+    lumbar_extra = _lv(np.r_[np.zeros(N_THORACIC), np.full(N_LEVELS - N_THORACIC, 3.0)][None, :])  # deeper
+    a = _body_frame_parts(g, p, win, local, t_soft, sin_psi, lumbar_extra)
+    a += _posterior_parts(g, p, win, local, t_soft, sin_psi, lumbar_extra)
+    win.add(atten, a)
+    surf.merge(win, local)
+    _render_ribs(g, p, grid, atten, surf, t_soft)
 
 
-def _render_ribs(k: int, g: dict, p: dict, grid: _Grid, atten: np.ndarray, surf: _Surfaces,
-                 t_soft: np.ndarray) -> None:
-    """The rib pair of thoracic level ``k``: tubes from the TP tips, running laterally and
-    bending downwards: centreline ``b = slope * a + bend * a^2`` in the (outward a, downward b)
-    frame of the TP line."""
-    length = RIB_LENGTH_MM[k] * p["scale"] * p["rib_length"]
-    slope, bend = p["rib_slope"], p["rib_bend"]
-    y_tp, half, phi = g["y_tp"][:, k], g["tp_half"][:, k], g["phi_post"][:, k]
-    # rows reached: the centreline at a few points of both ribs, +- the radius
-    along = np.linspace(0.0, 1.0, 6)[None, :] * length[:, None]  # [n, 6]
-    bend_rows = slope[:, None] * along + bend[:, None] * along ** 2
-    pr = RIB_TILT_SHARE * phi[:, None]
-    reached = [y_tp[:, None] - sgn * half[:, None] * np.sin(phi[:, None]) - sgn * along * np.sin(pr)
-               + bend_rows * np.cos(pr) for sgn in (-1.0, 1.0)]
-    margin = 1.1 * p["rib_radius"] * p["scale"] + 3.0
-    rows, Y, X = grid.band(np.minimum(*[r.min(axis=1) for r in reached]) - margin,
-                           np.maximum(*[r.max(axis=1) for r in reached]) + margin)
-    a_band = atten[:, rows]
-    radius = _col(p["rib_radius"] * p["scale"])
-    ph, sin_psi = _col(phi), _col(np.sin(g["psi"][:, k]))
+def _body_frame_parts(g: dict, p: dict, win: _Windows, surf: _Surfaces, t_soft: np.ndarray,
+                      sin_psi: np.ndarray, lumbar_extra: np.ndarray) -> np.ndarray:
+    """Attenuation ``[n, 17, rows, cols]`` of the bodies, pedicles and spinous processes; adds
+    the spinous processes' surfaces to ``surf``."""
+    Y, X = win.Y, win.X
+    yt, xt, yb, xb = (_lv(g[key]) for key in ("y_top", "x_top", "y_bot", "x_bot"))
+    ht, hb, h, psi = _lv(g["half_top"]), _lv(g["half_bot"]), _lv(g["height"]), _lv(g["psi"])
+    arm, scale = _lv(p["arm"]), _lv(p["scale"])
+    # --- body: local frame between the two endplates (wedged quadrilateral) ---
+    pt, pb = _lv(g["phi_top"]), _lv(g["phi_bot"])
+    d_top = (Y - yt) * np.cos(pt) + (X - xt) * np.sin(pt)  # below the top endplate
+    d_bot = (yb - Y) * np.cos(pb) + (xb - X) * np.sin(pb)  # above the bottom one
+    v = np.clip(d_top / np.maximum(d_top + d_bot, 1e-3), 0.0, 1.0)  # 0 top .. 1 bottom
+    pm = 0.5 * (pt + pb)
+    yc, xc = _lv(0.5 * (g["y_top"] + g["y_bot"])), _lv(0.5 * (g["x_top"] + g["x_bot"]))
+    lat = -(Y - yc) * np.sin(pm) + (X - xc) * np.cos(pm)  # lateral, right positive
+    axial = (Y - yc) * np.cos(pm) + (X - xc) * np.sin(pm)  # along the axis, down positive
+    half_v = (ht + (hb - ht) * v) * (1.0 - BODY_WAIST * 4.0 * v * (1.0 - v))
+    edge = 0.5 * win.sp  # soft endplates over about one pixel
+    inside_v = np.clip(d_top / edge + 0.5, 0, 1) * np.clip(d_bot / edge + 0.5, 0, 1)
+    inner_v = (np.clip((d_top - ENDPLATE_MM) / edge + 0.5, 0, 1)
+               * np.clip((d_bot - ENDPLATE_MM) / edge + 0.5, 0, 1))
+    ap = BODY_AP_RATIO * half_v
+    outer = 2.0 * ap * _chord(lat / half_v) * inside_v
+    inner = 2.0 * (ap - CORTEX_MM) * _chord(lat / (half_v - CORTEX_MM)) * inner_v
+    a = MU_CORTICAL * (outer - inner) + MU_CANCELLOUS * inner
+
+    # --- pedicles: cortical rings at TP height, moved by the axial rotation ---
+    ap_shift = 0.5 * arm * sin_psi
     for sgn in (-1.0, 1.0):
-        tip_y = _col(y_tp) + sgn * _col(half) * -np.sin(ph)
-        tip_x = _col(g["x_tp"][:, k]) + sgn * _col(half) * np.cos(ph)
+        lat0 = sgn * 0.55 * ht * np.cos(psi) - ap_shift
+        r = np.hypot((lat - lat0) / (0.2 * ht), (axial - (TP_LEVEL - 0.5) * h) / (0.28 * h))
+        a += MU_CORTICAL * 10.0 * np.exp(-((r - 0.8) / 0.25) ** 2) * (r < 1.3)
+
+    # --- spinous process (towards the concavity) ---
+    sp_lat = -(arm + SP_ARM_EXTRA_MM) * sin_psi
+    sp_axial = _lv(np.where(np.arange(N_LEVELS) < N_THORACIC, 0.35, 0.1)[None, :]) * h
+    q = np.hypot((lat - sp_lat) / (SP_HALF_WIDTH_MM * scale), (axial - sp_axial) / (0.35 * h))
+    chord = _chord(q)
+    a += MU_CORTICAL * 12.0 * chord
+    surf.add(q < 1.0, _lv(t_soft + DEPTH_MM["sp"]) + lumbar_extra, REFLECTIVITY["sp"] * chord, CLASS["sp"])
+    return a
+
+
+def _posterior_parts(g: dict, p: dict, win: _Windows, surf: _Surfaces, t_soft: np.ndarray,
+                     sin_psi: np.ndarray, lumbar_extra: np.ndarray) -> np.ndarray:
+    """Attenuation ``[n, 17, rows, cols]`` of the TPs; adds the surfaces of the laminae, the
+    thoracic TPs and the lumbar lumps to ``surf``. Frame: along the TP line (perpendicular to
+    the posterior column) through the posterior midline."""
+    Y, X = win.Y, win.X
+    scale, h = _lv(p["scale"]), _lv(g["height"])
+    depth_of = lambda part, lat: _lv(t_soft + DEPTH_MM[part]) - lat * sin_psi  # noqa: E731
+    qy, qx, ph = _lv(g["y_tp"]), _lv(g["x_tp"]), _lv(g["phi_post"])
+    plat = -(Y - qy) * np.sin(ph) + (X - qx) * np.cos(ph)  # lateral from the posterior midline
+    pax = (Y - qy) * np.cos(ph) + (X - qx) * np.sin(ph)
+    for sgn in (-1.0, 1.0):  # laminae (ultrasound only: hidden behind the body on X-ray)
+        q = np.hypot((plat - sgn * LAMINA_OFFSET_MM * scale) / (LAMINA_HALF_WIDTH_MM * scale),
+                     (pax - 0.25 * h) / (0.3 * h))
+        surf.add(q < 1.0, depth_of("lamina", plat) + lumbar_extra, REFLECTIVITY["lamina"] * _chord(q),
+                 CLASS["lamina"])
+
+    # --- transverse processes: capsules from the pedicle to the tip ---
+    tp_half, tp_r = _lv(g["tp_half"]), _lv(TP_RADIUS_MM * p["scale"][:, None])
+    ey, ex = -np.sin(ph), np.cos(ph)
+    thoracic, lumbar = slice(0, N_THORACIC), slice(N_THORACIC, N_LEVELS)
+    a = np.zeros(np.broadcast_shapes(plat.shape, tp_half.shape), dtype=np.float32)
+    for sgn in (-1.0, 1.0):
+        root, tip = sgn * 0.35 * tp_half, sgn * tp_half
+        q = _segment(Y, X, qy + root * ey, qx + root * ex, qy + tip * ey, qx + tip * ex) / tp_r
+        chord = _chord(q)
+        a += MU_CORTICAL * 1.2 * tp_r * chord
+        t = thoracic
+        surf.add(q[:, t] < 1.0, depth_of("tp", plat)[:, t], REFLECTIVITY["tp"] * chord[:, t], CLASS["tp"], t)
+        # lumbar lumps: rounded rectangles beside the posterior midline
+        lm = lumbar
+        q4 = (np.abs((plat[:, lm] - sgn * LUMP_OFFSET_MM * scale) / (LUMP_HALF_WIDTH_MM * scale)) ** 4
+              + np.abs(pax[:, lm] / (0.42 * h[:, lm])) ** 4)
+        surf.add(q4 < 1.0, depth_of("lump", plat)[:, lm] + lumbar_extra[:, lm],
+                 REFLECTIVITY["lump"] * np.sqrt(np.clip(1.0 - q4, 0, None)), CLASS["lump"], lm)
+    return a
+
+
+def _rib_items(g: dict, p: dict, k: int) -> dict[str, np.ndarray]:
+    """The rib pair of thoracic level ``k`` as values ``[n, 2]`` (left, right; float64): side
+    ``sgn``, TP tip line ``y_tp, x_tp, half, phi``, ``length``, ``sin_psi``; and the image box
+    ``box`` of each rib (:func:`_render_ribs` gives the shape)."""
+    n = len(p["scale"])
+    sgn = np.array([[-1.0, 1.0]])
+    it = {"sgn": np.broadcast_to(sgn, (n, 2))}
+    it.update({key: np.repeat(val[:, k:k + 1], 2, axis=1) for key, val in
+               (("half", g["tp_half"]), ("phi", g["phi_post"]), ("y_tp", g["y_tp"]), ("x_tp", g["x_tp"]),
+                ("sin_psi", np.sin(g["psi"])))})
+    it["length"] = np.repeat((RIB_LENGTH_MM[k] * p["scale"] * p["rib_length"])[:, None], 2, axis=1)
+    # box in the rib frame (a outward from the tip, b downward): a within [-0.025, 1] lengths
+    # (the taper), b within RIB_RING_CUTOFF radii of the centreline b = f(a) (q below), f
+    # increasing there; then its four corners in the image
+    pr, half, phi = RIB_TILT_SHARE * it["phi"], it["half"], it["phi"]
+    tip_y, tip_x = it["y_tp"] - sgn * half * np.sin(phi), it["x_tp"] + sgn * half * np.cos(phi)
+    s, c, length = p["rib_slope"][:, None], p["rib_bend"][:, None], it["length"]
+    a0 = -0.025 * length
+    reach = RIB_RING_CUTOFF * (p["rib_radius"] * p["scale"])[:, None] * np.sqrt(1.0 + (s + 2.0 * c * length) ** 2)
+    b_lo, b_hi = s * a0 + c * a0 ** 2 - reach, s * length + c * length ** 2 + reach
+    ys = [tip_y - a * sgn * np.sin(pr) + b * np.cos(pr) for a in (a0, length) for b in (b_lo, b_hi)]
+    xs = [tip_x + a * sgn * np.cos(pr) + b * np.sin(pr) for a in (a0, length) for b in (b_lo, b_hi)]
+    it["box"] = _union((_min(*ys), _max(*ys), _min(*xs), _max(*xs)), margin=1.0)
+    return it
+
+
+def _render_ribs(g: dict, p: dict, grid: _Grid, atten: np.ndarray, surf: _Surfaces, t_soft: np.ndarray) -> None:
+    """The ribs of T1-T12, a level's pair (left, right) at a time in windows of one size
+    (:class:`_Windows`): tubes from the TP tips, running laterally and bending downwards:
+    centreline ``b = slope * a + bend * a^2`` in the (outward a, downward b) frame of the TP line."""
+    radius = _lv(p["rib_radius"] * p["scale"])
+    s_, c_ = _lv(p["rib_slope"]), _lv(p["rib_bend"])
+    for k in range(N_THORACIC):
+        it = _rib_items(g, p, k)
+        win = _Windows(grid, *it["box"])
+        Y, X = win.Y, win.X
+        sgn, half, ph, sin_psi = _lv(it["sgn"]), _lv(it["half"]), _lv(it["phi"]), _lv(it["sin_psi"])
+        tip_y = _lv(it["y_tp"]) + sgn * half * -np.sin(ph)
+        tip_x = _lv(it["x_tp"]) + sgn * half * np.cos(ph)
         # the rib leaves the TP tip along half the TP line's tilt: the rib cage (anterior
         # attachments) keeps the ribs from following the vertebra's full tilt
         pr = RIB_TILT_SHARE * ph
@@ -563,17 +706,20 @@ def _render_ribs(k: int, g: dict, p: dict, grid: _Grid, atten: np.ndarray, surf:
         dn_y, dn_x = np.cos(pr), np.sin(pr)  # downward, perpendicular to it
         a_loc = (Y - tip_y) * out_y + (X - tip_x) * out_x
         b_loc = (Y - tip_y) * dn_y + (X - tip_x) * dn_x
-        s_, c_ = _col(slope), _col(bend)
         dist = np.abs(b_loc - (s_ * a_loc + c_ * a_loc ** 2)) / np.sqrt(1.0 + (s_ + 2.0 * c_ * a_loc) ** 2)
-        along = a_loc / _col(length)
+        along = a_loc / _lv(it["length"])
         taper = np.clip(along / 0.05 + 0.5, 0, 1) * np.clip((1.0 - along) / 0.08, 0, 1)
         q = dist / (radius * (1.0 - 0.25 * np.clip(along, 0, 1)))
         prof = _chord(q) * taper
-        a_band += MU_RIB * 2.0 * 0.7 * radius * prof + MU_CORTICAL * 2.0 * np.exp(-((q - 0.9) / 0.15) ** 2) * taper
-        lateral = sgn * np.minimum(_col(half) + np.maximum(a_loc, 0.0), HUMP_MAX_MM)  # from the midline
-        depth = (_col(t_soft + DEPTH_MM["rib"]) + RIB_DEEPENING_MM * (np.maximum(a_loc, 0.0) / 80.0) ** 2
+        # cortical rim: a narrow Gaussian ring at 0.9 radii, cut at RIB_RING_CUTOFF radii (< 4e-11 there)
+        rim = MU_CORTICAL * 2.0 * np.exp(-((q - 0.9) / 0.15) ** 2) * taper * (q < RIB_RING_CUTOFF)
+        win.add(atten, MU_RIB * 2.0 * 0.7 * radius * prof + rim)
+        lateral = sgn * np.minimum(half + np.maximum(a_loc, 0.0), HUMP_MAX_MM)  # from the midline
+        depth = (_lv(t_soft + DEPTH_MM["rib"]) + RIB_DEEPENING_MM * (np.maximum(a_loc, 0.0) / 80.0) ** 2
                  - lateral * sin_psi)
-        surf.add(rows, (q < 1.0) & (taper > 0.5), depth, REFLECTIVITY["rib"] * prof, CLASS["rib"])
+        local = _Surfaces(win.flat.shape)
+        local.add((q < 1.0) & (taper > 0.5), depth, REFLECTIVITY["rib"] * prof, CLASS["rib"])
+        surf.merge(win, local)
 
 
 def _render_body_outline(g: dict, p: dict, grid: _Grid) -> tuple[np.ndarray, np.ndarray]:
@@ -797,7 +943,7 @@ def _render_chunk(params: dict[str, np.ndarray], rngs: list[np.random.Generator]
         us_noise[i] = rng.standard_normal(us_noise.shape[1:], dtype=np.float32)
 
     atten, ref = _render_body_outline(g, params, grid)
-    surf = _Surfaces(n, grid)
+    surf = _Surfaces((n, H, W))
     _render_vertebrae(g, params, grid, atten, surf)
     _render_pelvis(g, params, grid, atten)
     xray = _xray(atten, ref, params, grid, xr_noise)
