@@ -766,9 +766,9 @@ def _render_pelvis(g: dict, p: dict, grid: _Grid, atten: np.ndarray) -> None:
     y_crest = 0.5 * (g["y_top"][:, 15] + g["y_bot"][:, 15])
     for sgn in (-1.0, 1.0):
         cy, cx = _col(y_crest) + 85.0 * scale, _col(x_s1 + sgn * p["iliac_x"] * p["scale"])
-        ang = np.radians(sgn * -15.0)
-        u = ((X - cx) * np.cos(ang) + (Y - cy) * np.sin(ang)) / (60.0 * scale)
-        w = (-(X - cx) * np.sin(ang) + (Y - cy) * np.cos(ang)) / (85.0 * scale)
+        cos, sin = float(np.cos(np.radians(sgn * -15.0))), float(np.sin(np.radians(sgn * -15.0)))  # float32 below
+        u = ((X - cx) * cos + (Y - cy) * sin) / (60.0 * scale)
+        w = (-(X - cx) * sin + (Y - cy) * cos) / (85.0 * scale)
         r = np.hypot(u, w)
         fade = np.clip((0.6 - w) / 0.6, 0.0, 1.0)  # the wing narrows towards the acetabulum
         a += MU_CORTICAL * (8.0 * _chord(r) * fade + 14.0 * np.exp(-((r - 0.94) / 0.05) ** 2) * (w < 0.0))
@@ -802,14 +802,15 @@ def _upsample(field: np.ndarray, grid: _Grid) -> np.ndarray:
 
     wy, wx = weights(grid.height, field.shape[-2]), weights(grid.width, field.shape[-1])
     field = field.astype(np.float32)
-    # one subject at a time: BLAS blocking (hence rounding) must not depend on the batch
-    return np.stack([wy @ f @ wx.T for f in field]) if len(field) else np.zeros(
-        (0, *field.shape[1:-2], grid.height, grid.width), np.float32)
+    out = np.empty((*field.shape[:-2], grid.height, grid.width), np.float32)
+    for f, o in zip(field, out):  # one subject at a time: BLAS blocking (hence rounding) must not depend on the batch
+        np.matmul(wy @ f, wx.T, out=o)
+    return out
 
 
 def _speckle(z: np.ndarray, grid: _Grid) -> np.ndarray:
     """Unit-mean, spatially correlated log-normal speckle ``[n, D, H, W]`` from white normals
-    ``[n, D, H, W]``: the normals are smoothed by the grain kernel ``h`` and rescaled to unit
+    ``z [n, D, H, W]`` (float32, used as the work array): the normals are smoothed by the grain kernel ``h`` and rescaled to unit
     variance (divided by ``sqrt(sum h^2)``), then ``exp(s z - s^2 / 2)``. A VPI pixel averages
     many speckle cells along the slab, so its speckle is milder than B-mode's exponential law;
     the log-normal keeps it positive and right-skewed at one normal per pixel."""
@@ -819,7 +820,9 @@ def _speckle(z: np.ndarray, grid: _Grid) -> np.ndarray:
         delta = np.zeros((grid.height, grid.width))
         delta[0, 0] = 1.0
         z /= np.sqrt(float((gaussian_filter(delta, grain, mode="wrap") ** 2).sum()))
-    return np.exp(SPECKLE_SIGMA * z - 0.5 * SPECKLE_SIGMA ** 2).astype(np.float32)
+    z *= SPECKLE_SIGMA  # in place: exp(s z - s^2 / 2)
+    z -= 0.5 * SPECKLE_SIGMA ** 2
+    return np.exp(z, out=z)
 
 
 def _slab_depths(p: dict) -> np.ndarray:
@@ -850,24 +853,47 @@ def _scan_mask(g: dict, p: dict, grid: _Grid) -> np.ndarray:
 
 
 def _ultrasound(surf: _Surfaces, g: dict, p: dict, grid: _Grid, speckle: np.ndarray,
-                noise: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                noise: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
     """Clean VPIs ``[n, D, H, W]``, the scan mask ``[n, H, W]`` and the slab visibility of the
-    first surface ``[n, D, H, W]``."""
-    centres = _slab_depths(p)[:, :, None, None].astype(np.float32)  # [n, D, 1, 1]
-    residual = _col(np.maximum(ALPHA_PER_BMI * (p["bmi"] - 18.0), 0.0))[:, None]  # attenuation left after TGC
-    z = surf.depth[:, None]  # [n, 1, H, W]; inf where no bone
-    z_fin = np.where(np.isfinite(z), z, 1e4).astype(np.float32)
+    first bone surface as ``(px, vis)``: pixels ``[m]`` (flat indices into ``[n, H, W]``) with a
+    surface and their visibility in each slab ``[m, D]`` (0 at every other pixel). ``speckle``
+    and ``noise`` (white normals) are used as work arrays.
+
+    Only pixels with a bone surface (about a fifth) have a visibility and a shadow in a slab;
+    elsewhere both are 0 and a VPI shows the tissue echo, so those two are computed on the
+    bone pixels alone."""
+    n, D = len(p["scale"]), N_DEPTHS
+    centres = _slab_depths(p).astype(np.float32)  # [n, D]
+    c4 = centres[:, :, None, None]
+    residual = np.maximum(ALPHA_PER_BMI * (p["bmi"] - 18.0), 0.0).astype(np.float32)  # attenuation left after TGC
     half = 0.5 * SLAB_THICK_MM
-    visible = _sigmoid((z_fin - (centres - half)) / SLAB_EDGE_MM) * _sigmoid(((centres + half) - z_fin) / SLAB_EDGE_MM)
-    shadow = _sigmoid((centres - z_fin) / SLAB_EDGE_MM)
-    below_skin = np.clip((centres + half) / SLAB_THICK_MM, 0.0, 1.0)  # part of the slab inside the body
-    texture = 1.0 + TEXTURE_CONTRAST * np.tanh(_upsample(p["texture"], grid))
-    tissue = TISSUE_ECHO * texture * np.exp(-residual * np.maximum(centres, 0.0)) * below_skin
-    bone = BONE_GAIN * surf.refl[:, None] * visible * np.exp(-residual * np.minimum(z_fin, 200.0))
-    noise = noise * (US_NOISE * np.exp(ALPHA_BASE * np.maximum(centres, 0.0)))  # TGC amplifies noise
+    # 1. tissue echo everywhere: smooth texture, residual attenuation down to the slab, part of
+    #    the slab inside the body (in place: 1 + contrast * tanh(texture), times the rest)
+    below_skin = np.clip((c4 + half) / SLAB_THICK_MM, 0.0, 1.0)
+    echo = _upsample(p["texture"], grid)
+    np.tanh(echo, out=echo)
+    echo *= TEXTURE_CONTRAST
+    echo += 1.0
+    echo *= TISSUE_ECHO
+    echo *= np.exp(-residual[:, None, None, None] * np.maximum(c4, 0.0))
+    echo *= below_skin
+    # 2. bone pixels: visibility of the surface in each slab, shadow below it, its echo
+    px = np.flatnonzero(np.isfinite(surf.depth))
+    who, where = np.divmod(px, grid.height * grid.width)
+    z, c = surf.depth.reshape(-1)[px][:, None], centres[who]  # [m, 1], [m, D]
+    vis = _sigmoid((z - (c - half)) / SLAB_EDGE_MM) * _sigmoid(((c + half) - z) / SLAB_EDGE_MM)
+    shadow = _sigmoid((c - z) / SLAB_EDGE_MM)
+    bone = BONE_GAIN * surf.refl.reshape(-1)[px][:, None] * vis * np.exp(-residual[who, None] * np.minimum(z, 200.0))
+    at = (who[:, None] * D + np.arange(D)) * (grid.height * grid.width) + where[:, None]  # [m, D] into echo
+    echo.reshape(-1)[at] = echo.reshape(-1)[at] * (1.0 - shadow) + bone
+    # 3. speckle, electronic noise amplified by the TGC, the scanned strip
+    clean = echo
+    clean *= speckle
+    noise *= US_NOISE * np.exp(ALPHA_BASE * np.maximum(c4, 0.0))
+    clean += noise
     scan = _scan_mask(g, p, grid)
-    clean = ((tissue * (1.0 - shadow) + bone) * speckle + noise) * scan[:, None]
-    return np.clip(clean, 0.0, 1.0).astype(np.float32), scan, visible
+    clean *= scan[:, None]
+    return np.clip(clean, 0.0, 1.0, out=clean), scan, (px, vis)
 
 
 def _artifacts(clean: np.ndarray, g: dict, p: dict, grid: _Grid, scan: np.ndarray
@@ -938,9 +964,8 @@ def _render_chunk(params: dict[str, np.ndarray], rngs: list[np.random.Generator]
     sp_z = np.empty((n, N_DEPTHS, H, W), dtype=np.float32)
     us_noise = np.empty((n, N_DEPTHS, H, W), dtype=np.float32)
     for i, rng in enumerate(rngs):
-        xr_noise[i] = rng.standard_normal((H, W), dtype=np.float32)
-        sp_z[i] = rng.standard_normal(sp_z.shape[1:], dtype=np.float32)
-        us_noise[i] = rng.standard_normal(us_noise.shape[1:], dtype=np.float32)
+        for out in (xr_noise[i], sp_z[i], us_noise[i]):
+            rng.standard_normal(dtype=np.float32, out=out)
 
     atten, ref = _render_body_outline(g, params, grid)
     surf = _Surfaces((n, H, W))
@@ -948,14 +973,19 @@ def _render_chunk(params: dict[str, np.ndarray], rngs: list[np.random.Generator]
     _render_pelvis(g, params, grid, atten)
     xray = _xray(atten, ref, params, grid, xr_noise)
 
-    clean, scan, visible = _ultrasound(surf, g, params, grid, _speckle(sp_z, grid), us_noise)
+    clean, scan, (px, vis) = _ultrasound(surf, g, params, grid, _speckle(sp_z, grid), us_noise)
     us_vpi, flags = _artifacts(clean, g, params, grid, scan)
     # the optimal depth: the slab where the most bone surface is visible (the operator aimed
-    # the drawn params["optimal_depth"] at the TP / rib / lump layer; this makes it exact)
-    bone_area = (visible * ((surf.cls > 0) & (scan >= 0.5))[:, None]).sum(axis=(2, 3))
+    # the drawn params["optimal_depth"] at the TP / rib / lump layer; this makes it exact);
+    # visibility is 0 off the bone pixels px, so the sums run over those
+    who = px // (H * W)
+    counted = ((surf.cls > 0) & (scan >= 0.5)).reshape(-1)[px]
+    bone_area = np.stack([np.bincount(who, vis[:, d] * counted, minlength=n) for d in range(N_DEPTHS)], axis=1)
     opt = bone_area.argmax(axis=1).astype(np.int64)
-    vis_opt = np.take_along_axis(visible, opt[:, None, None, None], axis=1)[:, 0]
-    seg = np.where((surf.cls >= 1) & (surf.cls <= 3) & (vis_opt >= 0.5) & (scan >= 0.5), surf.cls, 0)
+    vis_opt = np.zeros(n * H * W, np.float32)
+    vis_opt[px] = vis[np.arange(len(px)), opt[who]]
+    seg = np.where((surf.cls >= 1) & (surf.cls <= 3) & (vis_opt.reshape(n, H, W) >= 0.5) & (scan >= 0.5),
+                   surf.cls, 0)
 
     landmarks = grid.to_pixels(_corners_mm(g)).astype(np.float32)
     tips = grid.to_pixels(_tp_tips_mm(g)).astype(np.float32)
