@@ -740,14 +740,17 @@ def _render_body_outline(g: dict, p: dict, grid: _Grid) -> tuple[np.ndarray, np.
     X, Y = grid.x[None, None, :], grid.y[None, :, None]
     u = (X - _col(p["shift"])) / half_w[:, :, None]
     atten = MU_SOFT * 2.0 * ap_half[:, :, None] * _chord(u)
-    for sgn in (-1.0, 1.0):  # lungs
-        lung_half = 0.5 * (130.0 * p["scale"] + 3.0 * fat - 45.0)  # medial border 25 mm off the midline
-        cx = sgn * (25.0 * p["scale"] + lung_half) + p["shift"]
-        top, bottom = y_t1 - 10.0, y_t10 + sgn * 8.0  # right dome a little higher (image left)
-        q = np.hypot((X - _col(cx)) / _col(lung_half), (Y - _col(0.5 * (top + bottom))) / _col(0.5 * (bottom - top)))
-        atten -= MU_SOFT * 2.0 * LUNG_AP_MM * _chord(q)
+    # lungs (left, right), each in its window: ellipses around (cy, cx) with half-axes (ry, rx)
+    lung_half = 0.5 * (130.0 * p["scale"] + 3.0 * fat - 45.0)  # medial border 25 mm off the midline
+    sgn = np.array([[-1.0, 1.0]])
+    cx = sgn * (25.0 * p["scale"] + lung_half)[:, None] + p["shift"][:, None]
+    top, bottom = (y_t1 - 10.0)[:, None], y_t10[:, None] + sgn * 8.0  # right dome a little higher (image left)
+    cy, ry, rx = 0.5 * (top + bottom), 0.5 * (bottom - top), np.repeat(lung_half[:, None], 2, axis=1)
+    win = _Windows(grid, *_union((cy - ry, cy + ry, cx - rx, cx + rx), margin=1.0))
+    q = np.hypot((win.X - _lv(cx)) / _lv(rx), (win.Y - _lv(cy)) / _lv(ry))
+    win.add(atten, -(MU_SOFT * 2.0 * LUNG_AP_MM * _chord(q)))
     ref = MU_SOFT * 2.0 * (100.0 * p["scale"] + 4.0 * fat)
-    return atten.astype(np.float32), ref
+    return atten, ref
 
 
 def _render_pelvis(g: dict, p: dict, grid: _Grid, atten: np.ndarray) -> None:
@@ -896,13 +899,30 @@ def _ultrasound(surf: _Surfaces, g: dict, p: dict, grid: _Grid, speckle: np.ndar
     return np.clip(clean, 0.0, 1.0, out=clean), scan, (px, vis)
 
 
+def _band(grid: _Grid, centre: float, height: float, soft: float) -> tuple[np.ndarray, slice]:
+    """A soft band of rows ``height`` mm high around row position ``centre`` mm: weights ``[H, 1]``
+    (float32) and the slice of the rows where they are not 0."""
+    band = _sigmoid((0.5 * height - np.abs(grid.y - centre)) / soft)
+    rows = np.flatnonzero(band)
+    return band[:, None], slice(rows[0], rows[-1] + 1) if rows.size else slice(0, 0)
+
+
+def _blur_rows(image: np.ndarray, rows: slice, sigma_rows: float, sigma_cols: float) -> np.ndarray:
+    """Rows ``rows`` of ``gaussian_filter(image [D, H, W], (0, sigma_rows, sigma_cols), mode="nearest")``,
+    filtering only the rows within the kernel's reach (scipy's radius: 4 sigma)."""
+    reach = int(4.0 * sigma_rows + 0.5)
+    lo, hi = max(rows.start - reach, 0), min(rows.stop + reach, image.shape[1])
+    blurred = gaussian_filter(image[:, lo:hi], sigma=(0, sigma_rows, sigma_cols), mode="nearest")
+    return blurred[:, rows.start - lo:rows.stop - lo]
+
+
 def _artifacts(clean: np.ndarray, g: dict, p: dict, grid: _Grid, scan: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray]:
-    """Scanning artifacts on the VPIs: returns ``(us_vpi [n, D, H, W], artifact_free [n, D])``."""
+    """Scanning artifacts on the VPIs: returns ``(us_vpi [n, D, H, W], artifact_free [n, D])``.
+    Bands of rows change only where their weight is not 0."""
     n = clean.shape[0]
     out = clean.copy()
     flags = np.ones((n, N_DEPTHS), dtype=bool)
-    y = grid.y[None, :]
     top, bottom = g["y_top"][:, 0] - 25.0, g["y_bot"][:, -1] + 35.0
     extent = bottom - top
     soft = 0.5 * grid.sp + 1.0
@@ -910,24 +930,22 @@ def _artifacts(clean: np.ndarray, g: dict, p: dict, grid: _Grid, scan: np.ndarra
         kind = p["artifact_kind"][i]
         if kind in (0, 2):  # motion drop-out: the probe lost contact, rows without signal
             for pos, height in p["dropout"][i][: p["n_dropout"][i]]:
-                c = top[i] + pos * extent[i]
-                band = _sigmoid((height / 2 - np.abs(y[0] - c)) / soft)[:, None]
-                out[i] *= 1.0 - (1.0 - DROPOUT_GAIN) * band
+                band, rows = _band(grid, float(top[i] + pos * extent[i]), float(height), soft)
+                out[i, :, rows] *= 1.0 - (1.0 - DROPOUT_GAIN) * band[rows]
         if kind in (1, 2):  # blurred stretch: fast probe motion smears along the spine
             pos, length, sigma_mm = p["blur_band"][i]
-            c = top[i] + pos * extent[i]
-            band = _sigmoid((length / 2 - np.abs(y[0] - c)) / soft)[:, None]
-            blurred = gaussian_filter(out[i], sigma=(0, sigma_mm / grid.sp, 1.0 / grid.sp), mode="nearest")
-            out[i] = out[i] * (1.0 - band) + blurred * band
+            band, rows = _band(grid, float(top[i] + pos * extent[i]), float(length), soft)
+            blurred = _blur_rows(out[i], rows, sigma_mm / grid.sp, 1.0 / grid.sp)
+            out[i, :, rows] = out[i, :, rows] * (1.0 - band[rows]) + blurred * band[rows]
         flags[i] = False
     haze_map = np.tanh(_upsample(p["haze_field"], grid)) * 0.5 + 0.5  # [n, H, W] in [0, 1]
     for i in np.flatnonzero(p["haze"]):
         depths = slice(0, int(p["haze_depths"][i]))
-        h = p["haze_strength"][i] * haze_map[i] * scan[i]  # [H, W]
-        level = HAZE_LEVEL * np.exp(-0.5 * np.arange(out[i, depths].shape[0]))[:, None, None]
+        h = float(p["haze_strength"][i]) * haze_map[i] * scan[i]  # [H, W]
+        level = (HAZE_LEVEL * np.exp(-0.5 * np.arange(depths.stop))).astype(np.float32)[:, None, None]
         out[i, depths] = out[i, depths] * (1.0 - h) + level * h
         flags[i, depths] = False
-    return np.clip(out, 0.0, 1.0).astype(np.float32), flags
+    return np.clip(out, 0.0, 1.0, out=out), flags
 
 
 # ============================================================================================
@@ -1022,6 +1040,8 @@ def generate(numbers: np.ndarray, *, seed: int = 0, sizes: Sizes, **controls: fl
     for start in range(0, len(rngs), chunk):
         part = {key: val[start:start + chunk] for key, val in params.items()}
         parts.append(_render_chunk(part, rngs[start:start + chunk], sizes))
+    if len(parts) == 1:
+        return parts[0]
     return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
 
 
