@@ -177,6 +177,8 @@ DEPTH_MM = {"sp": 0.0, "lamina": 7.0, "tp": 18.0, "rib": 20.0, "lump": 22.0}  # 
 RIB_DEEPENING_MM = 14.0  # ribs get this much deeper at 80 mm from the TP tip (quadratic)
 HUMP_MAX_MM = 30.0  # lateral lever of the rotation lift is capped here (rib hump)
 RIB_RING_CUTOFF = 1.6  # the rib's cortical rim (a Gaussian ring) ends at this many radii
+_LUMBAR_EXTRA = np.r_[np.zeros(12), np.full(5, 3.0)].astype(np.float32)[None, :, None, None]  # mm deeper
+_TP_SIDES = np.tile([-1.0, 1.0], 17)[None, :]  # side of each TP (left, right per level)
 REFLECTIVITY = {"sp": 0.9, "lamina": 0.85, "tp": 1.0, "rib": 0.9, "lump": 0.8}
 CLASS = {"sp": 4, "lamina": 4, "tp": 1, "rib": 2, "lump": 3}  # 4: bone not in the label set
 TISSUE_ECHO = 0.15  # muscle echo level before attenuation
@@ -525,24 +527,34 @@ class _Surfaces:
         np.copyto(self.cls[:, items], np.int8(cls), where=take)
         np.copyto(self.refl[:, items], refl, where=take)
 
-    def merge(self, win: _Windows, local: "_Surfaces") -> None:
-        """Merge the surfaces ``local`` of windows ``win`` into this image, item by item in order."""
-        for j in range(win.flat.shape[1]):
-            idx = win.flat[:, j]
-            d = self.depth.reshape(-1)[idx]
-            take = local.depth[:, j] < d
-            self.depth.reshape(-1)[idx] = np.where(take, local.depth[:, j], d)
-            self.cls.reshape(-1)[idx] = np.where(take, local.cls[:, j], self.cls.reshape(-1)[idx])
-            self.refl.reshape(-1)[idx] = np.where(take, local.refl[:, j], self.refl.reshape(-1)[idx])
+    def drawn(self, win: _Windows) -> tuple[np.ndarray, ...]:
+        """The pixels these window surfaces ``[n, m, rows, cols]`` hold, item-major (earlier items
+        first): ``(at, depth, cls, refl)``, ``at`` indexing the flattened image of ``win``."""
+        order = lambda a: np.moveaxis(a, 1, 0)  # noqa: E731
+        drawn = order(np.isfinite(self.depth))
+        return order(win.flat)[drawn], order(self.depth)[drawn], order(self.cls)[drawn], order(self.refl)[drawn]
+
+    def merge(self, at: np.ndarray, depth: np.ndarray, cls: np.ndarray, refl: np.ndarray) -> None:
+        """Merge candidate surfaces (flat pixel indices ``at`` and their values, ``[k]`` each) as
+        if drawn one by one in order: a pixel takes the shallowest candidate strictly above what
+        is there (of equal depths, the earliest)."""
+        image = self.depth.reshape(-1)
+        before = image[at]
+        np.minimum.at(image, at, depth)
+        won = (depth == image[at]) & (depth < before)
+        at, first = np.unique(at[won], return_index=True)  # the earliest winner per pixel
+        self.cls.reshape(-1)[at] = cls[won][first]
+        self.refl.reshape(-1)[at] = refl[won][first]
 
 
 # ============================================================================================
 # Structures: each adds its attenuation (radiograph) and its surface (ultrasound)
 # ============================================================================================
-def _level_boxes(g: dict, p: dict, sp: float) -> tuple[np.ndarray, ...]:
-    """Image boxes ``(ylo, yhi, xlo, xhi)`` ``[n, 17]`` (mm) holding every part of each level:
-    the body-frame parts (body, pedicles, spinous process) and the posterior-frame parts
-    (laminae, TPs, lumbar lumps), each bounded in its frame by the reach of its formula below."""
+def _level_boxes(g: dict, p: dict, sp: float) -> dict[str, tuple[np.ndarray, ...]]:
+    """Image boxes ``(ylo, yhi, xlo, xhi)`` (mm) of the three kinds of level windows, each holding
+    the reach of the formulas below in its frame: ``"body"`` ``[n, 17]`` (body, pedicles and
+    spinous process, body frame), ``"medial"`` ``[n, 17]`` (laminae and lumbar lumps, posterior
+    frame) and ``"tp"`` ``[n, 34]`` (each TP capsule; T1 left, T1 right, T2 left, ...)."""
     scale, arm = p["scale"][:, None], p["arm"][:, None]
     h, psi = g["height"], np.abs(np.sin(g["psi"]))
     widest = np.maximum(g["half_top"], g["half_bot"])
@@ -552,40 +564,42 @@ def _level_boxes(g: dict, p: dict, sp: float) -> tuple[np.ndarray, ...]:
     ax_b = np.maximum(0.5 * h + 1.05 * widest * wedge + 0.25 * sp, 0.7 * h)  # endplates soft over sp / 4
     body = _frame_box(0.5 * (g["y_top"] + g["y_bot"]), 0.5 * (g["x_top"] + g["x_bot"]),
                       0.5 * (g["phi_top"] + g["phi_bot"]), (-lat_b, lat_b), (-ax_b, ax_b))
-    tp_r = TP_RADIUS_MM * scale
-    lat_p = _max(g["tp_half"] + tp_r, (LAMINA_OFFSET_MM + LAMINA_HALF_WIDTH_MM) * scale,
-                 (LUMP_OFFSET_MM + LUMP_HALF_WIDTH_MM) * scale)
-    ax_p = _max(0.55 * h, tp_r, 0.42 * h)
-    post = _frame_box(g["y_tp"], g["x_tp"], g["phi_post"], (-lat_p, lat_p), (-ax_p, ax_p))
-    return _union(body, post, margin=1.0)
+    lat_m = np.maximum(LAMINA_OFFSET_MM + LAMINA_HALF_WIDTH_MM, LUMP_OFFSET_MM + LUMP_HALF_WIDTH_MM) * scale
+    medial = _frame_box(g["y_tp"], g["x_tp"], g["phi_post"], (-lat_m, lat_m), (-0.42 * h, 0.55 * h))
+    two = lambda a: np.repeat(a, 2, axis=1)  # noqa: E731  per level -> per TP
+    sgn, half, tp_r = _TP_SIDES, two(g["tp_half"]), two(TP_RADIUS_MM * scale)
+    lat_t = (sgn * 0.35 * half - sgn * tp_r, sgn * half + sgn * tp_r)  # root .. tip, +- the radius
+    tp = _frame_box(two(g["y_tp"]), two(g["x_tp"]), two(g["phi_post"]), lat_t, (-tp_r, tp_r))
+    return {key: _union(box, margin=1.0) for key, box in (("body", body), ("medial", medial), ("tp", tp))}
 
 
 def _render_vertebrae(g: dict, p: dict, grid: _Grid, atten: np.ndarray, surf: _Surfaces) -> None:
-    """Bodies, pedicles, spinous processes, laminae, TPs and lumbar lumps of all 17 levels at
-    once, each level in its own window (:class:`_Windows`), then the ribs. Per level the parts
-    are drawn in the order below; the levels' attenuation and surfaces are merged cranial to
-    caudal."""
-    n = len(p["scale"])
-    win = _Windows(grid, *_level_boxes(g, p, grid.sp))
-    local = _Surfaces((n, N_LEVELS, win.rows, win.cols))
+    """Bodies, pedicles, spinous processes, laminae, TPs and lumbar lumps of all 17 levels, then
+    the ribs. Each kind of part is drawn for all levels at once, in windows of one size per kind
+    (:class:`_Windows`): body-frame parts, laminae / lumps, TPs. Attenuation is added window by
+    window, cranial to caudal; the first surfaces are resolved once at the end, in that drawing
+    order (the shallowest wins; of exactly equal depths, the earlier drawn)."""
     t_soft = 4.0 + 1.5 * (p["bmi"] - 15.0)
-    sin_psi = _lv(np.sin(g["psi"]))
-    lumbar_extra = _lv(np.r_[np.zeros(N_THORACIC), np.full(N_LEVELS - N_THORACIC, 3.0)][None, :])  # deeper
-    a = _body_frame_parts(g, p, win, local, t_soft, sin_psi, lumbar_extra)
-    a += _posterior_parts(g, p, win, local, t_soft, sin_psi, lumbar_extra)
-    win.add(atten, a)
-    surf.merge(win, local)
-    _render_ribs(g, p, grid, atten, surf, t_soft)
+    boxes = _level_boxes(g, p, grid.sp)
+    drawn = []  # surfaces of each window, merged in drawing order at the end
+    for key, parts in (("body", _body_frame_parts), ("medial", _medial_parts), ("tp", _tp_parts)):
+        win = _Windows(grid, *boxes[key])
+        local = _Surfaces(win.flat.shape)
+        a = parts(g, p, win, local, t_soft)
+        if a is not None:
+            win.add(atten, a)
+        drawn.append(local.drawn(win))
+    drawn += _render_ribs(g, p, grid, atten, t_soft)
+    surf.merge(*(np.concatenate(values) for values in zip(*drawn)))
 
 
-def _body_frame_parts(g: dict, p: dict, win: _Windows, surf: _Surfaces, t_soft: np.ndarray,
-                      sin_psi: np.ndarray, lumbar_extra: np.ndarray) -> np.ndarray:
+def _body_frame_parts(g: dict, p: dict, win: _Windows, surf: _Surfaces, t_soft: np.ndarray) -> np.ndarray:
     """Attenuation ``[n, 17, rows, cols]`` of the bodies, pedicles and spinous processes; adds
     the spinous processes' surfaces to ``surf``."""
     Y, X = win.Y, win.X
     yt, xt, yb, xb = (_lv(g[key]) for key in ("y_top", "x_top", "y_bot", "x_bot"))
     ht, hb, h, psi = _lv(g["half_top"]), _lv(g["half_bot"]), _lv(g["height"]), _lv(g["psi"])
-    arm, scale = _lv(p["arm"]), _lv(p["scale"])
+    arm, scale, sin_psi = _lv(p["arm"]), _lv(p["scale"]), _lv(np.sin(g["psi"]))
     # --- body: local frame between the two endplates (wedged quadrilateral) ---
     pt, pb = _lv(g["phi_top"]), _lv(g["phi_bot"])
     d_top = (Y - yt) * np.cos(pt) + (X - xt) * np.sin(pt)  # below the top endplate
@@ -618,46 +632,46 @@ def _body_frame_parts(g: dict, p: dict, win: _Windows, surf: _Surfaces, t_soft: 
     q = np.hypot((lat - sp_lat) / (SP_HALF_WIDTH_MM * scale), (axial - sp_axial) / (0.35 * h))
     chord = _chord(q)
     a += MU_CORTICAL * 12.0 * chord
-    surf.add(q < 1.0, _lv(t_soft + DEPTH_MM["sp"]) + lumbar_extra, REFLECTIVITY["sp"] * chord, CLASS["sp"])
+    surf.add(q < 1.0, _lv(t_soft + DEPTH_MM["sp"]) + _LUMBAR_EXTRA, REFLECTIVITY["sp"] * chord, CLASS["sp"])
     return a
 
 
-def _posterior_parts(g: dict, p: dict, win: _Windows, surf: _Surfaces, t_soft: np.ndarray,
-                     sin_psi: np.ndarray, lumbar_extra: np.ndarray) -> np.ndarray:
-    """Attenuation ``[n, 17, rows, cols]`` of the TPs; adds the surfaces of the laminae, the
-    thoracic TPs and the lumbar lumps to ``surf``. Frame: along the TP line (perpendicular to
-    the posterior column) through the posterior midline."""
-    Y, X = win.Y, win.X
-    scale, h = _lv(p["scale"]), _lv(g["height"])
-    depth_of = lambda part, lat: _lv(t_soft + DEPTH_MM[part]) - lat * sin_psi  # noqa: E731
+def _medial_parts(g: dict, p: dict, win: _Windows, surf: _Surfaces, t_soft: np.ndarray) -> None:
+    """Adds the surfaces of the laminae (ultrasound only: hidden behind the body on X-ray) and of
+    the lumbar lumps (rounded rectangles beside the posterior midline) to ``surf``. Frame:
+    along the TP line (perpendicular to the posterior column) through the posterior midline."""
+    scale, h, sin_psi = _lv(p["scale"]), _lv(g["height"]), _lv(np.sin(g["psi"]))
     qy, qx, ph = _lv(g["y_tp"]), _lv(g["x_tp"]), _lv(g["phi_post"])
-    plat = -(Y - qy) * np.sin(ph) + (X - qx) * np.cos(ph)  # lateral from the posterior midline
-    pax = (Y - qy) * np.cos(ph) + (X - qx) * np.sin(ph)
-    for sgn in (-1.0, 1.0):  # laminae (ultrasound only: hidden behind the body on X-ray)
+    plat = -(win.Y - qy) * np.sin(ph) + (win.X - qx) * np.cos(ph)  # lateral from the posterior midline
+    pax = (win.Y - qy) * np.cos(ph) + (win.X - qx) * np.sin(ph)
+    depth_of = lambda part: _lv(t_soft + DEPTH_MM[part]) - plat * sin_psi + _LUMBAR_EXTRA  # noqa: E731
+    for sgn in (-1.0, 1.0):
         q = np.hypot((plat - sgn * LAMINA_OFFSET_MM * scale) / (LAMINA_HALF_WIDTH_MM * scale),
                      (pax - 0.25 * h) / (0.3 * h))
-        surf.add(q < 1.0, depth_of("lamina", plat) + lumbar_extra, REFLECTIVITY["lamina"] * _chord(q),
-                 CLASS["lamina"])
-
-    # --- transverse processes: capsules from the pedicle to the tip ---
-    tp_half, tp_r = _lv(g["tp_half"]), _lv(TP_RADIUS_MM * p["scale"][:, None])
-    ey, ex = -np.sin(ph), np.cos(ph)
-    thoracic, lumbar = slice(0, N_THORACIC), slice(N_THORACIC, N_LEVELS)
-    a = np.zeros(np.broadcast_shapes(plat.shape, tp_half.shape), dtype=np.float32)
+        surf.add(q < 1.0, depth_of("lamina"), REFLECTIVITY["lamina"] * _chord(q), CLASS["lamina"])
+    lm = slice(N_THORACIC, N_LEVELS)
     for sgn in (-1.0, 1.0):
-        root, tip = sgn * 0.35 * tp_half, sgn * tp_half
-        q = _segment(Y, X, qy + root * ey, qx + root * ex, qy + tip * ey, qx + tip * ex) / tp_r
-        chord = _chord(q)
-        a += MU_CORTICAL * 1.2 * tp_r * chord
-        t = thoracic
-        surf.add(q[:, t] < 1.0, depth_of("tp", plat)[:, t], REFLECTIVITY["tp"] * chord[:, t], CLASS["tp"], t)
-        # lumbar lumps: rounded rectangles beside the posterior midline
-        lm = lumbar
         q4 = (np.abs((plat[:, lm] - sgn * LUMP_OFFSET_MM * scale) / (LUMP_HALF_WIDTH_MM * scale)) ** 4
               + np.abs(pax[:, lm] / (0.42 * h[:, lm])) ** 4)
-        surf.add(q4 < 1.0, depth_of("lump", plat)[:, lm] + lumbar_extra[:, lm],
-                 REFLECTIVITY["lump"] * np.sqrt(np.clip(1.0 - q4, 0, None)), CLASS["lump"], lm)
-    return a
+        surf.add(q4 < 1.0, depth_of("lump")[:, lm], REFLECTIVITY["lump"] * np.sqrt(np.clip(1.0 - q4, 0, None)),
+                 CLASS["lump"], lm)
+
+
+def _tp_parts(g: dict, p: dict, win: _Windows, surf: _Surfaces, t_soft: np.ndarray) -> np.ndarray:
+    """Attenuation ``[n, 34, rows, cols]`` of the TPs (capsules from the pedicle to the tip along
+    the TP line); adds the thoracic TPs' surfaces to ``surf``."""
+    two = lambda a: _lv(np.repeat(a, 2, axis=1))  # noqa: E731  per level -> per TP
+    sgn, tp_half, tp_r = _lv(_TP_SIDES), two(g["tp_half"]), two(TP_RADIUS_MM * p["scale"][:, None])
+    qy, qx, ph = two(g["y_tp"]), two(g["x_tp"]), two(g["phi_post"])
+    ey, ex = -np.sin(ph), np.cos(ph)
+    root, tip = sgn * 0.35 * tp_half, sgn * tp_half
+    q = _segment(win.Y, win.X, qy + root * ey, qx + root * ex, qy + tip * ey, qx + tip * ex) / tp_r
+    chord = _chord(q)
+    t = slice(0, 2 * N_THORACIC)
+    plat = -(win.Y[:, t] - qy[:, t]) * np.sin(ph[:, t]) + (win.X[:, t] - qx[:, t]) * np.cos(ph[:, t])
+    depth = _lv(t_soft + DEPTH_MM["tp"]) - plat * two(np.sin(g["psi"]))[:, t]
+    surf.add(q[:, t] < 1.0, depth, REFLECTIVITY["tp"] * chord[:, t], CLASS["tp"], t)
+    return MU_CORTICAL * 1.2 * tp_r * chord
 
 
 def _rib_items(g: dict, p: dict, k: int) -> dict[str, np.ndarray]:
@@ -686,10 +700,12 @@ def _rib_items(g: dict, p: dict, k: int) -> dict[str, np.ndarray]:
     return it
 
 
-def _render_ribs(g: dict, p: dict, grid: _Grid, atten: np.ndarray, surf: _Surfaces, t_soft: np.ndarray) -> None:
+def _render_ribs(g: dict, p: dict, grid: _Grid, atten: np.ndarray, t_soft: np.ndarray) -> list[tuple]:
     """The ribs of T1-T12, a level's pair (left, right) at a time in windows of one size
     (:class:`_Windows`): tubes from the TP tips, running laterally and bending downwards:
-    centreline ``b = slope * a + bend * a^2`` in the (outward a, downward b) frame of the TP line."""
+    centreline ``b = slope * a + bend * a^2`` in the (outward a, downward b) frame of the TP line.
+    Adds their attenuation; returns their surfaces (:meth:`_Surfaces.drawn` of each window)."""
+    drawn = []
     radius = _lv(p["rib_radius"] * p["scale"])
     s_, c_ = _lv(p["rib_slope"]), _lv(p["rib_bend"])
     for k in range(N_THORACIC):
@@ -719,7 +735,8 @@ def _render_ribs(g: dict, p: dict, grid: _Grid, atten: np.ndarray, surf: _Surfac
                  - lateral * sin_psi)
         local = _Surfaces(win.flat.shape)
         local.add((q < 1.0) & (taper > 0.5), depth, REFLECTIVITY["rib"] * prof, CLASS["rib"])
-        surf.merge(win, local)
+        drawn.append(local.drawn(win))
+    return drawn
 
 
 def _render_body_outline(g: dict, p: dict, grid: _Grid) -> tuple[np.ndarray, np.ndarray]:
