@@ -528,11 +528,11 @@ class _Surfaces:
         np.copyto(self.refl[:, items], refl, where=take)
 
     def drawn(self, win: _Windows) -> tuple[np.ndarray, ...]:
-        """The pixels these window surfaces ``[n, m, rows, cols]`` hold, item-major (earlier items
-        first): ``(at, depth, cls, refl)``, ``at`` indexing the flattened image of ``win``."""
-        order = lambda a: np.moveaxis(a, 1, 0)  # noqa: E731
-        drawn = order(np.isfinite(self.depth))
-        return order(win.flat)[drawn], order(self.depth)[drawn], order(self.cls)[drawn], order(self.refl)[drawn]
+        """The pixels these window surfaces ``[n, m, rows, cols]`` hold: ``(at, depth, cls, refl)``,
+        ``at`` indexing the flattened image of ``win``; per subject, earlier items first (pixels of
+        different subjects never meet)."""
+        drawn = np.isfinite(self.depth)
+        return win.flat[drawn], self.depth[drawn], self.cls[drawn], self.refl[drawn]
 
     def merge(self, at: np.ndarray, depth: np.ndarray, cls: np.ndarray, refl: np.ndarray) -> None:
         """Merge candidate surfaces (flat pixel indices ``at`` and their values, ``[k]`` each) as
@@ -726,16 +726,21 @@ def _render_ribs(g: dict, p: dict, grid: _Grid, atten: np.ndarray, t_soft: np.nd
         along = a_loc / _lv(it["length"])
         taper = np.clip(along / 0.05 + 0.5, 0, 1) * np.clip((1.0 - along) / 0.08, 0, 1)
         q = dist / (radius * (1.0 - 0.25 * np.clip(along, 0, 1)))
+        # the rest only on the rib's support (within RIB_RING_CUTOFF radii, inside the taper):
+        # values [k] of its pixels, per subject left rib first
+        on = (q < RIB_RING_CUTOFF) & (taper > 0)
+        at, q, taper, a_loc = win.flat[on], q[on], taper[on], a_loc[on]
+        pick = lambda a: np.broadcast_to(a, on.shape)[on]  # noqa: E731
         prof = _chord(q) * taper
-        # cortical rim: a narrow Gaussian ring at 0.9 radii, cut at RIB_RING_CUTOFF radii (< 4e-11 there)
-        rim = MU_CORTICAL * 2.0 * np.exp(-((q - 0.9) / 0.15) ** 2) * taper * (q < RIB_RING_CUTOFF)
-        win.add(atten, MU_RIB * 2.0 * 0.7 * radius * prof + rim)
-        lateral = sgn * np.minimum(half + np.maximum(a_loc, 0.0), HUMP_MAX_MM)  # from the midline
-        depth = (_lv(t_soft + DEPTH_MM["rib"]) + RIB_DEEPENING_MM * (np.maximum(a_loc, 0.0) / 80.0) ** 2
-                 - lateral * sin_psi)
-        local = _Surfaces(win.flat.shape)
-        local.add((q < 1.0) & (taper > 0.5), depth, REFLECTIVITY["rib"] * prof, CLASS["rib"])
-        drawn.append(local.drawn(win))
+        # cortical rim: a narrow Gaussian ring at 0.9 radii (cut at RIB_RING_CUTOFF: < 4e-11 there)
+        rim = MU_CORTICAL * 2.0 * np.exp(-((q - 0.9) / 0.15) ** 2) * taper
+        np.add.at(atten.reshape(-1), at, MU_RIB * 2.0 * 0.7 * pick(radius) * prof + rim)
+        lateral = pick(sgn) * np.minimum(pick(half) + np.maximum(a_loc, 0.0), HUMP_MAX_MM)  # from the midline
+        depth = (pick(_lv(t_soft + DEPTH_MM["rib"])) + RIB_DEEPENING_MM * (np.maximum(a_loc, 0.0) / 80.0) ** 2
+                 - lateral * pick(sin_psi))
+        seen = (q < 1.0) & (taper > 0.5)
+        drawn.append((at[seen], depth[seen], np.full(seen.sum(), CLASS["rib"], np.int8),
+                      REFLECTIVITY["rib"] * prof[seen]))
     return drawn
 
 
