@@ -440,10 +440,12 @@ def _apply(a: np.ndarray, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> list[n
     for the whole batch are skipped, so a frame without left-right mixing keeps ``u, w`` at
     ``[n, 1, R, C]`` and ``s`` at ``[n, K, 1, 1]`` (the separable tests below then stay cheap)."""
     out = []
-    for row in a.astype(np.float32).transpose(1, 0, 2):  # [n, 4] per output
+    a = a.astype(np.float32)
+    used = np.any(a[:, :, :3] != 0, axis=0).tolist()  # [3][3]: coefficient not 0 for some subject
+    for row, uses in zip(a.transpose(1, 0, 2), used):  # [n, 4] per output
         acc = row[:, 3, None, None, None]
         for k, arr in enumerate((x, y, z)):
-            if np.any(row[:, k] != 0):
+            if uses[k]:
                 acc = acc + row[:, k, None, None, None] * arr
         out.append(acc)
     return out
@@ -478,24 +480,22 @@ def _soft_tissue(p: dict[str, np.ndarray], grid: _Grid, g_inv: np.ndarray, kappa
     seg = p["segment"]
     ax2 = xa * xa
     # In-plane layers: muscle behind / soft tissue in front of the arc, posterior subcutaneous
-    # fat and air; the neck's front (fat, air) in the cervical segment.
+    # fat and air.
     tip = _b(p["dp"].mean(1) / 2 + 2 * p["cb"].mean(1) + p["ta"].mean(1)
              + p["spl"].mean(1) * np.cos(p["spa"]).mean(1) + p["muscle"])
     fat = _b(p["fat"])
     mat = np.where(d >= 0, np.uint8(MUSCLE), np.uint8(SOFT))
     mat = np.where(d > tip, np.uint8(FAT), mat)
     mat = np.where(d > tip + fat, np.uint8(AIR), mat)
-    front = -dp / 2
-    cerv, aw = _b(seg == 0), _b(p["airway"])
-    neck = front - 4 - aw - 18
-    mat = np.where(cerv & (d < neck), np.uint8(FAT), mat)
-    mat = np.where(cerv & (d < neck - 4), np.uint8(AIR), mat)
-    # Left-right dependent structures: airway (cervical), lungs lateral to the thoracic bodies,
-    # fat pad in front of the lumbar spine, bony canal (epidural fat), dural sac (CSF), cord.
-    wd2 = (mean("wd") / 2) ** 2
-    mat = np.where(cerv & (d < front - 4) & (d > front - 4 - aw) & (ax2 < 81.0), np.uint8(AIR), mat)
-    mat = np.where(_b(seg == 1) & (d < dp / 2 + 5) & (ax2 > (mean("wd") / 2 + 8) ** 2), np.uint8(LUNG), mat)
-    mat = np.where(_b(seg == 2) & (d < front - 2) & (d > front - 10) & (ax2 < wd2), np.uint8(FAT), mat)
+    # Structures of one segment, drawn on its subjects only: the neck's front and airway
+    # (cervical), lungs (thoracic), fat pad (lumbar); then, for all, the left-right dependent
+    # bony canal (epidural fat), dural sac (CSF) and cord.
+    mat = np.array(np.broadcast_to(mat, np.broadcast_shapes(mat.shape, ax2.shape)))
+    aw, wd = _b(p["airway"]), mean("wd")
+    for segment in range(len(SEGMENTS)):
+        sub = np.flatnonzero(seg == segment)
+        if sub.size:
+            mat[sub] = _segment_structures(segment, mat[sub], d[sub], dp[sub], ax2[sub], aw[sub], wd[sub])
     dc = d - (dp / 2 + cb)
     mat = np.where((dc / cb) ** 2 <= 1 - ax2 / mean("ca") ** 2, np.uint8(FAT), mat)
     mat = np.where((dc / dub) ** 2 <= 1 - ax2 / mean("dua") ** 2, np.uint8(CSF), mat)
@@ -503,6 +503,22 @@ def _soft_tissue(p: dict[str, np.ndarray], grid: _Grid, g_inv: np.ndarray, kappa
     taper = np.clip((_b(np.where(seg == 2, conus_s, np.inf)) - s) / 10.0, 0.0, 1.0)  # last 10 mm
     cord = ((dc + 0.15 * dub) / lin("cob")) ** 2 <= taper * taper - ax2 / mean("coa") ** 2
     return np.where(cord, np.uint8(CORD), mat)
+
+
+def _segment_structures(segment: int, mat: np.ndarray, d: np.ndarray, dp: np.ndarray, ax2: np.ndarray,
+                        aw: np.ndarray, wd: np.ndarray) -> np.ndarray:
+    """Material codes ``mat`` of subjects of one ``segment`` with its own soft-tissue structures
+    (``d``: offset from the arc, ``dp``: body depth there, ``ax2``: squared left-right position,
+    ``aw``: airway size, ``wd``: mean body width; see :func:`_soft_tissue`)."""
+    front = -dp / 2
+    if segment == 0:  # the neck's front (fat, air) and the airway in front of the bodies
+        neck = front - 4 - aw - 18
+        mat = np.where(d < neck, np.uint8(FAT), mat)
+        mat = np.where(d < neck - 4, np.uint8(AIR), mat)
+        return np.where((d < front - 4) & (d > front - 4 - aw) & (ax2 < 81.0), np.uint8(AIR), mat)
+    if segment == 1:  # lungs lateral to the thoracic bodies
+        return np.where((d < dp / 2 + 5) & (ax2 > (wd / 2 + 8) ** 2), np.uint8(LUNG), mat)
+    return np.where((d < front - 2) & (d > front - 10) & (ax2 < (wd / 2) ** 2), np.uint8(FAT), mat)  # lumbar fat pad
 
 
 def _bbox_body(p: dict[str, np.ndarray]) -> np.ndarray:
