@@ -244,3 +244,18 @@ def test_controls_are_validated_and_empty_requests_work():
     assert set(empty) == set(SPEC.modalities) | set(SPEC.labels)
     assert all(v.shape[0] == 0 for v in empty.values())
     assert empty["us_vpi"].shape == (0, 5, CI.height, CI.width)
+
+
+def test_windows_change_nothing(monkeypatch):
+    """Parts are evaluated only inside per-subject windows (for speed); windows spanning the
+    whole image give the same labels and the same images (to float32 rounding of the sums)."""
+    sizes, numbers = Sizes(96, 48), np.arange(6)  # a size of its own; parts cut by the border too
+    windowed = SPEC(numbers, seed=3, sizes=sizes)
+    whole = staticmethod(lambda lo, hi, sp, size: (np.zeros(np.shape(lo), np.int64), size))
+    monkeypatch.setattr(sc._Windows, "_place", whole)
+    full = SPEC(numbers, seed=3, sizes=sizes)
+    for key in windowed:
+        if windowed[key].dtype.kind == "f":
+            np.testing.assert_allclose(full[key], windowed[key], atol=1e-6, err_msg=key)
+        else:
+            np.testing.assert_array_equal(full[key], windowed[key], err_msg=key)

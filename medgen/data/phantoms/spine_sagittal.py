@@ -759,7 +759,9 @@ def _lookup(lut: np.ndarray, at: np.ndarray) -> np.ndarray:
 
 def _lut_index(mat: np.ndarray) -> np.ndarray:
     """Flat indices into ``[n, N_MAT]`` tables of material codes ``mat [n, ...]``."""
-    return mat.astype(np.intp) + (np.arange(len(mat)) * N_MAT).reshape((-1,) + (1,) * (mat.ndim - 1))
+    at = mat.astype(np.intp)
+    at += (np.arange(len(mat)) * N_MAT).reshape((-1,) + (1,) * (mat.ndim - 1))
+    return at
 
 
 def _bias(p: dict[str, np.ndarray], grid: _Grid, x: np.ndarray) -> np.ndarray:
@@ -800,7 +802,7 @@ def _images(p: dict[str, np.ndarray], rngs: list[np.random.Generator], mat_mri: 
         out[key] = np.sqrt((clean + sd * noise[:, 2 * i]) ** 2 + (sd * noise[:, 2 * i + 1]) ** 2)
     ct_noise = ndimage.gaussian_filter(noise[:, 4], (0, 0, CT_NOISE_CORR_PX, CT_NOISE_CORR_PX)) * _ct_noise_gain()
     out["ct"] = _lookup(luts["ct"], _lut_index(mat_ct)) + _b(p["ct_noise"] * p["noise_scale"]) * ct_noise
-    return {key: val.astype(np.float32) for key, val in out.items()}
+    return {key: val.astype(np.float32, copy=False) for key, val in out.items()}
 
 
 # ---------------------------------------------------------------------------------------------------------
