@@ -104,10 +104,14 @@ femora, bowel gas, scatter and the heel effect; ultrasound beam physics (no PSF,
 reverberation other than the haze artifact); rib cage deformation other than the rotation
 lift.
 
-Rendering is written by hand (vectorised NumPy over the subjects of a chunk, one image band
-per anatomical structure) because no dependency draws parametric vertebrae; blurs use
-:func:`scipy.ndimage.gaussian_filter`; the angle bookkeeping uses
-:func:`medgen.measure.spine.tilt_range`.
+Rendering is written by hand (vectorised NumPy over the subjects of a chunk) because no
+dependency draws parametric vertebrae: each part (vertebral body frame, laminae / lumps, each
+TP, each level's ribs, the lungs) is evaluated only in a per-subject window around its box
+(all 17 levels at once), the ribs past their distance test and the ultrasound slabs only on
+the pixels that hold bone; blurs use :func:`scipy.ndimage.gaussian_filter`; the angle
+bookkeeping uses :func:`medgen.measure.spine.tilt_range`. Speed (one CPU core, process time,
+64 subjects per call, radiograph and both VPI stacks): about 880 subjects/s at 64x32, 270 at
+128x64, 17 at 512x256.
 """
 from __future__ import annotations
 
