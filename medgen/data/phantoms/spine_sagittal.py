@@ -490,7 +490,7 @@ def _soft_tissue(p: dict[str, np.ndarray], grid: _Grid, g_inv: np.ndarray, kappa
     # Structures of one segment, drawn on its subjects only: the neck's front and airway
     # (cervical), lungs (thoracic), fat pad (lumbar); then, for all, the left-right dependent
     # bony canal (epidural fat), dural sac (CSF) and cord.
-    mat = np.array(np.broadcast_to(mat, np.broadcast_shapes(mat.shape, ax2.shape)))
+    mat = np.broadcast_to(mat, np.broadcast_shapes(mat.shape, ax2.shape)).copy()  # C order
     aw, wd = _b(p["airway"]), mean("wd")
     for segment in range(len(SEGMENTS)):
         sub = np.flatnonzero(seg == segment)
@@ -667,7 +667,7 @@ def _render(p: dict[str, np.ndarray], grid: _Grid, r: np.ndarray, c: np.ndarray,
     per vertebra v, the disc below it, then its arch and spinous process, then its body.
     """
     n, v_count = r.shape[:2]
-    code = _soft_tissue(p, grid, g_inv, kappa).astype(np.uint16)  # label * 32 + material
+    code = np.ascontiguousarray(_soft_tissue(p, grid, g_inv, kappa), np.uint16)  # label * 32 + material
     clash = np.zeros((n, v_count), bool)
     aff = _local_affine(r, c)  # [n, V, 3, 4]
     win = {key: _windows(box(p), r, c, grid)
@@ -700,7 +700,8 @@ def _render(p: dict[str, np.ndarray], grid: _Grid, r: np.ndarray, c: np.ndarray,
 def _scatter(out: np.ndarray, start: tuple[np.ndarray, ...], size: tuple[int, int, int], mask: np.ndarray,
              val: np.ndarray, clash: np.ndarray, v: int) -> None:
     """``out[i, k0:k0+K, r0:r0+R, c0:c0+C][mask[i]] = val[i]`` for every subject i (``size`` = (K, R, C),
-    ``start`` = (k0, r0, c0), each ``[n]``); ``mask`` and ``val`` broadcast to ``[n, K, R, C]``.
+    ``start`` = (k0, r0, c0), each ``[n]``; ``out`` C-contiguous); ``mask`` and ``val`` broadcast to
+    ``[n, K, R, C]``.
     Where the mask covers bone of a vertebra other than ``v``, both are flagged in ``clash [n, V]``.
     All subjects at once, through flat indices of the masked pixels."""
     n, depth, height, width = out.shape
