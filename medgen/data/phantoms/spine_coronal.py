@@ -839,10 +839,11 @@ def _upsample(field: np.ndarray, grid: _Grid) -> np.ndarray:
 
 def _speckle(z: np.ndarray, grid: _Grid) -> np.ndarray:
     """Unit-mean, spatially correlated log-normal speckle ``[n, D, H, W]`` from white normals
-    ``z [n, D, H, W]`` (float32, used as the work array): the normals are smoothed by the grain kernel ``h`` and rescaled to unit
-    variance (divided by ``sqrt(sum h^2)``), then ``exp(s z - s^2 / 2)``. A VPI pixel averages
-    many speckle cells along the slab, so its speckle is milder than B-mode's exponential law;
-    the log-normal keeps it positive and right-skewed at one normal per pixel."""
+    ``z [n, D, H, W]`` (float32, used as the work array): the normals are smoothed by the grain
+    kernel ``h`` and rescaled to unit variance (divided by ``sqrt(sum h^2)``), then
+    ``exp(s z - s^2 / 2)``. A VPI pixel averages many speckle cells along the slab, so its
+    speckle is milder than B-mode's exponential law; the log-normal keeps it positive and
+    right-skewed at one normal per pixel."""
     grain = SPECKLE_GRAIN_MM / grid.sp
     if grain > 0.25:
         z = gaussian_filter(z, sigma=(0, 0, grain, grain), mode="wrap")
