@@ -489,7 +489,7 @@ def _soft_tissue(p: dict[str, np.ndarray], grid: _Grid, g_inv: np.ndarray, kappa
     mat = np.where(d > tip + fat, np.uint8(AIR), mat)
     # Structures of one segment, drawn on its subjects only: the neck's front and airway
     # (cervical), lungs (thoracic), fat pad (lumbar); then, for all, the left-right dependent
-    # bony canal (epidural fat), dural sac (CSF) and cord.
+    # bony canal (epidural fat), dural sac (CSF) and cord (drawn in place, in that order).
     mat = np.broadcast_to(mat, np.broadcast_shapes(mat.shape, ax2.shape)).copy()  # C order
     aw, wd = _b(p["airway"]), mean("wd")
     for segment in range(len(SEGMENTS)):
@@ -497,28 +497,32 @@ def _soft_tissue(p: dict[str, np.ndarray], grid: _Grid, g_inv: np.ndarray, kappa
         if sub.size:
             mat[sub] = _segment_structures(segment, mat[sub], d[sub], dp[sub], ax2[sub], aw[sub], wd[sub])
     dc = d - (dp / 2 + cb)
-    mat = np.where((dc / cb) ** 2 <= 1 - ax2 / mean("ca") ** 2, np.uint8(FAT), mat)
-    mat = np.where((dc / dub) ** 2 <= 1 - ax2 / mean("dua") ** 2, np.uint8(CSF), mat)
+    np.copyto(mat, np.uint8(FAT), where=(dc / cb) ** 2 <= 1 - ax2 / mean("ca") ** 2)
+    np.copyto(mat, np.uint8(CSF), where=(dc / dub) ** 2 <= 1 - ax2 / mean("dua") ** 2)
     conus_s = np.array([np.interp(c, np.arange(N_VERT), sc) for c, sc in zip(p["conus"], p["s_c"])])
     taper = np.clip((_b(np.where(seg == 2, conus_s, np.inf)) - s) / 10.0, 0.0, 1.0)  # last 10 mm
     cord = ((dc + 0.15 * dub) / lin("cob")) ** 2 <= taper * taper - ax2 / mean("coa") ** 2
-    return np.where(cord, np.uint8(CORD), mat)
+    np.copyto(mat, np.uint8(CORD), where=cord)
+    return mat
 
 
 def _segment_structures(segment: int, mat: np.ndarray, d: np.ndarray, dp: np.ndarray, ax2: np.ndarray,
                         aw: np.ndarray, wd: np.ndarray) -> np.ndarray:
-    """Material codes ``mat`` of subjects of one ``segment`` with its own soft-tissue structures
-    (``d``: offset from the arc, ``dp``: body depth there, ``ax2``: squared left-right position,
-    ``aw``: airway size, ``wd``: mean body width; see :func:`_soft_tissue`)."""
+    """Material codes ``mat`` of subjects of one ``segment``, with that segment's own soft-tissue
+    structures drawn in place (``d``: offset from the arc, ``dp``: body depth there, ``ax2``:
+    squared left-right position, ``aw``: airway size, ``wd``: mean body width; see
+    :func:`_soft_tissue`)."""
     front = -dp / 2
     if segment == 0:  # the neck's front (fat, air) and the airway in front of the bodies
         neck = front - 4 - aw - 18
-        mat = np.where(d < neck, np.uint8(FAT), mat)
-        mat = np.where(d < neck - 4, np.uint8(AIR), mat)
-        return np.where((d < front - 4) & (d > front - 4 - aw) & (ax2 < 81.0), np.uint8(AIR), mat)
-    if segment == 1:  # lungs lateral to the thoracic bodies
-        return np.where((d < dp / 2 + 5) & (ax2 > (wd / 2 + 8) ** 2), np.uint8(LUNG), mat)
-    return np.where((d < front - 2) & (d > front - 10) & (ax2 < (wd / 2) ** 2), np.uint8(FAT), mat)  # lumbar fat pad
+        np.copyto(mat, np.uint8(FAT), where=d < neck)
+        np.copyto(mat, np.uint8(AIR), where=d < neck - 4)
+        np.copyto(mat, np.uint8(AIR), where=(d < front - 4) & (d > front - 4 - aw) & (ax2 < 81.0))
+    elif segment == 1:  # lungs lateral to the thoracic bodies
+        np.copyto(mat, np.uint8(LUNG), where=(d < dp / 2 + 5) & (ax2 > (wd / 2 + 8) ** 2))
+    else:  # the fat pad in front of the lumbar spine
+        np.copyto(mat, np.uint8(FAT), where=(d < front - 2) & (d > front - 10) & (ax2 < (wd / 2) ** 2))
+    return mat
 
 
 def _bbox_body(p: dict[str, np.ndarray]) -> np.ndarray:
