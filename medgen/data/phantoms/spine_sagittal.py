@@ -612,8 +612,9 @@ def _posterior(p: dict[str, np.ndarray], v: int, s: np.ndarray, u: np.ndarray, w
     w_o = wc + q["cb"] + q["ta"] / 2
     u_o = -0.1 * q["h"] + q["slope"] * (w_o - wc)
     ca_, sa_ = np.cos(q["spa"]), np.sin(q["spa"])
-    along = (u - u_o) * sa_ + (w - w_o) * ca_
-    perp = ((u - u_o) * ca_ - (w - w_o) * sa_) / (1.0 + SPINOUS_BASE * np.clip(1.0 - along / (0.5 * q["spl"]), 0, 1))
+    du, dw_o = u - u_o, w - w_o
+    along = du * sa_ + dw_o * ca_
+    perp = (du * ca_ - dw_o * sa_) / (1.0 + SPINOUS_BASE * np.clip(1.0 - along / (0.5 * q["spl"]), 0, 1))
     half_len = (q["spl"] + q["ta"]) / 2
     along = along - (half_len - q["ta"])
     sp = _sep(along, perp, s2, half_len, q["spt"] / 2, q["spe"], 2)
@@ -688,24 +689,26 @@ def _render(p: dict[str, np.ndarray], grid: _Grid, r: np.ndarray, c: np.ndarray,
         if v + 1 < v_count:
             x, y, z, start, size = at("disc", v)
             disc, nuc = _disc(p, v, _apply(aff[:, v], x, y, z), _apply(aff[:, v + 1], x, y, z))
-            _scatter(code, start, size, disc, np.where(nuc, np.uint16(NUC0 + v), np.uint16(ANNULUS)), clash, v)
+            _scatter(code, start, size, disc, clash, v,
+                     lambda pick: np.where(pick(nuc), np.uint16(NUC0 + v), np.uint16(ANNULUS)))
         x, y, z, start, size = at("post", v)
         bone, canc, sp = _posterior(p, v, *_apply(aff[:, v], x, y, z), tc)
-        val = np.where(canc, np.uint16(CANC0 + v), np.uint16(CORTEX)) + np.where(sp, np.uint16(lab + 96),
-                                                                                 np.uint16(lab + 64))
-        _scatter(code, start, size, bone, val, clash, v)
+        _scatter(code, start, size, bone, clash, v,
+                 lambda pick: (np.where(pick(canc), np.uint16(CANC0 + v), np.uint16(CORTEX))
+                               + np.where(pick(sp), np.uint16(lab + 96), np.uint16(lab + 64))))
         x, y, z, start, size = at("body", v)
         body, canc = _body(p, v, *_apply(aff[:, v], x, y, z), tc)
-        _scatter(code, start, size, body, np.where(canc, np.uint16(CANC0 + v + lab + 32), np.uint16(CORTEX + lab + 32)),
-                 clash, v)
+        _scatter(code, start, size, body, clash, v,
+                 lambda pick: np.where(pick(canc), np.uint16(CANC0 + v + lab + 32), np.uint16(CORTEX + lab + 32)))
     return (code & 31).astype(np.uint8), (code >> 5).astype(np.uint8), clash
 
 
 def _scatter(out: np.ndarray, start: tuple[np.ndarray, ...], size: tuple[int, int, int], mask: np.ndarray,
-             val: np.ndarray, clash: np.ndarray, v: int) -> None:
+             clash: np.ndarray, v: int, codes: Any) -> None:
     """``out[i, k0:k0+K, r0:r0+R, c0:c0+C][mask[i]] = val[i]`` for every subject i (``size`` = (K, R, C),
-    ``start`` = (k0, r0, c0), each ``[n]``; ``out`` C-contiguous); ``mask`` and ``val`` broadcast to
-    ``[n, K, R, C]``.
+    ``start`` = (k0, r0, c0), each ``[n]``; ``out`` C-contiguous); ``mask`` broadcasts to
+    ``[n, K, R, C]``; the values there are ``codes(pick)``, ``pick(a)`` giving ``a`` (broadcast
+    like the mask) at the masked pixels, so they are formed for those pixels only.
     Where the mask covers bone of a vertebra other than ``v``, both are flagged in ``clash [n, V]``.
     All subjects at once, through flat indices of the masked pixels."""
     n, depth, height, width = out.shape
@@ -722,7 +725,7 @@ def _scatter(out: np.ndarray, start: tuple[np.ndarray, ...], size: tuple[int, in
         i = at[other] // (depth * height * width)
         clash[i, v] = True
         clash[i, under[other] // 10 - 1] = True
-    flat[at] = np.broadcast_to(val, full)[mask]
+    flat[at] = codes(lambda a: np.broadcast_to(a, full)[mask])
 
 
 # ---------------------------------------------------------------------------------------------------------
