@@ -714,8 +714,9 @@ def _scatter(out: np.ndarray, start: tuple[np.ndarray, ...], size: tuple[int, in
     n, depth, height, width = out.shape
     full = (n,) + size
     mask = np.broadcast_to(mask, full)
-    col = lambda first, count: (first[:, None] + np.arange(count))  # noqa: E731  [n, count]
-    planes = (np.arange(n)[:, None] * depth + col(start[0], size[0])) * height  # [n, K]
+    index = np.int32 if out.size < 2 ** 31 else np.int64
+    col = lambda first, count: (first[:, None] + np.arange(count)).astype(index)  # noqa: E731  [n, count]
+    planes = (np.arange(n, dtype=index)[:, None] * depth + col(start[0], size[0])) * height  # [n, K]
     at = ((planes[:, :, None, None] + col(start[1], size[1])[:, None, :, None]) * width
           + col(start[2], size[2])[:, None, None, :])[mask]  # flat indices of the masked pixels
     flat = out.reshape(-1)
