@@ -446,8 +446,9 @@ class _Windows:
         rows = r0[..., None] + np.arange(self.rows)  # [n, m, rows]
         cols = c0[..., None] + np.arange(self.cols)  # [n, m, cols]
         self.Y, self.X = grid.y[rows][..., None], grid.x[cols][..., None, :]
-        first = np.arange(n).reshape(n, 1, 1, 1) * (grid.height * grid.width)
-        self.flat = first + rows[..., None] * grid.width + cols[..., None, :]
+        index = np.int32 if n * grid.height * grid.width < 2 ** 31 else np.int64
+        first = np.arange(n, dtype=index).reshape(n, 1, 1, 1) * (grid.height * grid.width)
+        self.flat = first + (rows * grid.width).astype(index)[..., None] + cols.astype(index)[..., None, :]
 
     @staticmethod
     def _place(lo: np.ndarray, hi: np.ndarray, sp: float, size: int) -> tuple[np.ndarray, int]:
@@ -678,17 +679,16 @@ def _tp_parts(g: dict, p: dict, win: _Windows, surf: _Surfaces, t_soft: np.ndarr
     return MU_CORTICAL * 1.2 * tp_r * chord
 
 
-def _rib_items(g: dict, p: dict, k: int) -> dict[str, np.ndarray]:
-    """The rib pair of thoracic level ``k`` as values ``[n, 2]`` (left, right; float64): side
-    ``sgn``, TP tip line ``y_tp, x_tp, half, phi``, ``length``, ``sin_psi``; and the image box
-    ``box`` of each rib (:func:`_render_ribs` gives the shape)."""
-    n = len(p["scale"])
-    sgn = np.array([[-1.0, 1.0]])
-    it = {"sgn": np.broadcast_to(sgn, (n, 2))}
-    it.update({key: np.repeat(val[:, k:k + 1], 2, axis=1) for key, val in
-               (("half", g["tp_half"]), ("phi", g["phi_post"]), ("y_tp", g["y_tp"]), ("x_tp", g["x_tp"]),
-                ("sin_psi", np.sin(g["psi"])))})
-    it["length"] = np.repeat((RIB_LENGTH_MM[k] * p["scale"] * p["rib_length"])[:, None], 2, axis=1)
+def _rib_items(g: dict, p: dict) -> dict[str, np.ndarray]:
+    """The ribs as values ``[n, 24]`` (T1 left, T1 right, T2 left, ...; float64): side ``sgn``,
+    TP tip line ``y_tp, x_tp, half, phi``, ``length``, ``sin_psi``; and the image box ``box`` of
+    each rib (:func:`_render_ribs` gives the shape)."""
+    n, level = len(p["scale"]), np.repeat(np.arange(N_THORACIC), 2)
+    sgn = np.tile([-1.0, 1.0], N_THORACIC)[None, :]
+    it = {"sgn": np.broadcast_to(sgn, (n, 2 * N_THORACIC))}
+    it.update({key: val[:, level] for key, val in (("half", g["tp_half"]), ("phi", g["phi_post"]), ("y_tp", g["y_tp"]),
+                                                    ("x_tp", g["x_tp"]), ("sin_psi", np.sin(g["psi"])))})
+    it["length"] = RIB_LENGTH_MM[level][None, :] * p["scale"][:, None] * p["rib_length"][:, None]
     # box in the rib frame (a outward from the tip, b downward): a within [-0.025, 1] lengths
     # (the taper), b within RIB_RING_CUTOFF radii of the centreline b = f(a) (q below), f
     # increasing there; then its four corners in the image
@@ -712,8 +712,10 @@ def _render_ribs(g: dict, p: dict, grid: _Grid, atten: np.ndarray, t_soft: np.nd
     drawn = []
     radius = _lv(p["rib_radius"] * p["scale"])
     s_, c_ = _lv(p["rib_slope"]), _lv(p["rib_bend"])
-    for k in range(N_THORACIC):
-        it = _rib_items(g, p, k)
+    ribs = _rib_items(g, p)
+    for k in range(N_THORACIC):  # one level's pair at a time
+        it = {key: (tuple(b[:, 2 * k:2 * k + 2] for b in val) if key == "box" else val[:, 2 * k:2 * k + 2])
+              for key, val in ribs.items()}
         win = _Windows(grid, *it["box"])
         Y, X = win.Y, win.X
         sgn, half, ph, sin_psi = _lv(it["sgn"]), _lv(it["half"]), _lv(it["phi"]), _lv(it["sin_psi"])
