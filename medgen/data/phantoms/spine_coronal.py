@@ -110,7 +110,7 @@ TP, each level's ribs, the lungs) is evaluated only in a per-subject window arou
 (all 17 levels at once), the ribs past their distance test and the ultrasound slabs only on
 the pixels that hold bone; blurs use :func:`scipy.ndimage.gaussian_filter`; the angle
 bookkeeping uses :func:`medgen.measure.spine.tilt_range`. Speed (one CPU core, process time,
-64 subjects per call, radiograph and both VPI stacks): about 880 subjects/s at 64x32, 270 at
+64 subjects per call, radiograph and both VPI stacks): about 890 subjects/s at 64x32, 275 at
 128x64, 17 at 512x256.
 """
 from __future__ import annotations

@@ -107,8 +107,8 @@ in its bounding window, and the in-plane and left-right parts of every shape tes
 separable so the MRI slab planes cost little. Centres of mass are weighted ``np.bincount``
 sums (the tests cross-check them with :func:`scipy.ndimage.center_of_mass`), the CT noise
 correlation :func:`scipy.ndimage.gaussian_filter`. Speed (one CPU core, process time,
-64 subjects per call, all three images per subject): about 1100 subjects/s at 32x32,
-500 at 64x64, 40 at 256x256; 3D about 170 volumes/s at 32x32x16 and 20 at 64x64x32.
+64 subjects per call, all three images per subject): about 1200 subjects/s at 32x32,
+530 at 64x64, 43 at 256x256; 3D about 185 volumes/s at 32x32x16 and 20 at 64x64x32.
 """
 from __future__ import annotations
 
