@@ -145,7 +145,8 @@ def test_make_reproduce_demo_benchmark_commands(needs_make: None, tmp_path: Path
         f'{venv}/bin/python -m medgen reproduce --preset cpu --papers "spine knee"'
     assert make_dry("reproduce", f"VENV={venv}")[-1] == f'{venv}/bin/python -m medgen reproduce --preset smoke --papers ""'
     assert make_dry("demo", f"VENV={venv}")[-1] == f"{venv}/bin/python -m medgen demo"
-    assert make_dry("benchmark", f"VENV={venv}")[-1] == f"{venv}/bin/python -m benchmark.speed"
+    assert make_dry("benchmark", f"VENV={venv}")[-2:] == [f"{venv}/bin/python -m benchmark.speed",
+                                                          f"{venv}/bin/python -m benchmark.phantoms"]
     assert make_dry("clean")
 
 
@@ -202,8 +203,9 @@ def test_readme_leads_with_the_two_commands() -> None:
 
 def test_readme_cli_examples_parse() -> None:
     text = (REPO / "README.md").read_text()
-    examples = [line.split("#")[0].strip() for block in re.findall(r"```bash\n(.*?)```", text, re.S)
-                for line in block.splitlines() if line.startswith("medgen ")]
+    blocks = [block.replace("\\\n", " ") for block in re.findall(r"```bash\n(.*?)```", text, re.S)]  # join continuations
+    examples = [line.split("#")[0].strip() for block in blocks for line in block.splitlines()
+                if line.startswith("medgen ")]
     commands = {shlex.split(e)[1] for e in examples}
     assert commands == {"train", "sample", "evaluate", "reproduce", "demo", "phantoms"}
     parser = build_parser()
