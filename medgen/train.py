@@ -121,8 +121,17 @@ def step_indices(n: int, seed: int, step: int, batch_size: int) -> list[int]:
     return out
 
 
+class StepIndices(list):
+    """A batch of dataset indices that also carries ``augment_key = (step, rank)``: datasets with
+    augmentation reseed it from this key, so augmented batches are a function of the step and a
+    resumed run draws exactly what the uninterrupted one drew."""
+
+    augment_key: tuple[int, int] = (0, 0)
+
+
 class StepBatchSampler(Sampler[list[int]]):
-    """Yields this rank's slice of global batches ``start .. stop-1`` (see :func:`step_indices`)."""
+    """Yields this rank's slice of global batches ``start .. stop-1`` (see :func:`step_indices`),
+    as :class:`StepIndices` keyed by ``(step, rank)``."""
 
     def __init__(self, n: int, batch_size: int, seed: int, start: int, stop: int, rank: int = 0,
                  world_size: int = 1) -> None:
@@ -136,7 +145,9 @@ class StepBatchSampler(Sampler[list[int]]):
         per_rank = self.batch_size // self.world_size
         for step in range(self.start, self.stop):
             idx = step_indices(self.n, self.seed, step, self.batch_size)
-            yield idx[self.rank * per_rank:(self.rank + 1) * per_rank]
+            batch = StepIndices(idx[self.rank * per_rank:(self.rank + 1) * per_rank])
+            batch.augment_key = (step, self.rank)
+            yield batch
 
 
 # --------------------------------------------------------------------------------------

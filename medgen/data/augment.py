@@ -107,10 +107,18 @@ class Augment:
         return (f"Augment({'+'.join(self.recipes)!r}, spatial_dims={self.spatial_dims}, seed={self.seed}, "
                 f"mri_channels={self.mri_channels})")
 
+    def reseed(self, *key: int) -> None:
+        """Restart the random stream at ``(seed, *key)`` (e.g. the training step and the rank):
+        draws then depend only on the key and the order within it, so a resumed run repeats them."""
+        self._state.seed([self.seed % 2**32, *(int(k) % 2**32 for k in key)])
+        self._worker = -1  # a keyed stream is already distinct per batch: no per-worker reseed
+
     # ------------------------------------------------------------------------------
     def _reseed_in_worker(self) -> None:
         """Give each DataLoader worker its own stream (a forked copy would repeat the parent's)."""
         info = torch.utils.data.get_worker_info()
+        if info is not None and self._worker is not None and self._worker < 0:
+            return
         if info is not None and self._worker != info.id:
             self._worker = info.id
             self._state.seed([self.seed % 2**32, info.seed % 2**32])

@@ -530,6 +530,9 @@ class _RecordDataset(Dataset):
         idx = [self._check_index(i) for i in indices]
         needs = [self._record_of(i) for i in idx]
         got = self._fetch([r for rs in needs for r in rs], prefetch=False)
+        key = getattr(indices, "augment_key", None)  # (step, rank) from medgen.train.StepBatchSampler
+        if key is not None and self.augment is not None:
+            self.augment.reseed(*key)  # draws keyed on the step: a resumed run repeats them exactly
         return [self._finish(self._build_item(i, [got[r] for r in rs])) for i, rs in zip(idx, needs)]
 
     def _finish(self, item: dict[str, Any]) -> dict[str, Any]:
