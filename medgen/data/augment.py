@@ -37,8 +37,10 @@ written (``"elastic3d+flip+mri_jitter"``); ``""`` is the identity. The datasets 
 Determinism: every random transform draws from one ``numpy.random.RandomState(seed)``, so the
 same sequence of items gives the same outputs for a seed. Inside a ``DataLoader`` worker the
 state is re-seeded once from ``(seed, worker_info.seed)``, so workers do not repeat each
-other's draws. (The state is not saved in checkpoints: a resumed run draws fresh
-augmentations.)
+other's draws. In training, ``medgen.train.fit``'s batch sampler hands each batch a key
+``(step, rank)`` and the dataset calls :meth:`Augment.reseed` with it, so the augmentations of a
+batch depend only on its step: a run resumed after a kill draws exactly what the uninterrupted
+run drew, with or without workers.
 
 Only glue is written here: the transforms themselves are MONAI's. The flip is drawn by hand
 (then applied with ``Flipd``) because ``RandFlipd`` does not say whether it flipped, which
