@@ -37,6 +37,7 @@ voxel units unless ``spacing`` is given; ``NaN`` where either mask is empty.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -118,7 +119,8 @@ def dice_per_label(pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.nd
     p, t, labs = _check(pred, target, labels, "dice_per_label")
     if not labs:
         raise SegmentationInputError("dice_per_label: no foreground label in pred or target")
-    return _dice_channels(_one_hot(p, labs), _one_hot(t, labs))
+    # one label at a time: memory [B, 1, *S] instead of [B, L, *S] (25 vertebrae x 256^3 = 1.6 GB)
+    return torch.cat([_dice_channels(_one_hot(p, [v]), _one_hot(t, [v])) for v in labs], dim=1)
 
 
 def dice_mean(pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray,
@@ -159,6 +161,7 @@ def hd95(pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray,
     MONAI ``compute_hausdorff_distance(percentile=95)`` on the binary union masks ``[B, 1, *S]``
     (surface-to-surface Euclidean distances); voxel units unless ``spacing`` (per spatial axis)
     is given. ``NaN`` where either mask is empty (MONAI returns inf/NaN with a warning there).
+    Returned float64 on the CPU (MONAI computes surface distances on the CPU unless cuCIM is installed).
     """
     p, t, labs = _check(pred, target, labels, "hd95")
     pf, tf = _union(p, labs, labels is None), _union(t, labs, labels is None)
@@ -166,7 +169,9 @@ def hd95(pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray,
     out = torch.full((p.shape[0],), float("nan"), dtype=torch.float64)
     keep = torch.nonzero(~empty).flatten()
     if keep.numel():
-        d = compute_hausdorff_distance(pf[keep], tf[keep], include_background=True, percentile=95,
-                                       spacing=spacing)
+        with warnings.catch_warnings():  # MONAI 1.5+ warns about its own internal deprecated argument
+            warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*", category=FutureWarning)
+            d = compute_hausdorff_distance(pf[keep], tf[keep], include_background=True, percentile=95,
+                                           spacing=spacing)
         out[keep] = d[:, 0].double().cpu()
     return out
