@@ -1,5 +1,10 @@
-"""Metrics: per-sample functions ``fn(pred, target, *, data_range, mask=None) -> [B]`` (importing registers them)."""
-from medgen.metrics import image  # noqa: F401  (registers psnr, ssim, mae, mse)
+"""Metrics, one value per sample: image quality (``image``: ``fn(pred, target, *, data_range, mask=None) -> [B]``,
+registered on import), region and volume metrics (``regions``: SNR, CNR, adjacent-slice correlation) and
+segmentation overlap (``segmentation``: Dice variants, HD95)."""
+from medgen.metrics import image, regions, segmentation  # noqa: F401  (image registers psnr, ssim, mae, mse)
 from medgen.metrics.image import mae, mse, psnr, ssim
+from medgen.metrics.regions import adjacent_slice_correlation, cnr, snr
+from medgen.metrics.segmentation import dice_foreground, dice_mean, dice_per_label, hd95
 
-__all__ = ["image", "mae", "mse", "psnr", "ssim"]
+__all__ = ["image", "regions", "segmentation", "mae", "mse", "psnr", "ssim", "snr", "cnr",
+           "adjacent_slice_correlation", "dice_foreground", "dice_mean", "dice_per_label", "hd95"]
