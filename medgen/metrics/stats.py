@@ -40,6 +40,7 @@ What is wrapped and what is written here:
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
@@ -150,12 +151,15 @@ def _pair(a, b, min_n: int = 3) -> tuple[np.ndarray, np.ndarray]:
 
 @contextlib.contextmanager
 def _pg_full_precision() -> Iterator[None]:
-    """Turn off pingouin's global output rounding for the duration of the block."""
+    """Turn off pingouin's global output rounding (and its pandas deprecation noise) for the block."""
     saved = dict(pg.options)
     pg.options["round"] = None
     pg.options["round.column.CI95"] = None
     try:
-        yield
+        with warnings.catch_warnings():
+            # pingouin 0.7 calls DataFrame.dropna(inplace=True), deprecated in pandas 3.1.
+            warnings.filterwarnings("ignore", message="The inplace keyword", category=DeprecationWarning)
+            yield
     finally:
         pg.options.clear()
         pg.options.update(saved)
@@ -175,6 +179,8 @@ def icc_matrix(ratings: np.ndarray, *, form: str = "two_way_random_absolute", un
     n, k = r.shape
     if n < 3:
         raise StatsError(f"need at least 3 subjects, got {n}")
+    if np.ptp(r.mean(axis=1)) == 0 and np.ptp(r - r.mean(axis=1, keepdims=True)) == 0:
+        raise StatsError("ratings are all equal within and between subjects; the ICC is undefined")
     # Long format: one row per (subject, rater) rating.
     long = pd.DataFrame({"subject": np.repeat(np.arange(n), k), "rater": np.tile(np.arange(k), n),
                          "score": r.ravel()})

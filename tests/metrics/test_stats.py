@@ -34,6 +34,7 @@ def _icc_a1_by_hand(r: np.ndarray) -> float:
     return (ms_rows - ms_err) / (ms_rows + (k - 1) * ms_err + k * (ms_cols - ms_err) / n)
 
 
+@pytest.mark.filterwarnings("ignore:The inplace keyword:DeprecationWarning")
 @pytest.mark.parametrize("form", list(ms.ICC_FORMS))
 @pytest.mark.parametrize("unit", ms.ICC_UNITS)
 def test_icc_matches_pingouin_example(form, unit):
@@ -121,12 +122,13 @@ def test_paired_tests_vs_scipy():
 def test_holm_vs_statsmodels():
     # 0.01 ranked 2nd of 6 sits exactly on alpha / 5: Holm (and statsmodels) reject it.
     for p in (np.array([0.01, 0.04, 0.03, 0.005, 0.5, 0.02]),
-              np.random.default_rng(8).uniform(0, 0.08, 12), np.array([0.3])):
+              np.random.default_rng(9).uniform(0, 0.012, 12), np.array([0.3])):
         got = ms.holm(p)
         reject, p_adj, _, _ = multipletests(p, alpha=0.05, method="holm")
         np.testing.assert_array_equal(got["reject"], reject)
         np.testing.assert_allclose(got["p_adj"], p_adj)
     assert ms.holm([0.01, 0.04, 0.03, 0.005, 0.5, 0.02])["reject"].sum() == 2
+    assert 0 < ms.holm(np.random.default_rng(9).uniform(0, 0.012, 12))["reject"].sum() < 12
 
 
 def test_bootstrap_ci_contains_mean_and_is_deterministic():
@@ -147,6 +149,10 @@ def test_bootstrap_ci_contains_mean_and_is_deterministic():
     (lambda: ms.icc([1, 2], [1, 2]), "at least 3 subjects"),
     (lambda: ms.icc([1, 2, 3], [1, 2, 4], form="two_way"), "known: one_way_random"),
     (lambda: ms.icc([1, 2, 3], [1, 2, 4], unit="both"), "unknown ICC unit"),
+    (lambda: ms.icc([2, 2, 2], [2, 2, 2]), "undefined"),
+    (lambda: ms.icc_matrix(np.ones((4, 1))), "k_raters >= 2"),
+    (lambda: ms.linear_regression([1, 1, 1], [1, 2, 3]), "constant"),
+    (lambda: ms.paired_tests([1, 2, 3], [1, 2, 3]), "identical"),
     (lambda: ms.bland_altman([1, 2, 3], [1, 2, 3, 4]), "length mismatch"),
     (lambda: ms.holm([0.5, 1.5]), r"\[0, 1\]"),
     (lambda: ms.bootstrap_ci([1.0, 2.0]), "at least 3"),
