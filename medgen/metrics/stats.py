@@ -52,7 +52,7 @@ from scipy import stats as sst
 __all__ = [
     "ICC_FORMS", "ICC_UNITS", "ICCResult", "AgreementResult", "RegressionResult", "BlandAltmanResult",
     "PairedTestResult", "BootstrapResult", "StatsError", "icc", "icc_matrix", "agreement", "mad", "sem",
-    "linear_regression", "bland_altman", "paired_tests", "holm", "bootstrap_ci",
+    "linear_regression", "bland_altman", "paired_tests", "compare_paired", "holm", "bootstrap_ci",
 ]
 
 # form -> pingouin row index within intraclass_corr's output for (single, average).
@@ -246,6 +246,28 @@ def paired_tests(a, b) -> PairedTestResult:
     t = sst.ttest_rel(a, b)
     w = sst.wilcoxon(a, b)
     return PairedTestResult(float(t.statistic), float(t.pvalue), float(w.statistic), float(w.pvalue), a.size)
+
+
+def compare_paired(pairs: dict[str, tuple], *, alpha: float = 0.05) -> pd.DataFrame:
+    """Paired t / Wilcoxon tests for several comparisons, each family Holm-corrected.
+
+    ``pairs`` maps a comparison name (e.g. ``"ours vs cyclegan"``) to ``(a, b)``, two ``[n]``
+    per-subject arrays. Returns one row per comparison with columns ``n, mean_diff, t_stat, t_p,
+    t_p_holm, t_reject, w_stat, w_p, w_p_holm, w_reject`` (index: the names, in input order).
+    """
+    if not pairs:
+        raise StatsError("pairs is empty; give at least one comparison")
+    rows = {name: paired_tests(a, b) for name, (a, b) in pairs.items()}
+    df = pd.DataFrame({
+        "n": [r.n for r in rows.values()],
+        "mean_diff": [float(np.mean(np.asarray(a, float) - np.asarray(b, float))) for a, b in pairs.values()],
+        "t_stat": [r.t_stat for r in rows.values()], "t_p": [r.t_p for r in rows.values()],
+        "w_stat": [r.w_stat for r in rows.values()], "w_p": [r.w_p for r in rows.values()],
+    }, index=pd.Index(list(rows), name="comparison"))
+    for test in ("t", "w"):  # Holm over the comparisons, separately for each test
+        h = holm(df[f"{test}_p"].to_numpy(), alpha=alpha)
+        df[f"{test}_p_holm"], df[f"{test}_reject"] = h["p_adj"], h["reject"]
+    return df[["n", "mean_diff", "t_stat", "t_p", "t_p_holm", "t_reject", "w_stat", "w_p", "w_p_holm", "w_reject"]]
 
 
 def holm(pvals, alpha: float = 0.05) -> dict[str, np.ndarray]:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pingouin as pg
 import pytest
 from scipy import stats as sst
@@ -119,6 +118,21 @@ def test_paired_tests_vs_scipy():
     assert got.t_p < 0.05 and got.w_p < 0.05
 
 
+def test_compare_paired_applies_holm_per_test():
+    rng = np.random.default_rng(10)
+    ref = rng.normal(30, 5, 15)
+    pairs = {"big": (ref + 2 + rng.normal(0, 1, 15), ref), "small": (ref + 0.3 + rng.normal(0, 1, 15), ref),
+             "none": (ref + rng.normal(0, 1, 15), ref)}
+    df = ms.compare_paired(pairs)
+    assert list(df.index) == ["big", "small", "none"]
+    for test, fn in (("t", sst.ttest_rel), ("w", sst.wilcoxon)):
+        raw = [fn(a, b).pvalue for a, b in pairs.values()]
+        np.testing.assert_allclose(df[f"{test}_p"], raw)
+        np.testing.assert_allclose(df[f"{test}_p_holm"], multipletests(raw, method="holm")[1])
+    assert bool(df.loc["big", "t_reject"]) and df.loc["big", "mean_diff"] == pytest.approx(
+        np.mean(pairs["big"][0] - ref))
+
+
 def test_holm_vs_statsmodels():
     # 0.01 ranked 2nd of 6 sits exactly on alpha / 5: Holm (and statsmodels) reject it.
     for p in (np.array([0.01, 0.04, 0.03, 0.005, 0.5, 0.02]),
@@ -155,6 +169,7 @@ def test_bootstrap_ci_contains_mean_and_is_deterministic():
     (lambda: ms.paired_tests([1, 2, 3], [1, 2, 3]), "identical"),
     (lambda: ms.bland_altman([1, 2, 3], [1, 2, 3, 4]), "length mismatch"),
     (lambda: ms.holm([0.5, 1.5]), r"\[0, 1\]"),
+    (lambda: ms.compare_paired({}), "empty"),
     (lambda: ms.bootstrap_ci([1.0, 2.0]), "at least 3"),
 ])
 def test_errors(call, match):
