@@ -1,0 +1,110 @@
+"""Structural metrics: RSSIM vs skimage canny + SSIM, spine mask counts, MS-SSIM vs MONAI/torchmetrics."""
+import numpy as np
+import pytest
+import torch
+from skimage.feature import canny
+from skimage.metrics import structural_similarity
+
+from medgen.metrics.structure import ms_ssim, rssim, spine_mask
+from medgen.registry import METRICS, lookup
+
+
+def _blobs(n=64, seed=0):
+    """[1, 1, n, n] image in [0, 1] with a few bright discs and noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:n, :n]
+    img = np.zeros((n, n))
+    for cy, cx, r in ((20, 20, 9), (40, 44, 12), (18, 46, 6)):
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = 0.8
+    img += 0.02 * rng.standard_normal((n, n))
+    return torch.from_numpy(img)[None, None]
+
+
+def _roi(n=64):
+    roi = torch.zeros(1, 1, n, n)
+    roi[..., 8:56, 8:56] = 1
+    return roi
+
+
+def test_rssim_identical_is_one():
+    img = _blobs()
+    assert rssim(img, img, data_range=1.0, roi=_roi()).item() == pytest.approx(1.0, abs=1e-12)
+
+
+def test_rssim_decreases_with_shift():
+    img = _blobs()
+    vals = [rssim(torch.roll(img, s, dims=-1), img, data_range=1.0, roi=_roi()).item() for s in (0, 1, 3, 6)]
+    assert all(a > b for a, b in zip(vals, vals[1:])), vals
+
+
+def test_rssim_equals_skimage_composition():
+    # tolerance 1e-7: both float64, but MONAI convolves with a 7x7 box kernel while skimage uses
+    # scipy uniform_filter (separable running sums); they differ by ~2e-9 on these edge maps
+    target, pred = _blobs(seed=0), torch.roll(_blobs(seed=1), 2, dims=-2) * 2.0  # data_range 2 scale
+    target = target * 2.0
+    roi = _roi()
+    out = rssim(pred, target, data_range=2.0, roi=roi).item()
+    e_p = canny(pred[0, 0].numpy() / 2.0, sigma=3).astype(float)
+    e_t = canny(target[0, 0].numpy() / 2.0, sigma=3).astype(float)
+    _, smap = structural_similarity(e_t, e_p, data_range=1.0, win_size=7, use_sample_covariance=False, full=True)
+    inner = roi[0, 0].numpy().astype(bool)[3:-3, 3:-3]
+    assert out == pytest.approx(smap[3:-3, 3:-3][inner].mean(), abs=1e-7)
+    assert out < 0.99
+
+
+def test_rssim_rejects_3d_and_bad_roi():
+    with pytest.raises(ValueError):
+        rssim(torch.zeros(1, 1, 8, 16, 16), torch.zeros(1, 1, 8, 16, 16), data_range=1.0,
+              roi=torch.ones(1, 1, 8, 16, 16))
+    with pytest.raises(ValueError):
+        rssim(_blobs(), _blobs(), data_range=1.0, roi=torch.ones(1, 1, 32, 32))
+
+
+def test_spine_mask_square_counts():
+    n, d = 64, 10
+    labels = torch.zeros(1, n, n, dtype=torch.int64)
+    labels[0, 20:30, 25:35] = 1  # 10x10 square, rows 20..29, cols 25..34
+    m = spine_mask(labels, distance_px=d)
+    assert m.shape == (1, 1, n, n)
+    # hand count: pixel kept iff Euclidean distance to the square's nearest pixel <= 10
+    yy, xx = np.mgrid[:n, :n]
+    dy = np.maximum(np.maximum(20 - yy, yy - 29), 0)
+    dx = np.maximum(np.maximum(25 - xx, xx - 34), 0)
+    expected = (dy ** 2 + dx ** 2 <= d * d)
+    assert np.array_equal(m[0, 0].numpy().astype(bool), expected)
+    assert m[0, 0, 10, 30] == 1 and m[0, 0, 9, 30] == 0      # straight above: 10 kept, 11 dropped
+    assert m[0, 0, 13, 18] == 1 and m[0, 0, 12, 17] == 0     # diagonal: sqrt(98) kept, sqrt(128) dropped
+    with pytest.raises(ValueError):
+        spine_mask(torch.zeros(1, 16, 16))
+
+
+def test_ms_ssim_registered_and_matches_monai():
+    from monai.metrics import MultiScaleSSIMMetric
+    assert lookup(METRICS, "ms_ssim") is ms_ssim
+    g = torch.Generator().manual_seed(0)
+    t = torch.rand(2, 1, 192, 192, generator=g, dtype=torch.float64)
+    p = (t + 0.3 * torch.rand(2, 1, 192, 192, generator=g, dtype=torch.float64)).clamp(0, 1)
+    out = ms_ssim(p, t, data_range=1.0)
+    assert out.shape == (2,)
+    ref = MultiScaleSSIMMetric(spatial_dims=2, data_range=1.0, kernel_size=11, kernel_sigma=1.5,
+                               reduction="none")(p, t).flatten()
+    assert torch.allclose(out, ref.double(), atol=1e-12)
+    assert ms_ssim(t, t, data_range=1.0).allclose(torch.ones(2, dtype=torch.float64), atol=1e-12)
+    assert (out < 1).all()
+
+
+def test_ms_ssim_close_to_torchmetrics():
+    # torchmetrics reflect-pads and averages the last-scale SSIM map over the padded border as
+    # well (MONAI: valid windows only), so the two agree only to ~1e-3 -> tolerance 3e-3
+    from torchmetrics.functional.image import multiscale_structural_similarity_index_measure as tm
+    g = torch.Generator().manual_seed(1)
+    t = torch.rand(2, 1, 192, 192, generator=g, dtype=torch.float64)
+    p = (t + 0.3 * torch.rand(2, 1, 192, 192, generator=g, dtype=torch.float64)).clamp(0, 1)
+    ref = tm(p, t, data_range=1.0, reduction="none", normalize=None)
+    assert torch.allclose(ms_ssim(p, t, data_range=1.0), ref, atol=3e-3)
+
+
+def test_ms_ssim_too_small():
+    x = torch.rand(1, 1, 160, 192)
+    with pytest.raises(ValueError, match="too small"):
+        ms_ssim(x, x, data_range=1.0)
