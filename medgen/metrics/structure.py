@@ -6,6 +6,8 @@
 * :func:`spine_mask` - the MRI->CT spine paper's evaluation mask: pixels farther than 10 px
   from the segmented spine are dropped (set to zero there).
 * :func:`ms_ssim` - multi-scale SSIM (Wang et al. 2003) via ``monai.metrics.MultiScaleSSIMMetric``.
+* :func:`vifp` - pixel-domain visual information fidelity (Sheikh & Bovik 2006), reported by the
+  MRI->CT spine paper, via ``torchmetrics.functional.image.visual_information_fidelity``.
 
 Conventions follow :mod:`medgen.metrics.image`: ``pred``/``target`` ``[B, C, H, W]`` (or
 ``[B, C, D, H, W]`` where stated), explicit ``data_range``, results ``[B]`` float64.
@@ -17,17 +19,20 @@ import torch
 from monai.metrics import MultiScaleSSIMMetric
 from scipy import ndimage
 from skimage.feature import canny
+from torchmetrics.functional.image import visual_information_fidelity
 
 from medgen.metrics.image import _check, ssim
 from medgen.registry import METRICS, register
 
-__all__ = ["rssim", "spine_mask", "ms_ssim", "RSSIM_SIGMA", "SPINE_DISTANCE_PX", "MS_SSIM_WEIGHTS"]
+__all__ = ["rssim", "spine_mask", "ms_ssim", "RSSIM_SIGMA", "SPINE_DISTANCE_PX", "MS_SSIM_WEIGHTS", "vifp"]
 
 RSSIM_SIGMA = 3.0          # Canny Gaussian sigma used by Xray2MRI for bone edges
 SPINE_DISTANCE_PX = 10     # MRI->CT paper: pixels farther than this from the spine are masked
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003, 5 scales
 MS_SSIM_KERNEL = 11        # Gaussian window size (sigma 1.5), as in Wang et al.
 MS_SSIM_SIGMA = 1.5
+VIF_SIGMA_N_SQ = 2.0       # HVS noise variance of VIFp, defined for 8-bit images (range 255)
+VIF_MIN_SIZE = 41          # smallest side torchmetrics' 4-scale VIFp accepts
 
 
 def _edges(x: torch.Tensor, data_range: float, sigma: float) -> torch.Tensor:
@@ -105,4 +110,27 @@ def ms_ssim(pred: torch.Tensor, target: torch.Tensor, *, data_range: float,
     return metric(pred.double(), target.double()).double().flatten(1).mean(1)
 
 
+def vifp(pred: torch.Tensor, target: torch.Tensor, *, data_range: float,
+         mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Pixel-domain VIF per sample ``[B]`` (float64) of 2D ``pred``/``target`` ``[B, C, H, W]``.
+
+    ``target`` is the reference. Both images are rescaled by ``255 / data_range`` so the fixed
+    HVS noise variance ``sigma_n^2 = 2`` means what it does for 8-bit images (VIF uses only
+    local variances, so offsets do not matter). 4 scales with Gaussian windows 17, 9, 5, 3
+    ("valid" filtering); every side must be >= 41. Channels are averaged. Identical images
+    give 1. ``mask`` is not supported (must be None).
+    """
+    _check(pred, target, data_range, None, "vifp")
+    if mask is not None:
+        raise ValueError("vifp: masks are not supported")
+    if pred.ndim != 4:
+        raise ValueError(f"vifp: expected 2D images [B, C, H, W], got shape {tuple(pred.shape)}")
+    if min(pred.shape[2:]) < VIF_MIN_SIZE:
+        raise ValueError(f"vifp: image size {tuple(pred.shape[2:])} too small (every side must be >= {VIF_MIN_SIZE})")
+    scale = 255.0 / float(data_range)
+    return visual_information_fidelity(pred.double() * scale, target.double() * scale,
+                                       sigma_n_sq=VIF_SIGMA_N_SQ, reduction="none").double()
+
+
 register(METRICS, "ms_ssim")(ms_ssim)
+register(METRICS, "vifp")(vifp)

@@ -108,3 +108,53 @@ def test_ms_ssim_too_small():
     x = torch.rand(1, 1, 160, 192)
     with pytest.raises(ValueError, match="too small"):
         ms_ssim(x, x, data_range=1.0)
+
+
+def _vifp_reference(ref, dist, sigma_n_sq=2.0):
+    """Sheikh & Bovik's pixel-domain VIF (vifp_mscale) in NumPy/SciPy, one 2D image pair."""
+    from scipy.signal import convolve2d
+    eps, num, den = 1e-10, 0.0, 0.0
+    for s in range(4):
+        n = 2 ** (4 - s) + 1
+        c = np.arange(n) - (n - 1) / 2
+        w = np.exp(-(c[:, None] ** 2 + c[None, :] ** 2) / (2 * (n / 5) ** 2))
+        w /= w.sum()
+        if s > 0:  # low-pass then decimate by 2
+            ref = convolve2d(ref, w, mode="valid")[::2, ::2]
+            dist = convolve2d(dist, w, mode="valid")[::2, ::2]
+        mu1, mu2 = convolve2d(ref, w, mode="valid"), convolve2d(dist, w, mode="valid")
+        s1 = np.maximum(convolve2d(ref * ref, w, mode="valid") - mu1 ** 2, 0)
+        s2 = np.maximum(convolve2d(dist * dist, w, mode="valid") - mu2 ** 2, 0)
+        s12 = convolve2d(ref * dist, w, mode="valid") - mu1 * mu2
+        g = s12 / (s1 + eps)
+        sv = s2 - g * s12
+        m = s1 < eps
+        g[m], sv[m], s1[m] = 0, s2[m], 0
+        m = s2 < eps
+        g[m], sv[m] = 0, 0
+        m = g < 0
+        sv[m], g[m] = s2[m], 0
+        sv = np.maximum(sv, eps)
+        num += np.log10(1 + g ** 2 * s1 / (sv + sigma_n_sq)).sum()
+        den += np.log10(1 + s1 / sigma_n_sq).sum()
+    return num / den
+
+
+def test_vifp_matches_numpy_reference_and_scales_with_data_range():
+    from medgen.metrics.structure import vifp
+    assert lookup(METRICS, "vifp") is vifp
+    g = torch.Generator().manual_seed(2)
+    t = torch.rand(2, 1, 48, 48, generator=g, dtype=torch.float64) * 2 - 1     # model range, data_range 2
+    p = (t + 0.2 * torch.randn(2, 1, 48, 48, generator=g, dtype=torch.float64)).clamp(-1, 1)
+    out = vifp(p, t, data_range=2.0)
+    assert out.shape == (2,)
+    for i in range(2):  # reference on the 8-bit scale: x * 255 / data_range
+        ref = _vifp_reference(t[i, 0].numpy() * 127.5, p[i, 0].numpy() * 127.5)
+        assert out[i].item() == pytest.approx(ref, rel=1e-9)
+    # invariant to an affine change of units that data_range follows
+    assert torch.allclose(vifp(p * 500 + 30, t * 500 + 30, data_range=1000.0), out, rtol=1e-9)
+    assert torch.allclose(vifp(t, t, data_range=2.0), torch.ones(2, dtype=torch.float64), atol=1e-6)
+    noisier = (t + 0.5 * torch.randn(2, 1, 48, 48, generator=g, dtype=torch.float64)).clamp(-1, 1)
+    assert (vifp(noisier, t, data_range=2.0) < out).all()
+    with pytest.raises(ValueError, match="too small"):
+        vifp(t[..., :40], t[..., :40], data_range=2.0)
