@@ -158,3 +158,19 @@ def test_vifp_matches_numpy_reference_and_scales_with_data_range():
     assert (vifp(noisier, t, data_range=2.0) < out).all()
     with pytest.raises(ValueError, match="too small"):
         vifp(t[..., :40], t[..., :40], data_range=2.0)
+
+
+def test_torchmetrics_gap_is_reflect_padding():
+    # why MS-SSIM differs: torchmetrics' SSIM = MONAI's valid-window SSIM of the reflect-padded image
+    import torch.nn.functional as F
+    from torchmetrics.functional.image import structural_similarity_index_measure as tss
+    from medgen.metrics.image import ssim
+    g = torch.Generator().manual_seed(3)
+    t = torch.rand(2, 1, 48, 48, generator=g, dtype=torch.float64)
+    p = (t + 0.3 * torch.rand(2, 1, 48, 48, generator=g, dtype=torch.float64)).clamp(0, 1)
+    padded = ssim(F.pad(p, (5,) * 4, mode="reflect"), F.pad(t, (5,) * 4, mode="reflect"), data_range=1.0,
+                  kernel="gaussian", win_size=11)
+    valid = ssim(p, t, data_range=1.0, kernel="gaussian", win_size=11)
+    ref = tss(p, t, data_range=1.0, reduction="none")
+    assert torch.allclose(padded, ref, atol=1e-6)           # residual ~1e-7: kernel construction
+    assert (valid - ref).abs().max() > 10 * (padded - ref).abs().max()
