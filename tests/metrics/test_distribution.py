@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import linalg
+from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
 
 from medgen.metrics import distribution as dist
 
@@ -25,16 +26,28 @@ def _frechet_scipy(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.sum((mu1 - mu2) ** 2) + np.trace(s1 + s2 - 2 * linalg.sqrtm(s1 @ s2).real))
 
 
-def test_fid_identical_is_zero():
-    x = _gauss(200, 0)
+@pytest.mark.parametrize("n, d", [(200, D), (100, 512)])   # full-rank and singular (N < D) covariances
+def test_fid_identical_is_zero(n, d):
+    x = torch.randn(n, d, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     assert abs(dist.fid_from_features(x, x)) < 1e-6
+    assert abs(dist.fid_from_features(x.float(), x.float())) < 1e-6
 
 
-def test_fid_matches_scipy_sqrtm():
+def test_fid_matches_scipy_sqrtm_and_torch_fidelity():
     a, b = _gauss(300, 1), _gauss(250, 2, shift=0.3, scale=1.5)
     want = _frechet_scipy(a.numpy(), b.numpy())
     assert dist.fid_from_features(a, b) == pytest.approx(want, rel=1e-6)
-    assert dist._fid_scipy(a.numpy(), b.numpy()) == pytest.approx(want, rel=1e-9)
+    st = [fid_features_to_statistics(f) for f in (a, b)]
+    tf_value = fid_statistics_to_metric(st[0], st[1], verbose=False)[KEY_METRIC_FID]
+    assert dist.fid_from_features(a, b) == pytest.approx(tf_value, rel=1e-6)
+
+
+def test_fid_singular_route_matches_full_rank_route():
+    """N <= D uses the sample-space nuclear norm; it must equal scipy's D-space sqrtm value."""
+    g = torch.Generator().manual_seed(7)
+    a = torch.randn(40, 64, generator=g, dtype=torch.float64)
+    b = torch.randn(30, 64, generator=g, dtype=torch.float64) * 1.3 + 0.2
+    assert dist.fid_from_features(a, b) == pytest.approx(_frechet_scipy(a.numpy(), b.numpy()), rel=1e-6)
 
 
 def test_fid_grows_with_shift_and_noise():
