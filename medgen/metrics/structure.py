@@ -51,16 +51,27 @@ def _edges(x: torch.Tensor, data_range: float, sigma: float) -> torch.Tensor:
 
 def rssim(pred: torch.Tensor, target: torch.Tensor, *, data_range: float, roi: torch.Tensor,
           sigma: float = RSSIM_SIGMA, win_size: int = 7) -> torch.Tensor:
-    """Region-specific SSIM per sample ``[B]`` (float64) of 2D ``pred``/``target`` ``[B, C, H, W]``.
+    """Region-specific SSIM per sample ``[B]`` (float64) of ``pred``/``target`` ``[B, C, H, W]``.
 
-    Steps: (1) Canny edges (``sigma``) of each image after scaling by ``data_range``;
+    Steps: (1) Canny edges (``sigma``) of each 2D image after scaling by ``data_range``;
     (2) :func:`medgen.metrics.image.ssim` of the binary edge maps with ``data_range=1``
     (edges are 0/1), uniform window ``win_size``, averaged over windows whose centre lies in
-    ``roi`` ``[B, 1, H, W]`` (0/1). Identical images give 1. Not registered (extra ``roi``).
+    ``roi`` ``[B, 1, H, W]`` (0/1). Identical images give 1. Volumes ``[B, C, D, H, W]`` (the
+    knee MRI stack) take a 2D ``roi`` ``[B, 1, H, W]`` shared by every slice and average the
+    per-slice RSSIM over the ``D`` slices. Not registered (extra ``roi`` argument).
     """
+    if pred.ndim == 5:  # fold slices into the batch: [B, C, D, H, W] -> [B * D, C, H, W]
+        b, c, d, h, w = pred.shape
+        if roi.shape != (b, 1, h, w):
+            raise ValueError(f"rssim: roi {tuple(roi.shape)} does not match volume {tuple(pred.shape)} "
+                             f"(expected [B, 1, H, W])")
+        fold = lambda x: x.permute(0, 2, 1, 3, 4).reshape(b * d, c, h, w)  # noqa: E731
+        per_slice = rssim(fold(pred), fold(target), data_range=data_range,
+                          roi=roi.repeat_interleave(d, dim=0), sigma=sigma, win_size=win_size)
+        return per_slice.view(b, d).mean(1)
     _check(pred, target, data_range, roi, "rssim")
     if pred.ndim != 4:
-        raise ValueError(f"rssim: expected 2D images [B, C, H, W], got shape {tuple(pred.shape)}")
+        raise ValueError(f"rssim: expected [B, C, H, W] or [B, C, D, H, W], got shape {tuple(pred.shape)}")
     e_pred = _edges(pred, data_range, sigma)
     e_target = _edges(target, data_range, sigma)
     return ssim(e_pred, e_target, data_range=1.0, mask=roi.cpu(), win_size=win_size)

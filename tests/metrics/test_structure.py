@@ -52,10 +52,15 @@ def test_rssim_equals_skimage_composition():
     assert out < 0.99
 
 
-def test_rssim_rejects_3d_and_bad_roi():
+def test_rssim_volume_is_mean_of_slices_and_rejects_bad_roi():
+    slices = [_blobs(seed=k) for k in range(3)]
+    target = torch.cat([x for x in slices], 1)[:, None]                        # [1, 1, 3, 64, 64]
+    pred = torch.roll(target, 2, dims=-1)
+    roi = _roi()
+    per = [rssim(pred[:, :, k], target[:, :, k], data_range=1.0, roi=roi).item() for k in range(3)]
+    assert rssim(pred, target, data_range=1.0, roi=roi).item() == pytest.approx(np.mean(per), abs=1e-12)
     with pytest.raises(ValueError):
-        rssim(torch.zeros(1, 1, 8, 16, 16), torch.zeros(1, 1, 8, 16, 16), data_range=1.0,
-              roi=torch.ones(1, 1, 8, 16, 16))
+        rssim(pred, target, data_range=1.0, roi=torch.ones(1, 1, 3, 64, 64))
     with pytest.raises(ValueError):
         rssim(_blobs(), _blobs(), data_range=1.0, roi=torch.ones(1, 1, 32, 32))
 
