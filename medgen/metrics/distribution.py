@@ -137,14 +137,12 @@ def kid_from_features(f1: torch.Tensor, f2: torch.Tensor, *, subsets: int = KID_
 
 
 def _weights_sha256() -> str:
-    """sha256 of the converted torch-fidelity weights file (from its verified sidecar)."""
-    import hashlib
+    """sha256 of the converted weights file, from the sidecar that ``inception_weights_path``
+    has just verified against the file (so the file is not hashed twice)."""
+    import json
     from medgen.metrics.inception import inception_weights_path
-    h = hashlib.sha256()
-    with open(inception_weights_path(), "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    path = inception_weights_path()
+    return str(json.loads(path.with_name(path.name + ".json").read_text())["sha256"])
 
 
 def _features_and_meta(real: torch.Tensor, fake: torch.Tensor, batch_size: int, name: str):
