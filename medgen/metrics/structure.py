@@ -83,6 +83,9 @@ def spine_mask(labels: torch.Tensor, distance_px: float = SPINE_DISTANCE_PX) -> 
     ``labels``: ``[B, *S]`` (2D or 3D), nonzero = spine. Euclidean distance of every pixel to
     the nearest spine pixel (``scipy.ndimage.distance_transform_edt`` of the background); a
     pixel is kept when that distance is ``<= distance_px`` (spine pixels have distance 0).
+    The paper zeroes the dropped pixels of both images and scores the whole image
+    (``pred * m``, ``target * m``); passing ``m`` as a metric's ``mask`` instead averages
+    only over kept pixels -- a different number (the zeros inflate PSNR/SSIM).
     """
     if labels.ndim not in (3, 4):
         raise ValueError(f"spine_mask: expected labels [B, H, W] or [B, D, H, W], got shape {tuple(labels.shape)}")

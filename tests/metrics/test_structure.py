@@ -179,3 +179,13 @@ def test_torchmetrics_gap_is_reflect_padding():
     ref = tss(p, t, data_range=1.0, reduction="none")
     assert torch.allclose(padded, ref, atol=1e-6)           # residual ~1e-7: kernel construction
     assert (valid - ref).abs().max() > 10 * (padded - ref).abs().max()
+
+
+def test_spine_mask_3d_single_voxel_is_a_ball():
+    labels = torch.zeros(2, 24, 24, 24, dtype=torch.uint8)
+    labels[:, 12, 12, 12] = 3                       # any nonzero label counts as spine
+    m = spine_mask(labels, distance_px=5)
+    assert m.shape == (2, 1, 24, 24, 24)
+    zz, yy, xx = np.mgrid[:24, :24, :24]
+    ball = (zz - 12) ** 2 + (yy - 12) ** 2 + (xx - 12) ** 2 <= 25
+    assert int(m[0].sum()) == int(ball.sum()) and np.array_equal(m[1, 0].numpy().astype(bool), ball)
