@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -45,6 +46,8 @@ import warnings
 from pathlib import Path
 
 import torch
+
+from medgen.utils import atomic_write_bytes, atomic_write_text
 
 __all__ = ["inception_weights_path", "inception_extractor", "inception_features",
            "convert_state_dict", "source_torchscript_path", "cache_dir", "FEATURE_DIM"]
@@ -187,18 +190,11 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write via ``write(file_obj)`` to a temp file in the same folder, then ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _torch_bytes(obj: object) -> bytes:
+    """``torch.save`` of ``obj`` into memory (written atomically by :func:`medgen.utils.atomic_write_bytes`)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
 
 
 def _cache_valid(weights: Path, sidecar: Path, source_sha: str) -> bool:
@@ -245,10 +241,10 @@ def inception_weights_path() -> Path:
     if _cache_valid(weights, sidecar, source_sha):
         return weights
     state = convert_state_dict(load_torchscript().state_dict(), _target_template())
-    _atomic_write(weights, lambda f: torch.save(state, f))
+    atomic_write_bytes(weights, _torch_bytes(state))
     meta = {"sha256": _sha256(weights), "source": str(src), "source_sha256": source_sha,
             "format": "torch-fidelity FeatureExtractorInceptionV3 state dict"}
-    _atomic_write(sidecar, lambda f: f.write(json.dumps(meta, indent=1).encode()))
+    atomic_write_text(sidecar, json.dumps(meta, indent=1))
     return weights
 
 
