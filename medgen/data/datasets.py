@@ -86,10 +86,9 @@ import torch
 from torch.utils.data import Dataset
 
 from medgen.config import DataConfig
-from medgen.data.phantoms.base import Modality, PhantomError, PhantomSpec, Sizes
+from medgen.data.phantoms.base import TEST_OFFSET, Modality, PhantomError, PhantomSpec, Sizes
 from medgen.data.splits import patient_split
 from medgen.data.splits import split_hash as _split_hash
-from medgen.data.toy import TEST_OFFSET
 from medgen.registry import DATASETS, PHANTOMS, lookup, register
 
 __all__ = ["DatasetError", "PhantomSource", "ManifestSource", "PairedDataset", "UnpairedDataset",

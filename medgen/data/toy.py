@@ -36,12 +36,12 @@ from scipy.ndimage import gaussian_filter
 from torch.utils.data import Dataset
 
 from medgen.config import DataConfig
+from medgen.data.phantoms.base import TEST_OFFSET  # first test subject, shared with the phantoms
 from medgen.data.splits import split_hash as _split_hash
 from medgen.registry import DATASETS, register
 
 __all__ = ["ToyShapes", "make_pairs", "patient_id", "TEST_OFFSET"]
 
-TEST_OFFSET = 500_000  # first subject number of the test split (train uses 0 .. TEST_OFFSET-1)
 MAX_ORGANS = 5  # organs per phantom are drawn from 2 .. MAX_ORGANS
 BLUR_SIGMA_PX = 1.0  # PSF standard deviation in pixels at 32 px (scaled with the image size)
 SPECKLE_LOOKS = 4  # looks averaged into the multiplicative speckle: relative std 1/sqrt(looks)
