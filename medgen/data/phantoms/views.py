@@ -70,7 +70,7 @@ def _outline(rgb: RGB, labels: np.ndarray, color: tuple[int, int, int], factor: 
     rgb[edges] = color
 
 
-def _pick(arr: np.ndarray, index: int, slice_pos: float | None, axis_len_key: int = 0) -> np.ndarray:
+def _pick(arr: np.ndarray, index: int, slice_pos: float | None) -> np.ndarray:
     """Subject ``index`` of ``arr``; for a 3D subject ``[D, H, W]`` the slice at ``slice_pos`` in [0, 1]."""
     sub = arr[index]
     if sub.ndim == 3:
