@@ -141,8 +141,7 @@ def _jsw_by_grade(a: Mapping[str, np.ndarray]) -> pd.DataFrame:
     from medgen.measure.knee import joint_space_width
 
     jsw = joint_space_width(a["xray"])
-    df = pd.DataFrame({"kl_grade": a["kl_grade"].astype(int), "jsw_measured": jsw, "jsw_true": a["jsw_true"]})
-    return df
+    return pd.DataFrame({"kl_grade": a["kl_grade"].astype(int), "jsw_measured": jsw, "jsw_true": a["jsw_true"]})
 
 
 def distribution_figure(sets: Mapping[str, Mapping[str, np.ndarray]]) -> Any:

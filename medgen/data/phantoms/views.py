@@ -42,8 +42,8 @@ def gray(image: np.ndarray, modality: Any) -> RGB:
     return np.repeat((unit * 255.0 + 0.5).astype(np.uint8)[..., None], 3, axis=2)
 
 
-def _upscale(rgb: RGB, min_side: int = 256) -> RGB:
-    """Nearest-neighbour enlargement so tiny ``ci`` images stay visible (returns the factor too)."""
+def _upscale(rgb: RGB, min_side: int = 256) -> tuple[RGB, int]:
+    """Nearest-neighbour enlargement so tiny ``ci`` images stay visible: ``(image, factor)``."""
     f = max(1, int(np.ceil(min_side / min(rgb.shape[:2]))))
     return np.repeat(np.repeat(rgb, f, axis=0), f, axis=1), f
 
