@@ -18,9 +18,12 @@ from scipy.stats import wilcoxon
 from medgen.data.batch import Batch, collate
 from medgen.registry import METRICS, lookup
 
-__all__ = ["evaluate", "summarize", "paired_test", "subject_means"]
+__all__ = ["evaluate", "summarize", "paired_test", "subject_means", "MASK_MODES"]
 
 MetricFn = Callable[..., torch.Tensor]
+
+#: What an item's ``mask`` does in :func:`evaluate`: average inside it, zero outside it, or nothing.
+MASK_MODES = ("mean", "zero", "ignore")
 
 
 def _resolve_metrics(metrics: Sequence[str | MetricFn]) -> list[tuple[str, MetricFn]]:
@@ -56,6 +59,8 @@ def evaluate(
     batch_size: int = 16,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    mask_mode: str = "mean",
+    fill: float = 0.0,
     **options: Any,
 ) -> pd.DataFrame:
     """Translate every sample of ``dataset`` and score it against its target.
@@ -67,9 +72,17 @@ def evaluate(
 
     Returns one row per (sample, metric): ``sample`` (dataset index), ``patient_id``,
     ``metric``, ``value``, ``data_range`` and, when ``translator.config.method`` exists, ``method``.
+
+    ``mask_mode`` says what the items' ``mask`` does (see :data:`MASK_MODES`): ``"mean"``
+    passes it to every metric (averages inside the mask); ``"zero"`` sets the pixels outside
+    it to ``fill`` in both prediction and target and scores the whole image (the MRI->CT
+    paper's "setting them to zero"; the constant pixels inflate PSNR/SSIM, which is why the
+    two modes give different numbers); ``"ignore"`` scores the whole image unmasked.
     """
     if batch_size < 1:
         raise ValueError(f"evaluate: batch_size must be >= 1, got {batch_size}")
+    if mask_mode not in MASK_MODES:
+        raise ValueError(f"evaluate: unknown mask_mode '{mask_mode}' (choose from {', '.join(MASK_MODES)})")
     fns = _resolve_metrics(metrics)
     device = _device_of(translator)
     was_training = getattr(translator, "training", False)
@@ -83,7 +96,11 @@ def evaluate(
         batches = tqdm(batches, total=-(-len(dataset) // batch_size), desc="evaluate", unit="batch")
     try:
         for start, batch in batches:
-            _score_batch(translator, batch, start, fns, rows, device, data_range, generator, options)
+            if batch.target is None:
+                raise ValueError("evaluate: the dataset has no targets (needs paired items with 'target')")
+            batch = batch if device is None else batch.to(device)
+            pred = translator.translate(batch.source, generator=generator, **options)
+            _score_batch(pred, batch, start, fns, rows, data_range, mask_mode, float(fill))
     finally:
         if isinstance(translator, torch.nn.Module):
             translator.train(was_training)
@@ -94,27 +111,33 @@ def evaluate(
     return df
 
 
-def _score_batch(translator: Any, batch: Batch, start: int, fns: list[tuple[str, MetricFn]],
-                 rows: dict[str, list[Any]], device: torch.device | None, data_range: float,
-                 generator: torch.Generator | None, options: dict[str, Any]) -> None:
-    """Translate one batch and append its (sample, metric) rows."""
-    if batch.target is None:
-        raise ValueError("evaluate: the dataset has no targets (needs paired items with 'target')")
-    if device is not None:
-        batch = batch.to(device)
-    pred = translator.translate(batch.source, generator=generator, **options)
+def _score_batch(pred: torch.Tensor, batch: Batch, start: int, fns: list[tuple[str, MetricFn]],
+                 rows: dict[str, list[Any]], data_range: float, mask_mode: str, fill: float) -> None:
+    """Score one translated batch ``pred [B, C_t, *S]`` and append its (sample, metric) rows."""
     if tuple(pred.shape) != tuple(batch.target.shape):
         raise ValueError(f"evaluate: translate returned {tuple(pred.shape)} but target is {tuple(batch.target.shape)}")
+    pred, target, mask = _apply_mask(pred.detach().float(), batch.target.float(), batch.mask, mask_mode, fill)
     n = len(batch)
     ids = batch.meta.get("patient_id", [str(start + i) for i in range(n)])
     for name, fn in fns:
-        values = fn(pred.detach().float(), batch.target.float(), data_range=data_range, mask=batch.mask)
+        values = fn(pred, target, data_range=data_range, mask=mask)
         if tuple(values.shape) != (n,):
             raise ValueError(f"evaluate: metric '{name}' returned shape {tuple(values.shape)}, expected ({n},)")
         rows["sample"] += range(start, start + n)
         rows["patient_id"] += [str(p) for p in ids]
         rows["metric"] += [name] * n
         rows["value"] += values.double().cpu().tolist()
+
+
+def _apply_mask(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None, mode: str,
+                fill: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(pred, target, mask)`` as the metrics see them under ``mode`` (images ``[B, C, *S]``)."""
+    if mask is None or mode == "ignore":
+        return pred, target, None
+    if mode == "mean":
+        return pred, target, mask
+    keep = mask.to(device=pred.device) != 0            # [B, 1 or C, *S]
+    return pred.where(keep, fill), target.where(keep, fill), None
 
 
 def _group_keys(df: pd.DataFrame, by: Sequence[str] | None) -> list[str]:

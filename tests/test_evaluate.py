@@ -126,3 +126,36 @@ def test_paired_test_errors():
         paired_test(pd.concat([df, other]), "identity", "other", "psnr")
     with pytest.raises(ValueError, match="no column 'label'"):
         paired_test(df, "a", "b", "psnr", by="label")
+
+
+class Masked(torch.utils.data.Dataset):
+    """Items of DS with a left-half mask."""
+
+    def __len__(self):
+        return len(DS)
+
+    def __getitem__(self, i):
+        item = DS[i]
+        mask = torch.zeros_like(item["target"][:1])
+        mask[..., : mask.shape[-1] // 2] = 1
+        return {**item, "mask": mask}
+
+
+@pytest.mark.parametrize("mode", ["mean", "zero", "ignore"])
+def test_mask_modes_match_metrics_on_hand_masked_images(mode):
+    df = evaluate(GaussianFilter(CFG), Masked(), ["psnr"], sigma=1.0, mask_mode=mode, fill=-1.0)
+    batch = collate([Masked()[i] for i in range(len(DS))])
+    pred = GaussianFilter(CFG).translate(batch.source, sigma=1.0)
+    keep = batch.mask.bool()
+    expected = {"mean": psnr(pred, batch.target, data_range=2.0, mask=batch.mask),
+                "zero": psnr(pred.where(keep, -1.0), batch.target.where(keep, -1.0), data_range=2.0),
+                "ignore": psnr(pred, batch.target, data_range=2.0)}[mode]
+    assert np.allclose(df.sort_values("sample")["value"].to_numpy(), expected.numpy())
+
+
+def test_zero_mode_differs_from_masked_mean_and_unknown_mode_is_refused():
+    zero = evaluate(GaussianFilter(CFG), Masked(), ["psnr"], sigma=1.0, mask_mode="zero")
+    mean = evaluate(GaussianFilter(CFG), Masked(), ["psnr"], sigma=1.0, mask_mode="mean")
+    assert (zero["value"].to_numpy() > mean["value"].to_numpy()).all()   # constant pixels inflate PSNR
+    with pytest.raises(ValueError, match="mask_mode"):
+        evaluate(Identity(CFG), Masked(), ["psnr"], mask_mode="zeros")
