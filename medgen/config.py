@@ -84,6 +84,30 @@ class SampleConfig:
 
 
 @dataclass(frozen=True)
+class GANConfig:
+    """Generator, discriminator and losses of the GAN translators (pix2pix, cut, syndiff)."""
+
+    generator: str = "unet"  # "unet" (pix2pix's UNet), "resnet" (CUT's ResNet), "sa_unet" (the model UNet with t fixed)
+    gen_channels: int = 64  # base feature channels of the generator (ngf); sa_unet uses model.channels
+    gen_downs: int = 5  # down/up blocks of the pix2pix UNet; strided down convs of the ResNet generator
+    res_blocks: int = 8  # residual blocks of the ResNet generator
+    dropout: float = 0.2  # generator dropout (pix2pix UNet decoder blocks; the paper's 20 %)
+    disc_channels: int = 64  # base channels of the PatchGAN discriminator (ndf)
+    disc_layers: int = 3  # stride-2 down-convolution blocks of the PatchGAN discriminator
+    gan_loss: str = "vanilla"  # adversarial loss: "vanilla" (BCE with logits) or "lsgan" (least squares)
+    lambda_gan: float = 1.0  # weight of the adversarial term of the generator loss
+    lambda_l1: float = 100.0  # pix2pix L1 weight (paired methods)
+    lambda_ssim: float = 0.0  # weighted-SSIM loss weight (the paper's added term; 0 = off)
+    lambda_nce: float = 1.0  # CUT PatchNCE weight
+    nce_layers: tuple[int, ...] = (0, 4, 8, 12, 16)  # generator layers whose features enter PatchNCE
+    nce_idt: bool = True  # CUT: also PatchNCE on (target -> G(target)) identity pairs
+    nce_temperature: float = 0.07  # PatchNCE softmax temperature tau
+    nce_patches: int = 256  # patches sampled per layer for PatchNCE
+    lambda_cycle: float = 0.5  # SynDiff cycle-consistency (non-diffusive module) weight
+    lr_d: float = 0.0  # discriminator learning rate (0: same as train.lr)
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """The generic training loop (``medgen.train.fit``)."""
 
@@ -136,6 +160,7 @@ class RunConfig:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)  # forward process / loss
     sample: SampleConfig = field(default_factory=SampleConfig)  # sampling at evaluation time
     train: TrainConfig = field(default_factory=TrainConfig)  # optimisation
+    gan: GANConfig = field(default_factory=GANConfig)  # GAN translators only (pix2pix, cut, syndiff)
 
 
 # --------------------------------------------------------------------------------------
