@@ -145,6 +145,7 @@ class DataConfig:
     test_fraction: float = 0.2  # share of patients held out when a manifest is split by patient
     window: str = ""  # HU window of CT from real data: soft_tissue (W400/L40), lung (W1500/L-600), bone (W1800/L400); "" = modality range
     augment: str = ""  # augmentation recipe names joined by "+" ("flip", "mri_jitter", "elastic3d"); "" none
+    registration: str = ""  # rigid landmark registration of the target onto the source frame: "" none, "one" / "two" landmarks per vertebra (medgen.registration)
 
 
 @dataclass(frozen=True)
