@@ -54,6 +54,8 @@ class UNetConfig:
     cond_tokens_dim: int = 0  # >0: cross-attention over condition tokens [B, N, d] at attention levels
     skip_residuals: bool = False  # True: add residuals [B, C_i, *S_i] to the skip connections (tuner)
     stage_embedding_dim: int = 0  # >0: per-level embeddings [B, d] added in the down and up path separately
+    skip_mode: str = "concat"  # decoder skips: "concat" (ADM) or "add" (1x1-projected sum; the spine paper's 3D net, less memory)
+    position_ramps: bool = False  # concatenate coordinate ramps 0..1 [B, spatial_dims, *S] to the input (the spine paper's 3D net)
 
 
 @dataclass(frozen=True)

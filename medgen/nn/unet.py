@@ -91,7 +91,9 @@ from medgen.nn.layers import (
     conv_nd,
 )
 
-__all__ = ["Condition", "UNet", "SkipResiduals"]
+__all__ = ["Condition", "UNet", "SkipResiduals", "SKIP_MODES", "position_ramps"]
+
+SKIP_MODES = ("concat", "add")  # how a decoder block takes its skip feature (UNetConfig.skip_mode)
 
 SkipResiduals = Union[Sequence[torch.Tensor], Callable[[list[torch.Tensor]], Sequence[torch.Tensor]]]
 
@@ -142,19 +144,41 @@ def validate_config(cfg: UNetConfig) -> None:
     for name in ("cond_image_channels", "cond_vector_dim", "cond_tokens_dim", "stage_embedding_dim"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"UNetConfig.{name}={getattr(cfg, name)} must be >= 0")
+    if cfg.skip_mode not in SKIP_MODES:
+        raise ConfigError(f"UNetConfig.skip_mode='{cfg.skip_mode}' must be one of {', '.join(SKIP_MODES)}")
     if cfg.cond_tokens_dim and not any(att):
         raise ConfigError(f"UNetConfig.cond_tokens_dim={cfg.cond_tokens_dim} needs cross-attention but "
                           f"UNetConfig.attention_levels={att} has no attention level")
 
 
-class _Level(nn.Module):
-    """One resolution level: residual blocks, optional attention after each, optional resample."""
+def position_ramps(x: torch.Tensor) -> torch.Tensor:
+    """Coordinate ramps ``[B, n, *S]`` for ``x [B, C, *S]`` (n = number of spatial dims).
 
-    def __init__(self, blocks: list[ResBlock], attns: list[SpatialAttention], resample: nn.Module | None) -> None:
+    Channel ``k`` rises linearly from 0 at the first to 1 at the last index of spatial axis
+    ``k`` (a single-pixel axis is 0). The spine paper's 3D network concatenates such ramps
+    to its input so that a fully convolutional net knows where in the volume it is.
+    """
+    b, spatial = x.shape[0], x.shape[2:]
+    axes = [torch.linspace(0.0, 1.0, s, device=x.device, dtype=x.dtype) if s > 1
+            else torch.zeros(1, device=x.device, dtype=x.dtype) for s in spatial]
+    grids = torch.meshgrid(*axes, indexing="ij")         # n tensors [*S]
+    return torch.stack(grids).unsqueeze(0).expand(b, -1, *spatial)   # [B, n, *S]
+
+
+class _Level(nn.Module):
+    """One resolution level: residual blocks, optional attention after each, optional resample.
+
+    ``skip_projs`` (decoder levels with ``skip_mode="add"`` only): one module per block mapping
+    the skip feature to the block's input channels (a 1x1 conv, or identity when they match).
+    """
+
+    def __init__(self, blocks: list[ResBlock], attns: list[SpatialAttention], resample: nn.Module | None,
+                 skip_projs: list[nn.Module] | None = None) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
         self.attns = nn.ModuleList(attns)  # empty, or one per block
         self.resample = resample
+        self.skip_projs = nn.ModuleList(skip_projs) if skip_projs else None
 
 
 class UNet(nn.Module):
@@ -171,7 +195,8 @@ class UNet(nn.Module):
         d_stage = cfg.stage_embedding_dim
         self.stage_down = StageEmbedding(d_stage, n, emb) if d_stage else None
         self.stage_up = StageEmbedding(d_stage, n, emb) if d_stage else None
-        self.conv_in = conv_nd(sd, cfg.in_channels + cfg.cond_image_channels, ch[0])
+        n_ramps = sd if cfg.position_ramps else 0
+        self.conv_in = conv_nd(sd, cfg.in_channels + cfg.cond_image_channels + n_ramps, ch[0])
         self._skip_plan: list[tuple[int, int]] = [(ch[0], 1)]  # (channels, downsampling factor)
         self.down = nn.ModuleList(self._down_level(i, ch[i - 1] if i else ch[0]) for i in range(n))
         self.mid = _Level([self._res(ch[-1], ch[-1]), self._res(ch[-1], ch[-1])],
@@ -204,11 +229,16 @@ class UNet(nn.Module):
     def _up_level(self, i: int, skip_channels: list[int]) -> _Level:
         cfg, c = self.config, self.config.channels[i]
         c_prev = cfg.channels[min(i + 1, len(cfg.channels) - 1)]
-        blocks = []
+        blocks, projs = [], []
         for j in range(cfg.layers_per_block + 1):
-            blocks.append(self._res((c_prev if j == 0 else c) + skip_channels.pop(), c))
+            c_h, c_skip = (c_prev if j == 0 else c), skip_channels.pop()
+            if cfg.skip_mode == "add":  # h + proj(skip): the block sees c_h channels
+                projs.append(nn.Identity() if c_skip == c_h else conv_nd(cfg.spatial_dims, c_skip, c_h, 1))
+                blocks.append(self._res(c_h, c))
+            else:  # Concat([h, skip])
+                blocks.append(self._res(c_h + c_skip, c))
         attns = [self._attn(c) for _ in blocks] if cfg.attention_levels[i] else []
-        return _Level(blocks, attns, Upsample(cfg.spatial_dims, c) if i else None)
+        return _Level(blocks, attns, Upsample(cfg.spatial_dims, c) if i else None, projs)
 
     # ---------------------------------------------------------------- public helpers
     def skip_shapes(self, spatial_shape: Sequence[int]) -> list[tuple[int, ...]]:
@@ -232,7 +262,10 @@ class UNet(nn.Module):
         t = self._check_t(t, x)
         self._check_condition(cond, x)
         emb_down, emb_up = self._embeddings(t, cond)
-        h = self.conv_in(torch.cat([x, cond.image], 1) if cond.image is not None else x)
+        inputs = [x] + ([cond.image] if cond.image is not None else [])
+        if self.config.position_ramps:
+            inputs.append(position_ramps(x))
+        h = self.conv_in(torch.cat(inputs, 1))   # [B, in + cond + ramps, *S] -> [B, ch0, *S]
         skips = [h]
         for level, emb in zip(self.down, emb_down):
             h = self._run_level(level, h, emb, cond.tokens, skips_out=skips)
@@ -253,7 +286,10 @@ class UNet(nn.Module):
                    ) -> torch.Tensor:
         """Residual blocks (+ attention) of one level; pushes to ``skips_out`` or pops ``skips_in``."""
         for j, block in enumerate(level.blocks):
-            h = block(torch.cat([h, skips_in.pop()], 1) if skips_in is not None else h, emb)
+            if skips_in is not None:
+                skip = skips_in.pop()
+                h = h + level.skip_projs[j](skip) if level.skip_projs is not None else torch.cat([h, skip], 1)
+            h = block(h, emb)
             if level.attns:
                 h = level.attns[j](h, tokens)
             if skips_out is not None:

@@ -9,6 +9,7 @@ import torch
 
 from medgen.config import UNetConfig
 from medgen.nn import Condition, UNet
+from medgen.nn.unet import position_ramps
 
 B = 2
 TINY = dict(channels=(8, 16), attention_levels=(False, True), norm_groups=4, num_heads=2)
@@ -229,6 +230,7 @@ def test_skip_shapes_values():
         (dict(channels=()), r"UNetConfig\.channels=\(\) must be"),
         (dict(dropout=1.0), r"UNetConfig\.dropout=1\.0"),
         (dict(cond_vector_dim=-1), r"UNetConfig\.cond_vector_dim=-1 must be >= 0"),
+        (dict(skip_mode="sum"), r"UNetConfig\.skip_mode='sum' must be one of concat, add"),
     ],
 )
 def test_config_errors(fields, match):
@@ -291,3 +293,52 @@ def test_input_errors():
         net(x, torch.tensor([1, 2, 3]))
     with pytest.raises(ValueError, match=r"spatial_shape \(16,\) has 1 spatial dims but UNetConfig\.spatial_dims=2"):
         net.skip_shapes((16,))
+
+
+# ------------------------------------------------------------------------------ 3D-paper options
+@pytest.mark.parametrize("dims", [2, 3])
+def test_additive_skips_shape_gradients_and_fewer_parameters(dims):
+    add = make(dims, skip_mode="add", attention_levels=(False, False), cond_image_channels=1)
+    cat = make(dims, skip_mode="concat", attention_levels=(False, False), cond_image_channels=1)
+    x, t = inputs(dims)
+    y = add(x, t, make_cond(add))
+    assert y.shape == (B, 1, *spatial(dims))
+    y.square().mean().backward()
+    dead = [n for n, p in add.named_parameters() if p.grad is None or p.grad.abs().max() == 0]
+    assert not dead, f"no gradient reaches {dead}"
+    assert sum(p.numel() for p in add.parameters()) < sum(p.numel() for p in cat.parameters())
+
+
+def test_additive_skip_is_a_sum_into_the_block():
+    """With skip_mode='add' the first decoder block sees h + proj(skip): zero the projection and the
+    skip feature no longer matters; concat would still see it."""
+    net = make(2, skip_mode="add", attention_levels=(False, False))
+    x, t = inputs(2)
+    seen = []
+    hook = net.up[0].blocks[-1].register_forward_pre_hook(lambda m, a: seen.append(a[0].shape[1]))
+    net(x, t)
+    hook.remove()
+    assert seen == [net.config.channels[-1]]  # no concatenated channels
+
+
+def test_position_ramps_values_and_input_channels():
+    x = torch.zeros(2, 1, 3, 5)
+    r = position_ramps(x)
+    assert r.shape == (2, 2, 3, 5)
+    assert torch.allclose(r[0, 0, :, 0], torch.tensor([0.0, 0.5, 1.0]))
+    assert torch.allclose(r[1, 1, 2], torch.linspace(0, 1, 5))
+    assert torch.equal(position_ramps(torch.zeros(1, 1, 1, 4))[0, 0], torch.zeros(1, 4))
+    net = make(3, position_ramps=True, attention_levels=(False, False), cond_image_channels=1)
+    assert net.conv_in.in_channels == 1 + 1 + 3
+    x3, t = inputs(3)
+    assert net(x3, t, make_cond(net)).shape == (B, 1, *spatial(3))
+
+
+def test_position_ramps_make_the_net_position_aware():
+    """A constant input gives a spatially constant output deep inside a net without ramps (away from
+    the zero padding), but not with ramps."""
+    x, t = torch.ones(1, 1, 64, 64), torch.tensor([5])
+    plain = make(2, attention_levels=(False, False))(x, t)[0, 0, 30:34, 30:34]
+    ramps = make(2, attention_levels=(False, False), position_ramps=True)(x, t)[0, 0, 30:34, 30:34]
+    assert (plain - plain.mean()).abs().max() < 1e-5 * (1 + plain.abs().max())
+    assert (ramps - ramps.mean()).abs().max() > 1e-4
