@@ -314,8 +314,19 @@ def register_presets(task: str, presets: Mapping[str, RunConfig]) -> None:
     _PRESETS[task] = {name: replace(cfg, preset=name, name=task) for name, cfg in presets.items()}
 
 
+def _load_preset_modules() -> None:
+    """Import the paper preset modules (``medgen.presets.MODULES``) once; they register their tasks."""
+    import importlib
+
+    from medgen import presets
+    for name in presets.MODULES:
+        importlib.import_module(name)
+
+
 def get_preset(preset: str, task: str = "quickstart") -> RunConfig:
     """The named preset of a task; unknown names give a one-line error with a suggestion."""
+    if task not in _PRESETS:
+        _load_preset_modules()
     if task not in _PRESETS:
         raise _unknown_key(task, sorted(_PRESETS), "task ")
     table = _PRESETS[task]
@@ -328,6 +339,7 @@ def get_preset(preset: str, task: str = "quickstart") -> RunConfig:
 
 def tasks() -> list[str]:
     """Names of every task that has registered presets."""
+    _load_preset_modules()
     return sorted(_PRESETS)
 
 

@@ -1,0 +1,43 @@
+"""mri_to_ct presets: the paper's stated settings at `paper`, same choices at every preset."""
+import pytest
+
+from medgen.config import ConfigError, get_preset, tasks
+from medgen.presets import mri_to_ct as p
+
+
+def test_every_model_has_four_presets_and_is_listed():
+    assert {p.task(m) for m in p.MODELS} <= set(tasks())
+    for m in p.MODELS:
+        for preset in ("ci", "smoke", "cpu", "paper"):
+            cfg = get_preset(preset, task=p.task(m))
+            assert cfg.preset == preset and cfg.name == p.task(m)
+            assert cfg.data.phantom == "spine_sagittal" and cfg.data.target == "ct" and cfg.data.source == "t2w"
+
+
+@pytest.mark.parametrize("model, prediction, dims, steps", [
+    ("ddim_noise", "eps", 2, 20), ("ddim_image", "x0", 2, 20),
+    ("ddim_noise_3d", "eps", 3, 25), ("ddim_image_3d", "x0", 3, 25)])
+def test_paper_preset_matches_the_paper(model, prediction, dims, steps):
+    cfg = get_preset("paper", task=p.task(model))
+    d, s, t = cfg.diffusion, cfg.sample, cfg.train
+    assert (d.timesteps, d.schedule, d.loss, d.prediction, d.clip_x0) == (1000, "cosine", "l1", prediction, True)
+    assert (s.sampler, s.steps, s.eta, s.guidance_scale) == ("ddim", steps, 1.0, 0.0)
+    assert t.lr == 2e-5 and t.batch_size == (8 if dims == 2 else 2)
+    assert cfg.model.spatial_dims == dims and cfg.model.channels[0] == 64
+    assert cfg.data.registration == "two"
+    if dims == 2:
+        assert cfg.data.image_size == 256 and cfg.data.dataset == "paired"
+    else:  # Bieder et al. changes: no attention, additive skips, position ramps; 128x128x32 patches
+        assert not any(cfg.model.attention_levels) and cfg.model.skip_mode == "add" and cfg.model.position_ramps
+        assert (cfg.data.image_size, cfg.data.depth, cfg.data.dataset) == (128, 32, "volume")
+
+
+def test_contrast_switch_and_errors():
+    cfg = p.for_contrast(get_preset("ci", task=p.task("ddim_image")), "t1w")
+    assert cfg.data.source == "t1w"
+    with pytest.raises(ValueError, match="unknown contrast 'pd'"):
+        p.for_contrast(cfg, "pd")
+    with pytest.raises(ValueError, match="unknown mri_to_ct model 'ddim'"):
+        p.task("ddim")
+    with pytest.raises(ConfigError, match="task"):
+        get_preset("ci", task="mri_to_ct/nothing")
