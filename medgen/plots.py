@@ -446,6 +446,8 @@ def error_grid(
         raise PlotError(f"error_grid: reference {reference!r} is not a column (have {list(columns)})")
     if data_range <= 0:
         raise PlotError(f"error_grid: data_range must be > 0, got {data_range}")
+    if n < 1:
+        raise PlotError(f"error_grid: n must be >= 1, got {n}")
     ref = columns[reference]
     for name, batch in columns.items():
         if tuple(batch.shape[1:]) != tuple(ref.shape[1:]):

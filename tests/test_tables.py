@@ -131,6 +131,14 @@ def test_nan_only_group_is_na_and_not_best() -> None:
     assert tab.best["psnr"] != "ddpm"
 
 
+def test_single_subject_shows_mean_without_sd() -> None:
+    df = tidy_rows(seed=8, subjects=1, samples=2)
+    tab = metric_table(df, metrics=["ssim"], decimals=4)
+    cells = md_cells(tab.to_markdown())
+    value = df[(df["method"] == "ddim") & (df["metric"] == "ssim")]["value"].mean()
+    assert cells["ddim"][0].strip("*") == f"{value:.4f}" and cells["ddim"][1] == "1"
+
+
 def test_html_uses_b_tags_and_escapes() -> None:
     df = tidy_rows(seed=6)
     df["method"] = df["method"].replace({"input": "<input>"})
