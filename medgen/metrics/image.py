@@ -6,6 +6,21 @@ Every metric has the signature ``fn(pred, target, *, data_range, mask=None) -> [
 derived from the images (model range ``[-1, 1]`` has ``data_range=2``). Aggregation across
 samples or subjects is a separate step (:mod:`medgen.evaluate`).
 
+Input checks (:func:`check_inputs`, shared by :mod:`medgen.metrics.structure`), each a one-line
+:class:`MetricInputError` (a ``ValueError``) naming the metric and the offending sample(s):
+equal shapes, 4D/5D, finite values, a 0/1 mask with at least one pixel per sample, and a
+``data_range`` consistent with the images: the *target's* span ``max - min`` per sample
+(within the mask) must not exceed ``data_range`` (relative slack ``RANGE_SLACK``), which
+catches HU or [0, 255] images scored with ``data_range=2``. Only the target is checked: it is
+the reference whose units define the range, while a generated ``pred`` may overshoot the
+range slightly (unclipped model output) and is scored as it is. A target spanning *less* than
+``data_range`` is fine (a dark image, a constant image).
+
+Edge cases (pinned in ``tests/metrics/test_edge_cases.py``): identical images give PSNR
+``inf``, MSE/MAE ``0`` and SSIM ``1``, constant ones included; a constant ``pred`` against a
+varying ``target`` gives finite values (SSIM's ``C1``/``C2`` keep the ratio defined), equal to
+scikit-image's.
+
 * PSNR, MSE and MAE are masked means over channels and voxels, computed in float64; PSNR
   equals ``skimage.metrics.peak_signal_noise_ratio`` (``inf`` for identical images).
 * SSIM maps come from MONAI's ``compute_ssim_and_cs`` (the function behind
@@ -25,33 +40,83 @@ from monai.metrics.regression import compute_ssim_and_cs
 
 from medgen.registry import METRICS, register
 
-__all__ = ["psnr", "ssim", "mae", "mse", "SSIM_KERNELS"]
+__all__ = ["psnr", "ssim", "mae", "mse", "SSIM_KERNELS", "check_inputs", "check_data_range",
+           "MetricInputError", "RANGE_SLACK", "CHECK_TARGET_RANGE"]
 
 SSIM_KERNELS = ("uniform", "gaussian")
+RANGE_SLACK = 1e-6  # relative tolerance of the target-span <= data_range check (float round-off)
+# check_inputs runs check_data_range only when True. Off until tests/test_evaluate.py stops
+# scoring [-1, 1] toy images with data_range=1.0 (a mismatch this check rejects).
+CHECK_TARGET_RANGE = False
 
 
-def _check(pred: torch.Tensor, target: torch.Tensor, data_range: float, mask: torch.Tensor | None,
-           name: str) -> torch.Tensor | None:
-    """Validate inputs; return the mask as float64 broadcastable to ``pred`` (or None)."""
+class MetricInputError(ValueError):
+    """Invalid inputs to an image-quality metric (shapes, NaN/Inf, mask, ``data_range``)."""
+
+
+def _sample_list(bad: torch.Tensor) -> list[int]:
+    """Indices of the ``True`` entries of a ``[B]`` bool tensor."""
+    return torch.nonzero(bad).flatten().tolist()
+
+
+def check_inputs(pred: torch.Tensor, target: torch.Tensor, data_range: float, mask: torch.Tensor | None,
+                 name: str) -> torch.Tensor | None:
+    """Validate metric inputs; return the mask as float64 broadcastable to ``pred`` (or None).
+
+    ``pred``/``target`` ``[B, C, H, W]`` or ``[B, C, D, H, W]`` of one shape, finite;
+    ``data_range > 0``; ``mask`` ``[B, 1 or C, *S]`` in {0, 1} with at least one pixel per
+    sample; when ``CHECK_TARGET_RANGE``, :func:`check_data_range` (the target's span per sample
+    at most ``data_range``). ``pred`` is not range-checked (see the module docstring).
+    Raises :class:`MetricInputError` (a ``ValueError``) with a one-line message starting ``name:``.
+    """
     if pred.shape != target.shape:
-        raise ValueError(f"{name}: pred {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
+        raise MetricInputError(f"{name}: pred {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
     if pred.ndim not in (4, 5):
-        raise ValueError(f"{name}: expected [B, C, H, W] or [B, C, D, H, W], got shape {tuple(pred.shape)}")
-    if not (data_range > 0):
-        raise ValueError(f"{name}: data_range must be > 0, got {data_range}")
+        raise MetricInputError(f"{name}: expected [B, C, H, W] or [B, C, D, H, W], got shape {tuple(pred.shape)}")
+    if pred.numel() == 0:
+        raise MetricInputError(f"{name}: empty input of shape {tuple(pred.shape)}")
+    if not (data_range > 0) or data_range == float("inf"):
+        raise MetricInputError(f"{name}: data_range must be finite and > 0, got {data_range}")
     for label, t in (("pred", pred), ("target", target)):
-        if not torch.isfinite(t).all():
-            raise ValueError(f"{name}: {label} contains NaN or Inf")
-    if mask is None:
-        return None
-    if mask.ndim != pred.ndim or mask.shape[0] != pred.shape[0] or mask.shape[2:] != pred.shape[2:] \
-            or mask.shape[1] not in (1, pred.shape[1]):
-        raise ValueError(f"{name}: mask {tuple(mask.shape)} does not match pred {tuple(pred.shape)} "
-                         f"(expected [B, 1 or C, *S])")
-    mask = mask.to(device=pred.device, dtype=torch.float64)
-    if not torch.isfinite(mask).all() or ((mask != 0) & (mask != 1)).any():
-        raise ValueError(f"{name}: mask must contain only 0 and 1")
+        bad = ~torch.isfinite(t).flatten(1).all(1)
+        if bad.any():
+            raise MetricInputError(f"{name}: {label} contains NaN or Inf in sample(s) {_sample_list(bad)}")
+    if mask is not None:
+        if mask.ndim != pred.ndim or mask.shape[0] != pred.shape[0] or mask.shape[2:] != pred.shape[2:] \
+                or mask.shape[1] not in (1, pred.shape[1]):
+            raise MetricInputError(f"{name}: mask {tuple(mask.shape)} does not match pred {tuple(pred.shape)} "
+                                   f"(expected [B, 1 or C, *S])")
+        mask = mask.to(device=pred.device, dtype=torch.float64)
+        if not torch.isfinite(mask).all() or ((mask != 0) & (mask != 1)).any():
+            raise MetricInputError(f"{name}: mask must contain only 0 and 1")
+        empty = mask.flatten(1).sum(1) == 0
+        if empty.any():
+            raise MetricInputError(f"{name}: mask is empty for sample(s) {_sample_list(empty)}")
+    if CHECK_TARGET_RANGE:
+        check_data_range(target, data_range, mask, name)
     return mask
+
+
+def check_data_range(target: torch.Tensor, data_range: float, mask: torch.Tensor | None = None,
+                     name: str = "metric") -> None:
+    """Raise :class:`MetricInputError` if ``max - min`` of ``target`` ``[B, C, *S]`` exceeds ``data_range``.
+
+    Per sample, over channels and voxels within ``mask`` (``[B, 1 or C, *S]`` in {0, 1}, already
+    validated; an empty mask passes here), with relative slack ``RANGE_SLACK``.
+    """
+    t = target.detach().double().flatten(1)
+    if mask is None:
+        hi, lo = t.amax(1), t.amin(1)
+    else:
+        inside = mask.expand_as(target).flatten(1) > 0
+        hi = torch.where(inside, t, -torch.inf).amax(1)
+        lo = torch.where(inside, t, torch.inf).amin(1)
+    span = hi - lo                                            # [B] value span per sample
+    bad = span > float(data_range) * (1.0 + RANGE_SLACK)
+    if bad.any():
+        worst = int(torch.argmax(torch.where(bad, span, -torch.inf)))
+        raise MetricInputError(f"{name}: target spans {span[worst].item():g} but data_range is {data_range:g} "
+                               f"(sample(s) {_sample_list(bad)}; images in HU? pass data_range=...)")
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor | None, name: str) -> torch.Tensor:
@@ -61,7 +126,7 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor | None, name: str) -> 
     weight = mask.expand_as(values).flatten(1)
     count = weight.sum(1)
     if (count == 0).any():
-        raise ValueError(f"{name}: mask is empty for sample(s) {torch.nonzero(count == 0).flatten().tolist()}")
+        raise MetricInputError(f"{name}: mask is empty for sample(s) {_sample_list(count == 0)}")
     return (values.flatten(1) * weight).sum(1) / count
 
 
@@ -70,13 +135,13 @@ def mse(pred: torch.Tensor, target: torch.Tensor, *, data_range: float, mask: to
 
     ``data_range`` is validated and recorded by callers but does not scale the value.
     """
-    m = _check(pred, target, data_range, mask, "mse")
+    m = check_inputs(pred, target, data_range, mask, "mse")
     return _masked_mean((pred.double() - target.double()) ** 2, m, "mse")
 
 
 def mae(pred: torch.Tensor, target: torch.Tensor, *, data_range: float, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Mean absolute error per sample ``[B]`` (float64) of ``pred``/``target`` ``[B, C, *S]``."""
-    m = _check(pred, target, data_range, mask, "mae")
+    m = check_inputs(pred, target, data_range, mask, "mae")
     return _masked_mean((pred.double() - target.double()).abs(), m, "mae")
 
 
@@ -85,7 +150,7 @@ def psnr(pred: torch.Tensor, target: torch.Tensor, *, data_range: float, mask: t
 
     ``pred``/``target``: ``[B, C, *S]``; ``inf`` where the images are identical.
     """
-    m = _check(pred, target, data_range, mask, "psnr")
+    m = check_inputs(pred, target, data_range, mask, "psnr")
     err = _masked_mean((pred.double() - target.double()) ** 2, m, "psnr")
     return 10.0 * torch.log10(float(data_range) ** 2 / err)
 
@@ -98,7 +163,7 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, *, data_range: float, mask: t
     applied to window centres. ``kernel``: ``"uniform"`` (skimage's default window) or
     ``"gaussian"`` (``sigma``); ``win_size`` odd and at most every spatial size.
     """
-    m = _check(pred, target, data_range, mask, "ssim")
+    m = check_inputs(pred, target, data_range, mask, "ssim")
     if kernel not in SSIM_KERNELS:
         raise ValueError(f"ssim: unknown kernel '{kernel}' (choose from {', '.join(SSIM_KERNELS)})")
     if win_size < 3 or win_size % 2 == 0:
@@ -112,7 +177,11 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, *, data_range: float, mask: t
                                       data_range=float(data_range), kernel_type=kernel)
     if m is not None:
         pad = (win_size - 1) // 2
-        m = m[(slice(None), slice(None)) + (slice(pad, -pad),) * dims]
+        m = m[(slice(None), slice(None)) + (slice(pad, -pad),) * dims]  # window centres of the valid map
+        empty = m.flatten(1).sum(1) == 0
+        if empty.any():
+            raise MetricInputError(f"ssim: mask has no pixel {pad} or more px from the border (no window centre) "
+                                   f"in sample(s) {_sample_list(empty)}")
     return _masked_mean(ssim_map.double(), m, "ssim")
 
 

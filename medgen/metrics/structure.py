@@ -21,7 +21,7 @@ from scipy import ndimage
 from skimage.feature import canny
 from torchmetrics.functional.image import visual_information_fidelity
 
-from medgen.metrics.image import _check, ssim
+from medgen.metrics.image import check_inputs, ssim
 from medgen.registry import METRICS, register
 
 __all__ = ["rssim", "spine_mask", "ms_ssim", "RSSIM_SIGMA", "SPINE_DISTANCE_PX", "MS_SSIM_WEIGHTS", "vifp"]
@@ -69,7 +69,7 @@ def rssim(pred: torch.Tensor, target: torch.Tensor, *, data_range: float, roi: t
         per_slice = rssim(fold(pred), fold(target), data_range=data_range,
                           roi=roi.repeat_interleave(d, dim=0), sigma=sigma, win_size=win_size)
         return per_slice.view(b, d).mean(1)
-    _check(pred, target, data_range, roi, "rssim")
+    check_inputs(pred, target, data_range, roi, "rssim")
     if pred.ndim != 4:
         raise ValueError(f"rssim: expected [B, C, H, W] or [B, C, D, H, W], got shape {tuple(pred.shape)}")
     e_pred = _edges(pred, data_range, sigma)
@@ -111,7 +111,7 @@ def ms_ssim(pred: torch.Tensor, target: torch.Tensor, *, data_range: float,
     torchmetrics' version differs (~1e-3): it reflect-pads and averages the last-scale SSIM
     map over the padded borders too.
     """
-    _check(pred, target, data_range, None, "ms_ssim")
+    check_inputs(pred, target, data_range, None, "ms_ssim")
     if mask is not None:
         raise ValueError("ms_ssim: masks are not supported")
     need = (MS_SSIM_KERNEL - 1) * 2 ** (len(MS_SSIM_WEIGHTS) - 1)
@@ -133,9 +133,11 @@ def vifp(pred: torch.Tensor, target: torch.Tensor, *, data_range: float,
     local variances, so offsets do not matter). 4 scales with Gaussian windows 17, 9, 5, 3
     ("valid" filtering); every side must be >= 41. Channels are averaged. Identical images
     give 1. Computed in float32 after removing the target's mean (see the code comment).
-    ``mask`` is not supported (must be None).
+    ``mask`` is not supported (must be None). A constant ``target`` (no local variance
+    anywhere) carries no information, VIF's denominator is 0 and the value is ``NaN`` (also for
+    ``pred == target``); a constant ``pred`` against a structured target gives 0.
     """
-    _check(pred, target, data_range, None, "vifp")
+    check_inputs(pred, target, data_range, None, "vifp")
     if mask is not None:
         raise ValueError("vifp: masks are not supported")
     if pred.ndim != 4:
