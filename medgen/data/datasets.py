@@ -101,6 +101,7 @@ CACHE_BYTES = 1 << 28  # processed records kept in memory (256 MiB); a split tha
 KINDS = ("paired", "unpaired", "multi_depth", "volume_slices", "volume")
 SPLITS = ("train", "test")
 UNPAIRED_SEED_SALT = 1  # the source/target halves of `unpaired` use patient_split(seed=split_seed + 1)
+REGISTRATIONS = ("", "one", "two")  # data.registration: none, one / two landmarks per vertebra (medgen.registration)
 MRI_KEYS = ("t1w", "t2w", "t1", "t2", "mri", "mr", "flair", "pd")  # image keys taken as MRI (besides unit)
 
 
@@ -323,6 +324,9 @@ class _RecordDataset(Dataset):
         self.image_keys = list(dict.fromkeys([*self.source_keys, *([self.target_key] if self.target_key else [])]))
         self._keyspec = {k: _split_key(k) for k in self.image_keys}  # key -> (backend key, selector)
         self._bases = list(dict.fromkeys(b for b, _ in self._keyspec.values()))
+        self._registration = cfg.registration.strip()
+        if self._registration not in REGISTRATIONS:
+            raise DatasetError(f"unknown data.registration {cfg.registration!r} (choose from '', 'one', 'two')")
         self.backend = self._make_backend()
         self._layout(self._probe())
         self._check_window()
@@ -398,7 +402,7 @@ class _RecordDataset(Dataset):
                     raise DatasetError(f"unknown data.{field_name} key '{key}' for {where} (keys: {', '.join(known)})")
 
     def _probe(self) -> dict[str, Any] | None:
-        probe = self.backend.probe(self._bases)
+        probe = self._register(self.backend.probe(self._bases))
         if probe is not None:
             for base in self._bases:
                 if base not in probe:
@@ -567,8 +571,22 @@ class _RecordDataset(Dataset):
         while len(self._cache) > self._capacity:
             self._cache.popitem(last=False)
 
+    def _register(self, raw: dict[str, Any] | None) -> dict[str, Any] | None:
+        """With ``data.registration`` set: the record with its CT rigidly moved onto the MRI
+        (:func:`medgen.registration.register_record`, 3D records in 3D, 2D records in 2D)."""
+        if raw is None or not self._registration:
+            return raw
+        from medgen.registration import RegistrationError, register_record
+
+        try:
+            return register_record(raw, self._registration)
+        except RegistrationError as err:
+            raise DatasetError(f"data.registration={self._registration!r} on {self.backend.describe()}: "
+                               f"{err}") from None
+
     def _process(self, raw: dict[str, Any]) -> dict[str, Any]:
         """Raw record (physical units) -> model-range images, mask and compact meta."""
+        raw = self._register(raw)
         images = {k: self._to_model(k, self._image(raw, k)) for k in self.image_keys}
         mask = (np.asarray(raw["mask"]) > 0).astype(np.float32) if self._has_mask else None
         meta = {k: _meta_value(raw[k]) for k in self._meta_keys if k in raw}
