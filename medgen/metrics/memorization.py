@@ -25,7 +25,7 @@ Feature spaces (:func:`audit_images`): any of :mod:`medgen.metrics.features` ("i
 ImageNet ResNet18, whose weights do not ship offline.
 
 Distances: ``torch.cdist`` in float64 (matrix-product form) in row chunks of at most ~2^25
-pairs, so N, G ~ 10^4 fit in ~256 MB; for each row the 4 smallest candidates are then recomputed
+pairs (and ~2^25 numbers in the recheck below), so N, G ~ 10^4 at D = 2048 fit in ~256 MB each; for each row the 4 smallest candidates are then recomputed
 as exact differences, so the reported minimum is not affected by the cancellation of the matrix
 form (relevant for near-copies, whose distance is ~0).
 """
@@ -131,7 +131,7 @@ def nearest_neighbours(query: torch.Tensor, reference: torch.Tensor) -> tuple[np
     if r.shape[0] == 0:
         raise MemorizationInputError("nearest_neighbours: empty reference set")
     k = min(_RECHECK, r.shape[0])
-    chunk = max(1, _CHUNK_PAIRS // r.shape[0])
+    chunk = max(1, min(_CHUNK_PAIRS // r.shape[0], _CHUNK_PAIRS // (k * q.shape[1] or 1)))  # [c,N] and [c,k,D]
     dist, idx = [], []
     for start in range(0, q.shape[0], chunk):
         qc = q[start:start + chunk]

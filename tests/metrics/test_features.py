@@ -121,6 +121,12 @@ def test_resnet18_errors(tmp_path, monkeypatch):
     garbage.write_bytes(np.random.default_rng(0).bytes(1000))
     with pytest.raises(ValueError, match=f"cannot read weights file {garbage}"):
         fs.features(_images(1), "resnet18", weights=garbage)
+    state = timm.create_model("resnet18", num_classes=1000).state_dict()
+    del state["layer4.1.bn2.running_var"]              # timm alone would load this headless model non-strictly
+    partial = tmp_path / "partial.pth"
+    torch.save(state, partial)
+    with pytest.raises(ValueError, match=f"{partial} is not a resnet18 state dict.*layer4.1.bn2.running_var"):
+        fs.features(_images(1), "resnet18", weights=partial)
     wrong = tmp_path / "wrong.pth"
     torch.save({"conv1.weight": torch.zeros(3, 3)}, wrong)
     with pytest.raises(ValueError, match=f"{wrong} is not a resnet18 state dict"):
