@@ -150,7 +150,8 @@ def _mean_scores(records: list[dict], mode: str) -> dict[str, float]:
 def test_two_landmarks_recover_the_cranio_caudal_rotation(spines_3d):
     """The paper's finding on 3D phantoms (misalignment 2.5): one landmark aligns the bodies, not
     the posterior elements; two align both. Smallest gaps over seeds 0-9 (6 subjects each):
-    posterior Dice two - one 0.07, spinous CM one - two 6.2 mm, body Dice one - none 0.45."""
+    posterior Dice two - one 0.07, spinous CM one - two 6.2 mm, body Dice one - none 0.45,
+    axial rotation left one - two 11.8 deg."""
     none, one, two = (_mean_scores(spines_3d, m) for m in ("none", "one", "two"))
     assert one["dice_body"] > none["dice_body"] + 0.3
     assert one["body_mm"] < none["body_mm"] / 5
@@ -158,6 +159,10 @@ def test_two_landmarks_recover_the_cranio_caudal_rotation(spines_3d):
     assert two["dice_posterior"] > one["dice_posterior"] + 0.05
     assert one["spinous_mm"] > two["spinous_mm"] + 3.0
     assert two["dice_bone"] > one["dice_bone"] > none["dice_bone"]
+    # rotation left about the cranio-caudal axis (phantom transforms): one landmark adds some (ill-posed
+    # fit; seeds 0-9: one - none >= 7.8 deg, one - two >= 11.8 deg), two remove most of it
+    assert one["axial_deg"] > none["axial_deg"] + 3.0
+    assert one["axial_deg"] > two["axial_deg"] + 5.0
 
 
 def test_register_record_moves_landmarks_and_transforms_with_the_image(spines_3d):
@@ -179,6 +184,18 @@ def test_register_record_moves_landmarks_and_transforms_with_the_image(spines_3d
     assert np.abs(mapped - out["body_com_ct"][ok]).max() < 1.0  # phantom landmark accuracy (< 0.6 px at 32 px)
 
 
+def test_alignment_scores_reads_the_rotation_about_the_cranio_caudal_axis(spines_3d):
+    rec = dict(spines_3d[0])
+    spacing = rec["spacing_mm"].astype(np.float64)
+    rot = np.eye(4)
+    rot[:3, :3] = Rotation.from_rotvec([0.0, np.deg2rad(5.0), 0.0]).as_matrix()  # about the row axis, mm
+    scale = np.diag(np.append(spacing, 1.0))
+    rec["transforms"] = np.tile(np.linalg.inv(scale) @ rot @ scale, (sp.N_VERT, 1, 1))  # in pixels
+    scores = rg.alignment_scores(rec)
+    assert scores["axial_deg"] == pytest.approx(5.0, abs=1e-6)
+    assert scores["rotation_deg"] == pytest.approx(5.0, abs=1e-6)
+
+
 def test_register_record_is_near_identity_without_misalignment():
     rec = _records(SIZES_3D, 1, seed=3, misalignment=0.0)[0]
     out = rg.register_record(rec, "two")
@@ -186,6 +203,7 @@ def test_register_record_is_near_identity_without_misalignment():
     assert angle < np.deg2rad(1.0) and np.linalg.norm(out["registration_parameters"][3:]) < rec["spacing_mm"].max()
     before, after = rg.alignment_scores(rec), rg.alignment_scores(out)
     assert before["dice_bone"] > 0.95 and after["dice_bone"] > 0.9
+    assert before["rotation_deg"] < 1e-6 and after["rotation_deg"] < 1.0
 
 
 def test_register_record_2d_aligns_in_plane():
