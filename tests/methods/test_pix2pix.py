@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from skimage.metrics import structural_similarity
 
-from medgen.config import ConfigError, GANConfig, TrainConfig, UNetConfig, get_preset
+from medgen.config import ConfigError, GANConfig, TrainConfig, get_preset
 from medgen.data.batch import Batch, collate
 from medgen.data.toy import ToyShapes
 from medgen.methods.pix2pix import Pix2Pix
