@@ -90,10 +90,12 @@ rotation to recover). Posterior Dice stays well below body Dice even with two la
 per-vertebra axial rotations (3 deg x misalignment) and the flexion, which one global rigid
 map cannot undo, move the thin spinous processes by several mm at 2-6 mm voxels.
 
-Speed (wall clock, one subject, fit + three resamples of ``ct``, ``labels_ct``,
-``tissue_ct``, on the 2-core shared machine): about 3 ms (2D 64x64), 8 ms (2D 256x256),
-6-15 ms (3D 64x64x32), 19 ms (3D 128x128x32) -- below the phantom's own rendering time
-(about 50 ms per 64x64x32 volume), so the dataset hook does not slow loading noticeably.
+Speed (process time per subject, fit + resampling of ``ct``, ``labels_ct``, ``tissue_ct``;
+in brackets the phantom's own rendering time per subject): 2D 64x64 2.5-3.2 ms (2.1 ms),
+2D 256x256 3.6-4.1 ms (23 ms), 3D 48x48x24 4.4 ms (17 ms), 3D 64x64x32 7.5 ms (40 ms),
+3D 128x128x32 20 ms (173 ms). The hook thus adds about 20 % to 3D loading and about doubles
+the (cheap) 2D 64 px loading; records are cached after processing, so each subject is
+registered once per split that fits the cache.
 
 Limits: a subject needs at least 2 landmark pairs (else :class:`RegistrationError`; at
 misalignment <= 2.5 every one of 256 subjects tried had >= 2 complete vertebrae). Coarse 3D
