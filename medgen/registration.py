@@ -27,8 +27,10 @@ spinous process) stay misaligned; the spinous CM, 30-50 mm behind the body, fixe
 
 Choice: ONE global rigid transform per subject
 ----------------------------------------------
-As in the paper (and its Pointregistration code: one rigid least-squares fit of all landmark
-pairs of a series), the whole CT gets a single rigid transform. The phantom moves each
+As in the paper (whose Pointregistration code, as described in issue 5 -- not checked here,
+the machine is offline -- makes one rigid least-squares fit of all landmark pairs of a
+series), the whole CT gets a single rigid transform; the MRI frame is never moved, whichever
+of the two is the data source. The phantom moves each
 vertebra a little on its own (1.5 deg in-plane and 3 deg axial rotation, 0.5 mm, times
 ``misalignment``) and bends the CT (flexion), which no single rigid map can undo: the
 residuals below are that part. A per-vertebra rigid fit would need one landmark triple per
