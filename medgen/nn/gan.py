@@ -409,16 +409,19 @@ def ssim_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | N
     Gaussian window 11 (sigma 1.5, shrunk on small inputs), k1 0.01, k2 0.03, computed on
     ``x + 1`` with data range 2 over the valid (unpadded) window positions. ``weight``
     ``[B, 1, *S]`` (>= 0) makes the SSIM-map mean a weighted mean (cropped to the valid
-    positions); all-zero weights give SSIM 0. Differentiable in ``pred``.
+    positions); all-zero weights give SSIM 0. Differentiable in ``pred``. Always computed in
+    float32 (autocast is switched off inside), returning a float32 scalar.
     """
     if pred.shape != target.shape or pred.ndim not in (4, 5):
         raise GANShapeError(f"ssim_loss: pred {tuple(pred.shape)} and target {tuple(target.shape)} must be equal "
                             "[B, C, H, W] or [B, C, D, H, W]")
     dims, spatial = pred.ndim - 2, pred.shape[2:]
     win = _ssim_window(spatial)
-    ssim_map, _ = compute_ssim_and_cs(pred + SSIM_SHIFT, target + SSIM_SHIFT, dims, kernel_size=win,
-                                      kernel_sigma=[SSIM_SIGMA] * dims, data_range=SSIM_DATA_RANGE,
-                                      k1=SSIM_K1, k2=SSIM_K2)  # [B, C, *(S - win + 1)]
+    # float32 even under bf16 autocast: the local variances E[x^2] - E[x]^2 cancel badly in bf16
+    with torch.autocast(pred.device.type, enabled=False):
+        ssim_map, _ = compute_ssim_and_cs(pred.float() + SSIM_SHIFT, target.float() + SSIM_SHIFT, dims,
+                                          kernel_size=win, kernel_sigma=[SSIM_SIGMA] * dims,
+                                          data_range=SSIM_DATA_RANGE, k1=SSIM_K1, k2=SSIM_K2)  # [B, C, *(S-win+1)]
     if weight is None:
         return 1.0 - ssim_map.mean()
     if weight.shape[0] != pred.shape[0] or weight.shape[1] != 1 or weight.shape[2:] != spatial:

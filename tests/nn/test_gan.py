@@ -255,3 +255,14 @@ def test_ssim_loss_small_3d_volume_shrinks_the_window():
     # the mean of SSIM is invariant to a flip of every axis (the window is symmetric)
     flipped = ssim_loss(0.5 * a.flip(2, 3, 4), a.flip(2, 3, 4))
     assert flipped.item() == pytest.approx(loss.item(), abs=1e-6)
+
+
+def test_ssim_loss_is_float32_under_bf16_autocast():
+    a = _rand(2, 1, 32, 32, seed=5)
+    b = 0.9 * a + 0.1 * _rand(2, 1, 32, 32, seed=6)
+    exact = ssim_loss(b, a)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = ssim_loss(b.bfloat16(), a)
+    assert low.dtype == torch.float32
+    assert low.item() == pytest.approx(ssim_loss(b.bfloat16().float(), a).item(), abs=1e-6)
+    assert low.item() == pytest.approx(exact.item(), abs=5e-3)
