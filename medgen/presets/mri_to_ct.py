@@ -28,7 +28,7 @@ Where the paper is silent (our choices): EMA of the weights (the code base depen
 no condition dropout -- the paper states that w can be used "on a DDPM trained network without
 requiring retraining", i.e. the black-image unconditional branch was not trained separately.
 
-Smaller presets keep every choice above and shrink size and training: ``ci`` (16 px, a few
+Smaller presets keep every choice above and shrink size and training: ``ci`` (32 px, a few
 steps, for tests), ``smoke`` (32 px, minutes on 2 CPU cores, for ``make reproduce``), ``cpu``
 (64 px, the shipped demo checkpoints).
 """
@@ -45,8 +45,8 @@ CONTRASTS = ("t1w", "t2w")  # the paper's two MRI inputs (data.source)
 TASK_PREFIX = "mri_to_ct/"
 
 # Per preset: image size, 3D depth, data counts, UNet widths and training length (2D diffusion).
-_SIZE = {"ci": 16, "smoke": 32, "cpu": 64, "paper": 256}
-_DEPTH_3D = {"ci": 8, "smoke": 16, "cpu": 32, "paper": 32}
+_SIZE = {"ci": 32, "smoke": 32, "cpu": 64, "paper": 256}
+_DEPTH_3D = {"ci": 16, "smoke": 16, "cpu": 32, "paper": 32}
 _N = {"ci": (8, 4), "smoke": (512, 16), "cpu": (2048, 32), "paper": (20000, 128)}  # (n_train, n_test) subjects
 _CHANNELS = {"ci": (8, 16), "smoke": (16, 32, 64), "cpu": (32, 64, 128), "paper": (64, 128, 256, 512)}
 _ATTENTION = {"ci": (False, True), "smoke": (False, False, True), "cpu": (False, False, True),
