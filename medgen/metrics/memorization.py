@@ -252,44 +252,22 @@ def closest_pairs(result: MemorizationAudit, k: int = 1, per_stratum: bool = Tru
 # ---------------------------------------------------------------------------------------------
 # Figures (matplotlib)
 # ---------------------------------------------------------------------------------------------
-def plot_distance_histograms(result: MemorizationAudit, bins: int = 30):
-    """One panel per stratum: histograms of generated and held-out nearest-training distances,
-    the threshold as a vertical line. Returns the matplotlib Figure."""
-    import matplotlib.pyplot as plt
+def plot_distance_histograms(result: MemorizationAudit, bins: int = 30, paper: dict | None = None):
+    """One panel per stratum (:func:`medgen.plots.distance_histograms`): generated and held-out
+    nearest-training distances and the threshold. Returns the matplotlib Figure."""
+    from medgen.plots import distance_histograms
     strata = list(result.thresholds)
-    fig, axes = plt.subplots(1, len(strata), figsize=(4 * len(strata), 3), squeeze=False)
-    for ax, s in zip(axes[0], strata):
-        g = result.generated_distance[result.generated_strata == s]
-        h = result.heldout_distance[result.heldout_strata == s]
-        edges = np.histogram_bin_edges(np.concatenate([g, h]), bins=bins)
-        ax.hist(h, bins=edges, alpha=0.5, density=True, label="held-out real")
-        ax.hist(g, bins=edges, alpha=0.5, density=True, label="generated")
-        ax.axvline(result.thresholds[s], color="k", ls="--", label=f"{result.percentile:g}th pct")
-        ax.set_title(f"{s}: flagged {result.flagged_fraction_per_stratum[s]:.1%}")
-        ax.set_xlabel("min L2 distance to training set")
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    return fig
+    return distance_histograms(
+        {s: result.generated_distance[result.generated_strata == s] for s in strata},
+        reference={s: result.heldout_distance[result.heldout_strata == s] for s in strata},
+        thresholds=dict(result.thresholds), paper=paper, bins=bins,
+        xlabel="min L2 distance to the training set")
 
 
 def plot_closest_pairs(result: MemorizationAudit, train_images, generated_images, k: int = 1,
                        per_stratum: bool = True):
-    """Gallery of :func:`closest_pairs`: generated image (top) over its nearest training image
-    (bottom), images ``[n, 1|3, H, W]`` in [-1, 1]. Returns the matplotlib Figure."""
-    import matplotlib.pyplot as plt
+    """Gallery of :func:`closest_pairs` (:func:`medgen.plots.pair_gallery`): each generated image
+    above its nearest training image, images ``[n, 1|3, H, W]`` in [-1, 1]. Returns the Figure."""
+    from medgen.plots import pair_gallery
     pairs = closest_pairs(result, k=k, per_stratum=per_stratum)
-    fig, axes = plt.subplots(2, max(1, len(pairs)), figsize=(2 * max(1, len(pairs)), 4.2), squeeze=False)
-
-    def show(ax, img):
-        a = np.asarray(img.detach().cpu() if torch.is_tensor(img) else img, dtype=np.float32)
-        a = (np.clip(a, -1, 1) + 1) / 2
-        ax.imshow(a[0] if a.shape[0] == 1 else np.moveaxis(a, 0, -1), cmap="gray", vmin=0, vmax=1)
-        ax.set_xticks([]), ax.set_yticks([])
-
-    for col, (g, t, d, s) in enumerate(pairs):
-        show(axes[0][col], generated_images[g])
-        show(axes[1][col], train_images[t])
-        axes[0][col].set_title(f"{s}: d={d:.3g}", fontsize=8)
-    axes[0][0].set_ylabel("generated"), axes[1][0].set_ylabel("nearest train")
-    fig.tight_layout()
-    return fig
+    return pair_gallery([(generated_images[g], train_images[t], f"{s}: d = {d:.3g}") for g, t, d, s in pairs])
