@@ -396,3 +396,22 @@ def test_dice_3d_volumes_match_monai() -> None:
     onehot = lambda x: torch.stack([(x == v).float() for v in (1, 2)], dim=1)  # noqa: E731
     ref = DiceMetric(include_background=True, reduction="none")(onehot(p), onehot(t))
     torch.testing.assert_close(got, ref.double())
+
+
+# --------------------------------------------------------------------------------------
+# The separable SSIM map (medgen.metrics.image.ssim_map_valid) against skimage's full map
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kernel", ["uniform", "gaussian"])
+def test_ssim_map_equals_skimage_full_map_in_3d(kernel: str) -> None:
+    from medgen.metrics.image import ssim_map_valid
+    g = torch.Generator().manual_seed(8)
+    target = torch.rand(1, 1, 13, 14, 15, generator=g, dtype=torch.float64) * 2 - 1
+    pred = (target + 0.3 * torch.randn(target.shape, generator=g, dtype=torch.float64)).clamp(-1, 1)
+    win = 7 if kernel == "uniform" else 11
+    got = ssim_map_valid(pred, target, data_range=2.0, win_size=win, kernel=kernel)[0, 0].numpy()
+    kw = {"win_size": 7} if kernel == "uniform" else {"gaussian_weights": True, "sigma": 1.5}
+    _, full = structural_similarity(_np(target[0, 0]), _np(pred[0, 0]), data_range=2.0, use_sample_covariance=False,
+                                    full=True, **kw)
+    pad = (win - 1) // 2
+    assert got.shape == tuple(s - 2 * pad for s in (13, 14, 15))
+    np.testing.assert_allclose(got, full[pad:-pad, pad:-pad, pad:-pad], atol=1e-12)
