@@ -57,9 +57,13 @@ shows what was trained: ``lambda_paired * (L1 + lambda_ssim * (1 - SSIM(fake + 1
 data_range=2)))`` with torchmetrics' SSIM (Gaussian window 11, sigma 1.5, k1 0.01, k2 0.03)
 and ``lambda_paired = 10, lambda_ssim = 1`` in its pix2pix configs, i.e. "weighted" means an
 SSIM loss ``1 - SSIM`` with its own weight next to L1. :func:`ssim_loss` computes exactly that
-``1 - SSIM`` (MONAI's :func:`~monai.metrics.regression.compute_ssim_and_cs` gives the SSIM
-map), on images shifted from ``[-1, 1]`` to ``[0, 2]`` as the reference does (SSIM's
-luminance term is not shift invariant). Our addition: an optional per-pixel weight map (the
+``1 - SSIM``, on images shifted from ``[-1, 1]`` to ``[0, 2]`` as the reference does (SSIM's
+luminance term is not shift invariant). The SSIM map is the textbook formula written here
+with a *separable* Gaussian filter (one 1D depthwise conv per axis, valid positions only);
+MONAI's :func:`~monai.metrics.regression.compute_ssim_and_cs` gives the same map (the tests
+check it) but convolves with the dense 11x11(x11) kernel: 1331 taps per voxel in 3D took
+467 ms forward + backward on a 2x1x32x128x128 batch on an H100, 50x the pix2pix generator's
+9.5 ms. Our addition: an optional per-pixel weight map (the
 batch's loss mask) turns the SSIM-map mean into a weighted mean, like the L1 term of medgen's
 other losses; with no mask (or an all-ones mask) it is the reference's SSIM. On inputs
 smaller than the window the window shrinks per axis to the largest odd size that fits.
@@ -75,7 +79,6 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from monai.metrics.regression import compute_ssim_and_cs
 from torch import nn
 
 from medgen.config import ConfigError, GANConfig, UNetConfig
@@ -403,6 +406,37 @@ def _ssim_window(spatial: Sequence[int]) -> list[int]:
     return sizes
 
 
+def _gaussian_1d(size: int, sigma: float, device: torch.device) -> torch.Tensor:
+    """Sampled, normalised Gaussian ``[size]`` centred on the middle tap (MONAI's / skimage's SSIM window)."""
+    d = torch.arange(size, dtype=torch.float32, device=device) - (size - 1) / 2
+    g = torch.exp(-0.5 * (d / sigma) ** 2)
+    return g / g.sum()
+
+
+def _valid_gaussian_filter(x: torch.Tensor, win: Sequence[int]) -> torch.Tensor:
+    """Separable Gaussian filter of ``x`` ``[B, C, *S]`` without padding -> ``[B, C, *(S - win + 1)]``."""
+    dims, c = x.ndim - 2, x.shape[1]
+    conv_fn = (F.conv2d, F.conv3d)[dims - 2]
+    for axis, size in enumerate(win):  # one 1D depthwise conv per axis
+        shape = [1, 1] + [size if a == axis else 1 for a in range(dims)]
+        kernel = _gaussian_1d(size, SSIM_SIGMA, x.device).reshape(shape).expand(c, *shape[1:])
+        x = conv_fn(x, kernel, groups=c)
+    return x
+
+
+def _ssim_map(x: torch.Tensor, y: torch.Tensor, win: Sequence[int]) -> torch.Tensor:
+    """Per-position SSIM ``[B, C, *(S - win + 1)]`` of images ``[B, C, *S]`` (Wang et al. 2004)."""
+    c = x.shape[1]
+    # 1. local means of x, y, x^2, y^2, xy: one separable filter pass over 5C channels
+    moments = _valid_gaussian_filter(torch.cat([x, y, x * x, y * y, x * y], dim=1), win)
+    mu_x, mu_y, m_xx, m_yy, m_xy = moments.split(c, dim=1)
+    # 2. local (co)variances
+    var_x, var_y, cov = m_xx - mu_x ** 2, m_yy - mu_y ** 2, m_xy - mu_x * mu_y
+    # 3. luminance x contrast-structure, with the stabilising constants of the data range
+    c1, c2 = (SSIM_K1 * SSIM_DATA_RANGE) ** 2, (SSIM_K2 * SSIM_DATA_RANGE) ** 2
+    return (2 * mu_x * mu_y + c1) * (2 * cov + c2) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
+
+
 def ssim_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     """``1 - SSIM(pred, target)``, images ``[B, C, *S]`` in model range [-1, 1] (see module docstring).
 
@@ -419,9 +453,7 @@ def ssim_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | N
     win = _ssim_window(spatial)
     # float32 even under bf16 autocast: the local variances E[x^2] - E[x]^2 cancel badly in bf16
     with torch.autocast(pred.device.type, enabled=False):
-        ssim_map, _ = compute_ssim_and_cs(pred.float() + SSIM_SHIFT, target.float() + SSIM_SHIFT, dims,
-                                          kernel_size=win, kernel_sigma=[SSIM_SIGMA] * dims,
-                                          data_range=SSIM_DATA_RANGE, k1=SSIM_K1, k2=SSIM_K2)  # [B, C, *(S-win+1)]
+        ssim_map = _ssim_map(pred.float() + SSIM_SHIFT, target.float() + SSIM_SHIFT, win)  # [B, C, *(S-win+1)]
     if weight is None:
         return 1.0 - ssim_map.mean()
     if weight.shape[0] != pred.shape[0] or weight.shape[1] != 1 or weight.shape[2:] != spatial:

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from monai.metrics.regression import compute_ssim_and_cs
 from skimage.metrics import structural_similarity
 from torch import nn
 
@@ -266,3 +267,13 @@ def test_ssim_loss_is_float32_under_bf16_autocast():
     assert low.dtype == torch.float32
     assert low.item() == pytest.approx(ssim_loss(b.bfloat16().float(), a).item(), abs=1e-6)
     assert low.item() == pytest.approx(exact.item(), abs=5e-3)
+
+
+@pytest.mark.parametrize("shape", [(2, 2, 24, 20), (1, 1, 12, 16, 14)])
+def test_ssim_loss_equals_monais_dense_kernel_ssim(shape):
+    a, b = _rand(*shape, seed=7), _rand(*shape, seed=8)
+    b = 0.5 * a + 0.5 * b
+    dims = len(shape) - 2
+    ref, _ = compute_ssim_and_cs(b + 1, a + 1, dims, kernel_size=[11] * dims, kernel_sigma=[1.5] * dims,
+                                 data_range=2.0)
+    assert ssim_loss(b, a).item() == pytest.approx(1 - ref.mean().item(), abs=1e-5)
