@@ -78,3 +78,25 @@ def test_phantom_benchmark_quick(tmp_path: Path) -> None:
     assert gen > 0 and use > 0 and math.isclose(ratio, gen / use, rel_tol=1e-4)  # one round: the ratio of the two
     assert df["goal"].iloc[2] == ">= 20" and df["holds"].iloc[2] in ("True", "False")
     assert (tmp_path / "phantoms.md").read_text().startswith("# Phantom generation speed")
+
+
+@pytest.mark.slow
+def test_metrics_benchmark_quick(tmp_path: Path) -> None:
+    """``benchmark.metrics`` on tiny inputs writes the report schema: goal rows hold or not, values agree."""
+    from benchmark import metrics
+
+    argv = ["--quick", "--fid-images", "2", "--fid-sizes", "64", "--ssim-batch", "2", "--threads", "1",
+            "--out", str(tmp_path)]
+    assert metrics.main(argv) == 0
+    df = pd.read_csv(tmp_path / "metrics.csv", keep_default_na=False)
+    assert list(df.columns) == ["measure", "value", "unit", "goal", "holds"] and df["measure"].is_unique
+    goals = df[df["goal"] != "report"]
+    assert len(goals) == 6 and set(goals["holds"]) <= {"True", "False"}  # time ratio + value per comparison
+    for tag in ("SSIM 256x256, batch 2 vs skimage", "MS-SSIM 256x256, batch 2 vs MONAI",
+                "FID 64x64 (2 vs 2 images)"):
+        assert df["measure"].str.startswith(tag + ":").sum() >= 5, tag
+    diffs = goals[goals["measure"].str.contains(r"\|medgen - ")]
+    assert (diffs["holds"] == "True").all(), diffs  # the implementations agree (timings may not hold)
+    fid = dict(zip(df["measure"], df["value"].astype(float)))
+    assert fid["FID 64x64 (2 vs 2 images): medgen FID"] > 1.0  # noisy vs clean images: far from 0
+    assert (tmp_path / "metrics.md").read_text().startswith("# Metrics benchmark")
