@@ -58,14 +58,14 @@ data_range=2)))`` with torchmetrics' SSIM (Gaussian window 11, sigma 1.5, k1 0.0
 and ``lambda_paired = 10, lambda_ssim = 1`` in its pix2pix configs, i.e. "weighted" means an
 SSIM loss ``1 - SSIM`` with its own weight next to L1. :func:`ssim_loss` computes exactly that
 ``1 - SSIM``, on images shifted from ``[-1, 1]`` to ``[0, 2]`` as the reference does (SSIM's
-luminance term is not shift invariant). The SSIM map is the textbook formula written here
-with a *separable* Gaussian filter (one 1D depthwise conv per axis, valid positions only);
-MONAI's :func:`~monai.metrics.regression.compute_ssim_and_cs` gives the same map (the tests
-check it) but convolves with the dense 11x11(x11) kernel: 1331 taps per voxel in 3D took
-467 ms forward + backward on a 2x1x32x128x128 batch on an H100, 50x the pix2pix generator's
-9.5 ms. Our addition: an optional per-pixel weight map (the
-batch's loss mask) turns the SSIM-map mean into a weighted mean, like the L1 term of medgen's
-other losses; with no mask (or an all-ones mask) it is the reference's SSIM. On inputs
+luminance term is not shift invariant). The SSIM map is the textbook formula (Wang et al.
+2004) written here with a *separable* Gaussian filter (one 1D depthwise conv per axis, valid
+positions only). MONAI's :func:`~monai.metrics.regression.compute_ssim_and_cs` gives the same
+map (the tests check it) but convolves with the dense 11x11(x11) kernel: in 3D, forward +
+backward on a 2x1x32x128x128 batch took 467 ms on an H100 (50x the pix2pix generator's
+9.5 ms) against 2.8 ms separable. Our addition: an optional per-pixel weight map (the batch's
+loss mask) turns the SSIM-map mean into a weighted mean, like the L1 term of medgen's other
+losses; with no mask (or an all-ones mask) it is the reference's SSIM. On inputs
 smaller than the window the window shrinks per axis to the largest odd size that fits.
 
 :func:`init_weights` is pix2pix's ``normal`` init (conv weights ~ N(0, 0.02), biases 0),
