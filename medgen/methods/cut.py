@@ -1,0 +1,420 @@
+"""``cut``: contrastive unpaired translation (Park et al. 2020, "CUT") with the spine paper's generators.
+
+Networks (``medgen.nn.gan``, built from ``cfg.gan``): the generator ``G: source -> target``
+(``"resnet"``: CUT's ResNet generator, the paper's setting is ``gen_downs = 1``,
+``res_blocks = 8``, ``dropout = 0``; ``"sa_unet"``: the medgen UNet of ``cfg.model`` at t = 0),
+an **unconditional** PatchGAN discriminator on target-domain images only (``disc_layers``
+stride-2 blocks), and one MLP head per NCE feature tap (:attr:`CUT.heads`: Linear(C_l, 256) ->
+ReLU -> Linear(256, 256), then L2 normalisation; CUT's ``PatchSampleF`` with ``netF_nc =
+256``). Channels: source = ``cfg.model.cond_image_channels``, target = ``cfg.model.out_channels``.
+2D is what the paper trains (it has no 3D CUT); nothing here is 2D-specific, but only 2D is tested.
+
+Feature taps (where PatchNCE looks)
+-----------------------------------
+* ResNet: the outputs of ``G.layers[k]`` for ``k`` in ``gan.nce_layers``. The paper's
+  ``0, 4, 8, 12, 16`` with one down conv and 8 blocks are: the reflection-padded input, the
+  down conv, residual blocks 2 and 6, and the up conv's InstanceNorm
+  (:class:`~medgen.nn.gan.ResnetGenerator`).
+* SA-UNet: "after every down-convolution and the first up-convolution" (the paper's
+  supplement): forward hooks on every ``Downsample`` of the encoder (``len(model.channels) - 1``
+  of them) and on the ``Upsample`` of the deepest decoder level (:func:`sa_unet_taps`).
+  ``gan.nce_layers`` indexes ResNet layers and is not used for this generator (the paper
+  fixes these taps by rule; its code lists them as indices into its own UNet's block outputs).
+
+Hooks live only for the duration of one call (registered and removed around it), so copies
+of the method (EMA) carry none. Query features of ``G(x)`` are only needed up to the last
+tap, so that pass stops there (the ResNet loop stops at ``max(nce_layers)``; the UNet pass
+is interrupted by the last hook). The key features of ``x`` come from the same forward pass
+that produces ``G(x)`` (CUT recomputes them in a separate encoder pass; with dropout off,
+as in the paper, the values are identical).
+
+The MLP heads exist from construction: their input widths come from a dry forward of G on
+a zero input of the smallest size G accepts (no gradient, eval mode, no RNG drawn), so
+``fit()``'s optimiser and every checkpoint see them. CUT and the paper's code create them
+lazily on the first batch (the paper's code runs the NCE loss on a zero batch of the full
+training size inside ``__init__`` for that purpose).
+
+Losses (two optimiser groups, stepped by ``fit()`` in this order)
+----------------------------------------------------------------
+* ``"generator"`` (G and the MLP heads): ``lambda_gan * GAN(D(G(src)), real) + lambda_nce *
+  NCE`` with ``NCE = PatchNCE(src, G(src))``, or, when ``gan.nce_idt``, ``NCE = 0.5 *
+  (PatchNCE(src, G(src)) + PatchNCE(tgt, G(tgt)))`` (the identity term on target images,
+  CUT's ``nce_idt``; needs as many source as target channels). ``PatchNCE(x, y)`` is the
+  mean over taps of the mean over images and patches of :func:`patch_nce_loss`: at every tap
+  ``gan.nce_patches`` locations are drawn (one random subset per tap and call, the same
+  locations for every image of the batch and for ``x`` and ``y``), the features at those
+  locations go through the tap's MLP head, and each query (from ``y = G(x)``) must pick its
+  own key (from ``x``, same location, detached) against the other sampled locations of the
+  same image as negatives, with temperature ``gan.nce_temperature``. CUT's defaults, which
+  the paper keeps: lambda_gan = lambda_nce = 1, nce_idt on, tau = 0.07, 256 patches,
+  LSGAN loss, flip-equivariance off (not implemented).
+* ``"discriminator"``: ``0.5 * (GAN(D(tgt), real) + GAN(D(G(src).detach()), fake))``, per
+  patch, ``gan.gan_loss`` (``"vanilla"`` or ``"lsgan"``). The fake is the one the generator
+  step of the same batch produced (cached as in :mod:`medgen.methods.pix2pix`); without a
+  preceding generator step on the same source it is recomputed under ``no_grad``.
+
+Training batches need ``target``: with the ``unpaired`` dataset kind the train split pairs
+each source with a target image of a *different* patient (disjoint halves), which is all
+CUT uses -- it never compares ``G(src)`` with ``tgt`` pixel-wise. ``batch.mask`` is unused
+(no pixel loss). ``gan.lambda_l1`` / ``gan.lambda_ssim`` belong to paired methods and are
+ignored here.
+
+Single-channel images
+---------------------
+The reference CUT implementation (taesungp/contrastive-unpaired-translation) fails on
+grayscale data: its unaligned dataset converts every image to RGB and never passes
+``grayscale`` to ``get_transform``, so with ``--input_nc 1`` the generator's first conv
+(weights ``[ngf, 1, 7, 7]``) receives 3 channels and raises (its issues #57, #110, #158,
+#173). Here images arrive as ``[B, C, H, W]`` tensors with ``C`` from the config, and every
+width follows the networks: G's input conv, D's input, and each MLP head's input width is
+measured from G's actual features -- the ResNet's layer 0 (the padded input) of a grayscale
+image has 1 channel and gets a ``Linear(1, 256)`` head. (At such a 1-channel tap a patch is a
+single intensity, so two patches of equal intensity are indistinguishable negatives; that is
+inherent to layer 0, not a failure.)
+
+``translate(source)`` returns ``G(source)``, deterministic (eval mode, dropout off), with the
+option policy of pix2pix: the sampling options of ``cfg.sample`` are accepted and ignored,
+any other option is a one-line error; ``generator`` is unused; ``callback`` is called once.
+
+Not supported: ``gan.lr_d`` other than 0 / ``train.lr`` (as pix2pix); the pix2pix UNet
+generator (``gan.generator = "unet"``; the paper runs CUT with the ResNet and the SA-UNet).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medgen.config import ConfigError, RunConfig
+from medgen.data.batch import Batch
+from medgen.methods.base import Method
+from medgen.methods.pix2pix import IGNORED_OPTIONS
+from medgen.nn.gan import (GAN_LOSSES, INIT_STD, ResnetGenerator, SAUNetGenerator, build_discriminator,
+                           build_generator, gan_loss)
+from medgen.nn.layers import Downsample, Upsample
+from medgen.registry import METHODS, register
+
+__all__ = ["CUT", "patch_nce_loss", "sample_patches", "sa_unet_taps", "NCE_DIM", "CUT_GENERATORS"]
+
+NCE_DIM = 256  # width of every MLP head (CUT's netF_nc; the paper keeps 256)
+L2_EPS = 1e-7  # added to the norm before L2 normalisation (as CUT's Normalize)
+CUT_GENERATORS = ("resnet", "sa_unet")  # gan.generator choices for cut
+
+
+# --------------------------------------------------------------------------------------
+# PatchNCE
+# --------------------------------------------------------------------------------------
+def patch_nce_loss(query: torch.Tensor, key: torch.Tensor, temperature: float) -> torch.Tensor:
+    """PatchNCE loss per query patch, ``[B, N]``, for L2-normalised ``query`` and ``key`` ``[B, N, C]``.
+
+    Query ``n`` of image ``b`` must pick key ``n`` of the same image (its positive) out of
+    all ``N`` keys of that image (the other ``N - 1`` are its negatives):
+    ``-log softmax_m(<q_bn, k_bm> / tau)[m = n]``. ``key`` is detached (gradients reach the
+    queries only), as in CUT. CUT writes the same thing as one positive logit followed by
+    the ``N x N`` negatives whose diagonal is overwritten with -10 (``exp(-10 / 0.07)`` ~ 1e-62
+    of mass); here the diagonal *is* the positive, so nothing is filled in.
+    """
+    if query.ndim != 3 or query.shape != key.shape:
+        raise ValueError(f"patch_nce_loss: query {tuple(query.shape)} and key {tuple(key.shape)} must be equal "
+                         "[B, N, C]")
+    if not temperature > 0:
+        raise ValueError(f"patch_nce_loss: temperature must be > 0, got {temperature}")
+    b, n, _ = query.shape
+    # 1. similarities of every query patch to every key patch of the same image: [B, N, N]
+    logits = torch.bmm(query, key.detach().transpose(1, 2)) / temperature
+    # 2. the positive of query n is key n (the diagonal): cross-entropy with target n
+    target = torch.arange(n, device=query.device).expand(b, n)
+    return F.cross_entropy(logits.reshape(b * n, n), target.reshape(-1), reduction="none").view(b, n)
+
+
+def sample_patches(feature: torch.Tensor, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``min(n, P)`` distinct random positions (LongTensor) of a feature map ``[B, C, *S]`` with ``P = prod(S)``.
+
+    One draw for the whole batch (CUT uses the same positions for every image); ``generator``
+    (or the global torch RNG) draws them.
+    """
+    positions = feature[0, 0].numel()
+    device = generator.device if generator is not None else torch.device("cpu")
+    return torch.randperm(positions, generator=generator, device=device)[:n].to(feature.device)
+
+
+def _gather(feature: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Features at flat positions ``ids`` ``[N]`` of ``feature`` ``[B, C, *S]`` -> ``[B, N, C]``."""
+    return feature.flatten(2)[:, :, ids].transpose(1, 2)
+
+
+def _l2_normalise(x: torch.Tensor) -> torch.Tensor:
+    """``x / (||x||_2 + eps)`` along the last axis."""
+    return x / (x.norm(dim=-1, keepdim=True) + L2_EPS)
+
+
+def _head(in_channels: int) -> nn.Sequential:
+    """CUT's projection head: Linear(in, 256) -> ReLU -> Linear(256, 256); weights ~ N(0, 0.02), bias 0."""
+    head = nn.Sequential(nn.Linear(in_channels, NCE_DIM), nn.ReLU(), nn.Linear(NCE_DIM, NCE_DIM))
+    for m in head:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, INIT_STD)
+            nn.init.zeros_(m.bias)
+    return head
+
+
+# --------------------------------------------------------------------------------------
+# Feature taps
+# --------------------------------------------------------------------------------------
+class _StopForward(Exception):
+    """Raised by the last tap hook to end a features-only pass early."""
+
+
+def sa_unet_taps(generator: SAUNetGenerator) -> list[nn.Module]:
+    """The SA-UNet modules whose outputs feed PatchNCE, in execution order.
+
+    Every ``Downsample`` of the encoder (levels ``0 .. n-2``), then the ``Upsample`` of the
+    deepest decoder level (the first up-convolution): ``n`` modules for ``n =
+    len(model.channels) >= 2``.
+    """
+    unet = generator.net
+    taps = [level.resample for level in unet.down if isinstance(level.resample, Downsample)]
+    first_up = unet.up[0].resample
+    if isinstance(first_up, Upsample):
+        taps.append(first_up)
+    if not taps:
+        raise ConfigError("cut with gan.generator='sa_unet' needs model.channels with >= 2 levels (no down or up "
+                          "convolution to take NCE features from)")
+    return taps
+
+
+def _resnet_features(net: ResnetGenerator, x: torch.Tensor, layer_ids: Sequence[int],
+                     encode_only: bool) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+    """``(G(x) or None, [outputs of net.layers[k] for k in layer_ids])``; stops after the last tap if
+    ``encode_only``."""
+    if not encode_only:
+        return net.features(x, layer_ids)
+    last, wanted, found = max(layer_ids), set(layer_ids), {}
+    for k, layer in enumerate(net.layers[:last + 1]):
+        x = layer(x)
+        if k in wanted:
+            found[k] = x
+    return None, [found[k] for k in layer_ids]
+
+
+def _unet_features(net: SAUNetGenerator, x: torch.Tensor,
+                   encode_only: bool) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+    """``(G(x) or None, outputs of sa_unet_taps(net))`` via forward hooks removed afterwards."""
+    taps, feats = sa_unet_taps(net), []
+
+    def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        feats.append(output)
+        if encode_only and len(feats) == len(taps):
+            raise _StopForward
+
+    handles = [m.register_forward_hook(hook) for m in taps]
+    out = None
+    try:
+        out = net(x)
+    except _StopForward:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return out, feats
+
+
+# --------------------------------------------------------------------------------------
+# The method
+# --------------------------------------------------------------------------------------
+@register(METHODS, "cut")
+class CUT(Method):
+    """Contrastive unpaired translator (see the module docstring).
+
+    ``net``: generator; ``discriminator``: unconditional PatchGAN; ``heads``: one MLP per NCE tap.
+    """
+
+    def __init__(self, config: RunConfig) -> None:
+        super().__init__(config)
+        m, g = config.model, config.gan
+        _validate(config)
+        self.source_channels, self.target_channels = m.cond_image_channels, m.out_channels
+        self.net = build_generator(g, in_channels=m.cond_image_channels, out_channels=m.out_channels,
+                                   spatial_dims=m.spatial_dims, model=m)
+        self.discriminator = build_discriminator(g, in_channels=m.out_channels, spatial_dims=m.spatial_dims)
+        self.nce_layers = tuple(g.nce_layers)
+        self.heads = nn.ModuleList(_head(c) for c in self.tap_channels())
+        self._fakes: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # source.data_ptr() -> (source, G(source))
+
+    # ---- construction helpers ----------------------------------------------------------------
+    def tap_channels(self) -> list[int]:
+        """Channels of every NCE tap, from a dry forward of G on the smallest zero input it accepts."""
+        if isinstance(self.net, ResnetGenerator):
+            n = len(self.net.layers)
+            bad = [k for k in self.nce_layers if not 0 <= k < n]
+            if bad or not self.nce_layers:
+                raise ConfigError(f"gan.nce_layers={self.nce_layers} must be non-empty indices of the ResNet "
+                                  f"generator's layers 0..{n - 1}")
+            side = max(4, 2 ** (self.net.downs + 1))
+        else:
+            side = 2 ** (len(self.config.model.channels) - 1)
+        dummy = torch.zeros(1, self.source_channels, *([side] * self.config.model.spatial_dims))
+        was_training = self.net.training
+        self.net.eval()
+        try:
+            with torch.no_grad():
+                _, feats = self.nce_features(dummy, encode_only=True)
+        finally:
+            self.net.train(was_training)
+        return [f.shape[1] for f in feats]
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """``"generator"`` (G and the MLP heads), then ``"discriminator"`` (D)."""
+        gen = [*self.net.parameters(), *self.heads.parameters()]
+        return {"generator": [p for p in gen if p.requires_grad],
+                "discriminator": [p for p in self.discriminator.parameters() if p.requires_grad]}
+
+    # ---- features and PatchNCE --------------------------------------------------------------
+    def nce_features(self, x: torch.Tensor, encode_only: bool = False) -> tuple[torch.Tensor | None,
+                                                                                 list[torch.Tensor]]:
+        """``(G(x), taps)`` for ``x [B, C_s, *S]``; taps are ``[B, C_l, *S_l]`` in tap order.
+
+        With ``encode_only`` the pass stops after the last tap and ``G(x)`` is ``None``.
+        """
+        if isinstance(self.net, ResnetGenerator):
+            return _resnet_features(self.net, x, self.nce_layers, encode_only)
+        return _unet_features(self.net, x, encode_only)
+
+    def nce_loss(self, key_feats: Sequence[torch.Tensor], output: torch.Tensor,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """PatchNCE between the taps of the input (``key_feats``, from :meth:`nce_features`) and of
+        ``output = G(input)`` ``[B, C_s, *S]``: mean over taps of the mean loss over images and patches."""
+        _, query_feats = self.nce_features(output, encode_only=True)
+        losses = []
+        for head, f_k, f_q in zip(self.heads, key_feats, query_feats):
+            ids = sample_patches(f_k, self.config.gan.nce_patches, generator)  # the same positions for q and k
+            with torch.no_grad():  # keys are detached in the loss anyway: skip their graph
+                k = _l2_normalise(head(_gather(f_k, ids)))  # [B, N, 256]
+            q = _l2_normalise(head(_gather(f_q, ids)))  # [B, N, 256]
+            losses.append(patch_nce_loss(q, k, self.config.gan.nce_temperature).mean())
+        return torch.stack(losses).mean()
+
+    # ---- training -------------------------------------------------------------------------
+    def _check_source(self, source: torch.Tensor, what: str = "source",
+                      channels: int | None = None, field: str = "model.cond_image_channels") -> None:
+        dims, channels = self.config.model.spatial_dims, channels or self.source_channels
+        if source.ndim != dims + 2:
+            raise ValueError(f"cut: {what} {tuple(source.shape)} must have {dims} spatial dims "
+                             f"(model.spatial_dims={dims})")
+        if source.shape[1] != channels:
+            raise ValueError(f"cut: {what} has {source.shape[1]} channels but {field}={channels}")
+
+    def _check_batch(self, batch: Batch) -> None:
+        if batch.target is None:
+            raise ValueError("cut: training needs target-domain images (batch.target is None; use the 'unpaired' "
+                             "dataset kind)")
+        self._check_source(batch.source)
+        self._check_source(batch.target, "target", self.target_channels, "model.out_channels")
+
+    def training_step(self, batch: Batch, group: str,
+                      generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Losses of ``group`` on ``batch`` (source ``[B, C_s, *S]``, unpaired target ``[B, C_t, *S]``).
+
+        ``"generator"`` -> ``{"loss", "adv", "nce", "nce_idt"}`` (each term only when its weight
+        is > 0, ``nce_idt`` only with ``gan.nce_idt``); ``"discriminator"`` -> ``{"loss", "real",
+        "fake"}``. ``generator`` draws the NCE patch positions (the global RNG if ``None``).
+        """
+        self._check_batch(batch)
+        if group == "generator":
+            return self._generator_step(batch, generator)
+        if group == "discriminator":
+            return self._discriminator_step(batch)
+        raise ValueError(f"cut has optimiser groups 'generator' and 'discriminator', got '{group}'")
+
+    def _generator_step(self, batch: Batch, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+        g = self.config.gan
+        fake, src_feats = self.nce_features(batch.source)  # G(src) [B, C_t, *S] and the key taps
+        self._remember(batch.source, fake.detach())
+        loss, out = fake.new_zeros(()), {}
+        # 1. adversarial: the discriminator should call G(src) real
+        if g.lambda_gan > 0:
+            adv = gan_loss(self.discriminator(fake), True, g.gan_loss)
+            loss, out["adv"] = loss + g.lambda_gan * adv, adv.detach()
+        # 2. PatchNCE on (src, G(src)), and on (tgt, G(tgt)) for the identity term
+        if g.lambda_nce > 0:
+            nce = self.nce_loss(src_feats, fake, generator)
+            out["nce"] = nce.detach()
+            if g.nce_idt:
+                idt, tgt_feats = self.nce_features(batch.target)
+                nce_idt = self.nce_loss(tgt_feats, idt, generator)
+                out["nce_idt"] = nce_idt.detach()
+                nce = 0.5 * (nce + nce_idt)
+            loss = loss + g.lambda_nce * nce
+        return {"loss": loss, **out}
+
+    def _discriminator_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        kind = self.config.gan.gan_loss
+        fake = self._recall(batch.source)
+        real = gan_loss(self.discriminator(batch.target), True, kind)
+        fake_loss = gan_loss(self.discriminator(fake), False, kind)
+        return {"loss": 0.5 * (real + fake_loss), "real": real.detach(), "fake": fake_loss.detach()}
+
+    # ---- the fake of the generator step, reused by the discriminator step (as pix2pix) ------
+    def _remember(self, source: torch.Tensor, fake: torch.Tensor) -> None:
+        if len(self._fakes) >= 64:  # generator steps without discriminator steps: do not grow
+            self._fakes.clear()
+        self._fakes[source.data_ptr()] = (source, fake)
+
+    def _recall(self, source: torch.Tensor) -> torch.Tensor:
+        cached = self._fakes.pop(source.data_ptr(), None)
+        if cached is not None and cached[0].shape == source.shape and torch.equal(cached[0], source):
+            return cached[1]
+        with torch.no_grad():
+            return self.net(source)
+
+    # ---- inference -------------------------------------------------------------------------
+    @torch.no_grad()
+    def translate(self, source: torch.Tensor, *, generator: torch.Generator | None = None,
+                  callback: Callable[[dict], None] | None = None, **options: Any) -> torch.Tensor:
+        """``G(source)``: ``[B, C_s, *S]`` (model range) -> ``[B, model.out_channels, *S]``, deterministic.
+
+        The generator runs in eval mode (dropout off) and is restored to its previous mode.
+        """
+        unknown = [k for k in options if k not in IGNORED_OPTIONS]
+        if unknown:
+            raise ValueError(f"unknown option '{unknown[0]}' for method 'cut' (it has none; "
+                             f"ignored: {', '.join(IGNORED_OPTIONS)})")
+        self._check_source(source)
+        was_training = self.net.training
+        self.net.eval()
+        try:
+            out = self.net(source)
+        finally:
+            self.net.train(was_training)
+        if callback is not None:
+            callback({"i": 0, "n": 1, "t": 0, "x": out, "x0": out})
+        return out
+
+
+def _validate(config: RunConfig) -> None:
+    """One-line :class:`ConfigError` for settings CUT cannot run."""
+    m, g = config.model, config.gan
+    if g.generator not in CUT_GENERATORS:
+        raise ConfigError(f"cut supports gan.generator {' or '.join(CUT_GENERATORS)}, got '{g.generator}'")
+    if m.cond_image_channels <= 0:
+        raise ConfigError("cut needs model.cond_image_channels > 0 (the number of source channels)")
+    if g.lambda_nce > 0 and m.cond_image_channels != m.out_channels:
+        raise ConfigError(f"cut's PatchNCE feeds G(source) (and, with gan.nce_idt, target images) back into G, so "
+                          f"model.cond_image_channels={m.cond_image_channels} must equal model.out_channels="
+                          f"{m.out_channels}")
+    if g.gan_loss not in GAN_LOSSES:
+        raise ConfigError(f"unknown gan.gan_loss '{g.gan_loss}' (choose from {', '.join(GAN_LOSSES)})")
+    for name in ("lambda_gan", "lambda_nce", "dropout"):
+        if getattr(g, name) < 0:
+            raise ConfigError(f"gan.{name} must be >= 0, got {getattr(g, name)}")
+    if not g.dropout < 1:
+        raise ConfigError(f"gan.dropout must be < 1, got {g.dropout}")
+    if g.nce_patches < 1:
+        raise ConfigError(f"gan.nce_patches must be >= 1, got {g.nce_patches}")
+    if not g.nce_temperature > 0:
+        raise ConfigError(f"gan.nce_temperature must be > 0, got {g.nce_temperature}")
+    if g.lr_d not in (0, config.train.lr):
+        raise ConfigError(f"gan.lr_d={g.lr_d} is not supported: fit() uses train.lr={config.train.lr} for every "
+                          "optimiser group (set gan.lr_d=0)")
