@@ -114,7 +114,8 @@ def patch_nce_loss(query: torch.Tensor, key: torch.Tensor, temperature: float) -
     ``-log softmax_m(<q_bn, k_bm> / tau)[m = n]``. ``key`` is detached (gradients reach the
     queries only), as in CUT. CUT writes the same thing as one positive logit followed by
     the ``N x N`` negatives whose diagonal is overwritten with -10 (``exp(-10 / 0.07)`` ~ 1e-62
-    of mass); here the diagonal *is* the positive, so nothing is filled in.
+    of mass); here the diagonal *is* the positive, so nothing is filled in. Computed in
+    float32 (autocast off inside); returns float32.
     """
     if query.ndim != 3 or query.shape != key.shape:
         raise ValueError(f"patch_nce_loss: query {tuple(query.shape)} and key {tuple(key.shape)} must be equal "
@@ -122,11 +123,13 @@ def patch_nce_loss(query: torch.Tensor, key: torch.Tensor, temperature: float) -
     if not temperature > 0:
         raise ValueError(f"patch_nce_loss: temperature must be > 0, got {temperature}")
     b, n, _ = query.shape
-    # 1. similarities of every query patch to every key patch of the same image: [B, N, N]
-    logits = torch.bmm(query, key.detach().transpose(1, 2)) / temperature
-    # 2. the positive of query n is key n (the diagonal): cross-entropy with target n
-    target = torch.arange(n, device=query.device).expand(b, n)
-    return F.cross_entropy(logits.reshape(b * n, n), target.reshape(-1), reduction="none").view(b, n)
+    # float32 even under bf16 autocast: cosine similarities / 0.07 need more than bf16's 8 bits
+    with torch.autocast(query.device.type, enabled=False):
+        # 1. similarities of every query patch to every key patch of the same image: [B, N, N]
+        logits = torch.bmm(query.float(), key.detach().float().transpose(1, 2)) / temperature
+        # 2. the positive of query n is key n (the diagonal): cross-entropy with target n
+        target = torch.arange(n, device=query.device).expand(b, n)
+        return F.cross_entropy(logits.reshape(b * n, n), target.reshape(-1), reduction="none").view(b, n)
 
 
 def sample_patches(feature: torch.Tensor, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -291,8 +294,8 @@ class CUT(Method):
         for head, f_k, f_q in zip(self.heads, key_feats, query_feats):
             ids = sample_patches(f_k, self.config.gan.nce_patches, generator)  # the same positions for q and k
             with torch.no_grad():  # keys are detached in the loss anyway: skip their graph
-                k = _l2_normalise(head(_gather(f_k, ids)))  # [B, N, 256]
-            q = _l2_normalise(head(_gather(f_q, ids)))  # [B, N, 256]
+                k = _l2_normalise(head(_gather(f_k, ids)).float())  # [B, N, 256]
+            q = _l2_normalise(head(_gather(f_q, ids)).float())  # [B, N, 256]
             losses.append(patch_nce_loss(q, k, self.config.gan.nce_temperature).mean())
         return torch.stack(losses).mean()
 
