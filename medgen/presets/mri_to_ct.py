@@ -36,8 +36,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from medgen.config import (DataConfig, DiffusionConfig, RunConfig, SampleConfig, TrainConfig, UNetConfig,
-                           register_presets)
+from medgen.config import (DataConfig, DiffusionConfig, GANConfig, RunConfig, SampleConfig, TrainConfig,
+                           UNetConfig, register_presets)
 
 __all__ = ["MODELS", "CONTRASTS", "task", "for_contrast"]
 
@@ -90,11 +90,42 @@ def _ddim(preset: str, prediction: str, *, volume: bool = False) -> RunConfig:
     )
 
 
+# GANs: generator width per preset, training length and batch (paper: batch 64 for pix2pix).
+_GEN_CHANNELS = {"ci": 8, "smoke": 16, "cpu": 32, "paper": 64}
+_GAN_STEPS = {"ci": 2, "smoke": 300, "cpu": 3000, "paper": 100000}
+_GAN_BATCH = {"ci": 4, "smoke": 8, "cpu": 16, "paper": 64}
+
+
+def _pix2pix(preset: str, generator: str, *, volume: bool = False) -> RunConfig:
+    """Pix2Pix with the pix2pix UNet (``unet``) or the SA-UNet (``sa_unet``) generator, 2D or 3D.
+
+    As the paper's reference code trains it: LSGAN, ``10 * (L1 + 1 * (1 - SSIM))`` (i.e.
+    ``lambda_l1 = lambda_ssim = 10``), Adam betas (0.5, 0.999), no EMA; the UNet has 5 down/up
+    blocks and 20 % dropout (supplement). Thin volumes get fewer down blocks / discriminator
+    layers where 5 / 3 do not fit (every side must be divisible by 2**downs; the 3-layer
+    PatchGAN needs >= 24 voxels per side).
+    """
+    base = _ddim(preset, "x0", volume=volume)   # same data and SA-UNet widths as the diffusion models
+    depth = _DEPTH_3D[preset] if volume else 0
+    downs = 5 if not volume else min(5, (min(depth, base.data.image_size)).bit_length() - 1)
+    gan = GANConfig(generator=generator, gen_channels=_GEN_CHANNELS[preset], gen_downs=downs,
+                    dropout=0.2, disc_channels=_GEN_CHANNELS[preset],
+                    disc_layers=3 if not volume or depth >= 24 else 2, gan_loss="lsgan",
+                    lambda_gan=1.0, lambda_l1=10.0, lambda_ssim=10.0)
+    train = replace(base.train, steps=_GAN_STEPS[preset] // (2 if volume and preset != "ci" else 1),
+                    batch_size=2 if volume and preset == "paper" else _GAN_BATCH[preset],
+                    lr=2e-4 if preset != "ci" else 2e-4, betas=(0.5, 0.999), ema_decay=0.0)
+    return replace(base, method="pix2pix", gan=gan, train=train)
+
+
 _BUILDERS = {
     "ddim_noise": lambda p: _ddim(p, "eps"),
     "ddim_image": lambda p: _ddim(p, "x0"),
     "ddim_noise_3d": lambda p: _ddim(p, "eps", volume=True),
     "ddim_image_3d": lambda p: _ddim(p, "x0", volume=True),
+    "pix2pix_unet": lambda p: _pix2pix(p, "unet"),
+    "pix2pix_sa_unet": lambda p: _pix2pix(p, "sa_unet"),
+    "pix2pix_3d": lambda p: _pix2pix(p, "unet", volume=True),
 }
 MODELS = tuple(_BUILDERS)  # model names; the task of model m is "mri_to_ct/m"
 

@@ -41,3 +41,21 @@ def test_contrast_switch_and_errors():
         p.task("ddim")
     with pytest.raises(ConfigError, match="task"):
         get_preset("ci", task="mri_to_ct/nothing")
+
+
+@pytest.mark.parametrize("model, generator, dims", [("pix2pix_unet", "unet", 2), ("pix2pix_sa_unet", "sa_unet", 2),
+                                                    ("pix2pix_3d", "unet", 3)])
+def test_pix2pix_paper_preset_follows_the_reference_code(model, generator, dims):
+    cfg = get_preset("paper", task=p.task(model))
+    g = cfg.gan
+    assert cfg.method == "pix2pix" and g.generator == generator and cfg.model.spatial_dims == dims
+    assert (g.gen_channels, g.gen_downs, g.dropout, g.disc_layers) == (64, 5, 0.2, 3)
+    assert (g.gan_loss, g.lambda_l1, g.lambda_ssim) == ("lsgan", 10.0, 10.0)
+    assert cfg.train.betas == (0.5, 0.999) and cfg.train.ema_decay == 0.0
+    assert cfg.train.batch_size == (64 if dims == 2 else 2)
+
+
+def test_thin_ci_volumes_get_fewer_downs_and_discriminator_layers():
+    cfg = get_preset("ci", task=p.task("pix2pix_3d"))
+    assert cfg.data.depth % 2 ** cfg.gan.gen_downs == 0 and cfg.data.image_size % 2 ** cfg.gan.gen_downs == 0
+    assert cfg.gan.disc_layers == 2  # a 3-layer PatchGAN needs >= 24 voxels per side; ci depth is 16
