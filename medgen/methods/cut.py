@@ -70,7 +70,8 @@ width follows the networks: G's input conv, D's input, and each MLP head's input
 measured from G's actual features -- the ResNet's layer 0 (the padded input) of a grayscale
 image has 1 channel and gets a ``Linear(1, 256)`` head. (At such a 1-channel tap a patch is a
 single intensity, so two patches of equal intensity are indistinguishable negatives; that is
-inherent to layer 0, not a failure.)
+inherent to layer 0, not a failure. With the heads' zero-initialised biases such a tap starts
+out embedding only the sign of the intensity; the biases learn the rest.)
 
 ``translate(source)`` returns ``G(source)``, deterministic (eval mode, dropout off), with the
 option policy of pix2pix: the sampling options of ``cfg.sample`` are accepted and ignored,

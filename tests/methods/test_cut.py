@@ -162,6 +162,19 @@ def test_sa_unet_taps_after_every_down_conv_and_the_first_up_conv():
     assert not any(m._forward_hooks for m in model.modules())  # hooks removed after each call
 
 
+def test_sa_unet_variant_trains_both_groups():
+    model = _model(_cfg(generator="sa_unet"))
+    batch = _batch(2)
+    out = model.training_step(batch, "generator", _gen(0))
+    assert set(out) == {"loss", "adv", "nce", "nce_idt"} and torch.isfinite(out["loss"])
+    out["loss"].backward()
+    # the UNet's conv_out is zero-initialised: on the first backward only it (and the heads) get gradient
+    assert model.net.net.conv_out.weight.grad.abs().sum() > 0
+    assert all(h[-1].weight.grad.abs().sum() > 0 for h in model.heads)
+    d = model.training_step(batch, "discriminator")
+    assert torch.isfinite(d["loss"]) and model.translate(batch.source).shape == (2, 1, 32, 32)
+
+
 def test_registered_with_generator_group_holding_the_heads():
     model = lookup(METHODS, "cut")(CFG)
     assert isinstance(model, CUT) and isinstance(model.discriminator, PatchDiscriminator)
