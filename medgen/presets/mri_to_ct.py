@@ -118,6 +118,20 @@ def _pix2pix(preset: str, generator: str, *, volume: bool = False) -> RunConfig:
     return replace(base, method="pix2pix", gan=gan, train=train)
 
 
+def _cut(preset: str, generator: str) -> RunConfig:
+    """CUT (unpaired, PatchNCE) with CUT's ResNet (one down/up conv, 8 residual blocks, no dropout,
+    NCE on layers 0, 4, 8, 12, 16) or the SA-UNet generator; batch 32, LSGAN (supplement).
+
+    Trained on the ``unpaired`` kind: MRI and CT of the train split come from disjoint patients;
+    the test split stays paired (and registered) so it can be scored.
+    """
+    base = _pix2pix(preset, generator)
+    gan = replace(base.gan, gen_downs=1, res_blocks=8, dropout=0.0, nce_layers=(0, 4, 8, 12, 16),
+                  lambda_nce=1.0, nce_idt=True, lambda_l1=0.0, lambda_ssim=0.0)
+    train = replace(base.train, batch_size=32 if preset == "paper" else base.train.batch_size)
+    return replace(base, method="cut", data=replace(base.data, dataset="unpaired"), gan=gan, train=train)
+
+
 _BUILDERS = {
     "ddim_noise": lambda p: _ddim(p, "eps"),
     "ddim_image": lambda p: _ddim(p, "x0"),
@@ -126,6 +140,8 @@ _BUILDERS = {
     "pix2pix_unet": lambda p: _pix2pix(p, "unet"),
     "pix2pix_sa_unet": lambda p: _pix2pix(p, "sa_unet"),
     "pix2pix_3d": lambda p: _pix2pix(p, "unet", volume=True),
+    "cut_resnet": lambda p: _cut(p, "resnet"),
+    "cut_sa_unet": lambda p: _cut(p, "sa_unet"),
 }
 MODELS = tuple(_BUILDERS)  # model names; the task of model m is "mri_to_ct/m"
 

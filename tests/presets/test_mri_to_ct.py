@@ -59,3 +59,12 @@ def test_thin_ci_volumes_get_fewer_downs_and_discriminator_layers():
     cfg = get_preset("ci", task=p.task("pix2pix_3d"))
     assert cfg.data.depth % 2 ** cfg.gan.gen_downs == 0 and cfg.data.image_size % 2 ** cfg.gan.gen_downs == 0
     assert cfg.gan.disc_layers == 2  # a 3-layer PatchGAN needs >= 24 voxels per side; ci depth is 16
+
+
+@pytest.mark.parametrize("model, generator", [("cut_resnet", "resnet"), ("cut_sa_unet", "sa_unet")])
+def test_cut_paper_preset_follows_the_supplement(model, generator):
+    cfg = get_preset("paper", task=p.task(model))
+    g = cfg.gan
+    assert cfg.method == "cut" and cfg.data.dataset == "unpaired" and g.generator == generator
+    assert (g.gen_downs, g.res_blocks, g.dropout, g.nce_layers) == (1, 8, 0.0, (0, 4, 8, 12, 16))
+    assert cfg.train.batch_size == 32 and g.gan_loss == "lsgan"
