@@ -129,7 +129,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medgen.config import ConfigError, RunConfig, SampleConfig
+from medgen.config import ConfigError, RunConfig, SampleConfig, UNetConfig
 from medgen.data.batch import Batch
 from medgen.diffusion.schedules import noise_like
 from medgen.methods.base import Method
@@ -235,7 +235,7 @@ class DiffusiveGenerator(nn.Module):
     image concatenated to ``x_t`` and ``z`` as its condition vector, followed by Tanh.
     """
 
-    def __init__(self, model: Any, channels: int, cond_channels: int, latent_dim: int = LATENT_DIM) -> None:
+    def __init__(self, model: UNetConfig, channels: int, cond_channels: int, latent_dim: int = LATENT_DIM) -> None:
         super().__init__()
         cfg = dataclasses.replace(model, in_channels=channels, out_channels=channels, cond_image_channels=cond_channels,
                                   cond_vector_dim=latent_dim, cond_tokens_dim=0, skip_residuals=False,
@@ -255,15 +255,13 @@ def blur_downsample(x: torch.Tensor) -> torch.Tensor:
     as strided slices and adds, separably per axis: a depthwise conv would do the same, but
     its double backward (needed by R1) is several times slower on the CPU.
     """
-    w = [v / sum(FIR_KERNEL) for v in FIR_KERNEL]
-    for axis in (2, 3):
-        n = x.shape[axis]
-        pad = [0, 0, 0, 0]
-        pad[2 * (3 - axis)] = pad[2 * (3 - axis) + 1] = 1
-        xp = F.pad(x, pad)  # n + 2 along `axis`
-        out = n // 2  # output j takes padded samples 2j .. 2j + 3 (as a k4 s2 conv: floor(n / 2))
-        x = sum(wk * xp.narrow(axis, k, 2 * out - 1)[(slice(None),) * axis + (slice(None, None, 2),)]
-                for k, wk in enumerate(w))
+    w = [v / sum(FIR_KERNEL) for v in FIR_KERNEL]  # 1D taps, sum 1
+    for axis in (2, 3):  # H, then W
+        xp = F.pad(x, (0, 0, 1, 1) if axis == 2 else (1, 1))  # F.pad lists the last axis first
+        n_out = x.shape[axis] // 2  # as a k4 s2 conv with padding 1: floor(n / 2)
+        every_other = (slice(None),) * axis + (slice(None, None, 2),)
+        # output j = sum_k w_k * padded[2j + k]: the k-th tap is padded[k], padded[k + 2], ...
+        x = sum(wk * xp.narrow(axis, k, 2 * n_out - 1)[every_other] for k, wk in enumerate(w))
     return x
 
 
@@ -358,6 +356,9 @@ class SynDiff(Method):
     ``d_target``, ``d_source`` (diffusive discriminators), ``schedule`` (:class:`SynDiffSchedule`).
     """
 
+    GENERATORS = ("nd_s2t", "nd_t2s", "g_target", "g_source")  # attribute names, "generator" group
+    DISCRIMINATORS = ("d_target", "d_source", "dnd_target", "dnd_source")  # "discriminator" group
+
     def __init__(self, config: RunConfig) -> None:
         super().__init__(config)
         _validate(config)
@@ -374,9 +375,6 @@ class SynDiff(Method):
         downs = disc_downs(config.data.image_size)
         self.d_target = DiffusionDiscriminator(ct, g.disc_channels, downs)
         self.d_source = DiffusionDiscriminator(cs, g.disc_channels, downs)
-
-    GENERATORS = ("nd_s2t", "nd_t2s", "g_target", "g_source")
-    DISCRIMINATORS = ("d_target", "d_source", "dnd_target", "dnd_source")
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """``"discriminator"`` (the four discriminators), then ``"generator"`` (the four generators)."""
