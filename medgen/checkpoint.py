@@ -368,3 +368,80 @@ def load_translator(path: str | os.PathLike, *, device: str | torch.device = "cp
     method = factory(cfg).to(device)
     load_weights(ckpt, method, ema=ema and cfg.train.ema_decay > 0)
     return method.eval()
+
+
+# --------------------------------------------------------------------------------------
+# Export (shippable checkpoints)
+# --------------------------------------------------------------------------------------
+EXPORT_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def _output_psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR (dB) of ``b`` against ``a`` in model range (data range 2); ``inf`` if equal."""
+    mse = float((a.double() - b.double()).square().mean())
+    return float("inf") if mse == 0 else 10.0 * float(torch.log10(torch.tensor(4.0 / mse)))
+
+
+def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: str = "float16",
+                      verify_source: torch.Tensor | None = None, min_psnr_db: float = 40.0,
+                      seed: int = 0) -> Path:
+    """A slim, shippable copy of a trained checkpoint: sampling weights only, cast to ``dtype``.
+
+    Writes ``dst/`` (atomically: a temporary folder renamed) with the weights the checkpoint
+    samples with (EMA when the run has it, saved under that file name so that
+    :func:`load_translator` picks them as usual), ``config.json`` unchanged (the export loads
+    with ``config=`` the preset it was trained from), and ``manifest.json``: the training
+    manifest plus ``export = {dtype, source, weights, output_psnr_db}``. Optimiser state is
+    dropped. ``verify_source`` ``[B, C_s, *S]``: translate it with the original and the
+    exported weights (same seed) and refuse the export (one-line :class:`CheckpointError`)
+    if the outputs differ by less than ``min_psnr_db`` PSNR -- "fp16 where it keeps the
+    metrics"; export in float32 then.
+    """
+    if dtype not in EXPORT_DTYPES:
+        raise CheckpointError(f"export: unknown dtype '{dtype}' (choose from {', '.join(EXPORT_DTYPES)})")
+    ckpt, dst = resolve_checkpoint(src), Path(dst)
+    cfg = read_config(ckpt)
+    use_ema = cfg.train.ema_decay > 0
+    method = load_translator(ckpt, ema=use_ema)
+    slim = copy_module_as(method, EXPORT_DTYPES[dtype])
+    manifest = {**read_manifest(ckpt), "export": {"dtype": dtype, "source": str(ckpt),
+                                                  "weights": "ema" if use_ema else "raw"}}
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".tmp-{dst.name}-"))
+    try:
+        save_model(slim, str(tmp / (EMA_FILE if use_ema else WEIGHTS_FILE)), metadata={"format": "pt"})
+        (tmp / CONFIG_FILE).write_text(to_json(cfg) + "\n")
+        if verify_source is not None:
+            psnr = _verify_export(method, tmp, verify_source, seed)
+            manifest["export"]["output_psnr_db"] = psnr
+            if psnr < min_psnr_db:
+                raise CheckpointError(f"export: {dtype} weights change the output too much ({psnr:.1f} dB < "
+                                      f"{min_psnr_db:g} dB against the original); export in float32")
+        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        for path in tmp.iterdir():
+            os.chmod(path, 0o666 & ~_umask())
+            fsync_file(path)
+        if dst.exists():
+            shutil.rmtree(dst)
+        os.rename(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_dir(dst.parent)
+    return dst
+
+
+def copy_module_as(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """A deep copy of ``module`` with every floating parameter and buffer cast to ``dtype``."""
+    import copy
+
+    return copy.deepcopy(module).to(dtype=dtype)
+
+
+def _verify_export(original: "Method", folder: Path, source: torch.Tensor, seed: int) -> float:
+    """PSNR (dB) between the original's and the exported weights' outputs on ``source``, same seed."""
+    exported = load_translator(folder)
+    with torch.no_grad():
+        a = original.translate(source, generator=torch.Generator().manual_seed(seed))
+        b = exported.translate(source, generator=torch.Generator().manual_seed(seed))
+    return round(_output_psnr(a, b), 2)

@@ -118,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-baseline", action="store_true", help="skip the identity (input as output) baseline rows")
     _sampling_options(p)
 
+    p = sub.add_parser("export", help="write a slim, shippable copy of a trained checkpoint (sampling weights only)")
+    p.add_argument("checkpoint", help="checkpoint (or run) folder printed by 'medgen train'")
+    p.add_argument("--out", required=True, help="folder to write (replaced if it exists)")
+    p.add_argument("--dtype", default="float16", help="weights dtype: float16 (default), bfloat16 or float32")
+    p.add_argument("--verify", type=int, default=4, help="test images translated with both weights; the "
+                   "export is refused if the outputs differ by < 40 dB PSNR (0 = skip; default: 4)")
+
     p = sub.add_parser("reproduce", parents=[_preset_options(task=False)],
                        help="run the paper notebooks with papermill into reports/")
     p.add_argument("--papers", default="", help="notebooks whose name contains one of these words "
@@ -303,6 +310,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"{cfg.method} on {cfg.data.dataset}: test split, {len(dataset)} samples, mean and SD across "
           f"subjects, data_range 2.0 (model range [-1, 1]); per-sample rows in {out}")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export the sampling weights of a checkpoint (fp16 by default), verified on test images."""
+    from medgen.checkpoint import export_checkpoint, read_config, resolve_checkpoint
+    from medgen.data.batch import collate
+    from medgen.registry import DATASETS, lookup
+
+    if args.verify < 0:
+        raise ValueError(f"--verify must be >= 0, got {args.verify}")
+    source = None
+    if args.verify:
+        cfg = read_config(resolve_checkpoint(args.checkpoint))
+        dataset = lookup(DATASETS, cfg.data.dataset)(cfg.data, "test")
+        source = collate([dataset[i] for i in range(min(args.verify, len(dataset)))]).source
+    out = export_checkpoint(args.checkpoint, args.out, dtype=args.dtype, verify_source=source)
+    size = sum(f.stat().st_size for f in out.iterdir()) / 2**20
+    print(f"exported {args.checkpoint} -> {out} ({args.dtype}, {size:.1f} MiB)")
     return 0
 
 
@@ -494,7 +520,7 @@ def _write_item(out: Path, index: int, item: dict[str, Any]) -> dict[str, Any]:
 
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate,
-            "reproduce": cmd_reproduce, "demo": cmd_demo, "phantoms": cmd_phantoms}
+            "reproduce": cmd_reproduce, "demo": cmd_demo, "phantoms": cmd_phantoms, "export": cmd_export}
 
 
 # --------------------------------------------------------------------------------------

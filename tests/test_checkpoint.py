@@ -260,3 +260,41 @@ def test_error_checkpoint_trained_with_other_config(trained):
     asked = replace(cfg, train=replace(cfg.train, lr=0.5))
     msg = _one_line_error(ck.CheckpointError, ck.load_translator, run, config=asked)
     assert "config.json" in msg and "another config" in msg and "train.lr: 0.01 != 0.5" in msg
+
+
+# ------------------------------------------------------------------------------ export
+@pytest.fixture(scope="module")
+def quickstart_run(tmp_path_factory):
+    """The quickstart `ci` cddpm (with EMA) trained once; returns (cfg, run_dir)."""
+    from medgen.config import get_preset
+    from medgen.train import run_dir_for, train_or_load
+
+    cfg, root = get_preset("ci"), tmp_path_factory.mktemp("export") / "runs"
+    train_or_load(cfg, root=root, progress=False)
+    return cfg, run_dir_for(cfg, root)
+
+
+def test_export_fp16_is_smaller_loads_and_keeps_outputs(quickstart_run, tmp_path):
+    cfg, run = quickstart_run
+    src = torch.rand(2, 1, 16, 16) * 2 - 1
+    out = ck.export_checkpoint(run, tmp_path / "ship" / "quick", verify_source=src)
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "ema.safetensors", "manifest.json"]
+    original = ck.latest_checkpoint(run)
+    assert (out / "ema.safetensors").stat().st_size < 0.6 * (original / "ema.safetensors").stat().st_size
+    assert {t.dtype for t in load_file(out / "ema.safetensors").values()} == {torch.float16}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["export"]["dtype"] == "float16" and manifest["config_hash"] == config_hash(cfg)
+    assert manifest["export"]["output_psnr_db"] >= 40.0
+    a = ck.load_translator(run, config=cfg).translate(src, generator=torch.Generator().manual_seed(3))
+    b = ck.load_translator(out, config=cfg).translate(src, generator=torch.Generator().manual_seed(3))
+    assert (a - b).abs().max() < 5e-2 and not torch.equal(a, b)   # fp16 rounding, nothing else
+
+
+def test_export_refuses_a_lossy_dtype_and_unknown_dtypes(quickstart_run, tmp_path):
+    _, run = quickstart_run
+    src = torch.rand(2, 1, 16, 16) * 2 - 1
+    with pytest.raises(ck.CheckpointError, match="change the output too much"):
+        ck.export_checkpoint(run, tmp_path / "ship", verify_source=src, min_psnr_db=float("inf"))
+    assert not (tmp_path / "ship").exists() and not list(tmp_path.glob(".tmp-*"))
+    with pytest.raises(ck.CheckpointError, match="unknown dtype 'int8'"):
+        ck.export_checkpoint(run, tmp_path / "ship", dtype="int8")

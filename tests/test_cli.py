@@ -285,6 +285,12 @@ def test_train_sample_evaluate_end_to_end(capsys: pytest.CaptureFixture[str], tm
     assert rows["value"].notna().all()
     assert "cddpm" in out and "identity" in out and "psnr" in out
 
+    code, out, err = run(capsys, "export", str(ckpt), "--out", str(tmp_path / "ship"), "--verify", "2")
+    assert code == 0, err
+    assert "float16" in out and (tmp_path / "ship" / "config.json").is_file()
+    code, _, err = run(capsys, "export", str(ckpt), "--out", str(tmp_path / "ship2"), "--dtype", "int4")
+    assert_one_line_error(code, err, "unknown dtype 'int4'")
+
     code, out, _ = run(capsys, "sample", "--checkpoint", str(ckpt), "--input", str(src), "--output",
                        str(tmp_path / "x.png"), "--set", "sample.steps=3", "--dry-run")
     assert code == 0 and from_json(out).sample.steps == 3
