@@ -39,7 +39,7 @@ from dataclasses import replace
 from medgen.config import (DataConfig, DiffusionConfig, GANConfig, RunConfig, SampleConfig, TrainConfig,
                            UNetConfig, register_presets)
 
-__all__ = ["MODELS", "CONTRASTS", "task", "for_contrast"]
+__all__ = ["MODELS", "MEASURERS", "CONTRASTS", "task", "for_contrast"]
 
 CONTRASTS = ("t1w", "t2w")  # the paper's two MRI inputs (data.source)
 TASK_PREFIX = "mri_to_ct/"
@@ -159,6 +159,18 @@ def for_contrast(cfg: RunConfig, contrast: str) -> RunConfig:
         raise ValueError(f"unknown contrast '{contrast}' (choose from {', '.join(CONTRASTS)})")
     return replace(cfg, data=replace(cfg.data, source=contrast))
 
+
+def _segmenter(preset: str, *, volume: bool = False) -> RunConfig:
+    """The downstream measurer (a stand-in for the paper's CT segmentation algorithm)."""
+    from medgen.methods.segmenter import segmenter_presets
+
+    return segmenter_presets(volume)[preset]
+
+
+_BUILDERS["segmenter"] = lambda p: _segmenter(p)
+_BUILDERS["segmenter_3d"] = lambda p: _segmenter(p, volume=True)
+MODELS = tuple(_BUILDERS)
+MEASURERS = ("segmenter", "segmenter_3d")  # not translators: they segment CT (medgen.methods.segmenter)
 
 for _model, _build in _BUILDERS.items():
     register_presets(task(_model), {p: _build(p) for p in ("ci", "smoke", "cpu", "paper")})

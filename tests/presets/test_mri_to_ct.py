@@ -11,7 +11,11 @@ def test_every_model_has_four_presets_and_is_listed():
         for preset in ("ci", "smoke", "cpu", "paper"):
             cfg = get_preset(preset, task=p.task(m))
             assert cfg.preset == preset and cfg.name == p.task(m)
-            assert cfg.data.phantom == "spine_sagittal" and cfg.data.target == "ct" and cfg.data.source == "t2w"
+            assert cfg.data.phantom == "spine_sagittal" and cfg.data.registration == "two"
+            if m in p.MEASURERS:   # CT -> labels
+                assert cfg.method == "segmenter" and (cfg.data.source, cfg.data.target) == ("ct", "")
+            else:
+                assert (cfg.data.source, cfg.data.target) == ("t2w", "ct")
 
 
 @pytest.mark.parametrize("model, prediction, dims, steps", [
