@@ -81,6 +81,17 @@ draws come from ``generator`` (fixed generator -> fixed output). :meth:`SynDiff.
 is the CT -> MRI chain of ``g_source``. The sampling options of ``cfg.sample`` are accepted
 and ignored (the chain is always the 4 trained steps), as by the other GAN translators.
 
+Size and speed (measured 2026-11-22 on the 2-core reference CPU, one thread, 64 px, batch 4)
+-------------------------------------------------------------------------------------------
+With the ``mri_to_ct`` ``cpu`` UNet (32, 64, 128) and the reference's non-diffusive nets at
+``ngf = ndf = 32`` (ResNet, 2 downs, 6 blocks; PatchGAN 3 layers): generators 9.45 M
+parameters (2 x 1.96 M non-diffusive, 2 x 2.77 M diffusive), discriminators 10.15 M
+(2 x 4.38 M diffusive, 2 x 0.69 M PatchGAN); one optimiser step (both groups) 5.1 s, 2.9 s
+of it the discriminator step with R1's double backward. At ``ngf = ndf = 16``: 2.6 s.
+``translate`` of 4 images: 0.65 s. Paper-like 256 px (the ``paper`` UNet (64, 128, 256, 512),
+``ngf = ndf = 64``): generators 142.1 M (2 x 63.2 M diffusive, 2 x 7.8 M), discriminators
+61.0 M (2 x 27.7 M, 2 x 2.8 M); the reference's NCSN++ generators are larger still.
+
 Deviations from the reference (icon-lab/SynDiff), all in network details or optimisation
 ---------------------------------------------------------------------------------------
 * Diffusive generator: the medgen UNet (``cfg.model``: ResBlocks with GroupNorm, self-
