@@ -90,7 +90,7 @@ parameters (2 x 1.96 M non-diffusive, 2 x 2.77 M diffusive), discriminators 10.1
 of it the discriminator step with R1's double backward. At ``ngf = ndf = 16``: 2.6 s.
 ``translate`` of 4 images: 0.65 s. Paper-like 256 px (the ``paper`` UNet (64, 128, 256, 512),
 ``ngf = ndf = 64``): generators 142.1 M (2 x 63.2 M diffusive, 2 x 7.8 M), discriminators
-61.0 M (2 x 27.7 M, 2 x 2.8 M); the reference's NCSN++ generators are larger still.
+61.0 M (2 x 27.7 M, 2 x 2.8 M). (The reference's NCSN++ was not instantiated here to compare.)
 
 Deviations from the reference (icon-lab/SynDiff), all in network details or optimisation
 ---------------------------------------------------------------------------------------
