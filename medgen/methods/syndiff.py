@@ -533,7 +533,8 @@ def _validate(config: RunConfig) -> None:
     if m.spatial_dims != 2:
         raise ConfigError(f"syndiff is 2D only, got model.spatial_dims={m.spatial_dims}")
     if g.gan_loss != "vanilla":
-        raise ConfigError(f"syndiff uses the non-saturating (vanilla) GAN loss with R1, got gan.gan_loss='{g.gan_loss}'")
+        raise ConfigError(f"syndiff uses the non-saturating (vanilla) GAN loss with R1, "
+                          f"got gan.gan_loss='{g.gan_loss}'")
     for name in ("lambda_gan", "lambda_cycle"):
         if getattr(g, name) < 0:
             raise ConfigError(f"gan.{name} must be >= 0, got {getattr(g, name)}")

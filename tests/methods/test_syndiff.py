@@ -211,7 +211,8 @@ def test_discriminator_loss_sums_its_terms_and_does_not_reach_generators():
     assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
     s, c = batch.source, batch.target
     with torch.no_grad():
-        nd_fake = F.softplus(model.dnd_target(model.nd_s2t(s))).mean() + F.softplus(model.dnd_source(model.nd_t2s(c))).mean()
+        nd_fake = (F.softplus(model.dnd_target(model.nd_s2t(s))).mean()
+                   + F.softplus(model.dnd_source(model.nd_t2s(c))).mean())
     assert out["nd_fake"].item() == pytest.approx(nd_fake.item(), rel=1e-5)
     assert out["r1"].item() > 0
     out["loss"].backward()
