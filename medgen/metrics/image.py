@@ -221,7 +221,8 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, *, data_range: float, mask: t
 
     ``pred``/``target``: ``[B, C, H, W]`` or ``[B, C, D, H, W]``; ``mask``: ``[B, 1 or C, *S]``,
     applied to window centres. ``kernel``: ``"uniform"`` (skimage's default window) or
-    ``"gaussian"`` (``sigma``); ``win_size`` odd and at most every spatial size.
+    ``"gaussian"`` (``sigma``); ``win_size`` odd and at most every spatial size. A metric, not
+    a loss: computed on detached CPU copies (no gradient; see :func:`ssim_map_valid`).
     """
     m = check_inputs(pred, target, data_range, mask, "ssim")
     if kernel not in SSIM_KERNELS:
