@@ -37,6 +37,7 @@ demo: $(STAMP)
 benchmark: $(STAMP)
 	$(BIN)/python -m benchmark.speed
 	$(BIN)/python -m benchmark.phantoms
+	$(BIN)/python -m benchmark.metrics
 
 # Generated files only; the virtualenv and trained runs are kept (`rm -rf .venv runs` for those).
 clean:

@@ -55,9 +55,9 @@ def test_rows_columns_and_values_match_the_metrics():
 
 
 def test_options_reach_translate_and_data_range_is_recorded():
-    a = evaluate(GaussianFilter(CFG), DS, ["mae"], sigma=0.0, data_range=1.0)
-    b = evaluate(Identity(CFG), DS, ["mae"], data_range=1.0)
-    assert np.allclose(a["value"], b["value"]) and set(a["data_range"]) == {1.0}
+    a = evaluate(GaussianFilter(CFG), DS, ["mae"], sigma=0.0, data_range=4.0)
+    b = evaluate(Identity(CFG), DS, ["mae"], data_range=4.0)
+    assert np.allclose(a["value"], b["value"]) and set(a["data_range"]) == {4.0}
     c = evaluate(GaussianFilter(CFG), DS, ["mae"], sigma=2.0)
     assert not np.allclose(c["value"], b["value"])
 

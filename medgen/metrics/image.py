@@ -44,14 +44,11 @@ from scipy import ndimage
 from medgen.registry import METRICS, register
 
 __all__ = ["psnr", "ssim", "mae", "mse", "ssim_map_valid", "ssim_window", "SSIM_KERNELS", "check_inputs",
-           "check_data_range", "MetricInputError", "RANGE_SLACK", "CHECK_TARGET_RANGE"]
+           "check_data_range", "MetricInputError", "RANGE_SLACK"]
 
 SSIM_KERNELS = ("uniform", "gaussian")
 SSIM_K1, SSIM_K2 = 0.01, 0.03  # stabilising constants of Wang et al. 2004 (C = (K * data_range)^2)
 RANGE_SLACK = 1e-6  # relative tolerance of the target-span <= data_range check (float round-off)
-# check_inputs runs check_data_range only when True. Off until tests/test_evaluate.py stops
-# scoring [-1, 1] toy images with data_range=1.0 (a mismatch this check rejects).
-CHECK_TARGET_RANGE = False
 
 
 class MetricInputError(ValueError):
@@ -69,8 +66,7 @@ def check_inputs(pred: torch.Tensor, target: torch.Tensor, data_range: float, ma
 
     ``pred``/``target`` ``[B, C, H, W]`` or ``[B, C, D, H, W]`` of one shape, finite;
     ``data_range > 0``; ``mask`` ``[B, 1 or C, *S]`` in {0, 1} with at least one pixel per
-    sample; when ``CHECK_TARGET_RANGE``, :func:`check_data_range` (the target's span per sample
-    at most ``data_range``). ``pred`` is not range-checked (see the module docstring).
+    sample; :func:`check_data_range` (the target's span per sample at most ``data_range``). ``pred`` is not range-checked (see the module docstring).
     Raises :class:`MetricInputError` (a ``ValueError``) with a one-line message starting ``name:``.
     """
     if pred.shape != target.shape:
@@ -96,8 +92,7 @@ def check_inputs(pred: torch.Tensor, target: torch.Tensor, data_range: float, ma
         empty = mask.flatten(1).sum(1) == 0
         if empty.any():
             raise MetricInputError(f"{name}: mask is empty for sample(s) {_sample_list(empty)}")
-    if CHECK_TARGET_RANGE:
-        check_data_range(target, data_range, mask, name)
+    check_data_range(target, data_range, mask, name)
     return mask
 
 
