@@ -132,6 +132,20 @@ def _cut(preset: str, generator: str) -> RunConfig:
     return replace(base, method="cut", data=replace(base.data, dataset="unpaired"), gan=gan, train=train)
 
 
+def _syndiff(preset: str) -> RunConfig:
+    """SynDiff as its reference code trains it (icon-lab/SynDiff): non-diffusive CycleGAN with the
+    ``resnet_6blocks`` generator (2 down convs, 6 blocks) and 70x70 PatchGANs, non-saturating GAN
+    loss with R1, 4 diffusion steps, L1 cycle weight 0.5, Adam betas (0.5, 0.9), no gradient
+    clipping; unpaired train split. The diffusive generator is the SA-UNet of ``model``."""
+    base = _cut(preset, "resnet")
+    widths = {"ci": 8, "smoke": 16, "cpu": 16, "paper": 64}[preset]
+    gan = replace(base.gan, gen_channels=widths, disc_channels=widths, gen_downs=2, res_blocks=6, disc_layers=3,
+                  gan_loss="vanilla", lambda_gan=1.0, lambda_cycle=0.5, lambda_nce=0.0)
+    train = replace(base.train, batch_size=4 if preset != "ci" else 2, betas=(0.5, 0.9), grad_clip=0.0,
+                    lr=1.6e-4 if preset == "paper" else base.train.lr)
+    return replace(base, method="syndiff", gan=gan, train=train)
+
+
 _BUILDERS = {
     "ddim_noise": lambda p: _ddim(p, "eps"),
     "ddim_image": lambda p: _ddim(p, "x0"),
@@ -142,6 +156,7 @@ _BUILDERS = {
     "pix2pix_3d": lambda p: _pix2pix(p, "unet", volume=True),
     "cut_resnet": lambda p: _cut(p, "resnet"),
     "cut_sa_unet": lambda p: _cut(p, "sa_unet"),
+    "syndiff": _syndiff,
 }
 MODELS = tuple(_BUILDERS)  # model names; the task of model m is "mri_to_ct/m"
 

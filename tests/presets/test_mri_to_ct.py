@@ -72,3 +72,11 @@ def test_cut_paper_preset_follows_the_supplement(model, generator):
     assert cfg.method == "cut" and cfg.data.dataset == "unpaired" and g.generator == generator
     assert (g.gen_downs, g.res_blocks, g.dropout, g.nce_layers) == (1, 8, 0.0, (0, 4, 8, 12, 16))
     assert cfg.train.batch_size == 32 and g.gan_loss == "lsgan"
+
+
+def test_syndiff_paper_preset_follows_the_reference_code():
+    cfg = get_preset("paper", task=p.task("syndiff"))
+    g = cfg.gan
+    assert cfg.method == "syndiff" and cfg.data.dataset == "unpaired"
+    assert (g.generator, g.gen_channels, g.gen_downs, g.res_blocks, g.disc_layers) == ("resnet", 64, 2, 6, 3)
+    assert (g.gan_loss, g.lambda_cycle) == ("vanilla", 0.5) and cfg.train.betas == (0.5, 0.9)
