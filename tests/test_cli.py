@@ -297,3 +297,89 @@ def test_train_sample_evaluate_end_to_end(capsys: pytest.CaptureFixture[str], tm
     code, _, err = run(capsys, "sample", "--checkpoint", str(ckpt), "--input", str(src), "--output",
                        str(tmp_path / "x.png"), "--set", "train.steps=3", "--dry-run")
     assert_one_line_error(code, err, "only accepts overrides of sample.*")
+
+
+# --------------------------------------------------------------------------------------
+# sample on real MR DICOM and NIfTI volumes (read_sample_input)
+# --------------------------------------------------------------------------------------
+SHIPPED_DDIM_T1W = REPO / "checkpoints" / "mri_to_ct" / "ddim_image-t1w"
+
+
+def _sagittal_nifti(path: Path, image: np.ndarray, n_lr: int = 5) -> np.ndarray:
+    """Write ``image`` (rows superior -> inferior, columns anterior -> posterior, the phantom view)
+    as every sagittal slice of a canonical RAS NIfTI (array ``[k, j, i]`` = ``[S, A, R]``, identity
+    affine). Returns the stored volume."""
+    from medgen.data.io import write_volume
+
+    vol = np.repeat(image[::-1, ::-1, None], n_lr, axis=2).astype(np.float32)  # k up = superior, j up = anterior
+    write_volume(path, vol, unit="a.u.")
+    return vol
+
+
+def test_read_sample_input_takes_the_middle_sagittal_slice_in_the_phantom_view(tmp_path: Path) -> None:
+    from medgen.cli import read_sample_input
+
+    image = np.random.default_rng(0).uniform(0.0, 500.0, (20, 24)).astype(np.float32)
+    image[0, 0] = 1000.0  # the volume maximum, at the superior-anterior corner of the view
+    _sagittal_nifti(tmp_path / "v.nii.gz", image)
+    notes: list[str] = []
+    out = read_sample_input(tmp_path / "v.nii.gz", notes=notes)
+    np.testing.assert_allclose(out, image / 1000.0, atol=1e-6)  # reoriented back and rescaled [0, max] -> [0, 1]
+    assert any("middle sagittal slice 2 of 5" in n for n in notes), notes
+    assert any("rescaled linearly [0, 1000] -> [0, 1]" in n for n in notes), notes
+
+
+def test_read_sample_input_mr_dicom_is_axial_and_rescaled_by_its_maximum() -> None:
+    pydicom_data = pytest.importorskip("pydicom.data")
+    from medgen.cli import read_sample_input
+    from medgen.data.io import read_volume
+
+    path = pydicom_data.get_testdata_file("MR_small.dcm")
+    notes: list[str] = []
+    out = read_sample_input(path, notes=notes)
+    raw = read_volume(path, notes=[]).array
+    assert out.shape == (64, 64) and out.dtype == np.float32
+    np.testing.assert_allclose(out, raw / raw.max(), atol=1e-6)  # axial: kept as stored, only rescaled
+    assert any("axial slice, not sagittal" in n for n in notes), notes
+
+
+def test_read_sample_input_errors_are_one_line(tmp_path: Path) -> None:
+    from medgen.cli import read_sample_input
+    from medgen.data.io import ImageReadError, write_volume
+
+    import nibabel as nib
+
+    bad = np.ones((8, 8, 4), np.float32)
+    bad[1, 2, 3] = np.nan
+    nib.save(nib.Nifti1Image(bad, np.eye(4)), str(tmp_path / "nan.nii"))  # write_volume refuses NaN itself
+    write_volume(tmp_path / "zero.nii", np.zeros((4, 8, 8), np.float32))
+    (tmp_path / "junk.dcm").write_bytes(b"not a dicom file at all" * 10)
+    for name, fragment in [("nan.nii", "NaN"), ("zero.nii", "no positive values"), ("junk.dcm", "junk.dcm")]:
+        with pytest.raises(ImageReadError) as info:
+            read_sample_input(tmp_path / name, notes=[])
+        assert fragment in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(ImageReadError, match="file too large"):
+        read_sample_input(tmp_path / "nan.nii", notes=[], max_bytes=100)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SHIPPED_DDIM_T1W.is_dir(), reason="shipped mri_to_ct checkpoint missing")
+def test_sample_real_mr_dicom_and_nifti_with_the_shipped_checkpoint(capsys: pytest.CaptureFixture[str],
+                                                                    tmp_path: Path) -> None:
+    pydicom_data = pytest.importorskip("pydicom.data")
+    dcm = pydicom_data.get_testdata_file("MR_small.dcm")
+    code, out, err = run(capsys, "sample", "--checkpoint", str(SHIPPED_DDIM_T1W), "--input", dcm,
+                         "--output", str(tmp_path / "ct.npy"), "--steps", "2", "--seed", "1")
+    assert code == 0, err
+    assert "axial slice, not sagittal" in err and "rescaled linearly" in err and "Traceback" not in err
+    ct = np.load(tmp_path / "ct.npy")
+    assert ct.shape == (64, 64) and np.isfinite(ct).all() and 0 <= ct.min() <= ct.max() <= 1
+
+    image = np.random.default_rng(1).uniform(0.0, 1.0, (40, 48)).astype(np.float32)
+    _sagittal_nifti(tmp_path / "mri.nii.gz", image)
+    code, out, err = run(capsys, "sample", "--checkpoint", str(SHIPPED_DDIM_T1W), "--input",
+                         str(tmp_path / "mri.nii.gz"), "--output", str(tmp_path / "ct.png"), "--steps", "2")
+    assert code == 0, err
+    assert "middle sagittal slice" in err and "resized" in err
+    with Image.open(tmp_path / "ct.png") as im:
+        assert im.size == (48, 40)  # written back at the slice's own size
