@@ -1,0 +1,627 @@
+"""Demo tab "Spine MRI -> CT": translate a sagittal spine MRI slice into a CT (mri_to_ct_spine_ddim paper).
+
+Input: an uploaded sagittal MRI slice -- PNG / TIFF / JPEG / ``.npy`` (2D, [0, 1] by
+:func:`medgen.data.io.read_image`), NIfTI or DICOM (file or folder; 3D: the middle sagittal
+slice) -- or a ``spine_sagittal`` phantom (test-split subject number, spine segment, T1w/T2w),
+which comes with its reference: the phantom's CT rigidly registered onto the MRI with two
+landmarks per vertebra (:func:`medgen.registration.register_record`, as the training data)
+and the label map ``labels_mri`` in the MRI frame, i.e. the frame of the synthesized CT.
+
+MRI -> model range. Phantoms: the phantom's fixed map (``Modality.to_model``: a.u. [0, 1] ->
+[-1, 1]), exactly as in training. Uploads, by :func:`medgen.cli.read_sample_input` (the same
+reading as ``medgen sample``): NIfTI / DICOM MRI in arbitrary scanner units is rescaled
+linearly ``[0, max] -> [-1, 1]`` with ``max`` the volume's maximum -- the paper's MRI
+normalisation (a fixed map cannot apply to arbitrary units; the phantom MRI's own maximum
+is about 1.0-1.2 a.u., so on phantoms the two maps nearly agree); 2D pictures are already
+display-referred in [0, 1] and keep the fixed ``2 x - 1``. Every input is resized
+(antialiased bilinear) to the model's ``image_size`` (64 px for the shipped checkpoints),
+and the page says so.
+
+Models: the shipped ``cpu`` checkpoints ``checkpoints/mri_to_ct/<method>-<contrast>`` (DDIM in
+image mode, Pix2Pix with the UNet generator; whichever exist) and ``.../segmenter``, loaded by
+:func:`medgen.checkpoint.load_translator` on the first Run. A missing checkpoint is trained by
+:func:`medgen.train.train_or_load` at the ``smoke`` preset (``ci`` when the demo runs at
+``ci``), with a progress bar, and cached under the runs folder.
+
+Outputs: the synthesized CT (first sample) in the bone and soft-tissue windows
+(:data:`medgen.data.io.WINDOWS`; HU = model output x 1000), the mean and the standard deviation
+(HU) over the samples (the uncertainty of the stochastic DDIM sampler; Pix2Pix is
+deterministic), the CT segmenter's label map on the synthesized CT over it, and -- when a
+reference exists -- per-vertebra Dice (:func:`medgen.experiments.spine_dice.dice_tables`,
+partial vertebrae excluded) beside the Dice of the real registered CT (the ceiling). Uploads
+are outside the phantom training distribution, and the page says so.
+
+The handlers (:func:`on_upload`, :func:`on_phantom`, :func:`run`) are plain functions of the
+component values (API names ``mri_to_ct_load_upload``, ``mri_to_ct_pick_phantom``,
+``mri_to_ct_run``). Every problem ends as a one-line status message, never a traceback.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import gradio as gr
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from demos.quickstart import _md, resolve_runs_root
+from medgen.data.io import DICOM_SUFFIXES, MAX_BYTES, NIFTI_SUFFIXES, SUFFIXES, ImageReadError, window
+
+LOG = logging.getLogger(__name__)
+METHODS = {"ddim_image": "DDIM (image mode)", "pix2pix_unet": "Pix2Pix (UNet)"}  # model -> label
+STOCHASTIC = ("ddim_image",)  # methods whose samples differ (the others ignore steps, eta, w and the seed)
+CONTRASTS = {"t1w": "T1w", "t2w": "T2w"}
+SEGMENTS = ("cervical", "thoracic", "lumbar")  # spine_sagittal's `segment` control 0, 1, 2
+PHANTOM = "spine_sagittal"
+HU_PER_UNIT = 1000.0  # model range -> HU (the phantom's ct map: HU / 1000 clipped to [-1, 1])
+MAX_SAMPLES = 8
+MAX_STEPS = 100
+MAX_GUIDANCE = 5.0  # upper end of the w slider (the paper's ablation: w in {0, 0.5, 1, 2})
+MAX_SUBJECT = 99_999
+SD_MAX_HU = 300.0  # the SD map's colour scale: 0 .. SD_MAX_HU HU (clipped above)
+UPLOAD_MAX_VOXELS = 1 << 25  # largest uploaded volume (voxels)
+DISPLAY_PX = 256  # images are enlarged (nearest neighbour) to about this size
+OVERLAY_ALPHA = 0.5
+UPLOAD_TYPES = list(SUFFIXES) + list(DICOM_SUFFIXES) + [".nii", ".gz"]
+OOD_NOTE = ("**Outside the training distribution:** the models were trained on simulated phantoms only; a real "
+            "MRI differs from them, so the synthesized CT shows what the phantom-trained model makes of it, not a "
+            "trustworthy CT.")
+
+
+class DemoError(ValueError):
+    """A one-line problem to show the user (bad settings, model unavailable)."""
+
+
+@dataclass
+class SpineInput:
+    """A model input: ``mri`` ``[S, S]`` in model range; for phantoms the reference ``[S, S]`` maps."""
+
+    mri: np.ndarray
+    label: str
+    phantom: bool
+    reference_ct: np.ndarray | None = None  # registered CT, HU
+    reference_ct_labels: np.ndarray | None = None  # registered labels_ct (the reference CT's own labels)
+    labels_mri: np.ndarray | None = None  # label map in the MRI frame (the synthesized CT's reference)
+    include: np.ndarray | None = None  # [10] bool: complete vertebrae (scored)
+    notes: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------
+# Models (loaded once, lazily; trained at smoke when no checkpoint is shipped)
+# --------------------------------------------------------------------------------------
+_MODELS: dict[tuple[str, ...], Any] = {}
+_LOCK = threading.Lock()
+
+
+def default_checkpoints() -> Path:
+    """``<repo>/checkpoints/mri_to_ct`` (the shipped ``cpu`` checkpoints)."""
+    from medgen.reports import repo_root
+
+    return repo_root() / "checkpoints" / "mri_to_ct"
+
+
+def train_preset(preset: str) -> str:
+    """The preset a missing checkpoint is trained at: ``ci`` for a ``ci`` demo, else ``smoke``."""
+    return "ci" if preset == "ci" else "smoke"
+
+
+def _folder(ckpts: Path, model: str, contrast: str | None) -> Path:
+    return ckpts / (model if contrast is None else f"{model}-{contrast}")
+
+
+def is_shipped(ckpts: Path, model: str, contrast: str | None = None) -> bool:
+    """Whether ``ckpts`` holds the checkpoint of ``model`` (and ``contrast``; None: the segmenter)."""
+    return (_folder(ckpts, model, contrast) / "config.json").is_file()
+
+
+def available_methods(ckpts: Path) -> list[str]:
+    """Methods with a shipped checkpoint (any contrast); all of :data:`METHODS` when none is shipped."""
+    shipped = [m for m in METHODS if any(is_shipped(ckpts, m, c) for c in CONTRASTS)]
+    return shipped or list(METHODS)
+
+
+def _train_config(preset: str, model: str, contrast: str | None) -> Any:
+    from medgen.config import get_preset
+    from medgen.presets.mri_to_ct import for_contrast, task
+
+    cfg = get_preset(train_preset(preset), task(model))
+    return cfg if contrast is None else for_contrast(cfg, contrast)
+
+
+def model_config(preset: str, ckpts: Path, model: str, contrast: str | None = None) -> Any:
+    """The config of the model the demo uses (shipped checkpoint, else the training preset); cheap."""
+    if is_shipped(ckpts, model, contrast):
+        from medgen.checkpoint import read_config
+
+        return read_config(_folder(ckpts, model, contrast))
+    return _train_config(preset, model, contrast)
+
+
+def model_size(preset: str, ckpts: Path, model: str, contrast: str) -> int:
+    """The image size of the translator ``model`` / ``contrast`` (inputs are resized to it)."""
+    return int(model_config(preset, ckpts, model, contrast).data.image_size)
+
+
+def describe_model(preset: str, ckpts: Path, model: str, contrast: str | None = None) -> str:
+    """``"shipped `cpu` checkpoint, 64 px"`` or ``"trained at `smoke`, 32 px"`` (one phrase)."""
+    cfg = model_config(preset, ckpts, model, contrast)
+    where = f"shipped `{cfg.preset}` checkpoint" if is_shipped(ckpts, model, contrast) else \
+        f"trained at `{cfg.preset}` on first use"
+    return f"{where}, {cfg.data.image_size} px"
+
+
+def is_loaded(preset: str, ckpts: Path, runs: Path, model: str, contrast: str | None = None) -> bool:
+    """Whether the model is already in memory."""
+    return _key(preset, ckpts, runs, model, contrast) in _MODELS
+
+
+def _key(preset: str, ckpts: Path, runs: Path, model: str, contrast: str | None) -> tuple[str, ...]:
+    if is_shipped(ckpts, model, contrast):
+        return ("shipped", str(_folder(ckpts, model, contrast).resolve()))
+    return ("trained", train_preset(preset), model, contrast or "", str(runs.resolve()))
+
+
+def get_model(preset: str, ckpts: Path, runs: Path, model: str, contrast: str | None = None,
+              progress: Callable[..., Any] | None = None) -> Any:
+    """The model (a Translator in eval mode; ``contrast=None`` for the segmenter), loaded once.
+
+    A shipped checkpoint loads with :func:`~medgen.checkpoint.load_translator`; otherwise the
+    model is trained (or loaded from the runs cache) by :func:`~medgen.train.train_or_load` at
+    :func:`train_preset`, reporting to ``progress`` (``gr.Progress``: its tqdm bar is tracked).
+    """
+    key = _key(preset, ckpts, runs, model, contrast)
+    with _LOCK:
+        if key not in _MODELS:
+            if key[0] == "shipped":
+                from medgen.checkpoint import load_translator
+
+                _MODELS[key] = load_translator(_folder(ckpts, model, contrast))
+            else:
+                from medgen.train import train_or_load
+
+                cfg = _train_config(preset, model, contrast)
+                if progress is not None:
+                    progress(0.0, desc=f"training {model} at `{cfg.preset}` ({cfg.train.steps} steps, once)")
+                _MODELS[key] = train_or_load(cfg, root=runs, progress=True).eval()
+        return _MODELS[key]
+
+
+# --------------------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------------------
+def load_upload(path: str | os.PathLike, size: int) -> SpineInput:
+    """An uploaded MRI slice at ``size`` x ``size`` in model range. Raises ImageReadError (one line)."""
+    from medgen.cli import read_sample_input
+    from medgen.data.io import to_model_range
+
+    notes: list[str] = []
+    image = read_sample_input(path, notes=notes, max_bytes=MAX_BYTES, max_voxels=UPLOAD_MAX_VOXELS)
+    if image.shape != (size, size):
+        aspect = "" if image.shape[0] == image.shape[1] else " (aspect ratio not kept)"
+        notes.append(f"resized from {image.shape[1]}x{image.shape[0]} to the model's {size}x{size}{aspect}")
+    mri = to_model_range(image, size)[0, 0].numpy()
+    return SpineInput(mri, Path(path).name, False, notes=notes)
+
+
+def check_phantom(subject: Any, segment: Any, contrast: Any) -> tuple[int, int, str]:
+    """Validated ``(subject, segment, contrast)``. Raises DemoError."""
+    try:
+        subject_f, segment_f = float(subject), float(segment)
+    except (TypeError, ValueError):
+        raise DemoError(f"subject and segment must be numbers (got {subject!r}, {segment!r})") from None
+    if not subject_f.is_integer() or not 0 <= subject_f <= MAX_SUBJECT:
+        raise DemoError(f"subject must be an integer in [0, {MAX_SUBJECT}], got {subject}")
+    if not segment_f.is_integer() or not 0 <= segment_f < len(SEGMENTS):
+        raise DemoError(f"segment must be 0 (cervical), 1 (thoracic) or 2 (lumbar), got {segment}")
+    if contrast not in CONTRASTS:
+        raise DemoError(f"unknown contrast '{contrast}' (choose from {', '.join(CONTRASTS)})")
+    return int(subject_f), int(segment_f), str(contrast)
+
+
+@functools.lru_cache(maxsize=8)
+def _phantom_record(subject: int, segment: int, size: int) -> dict[str, np.ndarray]:
+    """Test-split subject ``subject`` at ``size`` px, its CT registered onto the MRI (two landmarks)."""
+    from medgen.data.phantoms.base import TEST_OFFSET, Sizes
+    from medgen.registration import register_record
+    from medgen.registry import PHANTOMS, _ensure_loaded
+
+    _ensure_loaded()
+    arrays = PHANTOMS[PHANTOM]([TEST_OFFSET + subject], seed=0, sizes=Sizes(size, size, 0), segment=segment)
+    return register_record({key: value[0] for key, value in arrays.items()}, "two")
+
+
+def load_phantom(subject: Any, segment: Any, contrast: Any, size: int) -> SpineInput:
+    """The phantom input with its reference CT and label maps. Raises DemoError / ValueError."""
+    from medgen.registry import PHANTOMS
+
+    subject_i, segment_i, contrast_s = check_phantom(subject, segment, contrast)
+    rec = _phantom_record(subject_i, segment_i, size)
+    mri = PHANTOMS[PHANTOM].modalities[contrast_s].to_model(rec[contrast_s])
+    label = f"{PHANTOM} test subject {subject_i} ({SEGMENTS[segment_i]}, {CONTRASTS[contrast_s]})"
+    note = (f"reference CT registered onto the MRI with two landmarks per vertebra (mean landmark residual "
+            f"{rec['registration_residual_mm']:.2f} mm)")
+    return SpineInput(mri, label, True, reference_ct=rec["ct"], reference_ct_labels=rec["labels_ct"].astype(np.int64),
+                      labels_mri=rec["labels_mri"].astype(np.int64), include=np.asarray(rec["complete"], bool),
+                      notes=[note])
+
+
+def resolve_input(upload: str | None, subject: Any, segment: Any, contrast: Any, size: int) -> SpineInput:
+    """The uploaded file if any, else the phantom."""
+    if upload:
+        return load_upload(upload, size)
+    return load_phantom(subject, segment, contrast, size)
+
+
+# --------------------------------------------------------------------------------------
+# Settings and running
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Settings:
+    """Validated run settings."""
+
+    method: str
+    contrast: str
+    steps: int
+    eta: float
+    guidance: float
+    n_samples: int
+    seed: int
+
+
+def check_settings(methods: list[str], method: Any, contrast: Any, steps: Any, eta: Any, guidance: Any,
+                   n_samples: Any, seed: Any) -> Settings:
+    """Validate the page's (or the API's) values. Raises DemoError with a one-line message."""
+    if method not in methods:
+        raise DemoError(f"unknown method '{method}' (choose from {', '.join(methods)})")
+    if contrast not in CONTRASTS:
+        raise DemoError(f"unknown contrast '{contrast}' (choose from {', '.join(CONTRASTS)})")
+    try:
+        values = [float(v) for v in (steps, eta, guidance, n_samples, 0 if seed is None else seed)]
+    except (TypeError, ValueError):
+        raise DemoError(f"steps, eta, w, samples and seed must be numbers (got {steps!r}, {eta!r}, {guidance!r}, "
+                        f"{n_samples!r}, {seed!r})") from None
+    steps_f, eta_f, w_f, n_f, seed_f = values
+    if not np.isfinite(values).all():
+        raise DemoError("steps, eta, w, samples and seed must be finite")
+    for name, v, lo, hi in (("steps", steps_f, 1, MAX_STEPS), ("samples", n_f, 1, MAX_SAMPLES)):
+        if not v.is_integer() or not lo <= v <= hi:
+            raise DemoError(f"{name} must be an integer between {lo} and {hi}, got {v:g}")
+    if not 0.0 <= eta_f <= 1.0:
+        raise DemoError(f"eta must be between 0 and 1, got {eta_f:g}")
+    if not 0.0 <= w_f <= MAX_GUIDANCE:
+        raise DemoError(f"w must be between 0 and {MAX_GUIDANCE:g}, got {w_f:g}")
+    if not seed_f.is_integer() or not 0 <= seed_f < 2**63:
+        raise DemoError(f"seed must be a non-negative integer, got {seed_f:g}")
+    return Settings(method, contrast, int(steps_f), eta_f, w_f, int(n_f), int(seed_f))
+
+
+def translate(model: Any, mri: np.ndarray, s: Settings, progress: Callable[..., Any] | None = None) -> np.ndarray:
+    """``s.n_samples`` synthesized CTs ``[n, S, S]`` in HU for one MRI ``[S, S]`` (model range).
+
+    DDIM: one batch of ``n`` samples (sampler ``ddim``, ``s.steps``, ``s.eta``, guidance ``s.guidance``),
+    noise from a generator seeded with ``s.seed``. Deterministic methods run once (``n = 1``).
+    """
+    n = s.n_samples if s.method in STOCHASTIC else 1
+    source = torch.from_numpy(np.ascontiguousarray(mri, np.float32))[None, None].expand(n, 1, *mri.shape).contiguous()
+    options: dict[str, Any] = {}
+    callback = None
+    if s.method in STOCHASTIC:
+        options = {"sampler": "ddim", "steps": s.steps, "eta": s.eta, "guidance_scale": s.guidance}
+        if progress is not None:
+            def callback(info: dict) -> None:
+                i, total = int(info.get("i", 0)) + 1, int(info.get("n", s.steps))
+                progress((min(i, total), total), desc=f"sampling step {min(i, total)} of {total}")
+    with torch.inference_mode():
+        out = model.translate(source, generator=torch.Generator().manual_seed(s.seed), callback=callback, **options)
+    return (out[:, 0].float().clamp(-1.0, 1.0) * HU_PER_UNIT).cpu().numpy()
+
+
+def segment_ct(segmenter: Any, ct_hu: np.ndarray) -> np.ndarray:
+    """Label maps ``[n, S, S]`` (int64, ``10 * (v + 1) + sub``) of CTs ``[n, S, S]`` in HU.
+
+    The CT enters in model range (``HU / 1000`` clipped), resized (bilinear) to the segmenter's own
+    size when that differs; the labels come back at ``S`` (nearest neighbour).
+    """
+    x = torch.from_numpy(np.clip(ct_hu / HU_PER_UNIT, -1.0, 1.0).astype(np.float32))[:, None]
+    size = int(segmenter.config.data.image_size)
+    shape = tuple(x.shape[-2:])
+    if shape != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    with torch.inference_mode():
+        labels = segmenter.segment(x).float()[:, None]
+    if tuple(labels.shape[-2:]) != shape:
+        labels = F.interpolate(labels, size=shape, mode="nearest")
+    return labels[:, 0].long().numpy()
+
+
+def dice_markdown(pred: np.ndarray, inp: SpineInput, ceiling_pred: np.ndarray | None) -> str:
+    """Per-volume and per-vertebra Dice (Markdown) of the synthesized CTs' labels ``[n, S, S]``
+    against ``labels_mri``, and of the real registered CT's labels against its own (the ceiling)."""
+    from medgen.experiments.spine_dice import MEASURER_NOTE, dice_tables
+
+    if inp.labels_mri is None:
+        return "No reference CT for uploads: pick a phantom to see per-vertebra Dice."
+    n = len(pred)
+    include = np.repeat(inp.include[None], n, axis=0)
+    table = dice_tables(pred, np.repeat(inp.labels_mri[None], n, axis=0), [f"sample {i}" for i in range(n)],
+                        include=include)
+    ceiling = None
+    if ceiling_pred is not None:
+        ceiling = dice_tables(ceiling_pred, inp.reference_ct_labels[None], ["reference"], include=include[:1])
+    rows = [("all bone (per volume)", "volume", -1, "bone"), ("posterior elements (per volume)", "volume", -1,
+                                                                 "posterior")]
+    rows += [(f"vertebra {v + 1} from the top", "vertebra", v, "bone")
+             for v in sorted(table.loc[table.level == "vertebra", "vertebra"].unique())]
+    spread = f"mean ± SD over {n} samples" if n > 1 else "one sample"
+    lines = [f"| Dice | synthesized CT ({spread}) | real registered CT (ceiling) |", "|---|---|---|"]
+    for name, level, v, col in rows:
+        lines.append(f"| {name} | {_stat(table, level, v, col)} | "
+                     f"{_stat(ceiling, level, v, col) if ceiling is not None else '-'} |")
+    lines.append(f"\nAgainst the phantom's `labels_mri` (the MRI frame); partially visible vertebrae excluded. "
+                 f"{MEASURER_NOTE}.")
+    return "\n".join(lines)
+
+
+def _stat(table: Any, level: str, v: int, col: str) -> str:
+    """``0.912 ± 0.010`` (or ``0.912``; ``-`` when absent) of ``col`` over the rows of one vertebra / volume."""
+    vals = table.loc[(table.level == level) & (table.vertebra == v), col].dropna().to_numpy()
+    if len(vals) == 0:
+        return "-"
+    return f"{vals.mean():.3f} ± {vals.std(ddof=1):.3f}" if len(vals) > 1 else f"{vals[0]:.3f}"
+
+
+# --------------------------------------------------------------------------------------
+# Display
+# --------------------------------------------------------------------------------------
+def _enlarge(img: np.ndarray) -> np.ndarray:
+    """``[S, S]`` or ``[S, S, 3]`` enlarged by an integer factor to about :data:`DISPLAY_PX` (nearest)."""
+    k = max(1, DISPLAY_PX // max(img.shape[:2]))
+    return np.repeat(np.repeat(img, k, axis=0), k, axis=1)
+
+
+def _u8(img01: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(img01, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def show_window(ct_hu: np.ndarray, name: str) -> np.ndarray:
+    """``[S, S]`` HU -> enlarged uint8 gray image in window ``name`` (``bone`` / ``soft_tissue``)."""
+    return _enlarge(_u8(window(ct_hu, name)))
+
+
+def show_mri(mri: np.ndarray) -> np.ndarray:
+    """``[S, S]`` model range -> enlarged uint8 gray image."""
+    return _enlarge(_u8((mri + 1.0) / 2.0))
+
+
+def show_sd(sd_hu: np.ndarray) -> np.ndarray:
+    """``[S, S]`` SD in HU -> enlarged RGB uint8 (magma, 0 .. :data:`SD_MAX_HU`)."""
+    from matplotlib import colormaps
+
+    rgb = colormaps["magma"](np.clip(sd_hu / SD_MAX_HU, 0.0, 1.0))[..., :3]
+    return _enlarge(_u8(rgb))
+
+
+def show_overlay(ct_hu: np.ndarray, labels: np.ndarray, reference: np.ndarray | None) -> np.ndarray:
+    """CT (bone window) with the predicted vertebrae filled (one colour per vertebra) and the
+    reference vertebra outlines in white; RGB uint8, enlarged."""
+    from matplotlib import colormaps
+    from skimage.segmentation import find_boundaries
+
+    gray = _enlarge(window(ct_hu, "bone"))[..., None].repeat(3, axis=2)
+    vert = _enlarge(labels // 10)  # 1..10, 0 background
+    colours = np.concatenate([np.zeros((1, 3)), colormaps["tab10"](np.arange(10))[:, :3]])
+    rgb = np.where(vert[..., None] > 0, (1 - OVERLAY_ALPHA) * gray + OVERLAY_ALPHA * colours[vert], gray)
+    if reference is not None:
+        rgb[find_boundaries(_enlarge(reference // 10), mode="inner")] = 1.0
+    return _u8(rgb)
+
+
+@functools.cache
+def _out_dir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="medgen-mri-to-ct-", dir=os.environ.get("GRADIO_TEMP_DIR") or None))
+
+
+def _save_samples(ct_hu: np.ndarray, s: Settings) -> str:
+    """The synthesized CTs ``[n, S, S]`` (HU, float32) as ``.npy``; returns the path."""
+    path = _out_dir() / f"synthesized_ct_{s.method}_{s.contrast}_seed{s.seed}_{time.time_ns()}.npy"
+    np.save(path, ct_hu.astype(np.float32))
+    return str(path)
+
+
+# --------------------------------------------------------------------------------------
+# Handlers
+# --------------------------------------------------------------------------------------
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _error_status(message: str) -> str:
+    gr.Warning(message)
+    return f"**Error:** {_md(message)}"
+
+
+def _input_status(inp: SpineInput, size: int) -> str:
+    """Markdown: the input, the out-of-distribution warning for uploads, one line per note."""
+    ref = "with reference CT and labels" if inp.phantom else "no reference CT (Dice needs a phantom)"
+    lines = [f"Input: **{_md(inp.label)}** at {size}x{size} px, {ref}."]
+    if not inp.phantom:
+        lines.append(OOD_NOTE)
+    lines += [f"- Note: {_md(n)}" for n in inp.notes]
+    return "\n".join(lines)
+
+
+class Tab:
+    """The tab's state: preset, checkpoint and runs folders, offered methods; the handlers."""
+
+    def __init__(self, preset: str, runs_root: str | os.PathLike | None = None,
+                 checkpoints: str | os.PathLike | None = None) -> None:
+        self.preset = preset
+        self.runs = resolve_runs_root(runs_root)
+        self.ckpts = Path(checkpoints) if checkpoints is not None else default_checkpoints()
+        self.methods = available_methods(self.ckpts)
+
+    def size(self, method: str, contrast: str) -> int:
+        return model_size(self.preset, self.ckpts, method if method in self.methods else self.methods[0],
+                          contrast if contrast in CONTRASTS else "t2w")
+
+    def on_upload(self, path: str | None, method: str, contrast: str) -> tuple[Any, str]:
+        """Upload handler -> (input preview, status)."""
+        if not path:
+            return None, "Upload cleared: the phantom is the input again."
+        try:
+            size = self.size(method, contrast)
+            inp = load_upload(path, size)
+        except (ImageReadError, DemoError) as exc:
+            return None, _error_status(_one_line(exc))
+        return show_mri(inp.mri), _input_status(inp, size)
+
+    def on_phantom(self, subject: Any, segment: Any, contrast: str, method: str) -> tuple[Any, Any, str]:
+        """Phantom handler -> (input preview, reference CT (bone window), status)."""
+        try:
+            size = self.size(method, contrast)
+            inp = load_phantom(subject, segment, contrast, size)
+        except (ValueError, KeyError) as exc:  # DemoError, PhantomError, RegistrationError
+            return None, None, _error_status(_one_line(exc))
+        return show_mri(inp.mri), show_window(inp.reference_ct, "bone"), _input_status(inp, size)
+
+    def status(self) -> str:
+        """The models' one-line status (shown when the page loads)."""
+        parts = [f"{METHODS[m]}: {describe_model(self.preset, self.ckpts, m, 't2w')}" for m in self.methods]
+        seg = describe_model(self.preset, self.ckpts, "segmenter")
+        return "Models: " + "; ".join(parts) + f"; CT segmenter: {seg}. Pick a phantom or upload an MRI slice."
+
+    def run(self, upload: str | None, subject: Any, segment: Any, contrast: Any, method: Any, steps: Any,
+            eta: Any, guidance: Any, n_samples: Any, seed: Any,
+            progress: Callable[..., Any] | None = None) -> Iterator[tuple[Any, ...]]:
+        """Run handler (a generator) -> (status, input, CT bone, CT soft tissue, reference, overlay,
+        Dice, mean, SD, raw samples). Problems end as one line; the outputs are cleared."""
+        empty = (None,) * 5 + ("", None, None, None)
+        try:
+            s = check_settings(self.methods, method, contrast, steps, eta, guidance, n_samples, seed)
+            size = model_size(self.preset, self.ckpts, s.method, s.contrast)
+            inp = resolve_input(upload, subject, segment, s.contrast, size)
+        except (ValueError, KeyError) as exc:  # DemoError, ImageReadError, PhantomError, RegistrationError
+            yield (_error_status(_one_line(exc)), *empty)
+            return
+        loaded = all(is_loaded(self.preset, self.ckpts, self.runs, m, c)
+                     for m, c in ((s.method, s.contrast), ("segmenter", None)))
+        if not loaded:
+            yield (f"Loading the models ({describe_model(self.preset, self.ckpts, s.method, s.contrast)})...",
+                   *([gr.skip()] * 9))
+        try:
+            model = get_model(self.preset, self.ckpts, self.runs, s.method, s.contrast, progress)
+            segmenter = get_model(self.preset, self.ckpts, self.runs, "segmenter", None, progress)
+            start = time.perf_counter()
+            ct = translate(model, inp.mri, s, progress)
+            seconds = time.perf_counter() - start  # the translation alone (not loading / training)
+            labels = segment_ct(segmenter, ct)
+            ceiling = segment_ct(segmenter, inp.reference_ct[None]) if inp.reference_ct is not None else None
+            dice = dice_markdown(labels, inp, ceiling)
+        except Exception as exc:  # report, never a traceback in the page
+            LOG.exception("mri_to_ct run failed")
+            yield (_error_status(f"the model failed: {_one_line(exc)}"), *empty)
+            return
+        yield (self._done_status(s, inp, size, len(ct), seconds, ct), show_mri(inp.mri), show_window(ct[0], "bone"),
+               show_window(ct[0], "soft_tissue"),
+               show_window(inp.reference_ct, "bone") if inp.reference_ct is not None else None,
+               show_overlay(ct[0], labels[0], inp.labels_mri), dice, show_window(ct.mean(0), "bone"),
+               show_sd(ct.std(0, ddof=1) if len(ct) > 1 else np.zeros_like(ct[0])), _save_samples(ct, s))
+
+    def _done_status(self, s: Settings, inp: SpineInput, size: int, n: int, seconds: float, ct: np.ndarray) -> str:
+        if s.method in STOCHASTIC:
+            how = f"{s.steps} steps, eta {s.eta:g}, w {s.guidance:g}, {n} sample{'s' if n > 1 else ''}, seed {s.seed}"
+        else:
+            how = "deterministic (steps, eta, w and seed do not apply; one output, SD 0)"
+        sd = f" Max SD over the samples: {ct.std(0, ddof=1).max():.0f} HU." if n > 1 else ""
+        head = (f"Done: {METHODS[s.method]} from {CONTRASTS[s.contrast]}, {how}, in {seconds:.1f} s "
+                f"({describe_model(self.preset, self.ckpts, s.method, s.contrast)}).{sd}")
+        return head + "\n" + _input_status(inp, size)
+
+
+# --------------------------------------------------------------------------------------
+# Layout
+# --------------------------------------------------------------------------------------
+def _image(label: str, elem_id: str) -> gr.Image:
+    return gr.Image(label=label, format="png", interactive=False, buttons=["download", "fullscreen"], height=260,
+                    elem_id=elem_id)
+
+
+def build_tab(preset: str, *, runs_root: str | os.PathLike | None = None,
+              checkpoints: str | os.PathLike | None = None) -> None:
+    """Lay out the "Spine MRI -> CT" tab inside the current ``gr.Tab`` and wire its events.
+
+    ``checkpoints`` is the folder of shipped checkpoints (default ``<repo>/checkpoints/mri_to_ct``);
+    models missing there are trained into ``runs_root`` on the first Run.
+    """
+    tab = Tab(preset, runs_root, checkpoints)
+    gr.Markdown(
+        "### Spine MRI -> CT (DDIM image mode / Pix2Pix)\n"
+        "Translate a sagittal spine MRI slice into a CT. Pick a `spine_sagittal` phantom (it comes with its "
+        "registered reference CT, so the segmentation can be scored) or upload a slice (PNG, TIFF, NIfTI or DICOM; "
+        "a 3D volume gives its middle sagittal slice). Inputs are resized to the model's size. "
+        "The models were trained on **simulated phantoms**: real MRI is outside their training distribution.",
+        elem_id="m2c-intro")
+    status = gr.Markdown(tab.status, elem_id="m2c-status")
+    with gr.Row(elem_id="m2c-controls"):
+        with gr.Column(elem_id="m2c-inputs"):
+            subject = gr.Number(0, precision=0, minimum=0, maximum=MAX_SUBJECT, label="Phantom subject (test split)",
+                                elem_id="m2c-subject")
+            segment_ = gr.Slider(0, 2, value=2, step=1, label="Spine segment: 0 cervical, 1 thoracic, 2 lumbar",
+                                 elem_id="m2c-segment")
+            contrast = gr.Radio([(v, k) for k, v in CONTRASTS.items()], value="t2w", label="MRI contrast",
+                                elem_id="m2c-contrast")
+            upload = gr.File(label="...or upload a sagittal MRI slice (clear it to use the phantom)",
+                             file_types=UPLOAD_TYPES, type="filepath", height=110, elem_id="m2c-upload")
+        with gr.Column(elem_id="m2c-settings"):
+            method = gr.Dropdown([(METHODS[m], m) for m in tab.methods], value=tab.methods[0], label="Method",
+                                 elem_id="m2c-method")
+            steps = gr.Slider(1, MAX_STEPS, value=20, step=1, label="DDIM steps t", elem_id="m2c-steps")
+            eta = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="eta (0 deterministic DDIM, 1 the paper's)",
+                            elem_id="m2c-eta")
+            guidance = gr.Slider(0.0, MAX_GUIDANCE, value=0.0, step=0.1,
+                                 label="w (guidance: (w + 1) x conditional - w x black-image unconditional)",
+                                 elem_id="m2c-w")
+            n_samples = gr.Slider(1, MAX_SAMPLES, value=4, step=1, label="Samples (mean / SD maps)",
+                                  elem_id="m2c-samples")
+            seed = gr.Number(0, precision=0, minimum=0, label="Seed", elem_id="m2c-seed")
+            run_btn = gr.Button("Translate", variant="primary", elem_id="m2c-run")
+    with gr.Row():
+        preview = _image("MRI input (model size)", "m2c-input")
+        ct_bone = _image("Synthesized CT, bone window (W 1800 / L 400)", "m2c-ct-bone")
+        ct_soft = _image("Synthesized CT, soft-tissue window (W 400 / L 40)", "m2c-ct-soft")
+        reference = _image("Reference: registered phantom CT (bone window)", "m2c-reference")
+    with gr.Row():
+        overlay = _image("Segmentation of the synthesized CT (reference outlines white)", "m2c-overlay")
+        mean = _image("Mean over samples (bone window)", "m2c-mean")
+        sd = _image(f"SD over samples (0-{SD_MAX_HU:.0f} HU, magma)", "m2c-sd")
+    with gr.Row():
+        dice = gr.Markdown("", elem_id="m2c-dice")
+        raw = gr.File(label="Synthesized CTs [n, S, S] in HU (.npy)", interactive=False, elem_id="m2c-download")
+
+    def upload_fn(path: str | None, m: str, c: str) -> tuple[Any, str]:
+        return tab.on_upload(path, m, c)
+
+    def phantom_fn(subj: Any, seg: Any, c: str, m: str) -> tuple[Any, Any, str]:
+        return tab.on_phantom(subj, seg, c, m)
+
+    def run_fn(up: str | None, subj: Any, seg: Any, c: str, m: str, t: Any, e: Any, w: Any, n: Any, sd_: Any,
+               progress: gr.Progress = gr.Progress(track_tqdm=True)) -> Iterator[tuple[Any, ...]]:
+        yield from tab.run(up, subj, seg, c, m, t, e, w, n, sd_, progress)
+
+    upload.upload(upload_fn, [upload, method, contrast], [preview, status], api_name="mri_to_ct_load_upload")
+    upload.clear(lambda: (None, "Upload cleared: the phantom is the input again."), None, [preview, status],
+                 api_visibility="private")
+    phantom_inputs = [subject, segment_, contrast, method]
+    subject.submit(phantom_fn, phantom_inputs, [preview, reference, status], api_name="mri_to_ct_pick_phantom")
+    segment_.release(phantom_fn, phantom_inputs, [preview, reference, status], api_visibility="private")
+    run_btn.click(run_fn, [upload, subject, segment_, contrast, method, steps, eta, guidance, n_samples, seed],
+                  [status, preview, ct_bone, ct_soft, reference, overlay, dice, mean, sd, raw],
+                  api_name="mri_to_ct_run", show_progress_on=[ct_bone])

@@ -1,0 +1,272 @@
+"""Demo tab "Spine MRI -> CT": the run function directly (phantom, real MR DICOM, bad uploads, the
+train-on-first-use path at ``ci``) and the hub through gradio_client.
+
+Translations use the shipped 64 px checkpoints with 1-2 DDIM steps so that the file stays fast.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parent.parent
+SHIPPED = REPO / "checkpoints" / "mri_to_ct"
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::Warning:gradio.queueing"),
+    pytest.mark.filterwarnings("ignore::UserWarning:gradio.helpers"),  # gr.Warning outside a request
+    pytest.mark.skipif(not (SHIPPED / "ddim_image-t2w").is_dir(), reason="shipped mri_to_ct checkpoints missing"),
+]
+OUTPUTS = ("status", "input", "ct_bone", "ct_soft", "reference", "overlay", "dice", "mean", "sd", "raw")
+
+
+@pytest.fixture(scope="module")
+def m2c() -> Any:
+    from demos import mri_to_ct
+
+    return mri_to_ct
+
+
+@pytest.fixture(scope="module")
+def tab(m2c: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    return m2c.Tab("ci", runs_root=tmp_path_factory.mktemp("runs"))
+
+
+@pytest.fixture(scope="module")
+def mr_dicom() -> str:
+    pydicom_data = pytest.importorskip("pydicom.data")
+    return pydicom_data.get_testdata_file("MR_small.dcm")
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    import nibabel as nib
+
+    d = tmp_path_factory.mktemp("bad")
+    (d / "notes.dcm").write_bytes(b"this is a text file, not DICOM\n" * 20)
+    nan = np.ones((16, 16, 3), np.float32)
+    nan[4, 4, 1] = np.nan
+    nib.save(nib.Nifti1Image(nan, np.eye(4)), str(d / "nan.nii.gz"))
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 4, 3), np.float32), np.eye(4)), str(d / "series4d.nii"))
+    Image.fromarray(np.zeros((4200, 4200), np.uint8)).save(d / "huge.png")  # 17.6 MP, small on disk
+    with open(d / "big.dcm", "wb") as fh:  # over the 50 MB upload limit, checked before decoding
+        fh.truncate(51 * 1024 * 1024)
+    return SimpleNamespace(**{p.name.split(".")[0]: p for p in d.iterdir()})
+
+
+def _run(tab: Any, upload: Any = None, *, subject: int = 3, segment: int = 2, contrast: str = "t2w",
+         method: str = "ddim_image", steps: Any = 2, eta: Any = 1.0, w: Any = 0.0, n: Any = 2, seed: Any = 0,
+         progress: Any = None) -> dict[str, Any]:
+    """The last output of ``Tab.run`` as a dict of :data:`OUTPUTS`."""
+    outs = list(tab.run(upload, subject, segment, contrast, method, steps, eta, w, n, seed, progress))
+    return dict(zip(OUTPUTS, outs[-1]))
+
+
+def _assert_one_line_error(status: str, expected: str) -> None:
+    assert status.startswith("**Error:** "), status
+    assert "\n" not in status and "Traceback" not in status, status
+    assert expected in status.replace("\\", ""), status  # file names are Markdown-escaped
+
+
+# ------------------------------------------------------------------------------------------
+# the run function
+# ------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_phantom_ddim_gives_windows_overlay_dice_and_uncertainty(tab: Any, m2c: Any) -> None:
+    from medgen.data.io import window
+
+    assert tab.methods == ["ddim_image", "pix2pix_unet"]  # both shipped
+    out = _run(tab, n=2, seed=5)
+    assert out["status"].startswith("Done: DDIM (image mode) from T2w, 2 steps, eta 1, w 0, 2 samples, seed 5"), \
+        out["status"]
+    ct = np.load(out["raw"])
+    assert ct.shape == (2, 64, 64) and ct.dtype == np.float32  # shipped checkpoints work at 64 px
+    assert -1000.0 <= ct.min() < 0.0 < 500.0 < ct.max() <= 1000.0  # HU = model output x 1000: air and bone
+    assert not np.array_equal(ct[0], ct[1])  # eta = 1: the samples differ, so the SD map is not empty
+    k = 256 // 64
+    bone = np.asarray(out["ct_bone"])[::k, ::k]
+    np.testing.assert_array_equal(bone, np.round(window(ct[0], "bone") * 255).astype(np.uint8))
+    soft = np.asarray(out["ct_soft"])[::k, ::k]
+    assert np.mean(soft == 255) > np.mean(bone == 255)  # the narrow soft-tissue window saturates on bone
+    mean = np.asarray(out["mean"])[::k, ::k]
+    np.testing.assert_array_equal(mean, np.round(window(ct.mean(0), "bone") * 255).astype(np.uint8))
+    sd = np.asarray(out["sd"])
+    assert sd.shape == (256, 256, 3) and len(np.unique(sd.reshape(-1, 3), axis=0)) > 10
+    assert out["reference"] is not None and np.asarray(out["overlay"]).shape == (256, 256, 3)
+    lines = out["dice"].splitlines()
+    assert lines[0] == "| Dice | synthesized CT (mean ± SD over 2 samples) | real registered CT (ceiling) |"
+    rows = {line.split(" | ")[0].strip("| "): line for line in lines if line.startswith("| ")}
+    assert "all bone (per volume)" in rows and "posterior elements (per volume)" in rows
+    assert sum(name.startswith("vertebra ") for name in rows) >= 3  # complete vertebrae scored one by one
+    ceiling = float(rows["all bone (per volume)"].split(" | ")[-1].strip(" |"))
+    assert ceiling > 0.9  # the segmenter on the real registered CT (its docstring: ~0.97 at 64 px)
+    assert "stand-in for the paper's public CT segmentation algorithm" in out["dice"]
+
+
+@pytest.mark.slow
+def test_same_seed_same_samples(tab: Any) -> None:
+    a = np.load(_run(tab, steps=1, n=1, seed=7, subject=1)["raw"])
+    b = np.load(_run(tab, steps=1, n=1, seed=7, subject=1)["raw"])
+    c = np.load(_run(tab, steps=1, n=1, seed=8, subject=1)["raw"])
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_pix2pix_is_deterministic_and_runs_once(tab: Any) -> None:
+    out = _run(tab, method="pix2pix_unet", contrast="t1w", n=4, subject=2, segment=0)
+    assert "deterministic (steps, eta, w and seed do not apply; one output, SD 0)" in out["status"]
+    assert "cervical, T1w" in out["status"]
+    assert np.load(out["raw"]).shape == (1, 64, 64)
+    assert "| Dice | synthesized CT (one sample) |" in out["dice"]
+    sd = np.asarray(out["sd"])
+    assert (sd == sd[0, 0]).all()  # one output: a flat SD map (every pixel the colour of 0 HU)
+
+
+def test_real_mr_dicom_runs_and_is_flagged_out_of_distribution(tab: Any, m2c: Any, mr_dicom: str) -> None:
+    for method in ("pix2pix_unet", "ddim_image"):
+        out = _run(tab, mr_dicom, method=method, steps=1, n=2, contrast="t1w")
+        assert out["status"].startswith("Done: "), out["status"]
+        assert m2c.OOD_NOTE in out["status"] and "MR\\_small.dcm" in out["status"]
+        assert "axial slice, not sagittal" in out["status"] and "rescaled linearly" in out["status"]
+        assert out["reference"] is None and out["dice"].startswith("No reference CT for uploads")
+        assert np.asarray(out["overlay"]).shape == (256, 256, 3) and np.isfinite(np.load(out["raw"])).all()
+
+
+def test_upload_mri_normalisation_is_the_papers_zero_to_max_map(m2c: Any, tmp_path: Path) -> None:
+    """A NIfTI in arbitrary units: model input = 2 * x / max - 1, whatever the scanner scale."""
+    from medgen.data.io import write_volume
+
+    image = np.random.default_rng(0).uniform(0.0, 1.0, (64, 64)).astype(np.float32)
+    for scale in (1.0, 3000.0):
+        vol = np.repeat((image * scale)[::-1, ::-1, None], 3, axis=2)  # canonical RAS [S, A, R], sagittal
+        write_volume(tmp_path / f"mri{scale:g}.nii", vol, unit="a.u.")
+        inp = m2c.load_upload(tmp_path / f"mri{scale:g}.nii", 64)
+        np.testing.assert_allclose(inp.mri, 2.0 * image / image.max() - 1.0, atol=1e-5)
+    png = np.random.default_rng(1).integers(0, 256, (64, 64), dtype=np.uint8)
+    Image.fromarray(png).save(tmp_path / "slice.png")
+    np.testing.assert_allclose(m2c.load_upload(tmp_path / "slice.png", 64).mri, png / 127.5 - 1.0, atol=1e-5)
+    assert "resized from 64x64" not in " ".join(m2c.load_upload(tmp_path / "slice.png", 64).notes)
+    assert "resized from 64x64 to the model's 32x32" in " ".join(m2c.load_upload(tmp_path / "slice.png", 32).notes)
+
+
+@pytest.mark.parametrize("stem, expected", [
+    ("notes", "notes.dcm"),
+    ("nan", "nan.nii.gz: contains"),
+    ("series4d", "series4d.nii"),
+    ("huge", "huge.png: image too large (4200x4200"),
+    ("big", "big.dcm: file too large (51.0 MB; limit 50 MB)"),
+])
+def test_bad_upload_is_one_line(tab: Any, bad_files: SimpleNamespace, stem: str, expected: str) -> None:
+    path = str(getattr(bad_files, stem))
+    preview, status = tab.on_upload(path, "ddim_image", "t2w")
+    assert preview is None
+    _assert_one_line_error(status, expected)
+    out = _run(tab, path)
+    _assert_one_line_error(out["status"], expected)
+    assert all(out[k] is None for k in ("ct_bone", "overlay", "raw"))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"method": "cut_resnet"}, "unknown method 'cut_resnet' (choose from ddim_image, pix2pix_unet)"),
+    ({"contrast": "flair"}, "unknown contrast 'flair'"),
+    ({"steps": 0}, "steps must be an integer between 1 and 100, got 0"),
+    ({"n": 9}, "samples must be an integer between 1 and 8, got 9"),
+    ({"eta": 1.5}, "eta must be between 0 and 1, got 1.5"),
+    ({"w": -1}, "w must be between 0 and 5, got -1"),
+    ({"seed": -3}, "seed must be a non-negative integer, got -3"),
+    ({"steps": "many"}, "must be numbers"),
+    ({"subject": 2.5}, "subject must be an integer in [0, 99999], got 2.5"),
+    ({"segment": 3}, "segment must be 0 (cervical), 1 (thoracic) or 2 (lumbar), got 3"),
+])
+def test_bad_settings_are_one_line(tab: Any, kwargs: dict, message: str) -> None:
+    out = _run(tab, **kwargs)
+    _assert_one_line_error(out["status"], message)
+    assert out["ct_bone"] is None and out["dice"] == ""
+
+
+@pytest.mark.slow
+def test_missing_checkpoint_is_trained_with_a_progress_bar(m2c: Any, tmp_path: Path) -> None:
+    """An empty checkpoint folder at ``ci``: both models are trained (ci preset) on the first Run."""
+    empty, runs = tmp_path / "no_checkpoints", tmp_path / "runs"
+    empty.mkdir()
+    tab = m2c.Tab("ci", runs_root=runs, checkpoints=empty)
+    assert tab.methods == list(m2c.METHODS)  # nothing shipped: every method is offered, trained on demand
+    assert "trained at `ci` on first use, 32 px" in tab.status()
+    calls: list[tuple[Any, dict]] = []
+    out = _run(tab, steps=1, n=2, progress=lambda *a, **k: calls.append((a, k)))
+    assert out["status"].startswith("Done: DDIM (image mode)"), out["status"]
+    assert np.load(out["raw"]).shape == (2, 32, 32)  # the ci model's size; the phantom is rendered at it
+    descs = [k.get("desc", "") for _, k in calls]
+    assert any(d.startswith("training ddim_image at `ci`") for d in descs), descs
+    assert any(d.startswith("training segmenter at `ci`") for d in descs), descs
+    assert any(d == "sampling step 1 of 1" for d in descs), descs
+    assert (runs / "mri_to_ct" / "ddim_image").is_dir() and (runs / "mri_to_ct" / "segmenter").is_dir()
+    calls.clear()
+    _run(tab, steps=1, n=1)  # second run: in memory, nothing trained again
+    assert not any(k.get("desc", "").startswith("training") for _, k in calls)
+
+
+# ------------------------------------------------------------------------------------------
+# the hub, through gradio_client
+# ------------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from gradio_client import Client
+
+    from demos.app import launch
+
+    port = _free_port()
+    app = launch("ci", "127.0.0.1", port, runs_root=tmp_path_factory.mktemp("hub-runs"), prevent_thread_lock=True,
+                 quiet=True)
+    try:
+        yield Client(f"http://127.0.0.1:{port}/", verbose=False,
+                     download_files=str(tmp_path_factory.mktemp("client-downloads")))
+    finally:
+        app.close()
+
+
+def test_tab_is_in_the_hub() -> None:
+    from demos import app, mri_to_ct
+
+    assert ("Spine MRI -> CT", mri_to_ct.build_tab) in app.TABS
+
+
+@pytest.mark.slow
+def test_client_runs_the_real_mr_dicom(client: Any, m2c: Any, mr_dicom: str) -> None:
+    from gradio_client import handle_file
+
+    preview, status = client.predict(handle_file(mr_dicom), "ddim_image", "t1w", api_name="/mri_to_ct_load_upload")
+    assert preview is not None and m2c.OOD_NOTE in status
+    out = dict(zip(OUTPUTS, client.predict(handle_file(mr_dicom), 0, 2, "t1w", "ddim_image", 1, 1.0, 0.5, 2, 0,
+                                           api_name="/mri_to_ct_run")))
+    assert out["status"].startswith("Done: DDIM (image mode) from T1w, 1 steps, eta 1, w 0.5, 2 samples")
+    assert m2c.OOD_NOTE in out["status"]
+    assert np.load(out["raw"]).shape == (2, 64, 64)
+    assert Image.open(out["ct_bone"]).size == (256, 256) and out["reference"] is None
+
+
+def test_client_phantom_pick_and_bad_upload(client: Any, bad_files: SimpleNamespace) -> None:
+    from gradio_client import handle_file
+
+    preview, reference, status = client.predict(4, 1, "t2w", "ddim_image", api_name="/mri_to_ct_pick_phantom")
+    assert preview is not None and reference is not None
+    assert status.startswith("Input: **spine\\_sagittal test subject 4 (thoracic, T2w)** at 64x64 px"), status
+    preview, status = client.predict(handle_file(str(bad_files.notes)), "ddim_image", "t2w",
+                                     api_name="/mri_to_ct_load_upload")
+    assert preview is None
+    _assert_one_line_error(status, "notes.dcm")
