@@ -1,8 +1,6 @@
 """Sweeps, summary tables and the quickstart findings, on the trivial baselines (no training)."""
-import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from medgen.config import get_preset
 from medgen.experiments import quickstart

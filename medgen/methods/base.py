@@ -10,13 +10,28 @@ back-propagates the returned ``"loss"`` into that group's parameters only.
 """
 from __future__ import annotations
 
-from typing import Callable
+import dataclasses
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
 
-from medgen.config import RunConfig
+from medgen.config import RunConfig, SampleConfig
 from medgen.data.batch import Batch
+
+# The CLI and notebooks pass one set of sampling options (cfg.sample's fields) to every method;
+# methods that do not sample accept them with no effect.
+IGNORED_OPTIONS = tuple(f.name for f in dataclasses.fields(SampleConfig))
+
+
+def reject_unknown_options(method: str, options: Iterable[str], valid: Iterable[str] = ()) -> None:
+    """One-line ``ValueError`` for the first option that is neither in ``valid`` nor ignored."""
+    valid = tuple(valid)
+    unknown = [k for k in options if k not in valid and k not in IGNORED_OPTIONS]
+    if unknown:
+        known = "valid: " + ", ".join(valid) if valid else "it has none"
+        raise ValueError(f"unknown option '{unknown[0]}' for method '{method}' ({known}; "
+                         f"ignored: {', '.join(IGNORED_OPTIONS)})")
 
 
 class Method(nn.Module):

@@ -20,15 +20,14 @@ import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter
 
-from medgen.config import RunConfig, SampleConfig
+from medgen.config import RunConfig
 from medgen.data.batch import Batch
-from medgen.methods.base import Method
+from medgen.methods.base import Method, reject_unknown_options
 from medgen.registry import METHODS, register
 
 __all__ = ["Identity", "GaussianFilter", "match_channels", "DEFAULT_SIGMA"]
 
 DEFAULT_SIGMA = 1.0  # pixels; about the best fixed sigma on toy_shapes training subjects at 32 px
-IGNORED_OPTIONS = tuple(f.name for f in dataclasses.fields(SampleConfig))
 
 
 def match_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
@@ -61,10 +60,7 @@ class _Baseline(Method):
         raise RuntimeError(f"method '{self.name}' has no trainable parameters; there is nothing to train")
 
     def _resolve(self, options: dict[str, Any]) -> dict[str, Any]:
-        unknown = [k for k in options if k not in self.options and k not in IGNORED_OPTIONS]
-        if unknown:
-            valid = ", ".join(list(self.options) + list(IGNORED_OPTIONS))
-            raise ValueError(f"unknown option '{unknown[0]}' for method '{self.name}' (valid: {valid})")
+        reject_unknown_options(self.name, options, self.options)
         return {k: options.get(k, default) for k, default in self.options.items()}
 
     def _apply(self, source: torch.Tensor, **opts: Any) -> torch.Tensor:

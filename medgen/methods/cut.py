@@ -94,7 +94,7 @@ four times (full on source and target, up to the last tap on both outputs).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -102,8 +102,7 @@ from torch import nn
 
 from medgen.config import ConfigError, RunConfig
 from medgen.data.batch import Batch
-from medgen.methods.base import Method
-from medgen.methods.pix2pix import IGNORED_OPTIONS
+from medgen.methods.adversarial import GeneratorTranslator
 from medgen.nn.gan import (GAN_LOSSES, INIT_STD, ResnetGenerator, SAUNetGenerator, build_discriminator,
                            build_generator, gan_loss)
 from medgen.nn.layers import Downsample, Upsample
@@ -241,7 +240,7 @@ def _unet_features(net: SAUNetGenerator, x: torch.Tensor,
 # The method
 # --------------------------------------------------------------------------------------
 @register(METHODS, "cut")
-class CUT(Method):
+class CUT(GeneratorTranslator):
     """Contrastive unpaired translator (see the module docstring).
 
     ``net``: generator; ``discriminator``: unconditional PatchGAN; ``heads``: one MLP per NCE tap.
@@ -257,7 +256,6 @@ class CUT(Method):
         self.discriminator = build_discriminator(g, in_channels=m.out_channels, spatial_dims=m.spatial_dims)
         self.nce_layers = tuple(g.nce_layers)
         self.heads = nn.ModuleList(_head(c) for c in self.tap_channels())
-        self._fakes: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # source.data_ptr() -> (source, G(source))
 
     # ---- construction helpers ----------------------------------------------------------------
     def tap_channels(self) -> list[int]:
@@ -371,42 +369,6 @@ class CUT(Method):
         real = gan_loss(self.discriminator(batch.target), True, kind)
         fake_loss = gan_loss(self.discriminator(fake), False, kind)
         return {"loss": 0.5 * (real + fake_loss), "real": real.detach(), "fake": fake_loss.detach()}
-
-    # ---- the fake of the generator step, reused by the discriminator step (as pix2pix) ------
-    def _remember(self, source: torch.Tensor, fake: torch.Tensor) -> None:
-        if len(self._fakes) >= 64:  # generator steps without discriminator steps: do not grow
-            self._fakes.clear()
-        self._fakes[source.data_ptr()] = (source, fake)
-
-    def _recall(self, source: torch.Tensor) -> torch.Tensor:
-        cached = self._fakes.pop(source.data_ptr(), None)
-        if cached is not None and cached[0].shape == source.shape and torch.equal(cached[0], source):
-            return cached[1]
-        with torch.no_grad():
-            return self.net(source)
-
-    # ---- inference -------------------------------------------------------------------------
-    @torch.no_grad()
-    def translate(self, source: torch.Tensor, *, generator: torch.Generator | None = None,
-                  callback: Callable[[dict], None] | None = None, **options: Any) -> torch.Tensor:
-        """``G(source)``: ``[B, C_s, *S]`` (model range) -> ``[B, model.out_channels, *S]``, deterministic.
-
-        The generator runs in eval mode (dropout off) and is restored to its previous mode.
-        """
-        unknown = [k for k in options if k not in IGNORED_OPTIONS]
-        if unknown:
-            raise ValueError(f"unknown option '{unknown[0]}' for method 'cut' (it has none; "
-                             f"ignored: {', '.join(IGNORED_OPTIONS)})")
-        self._check_source(source)
-        was_training = self.net.training
-        self.net.eval()
-        try:
-            out = self.net(source)
-        finally:
-            self.net.train(was_training)
-        if callback is not None:
-            callback({"i": 0, "n": 1, "t": 0, "x": out, "x0": out})
-        return out
 
 
 def _validate(config: RunConfig) -> None:

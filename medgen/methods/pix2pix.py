@@ -40,21 +40,18 @@ AdamW per group from ``cfg.train``, so a non-zero ``lr_d`` other than ``train.lr
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from medgen.config import ConfigError, RunConfig, SampleConfig
+from medgen.config import ConfigError, RunConfig
 from medgen.data.batch import Batch
-from medgen.methods.base import Method
+from medgen.methods.adversarial import GeneratorTranslator
 from medgen.nn.gan import GAN_LOSSES, build_discriminator, build_generator, gan_loss, ssim_loss
 from medgen.registry import METHODS, register
 
-__all__ = ["Pix2Pix", "IGNORED_OPTIONS"]
+__all__ = ["Pix2Pix"]
 
-IGNORED_OPTIONS = tuple(f.name for f in dataclasses.fields(SampleConfig))  # accepted, no effect
 
 
 def _weighted_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -66,7 +63,7 @@ def _weighted_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Ten
 
 
 @register(METHODS, "pix2pix")
-class Pix2Pix(Method):
+class Pix2Pix(GeneratorTranslator):
     """Paired GAN translator (see the module docstring). ``net``: generator; ``discriminator``: PatchGAN."""
 
     def __init__(self, config: RunConfig) -> None:
@@ -78,7 +75,6 @@ class Pix2Pix(Method):
                                    spatial_dims=m.spatial_dims, model=m)
         self.discriminator = build_discriminator(g, in_channels=m.cond_image_channels + m.out_channels,
                                                  spatial_dims=m.spatial_dims)
-        self._fakes: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # source.data_ptr() -> (source, G(source))
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """``"generator"`` (G's parameters), then ``"discriminator"`` (D's)."""
@@ -139,42 +135,6 @@ class Pix2Pix(Method):
         real = gan_loss(self.discriminator(torch.cat([batch.source, batch.target], dim=1)), True, kind)
         fake_loss = gan_loss(self.discriminator(torch.cat([batch.source, fake], dim=1)), False, kind)
         return {"loss": 0.5 * (real + fake_loss), "real": real.detach(), "fake": fake_loss.detach()}
-
-    # ---- the fake of the generator step, reused by the discriminator step -------------------
-    def _remember(self, source: torch.Tensor, fake: torch.Tensor) -> None:
-        if len(self._fakes) >= 64:  # generator steps without discriminator steps: do not grow
-            self._fakes.clear()
-        self._fakes[source.data_ptr()] = (source, fake)
-
-    def _recall(self, source: torch.Tensor) -> torch.Tensor:
-        cached = self._fakes.pop(source.data_ptr(), None)
-        if cached is not None and cached[0].shape == source.shape and torch.equal(cached[0], source):
-            return cached[1]
-        with torch.no_grad():
-            return self.net(source)
-
-    # ---- inference -------------------------------------------------------------------------
-    @torch.no_grad()
-    def translate(self, source: torch.Tensor, *, generator: torch.Generator | None = None,
-                  callback: Callable[[dict], None] | None = None, **options: Any) -> torch.Tensor:
-        """``G(source)``: ``[B, C_s, *S]`` (model range) -> ``[B, model.out_channels, *S]``, deterministic.
-
-        The generator runs in eval mode (dropout off) and is restored to its previous mode.
-        """
-        unknown = [k for k in options if k not in IGNORED_OPTIONS]
-        if unknown:
-            raise ValueError(f"unknown option '{unknown[0]}' for method 'pix2pix' (it has none; "
-                             f"ignored: {', '.join(IGNORED_OPTIONS)})")
-        self._check_source(source)
-        was_training = self.net.training
-        self.net.eval()
-        try:
-            out = self.net(source)
-        finally:
-            self.net.train(was_training)
-        if callback is not None:
-            callback({"i": 0, "n": 1, "t": 0, "x": out, "x0": out})
-        return out
 
 
 def _validate(config: RunConfig) -> None:

@@ -61,23 +61,21 @@ on the shared machine, 0.82 s/step) give 0.87 / 0.86 and 0.76 / 0.76 -- the pres
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Callable
 
 import torch
 from monai.losses import DiceCELoss
 from monai.networks.nets import UNet as MonaiUNet
-from torch import nn
 
 from medgen.config import (ConfigError, DataConfig, DiffusionConfig, RunConfig, SampleConfig, TrainConfig,
                            UNetConfig)
 from medgen.data.batch import Batch
-from medgen.methods.base import Method
+from medgen.methods.base import Method, reject_unknown_options
 from medgen.nn.unet import position_ramps
 from medgen.registry import METHODS, register
 
 __all__ = ["Segmenter", "segmenter_presets", "CLASS_LABELS", "N_CLASSES", "N_VERT", "SUBREGIONS", "LABEL_KEY",
-           "MEASURER_NOTE", "labels_to_classes", "classes_to_labels", "IGNORED_OPTIONS"]
+           "MEASURER_NOTE", "labels_to_classes", "classes_to_labels"]
 
 N_VERT = 10  # vertebrae of the spine_sagittal chain (v = 0..9 from the top)
 SUBREGIONS = ("body", "arch", "spinous")  # sub = 1, 2, 3
@@ -86,7 +84,6 @@ N_CLASSES = len(CLASS_LABELS)  # 31: background + 10 vertebrae x 3 subregions
 LABEL_KEY = "labels_ct"  # batch meta key of the CT's label map (LongTensor [*S] per item)
 MEASURER_NOTE = ("Dice by medgen's CT segmenter trained on phantom CTs -- a stand-in for the paper's public "
                  "CT segmentation algorithm (Anduin/VerSe), not that algorithm")
-IGNORED_OPTIONS = tuple(f.name for f in dataclasses.fields(SampleConfig))  # accepted, no effect
 
 # label value -> class index lookup table (values up to 103)
 _LUT = torch.full((max(CLASS_LABELS) + 1,), -1, dtype=torch.long)
@@ -197,10 +194,7 @@ class Segmenter(Method):
         Deterministic; ``generator`` unused; ``callback`` called once. The sampling options
         (``sampler``, ``steps`` ...) are accepted and ignored, any other is a one-line error.
         """
-        unknown = [k for k in options if k not in IGNORED_OPTIONS]
-        if unknown:
-            raise ValueError(f"unknown option '{unknown[0]}' for method 'segmenter' (it has none; "
-                             f"ignored: {', '.join(IGNORED_OPTIONS)})")
+        reject_unknown_options("segmenter", options)
         out = self.segment(source).unsqueeze(1).float()
         if callback is not None:
             callback({"i": 0, "n": 1, "t": 0, "x": out, "x0": out})

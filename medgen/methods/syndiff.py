@@ -140,10 +140,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medgen.config import ConfigError, RunConfig, SampleConfig, UNetConfig
+from medgen.config import ConfigError, RunConfig, UNetConfig
 from medgen.data.batch import Batch
 from medgen.diffusion.schedules import noise_like
-from medgen.methods.base import Method
+from medgen.methods.base import Method, reject_unknown_options
 from medgen.nn.gan import build_discriminator, build_generator, gan_loss
 from medgen.nn.layers import TimeEmbedding
 from medgen.nn.unet import Condition, UNet
@@ -151,7 +151,7 @@ from medgen.registry import METHODS, register
 
 __all__ = ["SynDiff", "SynDiffSchedule", "DiffusiveGenerator", "DiffusionDiscriminator", "vp_alpha_bars",
            "vp_betas", "r1_penalty", "minibatch_stddev", "blur_downsample", "disc_downs", "NUM_STEPS",
-           "BETA_MIN", "BETA_MAX", "T_EPS", "LATENT_DIM", "R1_GAMMA", "IGNORED_OPTIONS"]
+           "BETA_MIN", "BETA_MAX", "T_EPS", "LATENT_DIM", "R1_GAMMA"]
 
 NUM_STEPS = 4  # T: SynDiff's number of (large) diffusion steps (reference --num_timesteps 4)
 BETA_MIN, BETA_MAX = 0.1, 20.0  # DDGAN's vp schedule (reference --beta_min / --beta_max)
@@ -161,7 +161,6 @@ R1_GAMMA = 0.1  # R1 weight per step: the README's r1_gamma 1 applied every 10th
 LEAK = 0.2  # LeakyReLU slope of the diffusive discriminator
 MBSTD_GROUP = 4  # minibatch-stddev group size (at most)
 FIR_KERNEL = (1.0, 3.0, 3.0, 1.0)  # blur taps before every 2x downsampling of the discriminator
-IGNORED_OPTIONS = tuple(f.name for f in dataclasses.fields(SampleConfig))  # accepted, no effect
 
 
 # --------------------------------------------------------------------------------------
@@ -501,10 +500,7 @@ class SynDiff(Method):
         return x
 
     def _check_options(self, options: dict[str, Any]) -> None:
-        unknown = [k for k in options if k not in IGNORED_OPTIONS]
-        if unknown:
-            raise ValueError(f"unknown option '{unknown[0]}' for method 'syndiff' (it has none; "
-                             f"ignored: {', '.join(IGNORED_OPTIONS)})")
+        reject_unknown_options("syndiff", options)
 
     @torch.no_grad()
     def translate(self, source: torch.Tensor, *, generator: torch.Generator | None = None,

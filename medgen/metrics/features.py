@@ -38,7 +38,6 @@ Models are built once per process (cached by weights file, size and mtime); do n
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -47,6 +46,8 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+from medgen.utils import sha256_file
 
 __all__ = ["FeatureSpace", "FeatureSpaceError", "FEATURE_SPACES", "features", "feature_space_info",
            "efficientnet_lite0_source_path", "map_efficientnet_lite0_state_dict", "resnet18_weights_path",
@@ -75,17 +76,9 @@ class FeatureSpace:
     preprocessing: str
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 @functools.lru_cache(maxsize=8)
 def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
-    return _sha256(Path(path))
+    return sha256_file(Path(path))
 
 
 def _file_sha(path: Path) -> str:

@@ -37,7 +37,6 @@ interpolation (up- or down-sampling, aspect ratio not preserved) and normalises 
 from __future__ import annotations
 
 import functools
-import hashlib
 import io
 import json
 import os
@@ -47,7 +46,7 @@ from pathlib import Path
 
 import torch
 
-from medgen.utils import atomic_write_bytes, atomic_write_text
+from medgen.utils import atomic_write_bytes, atomic_write_text, sha256_file
 
 __all__ = ["inception_weights_path", "inception_extractor", "inception_features",
            "convert_state_dict", "source_torchscript_path", "cache_dir", "FEATURE_DIM"]
@@ -182,14 +181,6 @@ def cache_dir() -> Path:
         return Path.home() / ".cache" / "medgen"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _torch_bytes(obj: object) -> bytes:
     """``torch.save`` of ``obj`` into memory (written atomically by :func:`medgen.utils.atomic_write_bytes`)."""
     buffer = io.BytesIO()
@@ -204,7 +195,7 @@ def _cache_valid(weights: Path, sidecar: Path, source_sha: str) -> bool:
         meta = json.loads(sidecar.read_text())
     except (OSError, ValueError):
         return False
-    return meta.get("source_sha256") == source_sha and meta.get("sha256") == _sha256(weights)
+    return meta.get("source_sha256") == source_sha and meta.get("sha256") == sha256_file(weights)
 
 
 def _target_template() -> dict[str, torch.Tensor]:
@@ -234,7 +225,7 @@ def inception_weights_path() -> Path:
     corrupt, or made from a different source file.
     """
     src = source_torchscript_path()
-    source_sha = _sha256(src)
+    source_sha = sha256_file(src)
     root = cache_dir()
     root.mkdir(parents=True, exist_ok=True)
     weights, sidecar = root / WEIGHTS_NAME, root / (WEIGHTS_NAME + ".json")
@@ -242,7 +233,7 @@ def inception_weights_path() -> Path:
         return weights
     state = convert_state_dict(load_torchscript().state_dict(), _target_template())
     atomic_write_bytes(weights, _torch_bytes(state))
-    meta = {"sha256": _sha256(weights), "source": str(src), "source_sha256": source_sha,
+    meta = {"sha256": sha256_file(weights), "source": str(src), "source_sha256": source_sha,
             "format": "torch-fidelity FeatureExtractorInceptionV3 state dict"}
     atomic_write_text(sidecar, json.dumps(meta, indent=1))
     return weights

@@ -449,7 +449,7 @@ def ssim_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | N
     if pred.shape != target.shape or pred.ndim not in (4, 5):
         raise GANShapeError(f"ssim_loss: pred {tuple(pred.shape)} and target {tuple(target.shape)} must be equal "
                             "[B, C, H, W] or [B, C, D, H, W]")
-    dims, spatial = pred.ndim - 2, pred.shape[2:]
+    spatial = pred.shape[2:]
     win = _ssim_window(spatial)
     # float32 even under bf16 autocast: the local variances E[x^2] - E[x]^2 cancel badly in bf16
     with torch.autocast(pred.device.type, enabled=False):

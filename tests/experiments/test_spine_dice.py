@@ -3,7 +3,6 @@ posterior elements without the body, slices of one patient pooled into a volume,
 input checks, and ceiling() assembling predictions, references and the `complete` flags."""
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np

@@ -4,7 +4,7 @@ import dataclasses
 import pytest
 import torch
 
-from medgen.config import ConfigError, DiffusionConfig, UNetConfig, get_preset
+from medgen.config import ConfigError, DiffusionConfig, get_preset
 from medgen.data.batch import Batch, collate
 from medgen.data.toy import ToyShapes
 from medgen.diffusion.schedules import respace
@@ -16,15 +16,7 @@ CFG = get_preset("ci")  # 16 px, UNet (8, 16), T = 100, v-prediction
 CFG3D = dataclasses.replace(CFG, model=dataclasses.replace(CFG.model, spatial_dims=3, attention_levels=(False, False)))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These networks are tiny: one thread is barely slower on idle cores, while two threads
-    stall 10-20x when other processes share the 2 cores (measured: 72 s vs 3.5 s for the
-    training test under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets: see conftest.one_thread
 
 
 def _model(cfg=CFG, seed=0, perturb=True):

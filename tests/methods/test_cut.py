@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medgen.config import ConfigError, DataConfig, GANConfig, TrainConfig, UNetConfig, get_preset
+from medgen.config import ConfigError, DataConfig, GANConfig, TrainConfig, get_preset
 from medgen.data.batch import Batch, collate
 from medgen.data.datasets import UnpairedDataset
 from medgen.methods.cut import CUT, patch_nce_loss, sa_unet_taps, sample_patches
@@ -31,12 +31,7 @@ CFG = dataclasses.replace(
                       grad_clip=0.0, num_threads=1))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets: see conftest.one_thread
 
 
 def _cfg(**gan):

@@ -22,12 +22,7 @@ CI = segmenter_presets()["ci"]
 CI3 = segmenter_presets(volume=True)["ci"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets: see conftest.one_thread
 
 
 def _batch(cfg=CI, n=4, split="train"):

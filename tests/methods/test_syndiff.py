@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from medgen.config import ConfigError, GANConfig, TrainConfig, get_preset
 from medgen.data.batch import Batch, collate
-from medgen.methods.syndiff import (LATENT_DIM, NUM_STEPS, R1_GAMMA, DiffusionDiscriminator, DiffusiveGenerator,
+from medgen.methods.syndiff import (LATENT_DIM, R1_GAMMA, DiffusionDiscriminator, DiffusiveGenerator,
                                     SynDiff, SynDiffSchedule, blur_downsample, disc_downs, minibatch_stddev,
                                     r1_penalty, vp_alpha_bars, vp_betas)
 from medgen.nn.gan import PatchDiscriminator, ResnetGenerator
@@ -29,12 +29,7 @@ CFG = dataclasses.replace(
                       log_every=4, num_threads=1))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets: see conftest.one_thread
 
 
 def _model(cfg=CFG, seed=0):

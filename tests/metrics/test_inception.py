@@ -1,6 +1,7 @@
 """Offline InceptionV3 (FID/KID) extractor: conversion exactness, cache integrity, no network."""
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 import urllib.request
@@ -49,8 +50,8 @@ def test_weights_converted_into_cache_offline(cache):
     path = inc.inception_weights_path()
     assert path.parent == cache and path.is_file()
     meta = json.loads((cache / (inc.WEIGHTS_NAME + ".json")).read_text())
-    assert meta["sha256"] == inc._sha256(path)
-    assert meta["source_sha256"] == inc._sha256(inc.source_torchscript_path())
+    assert meta["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert meta["source_sha256"] == hashlib.sha256(inc.source_torchscript_path().read_bytes()).hexdigest()
     assert not list(cache.glob("*.tmp"))                       # atomic write left no temp files
 
 
@@ -102,7 +103,7 @@ def test_inception_features_grayscale_and_batching(cache):
 @pytest.mark.parametrize("damage", ["corrupt", "truncate", "delete", "delete_sidecar"])
 def test_damaged_cache_is_regenerated(cache, damage):
     path = inc.inception_weights_path()
-    good = inc._sha256(path)
+    good = hashlib.sha256(path.read_bytes()).hexdigest()
     sidecar = cache / (inc.WEIGHTS_NAME + ".json")
     if damage == "corrupt":
         data = bytearray(path.read_bytes())
@@ -115,9 +116,9 @@ def test_damaged_cache_is_regenerated(cache, damage):
     else:
         sidecar.unlink()
     if damage in ("corrupt", "truncate"):
-        assert inc._sha256(path) != good                        # the damage is real
+        assert hashlib.sha256(path.read_bytes()).hexdigest() != good                        # the damage is real
     again = inc.inception_weights_path()
-    assert again == path and inc._sha256(again) == good        # conversion is deterministic
+    assert again == path and hashlib.sha256(again.read_bytes()).hexdigest() == good        # conversion is deterministic
     assert json.loads(sidecar.read_text())["sha256"] == good
 
 

@@ -15,12 +15,7 @@ from medgen.nn.gan import (GANShapeError, PatchDiscriminator, ResnetGenerator, S
                            build_discriminator, build_generator, gan_loss, patch_receptive_field, ssim_loss)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets: see conftest.one_thread
 
 
 def _rand(*shape, seed=0):
