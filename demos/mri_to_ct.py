@@ -451,11 +451,11 @@ def _error_status(message: str) -> str:
 def _input_status(inp: SpineInput, size: int) -> str:
     """Markdown: the input, the out-of-distribution warning for uploads, one line per note."""
     ref = "with reference CT and labels" if inp.phantom else "no reference CT (Dice needs a phantom)"
-    lines = [f"Input: **{_md(inp.label)}** at {size}x{size} px, {ref}."]
+    paragraphs = [f"Input: **{_md(inp.label)}** at {size}x{size} px, {ref}."]
     if not inp.phantom:
-        lines.append(OOD_NOTE)
-    lines += [f"- Note: {_md(n)}" for n in inp.notes]
-    return "\n".join(lines)
+        paragraphs.append(OOD_NOTE)
+    notes = "\n".join(f"- Note: {_md(n)}" for n in inp.notes)
+    return "\n\n".join(paragraphs + ([notes] if notes else []))  # blank lines: separate Markdown paragraphs
 
 
 class Tab:
@@ -543,7 +543,7 @@ class Tab:
         sd = f" Max SD over the samples: {ct.std(0, ddof=1).max():.0f} HU." if n > 1 else ""
         head = (f"Done: {METHODS[s.method]} from {CONTRASTS[s.contrast]}, {how}, in {seconds:.1f} s "
                 f"({describe_model(self.preset, self.ckpts, s.method, s.contrast)}).{sd}")
-        return head + "\n" + _input_status(inp, size)
+        return head + "\n\n" + _input_status(inp, size)
 
 
 # --------------------------------------------------------------------------------------

@@ -26,6 +26,12 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::UserWarning:gradio.helpers"),  # gr.Warning outside a request
     pytest.mark.skipif(not (SHIPPED / "ddim_image-t2w").is_dir(), reason="shipped mri_to_ct checkpoints missing"),
 ]
+CHROMIUM = "/usr/bin/chromium"  # as tests/test_demo.py (TOOLCHAIN.md: offline flags)
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
+]
 OUTPUTS = ("status", "input", "ct_bone", "ct_soft", "reference", "overlay", "dice", "mean", "sd", "raw")
 
 
@@ -85,8 +91,8 @@ def test_phantom_ddim_gives_windows_overlay_dice_and_uncertainty(tab: Any, m2c: 
     from medgen.data.io import window
 
     assert tab.methods == ["ddim_image", "pix2pix_unet"]  # both shipped
-    out = _run(tab, n=2, seed=5)
-    assert out["status"].startswith("Done: DDIM (image mode) from T2w, 2 steps, eta 1, w 0, 2 samples, seed 5"), \
+    out = _run(tab, steps=1, n=2, seed=5)
+    assert out["status"].startswith("Done: DDIM (image mode) from T2w, 1 steps, eta 1, w 0, 2 samples, seed 5"), \
         out["status"]
     ct = np.load(out["raw"])
     assert ct.shape == (2, 64, 64) and ct.dtype == np.float32  # shipped checkpoints work at 64 px
@@ -113,12 +119,17 @@ def test_phantom_ddim_gives_windows_overlay_dice_and_uncertainty(tab: Any, m2c: 
 
 
 @pytest.mark.slow
-def test_same_seed_same_samples(tab: Any) -> None:
-    a = np.load(_run(tab, steps=1, n=1, seed=7, subject=1)["raw"])
-    b = np.load(_run(tab, steps=1, n=1, seed=7, subject=1)["raw"])
-    c = np.load(_run(tab, steps=1, n=1, seed=8, subject=1)["raw"])
+def test_same_seed_same_samples_and_guidance_changes_them(tab: Any, m2c: Any) -> None:
+    model = m2c.get_model(tab.preset, tab.ckpts, tab.runs, "ddim_image", "t2w")
+    mri = m2c.load_phantom(1, 2, "t2w", 64).mri
+
+    def sample(seed: int, w: float = 0.0) -> np.ndarray:
+        return m2c.translate(model, mri, m2c.Settings("ddim_image", "t2w", 1, 1.0, w, 1, seed))
+
+    a, b, c = sample(7), sample(7), sample(8)
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
+    assert not np.array_equal(a, sample(7, w=1.0))  # w reaches the sampler
 
 
 def test_pix2pix_is_deterministic_and_runs_once(tab: Any) -> None:
@@ -225,19 +236,24 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from gradio_client import Client
-
+def hub_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The whole hub at ``ci`` on a free port."""
     from demos.app import launch
 
     port = _free_port()
     app = launch("ci", "127.0.0.1", port, runs_root=tmp_path_factory.mktemp("hub-runs"), prevent_thread_lock=True,
                  quiet=True)
     try:
-        yield Client(f"http://127.0.0.1:{port}/", verbose=False,
-                     download_files=str(tmp_path_factory.mktemp("client-downloads")))
+        yield f"http://127.0.0.1:{port}/"
     finally:
         app.close()
+
+
+@pytest.fixture(scope="module")
+def client(hub_url: str, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from gradio_client import Client
+
+    return Client(hub_url, verbose=False, download_files=str(tmp_path_factory.mktemp("client-downloads")))
 
 
 def test_tab_is_in_the_hub() -> None:
@@ -270,3 +286,41 @@ def test_client_phantom_pick_and_bad_upload(client: Any, bad_files: SimpleNamesp
                                      api_name="/mri_to_ct_load_upload")
     assert preview is None
     _assert_one_line_error(status, "notes.dcm")
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_browser_phantom_translate(hub_url: str, tmp_path: Path) -> None:
+    """Headless Chromium: open the tab, set 1 step and 2 samples, translate the default phantom."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing (run scripts/install_browser.sh)")
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS,
+            viewport={"width": 1400, "height": 1000})
+        try:
+            page = context.new_page()
+            page.goto(hub_url, wait_until="domcontentloaded")
+            page.get_by_role("tab", name="Spine MRI -> CT").click()
+            expect(page.locator("#m2c-status")).to_contain_text("shipped cpu checkpoint, 64 px")  # rendered Markdown
+            for elem, value in (("m2c-steps", "1"), ("m2c-samples", "2")):
+                box = page.locator(f"#{elem} input[type=number]")
+                box.fill(value)
+                box.press("Enter")
+            page.locator("#m2c-run").click()
+            expect(page.locator("#m2c-status")).to_contain_text("Done: DDIM (image mode) from T2w, 1 steps",
+                                                                timeout=120_000)
+            for elem in ("m2c-ct-bone", "m2c-ct-soft", "m2c-reference", "m2c-overlay", "m2c-mean", "m2c-sd"):
+                expect(page.locator(f"#{elem} img")).to_be_visible()
+            expect(page.locator("#m2c-dice")).to_contain_text("real registered CT (ceiling)")
+            assert "Traceback" not in page.content()
+            page.screenshot(path=str(tmp_path / "mri_to_ct.png"), full_page=True)
+            if os.environ.get("MEDGEN_SCREENSHOTS"):
+                import shutil
+
+                Path(os.environ["MEDGEN_SCREENSHOTS"]).mkdir(parents=True, exist_ok=True)
+                shutil.copy(tmp_path / "mri_to_ct.png", Path(os.environ["MEDGEN_SCREENSHOTS"]) / "mri_to_ct.png")
+        finally:
+            context.close()
