@@ -100,3 +100,34 @@ def test_metrics_benchmark_quick(tmp_path: Path) -> None:
     fid = dict(zip(df["measure"], df["value"].astype(float)))
     assert fid["FID 64x64 (2 vs 2 images): medgen FID"] > 1.0  # noisy vs clean images: far from 0
     assert (tmp_path / "metrics.md").read_text().startswith("# Metrics benchmark")
+
+
+def test_translation_benchmark_quick(tmp_path: Path) -> None:
+    """``benchmark.translation`` on a few ``ci`` translators writes report rows that agree with each other."""
+    from benchmark import translation
+
+    argv = ["--quick", "--preset", "ci", "--models", "ddim_noise,pix2pix_unet,ddim_noise_3d,pix2pix_3d",
+            "--batches", "1,2", "--ddpm-steps", "8", "--threads", "1", "--out", str(tmp_path)]
+    assert translation.main(argv) == 0
+    df = pd.read_csv(tmp_path / "translation.csv", keep_default_na=False)
+    assert list(df.columns) == ["measure", "value", "unit", "goal", "holds"] and df["measure"].is_unique
+    assert set(df["goal"]) == {"report"} and set(df["holds"]) == {""}
+    v = dict(zip(df["measure"], df["value"].astype(float)))
+    assert all(x > 0 for k, x in v.items() if "IQR" not in k)
+    p2, p3 = "2D 32x32, batch", "3D 32x32x16, batch 1"
+    ddim, gan = v[f"{p2} 2: ddim_noise (DDIM t=4)"], v[f"{p2} 2: pix2pix_unet (one unet generator pass)"]
+    # one round: the median per-round ratio is the ratio of the two times (same batch, s/slice)
+    ratio = v[f"{p2} 2 time ddim_noise / pix2pix_unet: median of per-round ratios"]
+    assert ratio == pytest.approx(ddim / gan, rel=1e-3)
+    assert v["2D batching gain ddim_noise: s/slice at batch 1 / at batch 2"] == pytest.approx(
+        v[f"{p2} 1: ddim_noise (DDIM t=4)"] / ddim, rel=1e-3)
+    assert v[f"{p3}: ddim_noise_3d (DDIM t=4)"] / v[f"{p3}: pix2pix_3d (one unet generator pass)"] == pytest.approx(
+        v[f"{p3} time ddim_noise_3d / pix2pix_3d: median of per-round ratios"], rel=1e-3)
+    ddpm, ddim_same = v[f"{p2} 1: ddim_noise network, DDPM t=8 (T=100)"], \
+        v[f"{p2} 1: ddim_noise network, DDIM t=4 (same rounds as DDPM)"]
+    assert v[f"{p2} 1 time DDPM t=8 / DDIM t=4 (step ratio 2): median of per-round ratios"] == pytest.approx(
+        ddpm / ddim_same, rel=1e-3)
+    assert v[f"{p2} 1: time per step, DDPM / DDIM"] == pytest.approx(ddpm / ddim_same / 2, rel=1e-3)
+    assert (tmp_path / "translation.md").read_text().startswith("# Translation speed")
+    with pytest.raises(ValueError, match="unknown translator 'segmenter'"):
+        translation.selected("ddim_noise,segmenter")
