@@ -119,7 +119,7 @@ ABLATION: tuple[tuple[str, dict[str, Any]], ...] = (  # one parameter changed at
 CI_ABLATION = ("t=20, eta=1, w=0", "t=10, eta=1, w=0", "t=20, eta=0, w=0", "t=20, eta=1, w=1")
 
 # Smoke: shorter than the smoke presets (300 steps, 512 subjects) so the notebook fits ~30 min on 2 cores.
-SMOKE_STEPS = {"2d": 60, "gan_unpaired": 40, "3d": 30, "registration": 60, "segmenter": 100, "segmenter_3d": 80}
+SMOKE_STEPS = {"2d": 150, "gan_unpaired": 50, "3d": 50, "registration": 150, "segmenter": 150, "segmenter_3d": 100}
 SMOKE_N_TRAIN = {"2d": 256, "3d": 32}  # training subjects (2D slices) / volumes
 
 # --------------------------------------------------------------------------------------
