@@ -71,6 +71,7 @@ UPLOAD_MAX_VOXELS = 1 << 25  # largest uploaded volume (voxels)
 DISPLAY_PX = 256  # images are enlarged (nearest neighbour) to about this size
 OVERLAY_ALPHA = 0.5
 UPLOAD_TYPES = list(SUFFIXES) + list(DICOM_SUFFIXES) + [".nii", ".gz"]
+UPLOAD_CLEARED = "Upload cleared: the phantom is the input again."
 OOD_NOTE = ("**Outside the training distribution:** the models were trained on simulated phantoms only; a real "
             "MRI differs from them, so the synthesized CT shows what the phantom-trained model makes of it, not a "
             "trustworthy CT.")
@@ -472,25 +473,26 @@ class Tab:
         return model_size(self.preset, self.ckpts, method if method in self.methods else self.methods[0],
                           contrast if contrast in CONTRASTS else "t2w")
 
-    def on_upload(self, path: str | None, method: str, contrast: str) -> tuple[Any, str]:
-        """Upload handler -> (input preview, status)."""
+    def on_upload(self, path: str | None, method: str, contrast: str) -> tuple[Any, Any, str]:
+        """Upload handler -> (input preview, reference (none for uploads), status)."""
         if not path:
-            return None, "Upload cleared: the phantom is the input again."
+            return None, None, UPLOAD_CLEARED
         try:
             size = self.size(method, contrast)
             inp = load_upload(path, size)
         except (ImageReadError, DemoError) as exc:
-            return None, _error_status(_one_line(exc))
-        return show_mri(inp.mri), _input_status(inp, size)
+            return None, None, _error_status(_one_line(exc))
+        return show_mri(inp.mri), None, _input_status(inp, size)
 
-    def on_phantom(self, subject: Any, segment: Any, contrast: str, method: str) -> tuple[Any, Any, str]:
-        """Phantom handler -> (input preview, reference CT (bone window), status)."""
+    def on_phantom(self, subject: Any, segment: Any, contrast: str, method: str) -> tuple[Any, Any, Any, str]:
+        """Phantom handler -> (upload (cleared: the phantom becomes the input), input preview,
+        reference CT (bone window), status)."""
         try:
             size = self.size(method, contrast)
             inp = load_phantom(subject, segment, contrast, size)
         except (ValueError, KeyError) as exc:  # DemoError, PhantomError, RegistrationError
-            return None, None, _error_status(_one_line(exc))
-        return show_mri(inp.mri), show_window(inp.reference_ct, "bone"), _input_status(inp, size)
+            return gr.skip(), None, None, _error_status(_one_line(exc))
+        return None, show_mri(inp.mri), show_window(inp.reference_ct, "bone"), _input_status(inp, size)
 
     def status(self) -> str:
         """The models' one-line status (shown when the page loads)."""
@@ -578,6 +580,7 @@ def build_tab(preset: str, *, runs_root: str | os.PathLike | None = None,
                                  elem_id="m2c-segment")
             contrast = gr.Radio([(v, k) for k, v in CONTRASTS.items()], value="t2w", label="MRI contrast",
                                 elem_id="m2c-contrast")
+            pick = gr.Button("Show this phantom", elem_id="m2c-pick")
             upload = gr.File(label="...or upload a sagittal MRI slice (clear it to use the phantom)",
                              file_types=UPLOAD_TYPES, type="filepath", height=110, elem_id="m2c-upload")
         with gr.Column(elem_id="m2c-settings"):
@@ -606,22 +609,27 @@ def build_tab(preset: str, *, runs_root: str | os.PathLike | None = None,
         dice = gr.Markdown("", elem_id="m2c-dice")
         raw = gr.File(label="Synthesized CTs [n, S, S] in HU (.npy)", interactive=False, elem_id="m2c-download")
 
-    def upload_fn(path: str | None, m: str, c: str) -> tuple[Any, str]:
+    def upload_fn(path: str | None, m: str, c: str) -> tuple[Any, Any, str]:
         return tab.on_upload(path, m, c)
 
-    def phantom_fn(subj: Any, seg: Any, c: str, m: str) -> tuple[Any, Any, str]:
+    def phantom_fn(subj: Any, seg: Any, c: str, m: str) -> tuple[Any, Any, Any, str]:
         return tab.on_phantom(subj, seg, c, m)
 
     def run_fn(up: str | None, subj: Any, seg: Any, c: str, m: str, t: Any, e: Any, w: Any, n: Any, sd_: Any,
                progress: gr.Progress = gr.Progress(track_tqdm=True)) -> Iterator[tuple[Any, ...]]:
         yield from tab.run(up, subj, seg, c, m, t, e, w, n, sd_, progress)
 
-    upload.upload(upload_fn, [upload, method, contrast], [preview, status], api_name="mri_to_ct_load_upload")
-    upload.clear(lambda: (None, "Upload cleared: the phantom is the input again."), None, [preview, status],
-                 api_visibility="private")
-    phantom_inputs = [subject, segment_, contrast, method]
-    subject.submit(phantom_fn, phantom_inputs, [preview, reference, status], api_name="mri_to_ct_pick_phantom")
-    segment_.release(phantom_fn, phantom_inputs, [preview, reference, status], api_visibility="private")
+    results = [ct_bone, ct_soft, overlay, dice, mean, sd, raw]
+    clear = (lambda: (None, None, None, "", None, None, None), None, results)  # a new input: old results go
+    upload.upload(upload_fn, [upload, method, contrast], [preview, reference, status],
+                  api_name="mri_to_ct_load_upload").then(*clear, api_visibility="private")
+    upload.clear(lambda: (None, None, UPLOAD_CLEARED), None, [preview, reference, status], api_visibility="private")
+    phantom_inputs, phantom_outputs = [subject, segment_, contrast, method], [upload, preview, reference, status]
+    pick.click(phantom_fn, phantom_inputs, phantom_outputs, api_name="mri_to_ct_pick_phantom").then(
+        *clear, api_visibility="private")
+    for event in (subject.submit, segment_.release):
+        event(phantom_fn, phantom_inputs, phantom_outputs, api_visibility="private").then(
+            *clear, api_visibility="private")
     run_btn.click(run_fn, [upload, subject, segment_, contrast, method, steps, eta, guidance, n_samples, seed],
                   [status, preview, ct_bone, ct_soft, reference, overlay, dice, mean, sd, raw],
                   api_name="mri_to_ct_run", show_progress_on=[ct_bone])

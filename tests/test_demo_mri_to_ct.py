@@ -178,8 +178,8 @@ def test_upload_mri_normalisation_is_the_papers_zero_to_max_map(m2c: Any, tmp_pa
 ])
 def test_bad_upload_is_one_line(tab: Any, bad_files: SimpleNamespace, stem: str, expected: str) -> None:
     path = str(getattr(bad_files, stem))
-    preview, status = tab.on_upload(path, "ddim_image", "t2w")
-    assert preview is None
+    preview, reference, status = tab.on_upload(path, "ddim_image", "t2w")
+    assert preview is None and reference is None
     _assert_one_line_error(status, expected)
     out = _run(tab, path)
     _assert_one_line_error(out["status"], expected)
@@ -266,8 +266,9 @@ def test_tab_is_in_the_hub() -> None:
 def test_client_runs_the_real_mr_dicom(client: Any, m2c: Any, mr_dicom: str) -> None:
     from gradio_client import handle_file
 
-    preview, status = client.predict(handle_file(mr_dicom), "ddim_image", "t1w", api_name="/mri_to_ct_load_upload")
-    assert preview is not None and m2c.OOD_NOTE in status
+    preview, reference, status = client.predict(handle_file(mr_dicom), "ddim_image", "t1w",
+                                                api_name="/mri_to_ct_load_upload")
+    assert preview is not None and reference is None and m2c.OOD_NOTE in status
     out = dict(zip(OUTPUTS, client.predict(handle_file(mr_dicom), 0, 2, "t1w", "ddim_image", 1, 1.0, 0.5, 2, 0,
                                            api_name="/mri_to_ct_run")))
     assert out["status"].startswith("Done: DDIM (image mode) from T1w, 1 steps, eta 1, w 0.5, 2 samples")
@@ -279,12 +280,17 @@ def test_client_runs_the_real_mr_dicom(client: Any, m2c: Any, mr_dicom: str) -> 
 def test_client_phantom_pick_and_bad_upload(client: Any, bad_files: SimpleNamespace) -> None:
     from gradio_client import handle_file
 
-    preview, reference, status = client.predict(4, 1, "t2w", "ddim_image", api_name="/mri_to_ct_pick_phantom")
-    assert preview is not None and reference is not None
+    upload, preview, reference, status = client.predict(4, 1, "t2w", "ddim_image", api_name="/mri_to_ct_pick_phantom")
+    assert upload is None and preview is not None and reference is not None  # picking a phantom clears the upload
     assert status.startswith("Input: **spine\\_sagittal test subject 4 (thoracic, T2w)** at 64x64 px"), status
-    preview, status = client.predict(handle_file(str(bad_files.notes)), "ddim_image", "t2w",
-                                     api_name="/mri_to_ct_load_upload")
+    preview, reference, status = client.predict(handle_file(str(bad_files.notes)), "ddim_image", "t2w",
+                                                api_name="/mri_to_ct_load_upload")
+    assert preview is None and reference is None
+    upload, preview, reference, status = client.predict(4, 1.5, "t2w", "ddim_image", api_name="/mri_to_ct_pick_phantom")
     assert preview is None
+    _assert_one_line_error(status, "segment must be 0 (cervical), 1 (thoracic) or 2 (lumbar), got 1.5")
+    preview, reference, status = client.predict(handle_file(str(bad_files.notes)), "ddim_image", "t2w",
+                                                api_name="/mri_to_ct_load_upload")
     _assert_one_line_error(status, "notes.dcm")
 
 
