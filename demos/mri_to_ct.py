@@ -55,7 +55,7 @@ import torch
 import torch.nn.functional as F
 
 from demos.quickstart import _md, resolve_runs_root
-from medgen.data.io import DICOM_SUFFIXES, MAX_BYTES, NIFTI_SUFFIXES, SUFFIXES, ImageReadError, window
+from medgen.data.io import DICOM_SUFFIXES, MAX_BYTES, SUFFIXES, ImageReadError, window
 
 LOG = logging.getLogger(__name__)
 METHODS = {"ddim_image": "DDIM (image mode)", "pix2pix_unet": "Pix2Pix (UNet)"}  # model -> label
@@ -315,13 +315,14 @@ def translate(model: Any, mri: np.ndarray, s: Settings, progress: Callable[..., 
     n = s.n_samples if s.method in STOCHASTIC else 1
     source = torch.from_numpy(np.ascontiguousarray(mri, np.float32))[None, None].expand(n, 1, *mri.shape).contiguous()
     options: dict[str, Any] = {}
-    callback = None
     if s.method in STOCHASTIC:
         options = {"sampler": "ddim", "steps": s.steps, "eta": s.eta, "guidance_scale": s.guidance}
-        if progress is not None:
-            def callback(info: dict) -> None:
-                i, total = int(info.get("i", 0)) + 1, int(info.get("n", s.steps))
-                progress((min(i, total), total), desc=f"sampling step {min(i, total)} of {total}")
+
+    def report(info: dict) -> None:  # drives the progress bar once per sampling step
+        i, total = int(info.get("i", 0)) + 1, int(info.get("n", s.steps))
+        progress((min(i, total), total), desc=f"sampling step {min(i, total)} of {total}")
+
+    callback = report if progress is not None and s.method in STOCHASTIC else None
     with torch.inference_mode():
         out = model.translate(source, generator=torch.Generator().manual_seed(s.seed), callback=callback, **options)
     return (out[:, 0].float().clamp(-1.0, 1.0) * HU_PER_UNIT).cpu().numpy()
