@@ -8,7 +8,7 @@ landmarks per vertebra (:func:`medgen.registration.register_record`, as the trai
 and the label map ``labels_mri`` in the MRI frame, i.e. the frame of the synthesized CT.
 
 MRI -> model range. Phantoms: the phantom's fixed map (``Modality.to_model``: a.u. [0, 1] ->
-[-1, 1]), exactly as in training. Uploads, by :func:`medgen.cli.read_sample_input` (the same
+[-1, 1]), exactly as in training. Uploads, by :func:`medgen.data.io.read_sample_input` (the same
 reading as ``medgen sample``): NIfTI / DICOM MRI in arbitrary scanner units is rescaled
 linearly ``[0, max] -> [-1, 1]`` with ``max`` the volume's maximum -- the paper's MRI
 normalisation (a fixed map cannot apply to arbitrary units). On phantoms the two maps nearly
@@ -202,7 +202,7 @@ def get_model(preset: str, ckpts: Path, runs: Path, model: str, contrast: str | 
 # --------------------------------------------------------------------------------------
 def load_upload(path: str | os.PathLike, size: int) -> SpineInput:
     """An uploaded MRI slice at ``size`` x ``size`` in model range. Raises ImageReadError (one line)."""
-    from medgen.cli import read_sample_input
+    from medgen.data.io import read_sample_input
     from medgen.data.io import to_model_range
 
     notes: list[str] = []

@@ -317,7 +317,7 @@ def _sagittal_nifti(path: Path, image: np.ndarray, n_lr: int = 5) -> np.ndarray:
 
 
 def test_read_sample_input_takes_the_middle_sagittal_slice_in_the_phantom_view(tmp_path: Path) -> None:
-    from medgen.cli import read_sample_input
+    from medgen.data.io import read_sample_input
 
     image = np.random.default_rng(0).uniform(0.0, 500.0, (20, 24)).astype(np.float32)
     image[0, 0] = 1000.0  # the volume maximum, at the superior-anterior corner of the view
@@ -331,7 +331,7 @@ def test_read_sample_input_takes_the_middle_sagittal_slice_in_the_phantom_view(t
 
 def test_read_sample_input_mr_dicom_is_axial_and_rescaled_by_its_maximum() -> None:
     pydicom_data = pytest.importorskip("pydicom.data")
-    from medgen.cli import read_sample_input
+    from medgen.data.io import read_sample_input
     from medgen.data.io import read_volume
 
     path = pydicom_data.get_testdata_file("MR_small.dcm")
@@ -344,7 +344,7 @@ def test_read_sample_input_mr_dicom_is_axial_and_rescaled_by_its_maximum() -> No
 
 
 def test_read_sample_input_errors_are_one_line(tmp_path: Path) -> None:
-    from medgen.cli import read_sample_input
+    from medgen.data.io import read_sample_input
     from medgen.data.io import ImageReadError, write_volume
 
     import nibabel as nib
