@@ -234,3 +234,15 @@ def test_standard_comparisons_families():
     assert {"PSNR t1w", "PSNR t2w", "Dice t1w", "Dice t2w", "3D vs 2D"} <= fams
     assert len(tests[tests.family == "Dice t2w"]) == len(exp.PAIRED) * len(exp.UNPAIRED_CUT)
     assert exp.REAL_CT not in set(tests["a"]) | set(tests["b"])
+
+
+def test_cpu_uses_the_shipped_checkpoints_only_when_configs_match():
+    from medgen.reports import repo_root
+
+    root = repo_root()
+    cpu, smoke = exp.plan("cpu"), exp.plan("smoke")
+    assert exp._shipped(exp.model_config(cpu, "ddim_image", "t1w"), root).name == "ddim_image-t1w"
+    assert exp._shipped(exp.model_config(cpu, "pix2pix_unet", "t2w"), root).name == "pix2pix_unet-t2w"
+    assert exp._shipped(exp.segmenter_config(cpu), root).name == "segmenter"
+    assert exp._shipped(exp.model_config(smoke, "ddim_image", "t1w"), root) is None  # shortened: other config
+    assert exp._shipped(exp.model_config(cpu, "ddim_noise", "t1w"), root) is None  # none shipped
