@@ -118,8 +118,9 @@ ABLATION: tuple[tuple[str, dict[str, Any]], ...] = (  # one parameter changed at
 )
 CI_ABLATION = ("t=20, eta=1, w=0", "t=10, eta=1, w=0", "t=20, eta=0, w=0", "t=20, eta=1, w=1")
 
-# Smoke: shorter than the smoke presets (300 steps, 512 subjects) so the notebook fits ~30 min on 2 cores.
-SMOKE_STEPS = {"2d": 150, "gan_unpaired": 50, "3d": 50, "registration": 150, "segmenter": 150, "segmenter_3d": 100}
+# Smoke: shorter than the smoke presets (300 steps, 512 subjects) so the notebook fits ~30 min on 2 cores
+# (measured from scratch on the shared machine: 150/50/50/150/150/100 steps took 18 min, 14 of them training).
+SMOKE_STEPS = {"2d": 250, "gan_unpaired": 80, "3d": 100, "registration": 250, "segmenter": 200, "segmenter_3d": 150}
 SMOKE_N_TRAIN = {"2d": 256, "3d": 32}  # training subjects (2D slices) / volumes
 
 # --------------------------------------------------------------------------------------
