@@ -30,6 +30,12 @@ arms of a group run alternately (:func:`benchmark.speed.interleave`, one untimed
 each), absolute times are medians over rounds, and every ratio is the median of per-round
 ratios, with its interquartile range and the ratio of the fastest rounds beside it. Nothing
 here has a goal: every row is ``report``.
+
+Duration on the shared 2-core machine (cpu preset, all translators): ``--quick`` (one round
+after one warm-up call, DDPM t=100) took 14-19 minutes; a DDIM step of the cpu-preset UNet at
+64 px, batch 1, took 0.7-1.6 s there (convolutions at ~1 GFLOP/s), so the full run (3 rounds
+after a warm-up, then one round of DDPM over all 1000 steps at batch 1) takes roughly 40-60
+minutes. ``--models``, ``--batches``, ``--repeats`` and ``--ddpm-steps`` shrink it.
 """
 from __future__ import annotations
 
