@@ -38,6 +38,7 @@ benchmark: $(STAMP)
 	$(BIN)/python -m benchmark.speed
 	$(BIN)/python -m benchmark.phantoms
 	$(BIN)/python -m benchmark.metrics
+	$(BIN)/python -m benchmark.translation
 
 # Generated files only; the virtualenv and trained runs are kept (`rm -rf .venv runs` for those).
 clean:
