@@ -148,8 +148,8 @@ def test_make_reproduce_demo_benchmark_commands(needs_make: None, tmp_path: Path
         f'{venv}/bin/python -m medgen reproduce --preset cpu --papers "spine knee"'
     assert make_dry("reproduce", f"VENV={venv}")[-1] == f'{venv}/bin/python -m medgen reproduce --preset smoke --papers ""'
     assert make_dry("demo", f"VENV={venv}")[-1] == f"{venv}/bin/python -m medgen demo"
-    assert make_dry("benchmark", f"VENV={venv}")[-2:] == [f"{venv}/bin/python -m benchmark.speed",
-                                                          f"{venv}/bin/python -m benchmark.phantoms"]
+    assert make_dry("benchmark", f"VENV={venv}")[-4:] == [f"{venv}/bin/python -m benchmark.{name}"
+                                                          for name in ("speed", "phantoms", "metrics", "translation")]
     assert make_dry("clean")
 
 
@@ -210,7 +210,7 @@ def test_readme_cli_examples_parse() -> None:
     examples = [line.split("#")[0].strip() for block in blocks for line in block.splitlines()
                 if line.startswith("medgen ")]
     commands = {shlex.split(e)[1] for e in examples}
-    assert commands == {"train", "sample", "evaluate", "reproduce", "demo", "phantoms"}
+    assert commands == {"train", "sample", "evaluate", "reproduce", "demo", "phantoms", "export"}
     parser = build_parser()
     for example in examples:
         parser.parse_args(shlex.split(example)[1:])  # exits (fails the test) on a stale option
