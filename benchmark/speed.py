@@ -709,13 +709,13 @@ def load_average() -> str:
         return "n/a"
 
 
-def header(argv: Sequence[str], load_before: str, seconds: float) -> str:
-    """Provenance line of the markdown report."""
-    command = " ".join(["python -m benchmark.speed", *argv])
+def header(argv: Sequence[str], load_before: str, seconds: float, *, module: str = "benchmark.speed",
+           method: str = "Ratios are medians of per-round ratios of interleaved runs; see benchmark/README.md.") -> str:
+    """Provenance line of a benchmark's markdown report: command, machine, time, load, ``method``."""
+    command = " ".join([f"python -m {module}", *argv])
     return (f"`{command}` on {platform.machine()} ({os.cpu_count()} cores, {torch.get_num_threads()} torch "
             f"threads, torch {torch.__version__}), {time.strftime('%Y-%m-%d %H:%M')}, {seconds:.0f} s; "
-            f"1-minute load average {load_before} at the start and {load_average()} at the end. Ratios "
-            "are medians of per-round ratios of interleaved runs; see benchmark/README.md.")
+            f"1-minute load average {load_before} at the start and {load_average()} at the end. {method}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -40,8 +40,6 @@ minutes. ``--models``, ``--batches``, ``--repeats`` and ``--ddpm-steps`` shrink 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import time
@@ -50,6 +48,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from benchmark import speed
 from benchmark.speed import Row, interleave, n_parameters, randomize_zero_init, ratio_rows, to_markdown, write_report
 from medgen.config import RunConfig, get_preset
 from medgen.methods.base import Method
@@ -275,29 +274,18 @@ def run(args: argparse.Namespace) -> list[Row]:
     return rows
 
 
-def load_average() -> str:
-    """The machine's 1-minute load average, or "n/a"."""
-    try:
-        return f"{os.getloadavg()[0]:.1f}"
-    except (AttributeError, OSError):
-        return "n/a"
-
-
 def header(argv: Sequence[str], load_before: str, seconds: float) -> str:
-    """Provenance line of the markdown report."""
-    command = " ".join(["python -m benchmark.translation", *argv])
-    return (f"`{command}` on {platform.machine()} ({os.cpu_count()} cores, {torch.get_num_threads()} torch "
-            f"threads, torch {torch.__version__}), {time.strftime('%Y-%m-%d %H:%M')}, {seconds:.0f} s; "
-            f"1-minute load average {load_before} at the start and {load_average()} at the end. Random "
-            "weights (speed does not depend on training); times are medians over interleaved rounds, "
-            "ratios medians of per-round ratios; see benchmark/translation.py.")
+    """Provenance line of the markdown report (:func:`benchmark.speed.header`)."""
+    return speed.header(argv, load_before, seconds, module="benchmark.translation",
+                        method="Random weights (speed does not depend on training); times are medians over "
+                               "interleaved rounds, ratios medians of per-round ratios; see benchmark/translation.py.")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: run, write the CSV and markdown, print the table."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    start, load_before = time.perf_counter(), load_average()
+    start, load_before = time.perf_counter(), speed.load_average()
     rows = run(args)
     provenance = header(argv, load_before, time.perf_counter() - start)
     csv_path, md_path = write_report(rows, resolve_reports_root(args.out), provenance, name=NAME, title=TITLE)
