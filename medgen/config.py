@@ -56,6 +56,7 @@ class UNetConfig:
     stage_embedding_dim: int = 0  # >0: per-level embeddings [B, d] added in the down and up path separately
     skip_mode: str = "concat"  # decoder skips: "concat" (ADM) or "add" (1x1-projected sum; the spine paper's 3D net, less memory)
     position_ramps: bool = False  # concatenate coordinate ramps 0..1 [B, spatial_dims, *S] to the input (the spine paper's 3D net)
+    mid_attention: str = "auto"  # self-attention in the middle block: "auto" (iff the deepest level has it), "on", "off"
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,8 @@ class DiffusionConfig:
     cond_drop_prob: float = 0.0  # probability of replacing the condition by the null condition (CFG training)
     null_value: float = -1.0  # value of the null (black) condition image in model range [-1, 1]
     clip_x0: bool = True  # clamp predicted x0 to [-1, 1] while sampling
+    learn_sigma: bool = False  # network also outputs the variance interpolation v (improved-diffusion; model.out_channels = 2 x image channels)
+    vlb_weight: float = 0.001  # lambda of L_hybrid = L_simple + lambda L_vlb (Nichol & Dhariwal); used only with learn_sigma
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,7 @@ class DataConfig:
     test_fraction: float = 0.2  # share of patients held out when a manifest is split by patient
     window: str = ""  # HU window of CT from real data: soft_tissue (W400/L40), lung (W1500/L-600), bone (W1800/L400); "" = modality range
     augment: str = ""  # augmentation recipe names joined by "+" ("flip", "mri_jitter", "elastic3d"); "" none
+    source_resize: bool = False  # resize every source image to the target's grid (bilinear; e.g. ultrasound on a subsampled scan-line grid)
     registration: str = ""  # rigid landmark registration of the target onto the source frame: "" none, "one" / "two" landmarks per vertebra (medgen.registration)
 
 

@@ -6,7 +6,7 @@
 Layout (the DDPM / ADM UNet, as in diffusers' ``UNet2DModel`` and MONAI's ``DiffusionModelUNet``):
 ``conv_in`` -> per level ``layers_per_block`` residual blocks (+ attention where
 ``attention_levels`` says), a strided-conv downsample between levels -> middle block
-(res, attention if the deepest level has attention, res) -> per level, deepest first,
+(res, attention per ``mid_attention``: by default iff the deepest level has attention, res) -> per level, deepest first,
 ``layers_per_block + 1`` residual blocks, each on ``Concat([h, skip])``, (+ attention), a
 nearest-x2 + conv upsample -> GroupNorm, SiLU, ``conv_out``. The time embedding is
 sinusoidal -> MLP of width ``4 * channels[0]`` and enters every residual block.
@@ -93,6 +93,7 @@ from medgen.nn.layers import (
 
 __all__ = ["Condition", "UNet", "SkipResiduals", "SKIP_MODES", "position_ramps"]
 
+MID_ATTENTION = ("auto", "on", "off")  # middle-block self-attention (UNetConfig.mid_attention)
 SKIP_MODES = ("concat", "add")  # how a decoder block takes its skip feature (UNetConfig.skip_mode)
 
 SkipResiduals = Union[Sequence[torch.Tensor], Callable[[list[torch.Tensor]], Sequence[torch.Tensor]]]
@@ -144,6 +145,11 @@ def validate_config(cfg: UNetConfig) -> None:
     for name in ("cond_image_channels", "cond_vector_dim", "cond_tokens_dim", "stage_embedding_dim"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"UNetConfig.{name}={getattr(cfg, name)} must be >= 0")
+    if cfg.mid_attention not in MID_ATTENTION:
+        raise ConfigError(f"UNetConfig.mid_attention='{cfg.mid_attention}' must be one of {', '.join(MID_ATTENTION)}")
+    if cfg.mid_attention == "on" and (cfg.num_heads <= 0 or ch[-1] % cfg.num_heads):
+        raise ConfigError(f"UNetConfig.num_heads={cfg.num_heads} does not divide the middle block's "
+                          f"channels {ch[-1]} (UNetConfig.mid_attention='on')")
     if cfg.skip_mode not in SKIP_MODES:
         raise ConfigError(f"UNetConfig.skip_mode='{cfg.skip_mode}' must be one of {', '.join(SKIP_MODES)}")
     if cfg.cond_tokens_dim and not any(att):
@@ -199,8 +205,9 @@ class UNet(nn.Module):
         self.conv_in = conv_nd(sd, cfg.in_channels + cfg.cond_image_channels + n_ramps, ch[0])
         self._skip_plan: list[tuple[int, int]] = [(ch[0], 1)]  # (channels, downsampling factor)
         self.down = nn.ModuleList(self._down_level(i, ch[i - 1] if i else ch[0]) for i in range(n))
+        mid_attn = cfg.attention_levels[-1] if cfg.mid_attention == "auto" else cfg.mid_attention == "on"
         self.mid = _Level([self._res(ch[-1], ch[-1]), self._res(ch[-1], ch[-1])],
-                          [self._attn(ch[-1])] if cfg.attention_levels[-1] else [], None)
+                          [self._attn(ch[-1])] if mid_attn else [], None)
         skip_channels = [c for c, _ in self._skip_plan]
         self.up = nn.ModuleList(self._up_level(i, skip_channels) for i in reversed(range(n)))
         self.norm_out = nn.GroupNorm(cfg.norm_groups, ch[0])

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from medgen.config import UNetConfig
+from medgen.config import ConfigError, UNetConfig
 from medgen.nn import Condition, UNet
 from medgen.nn.unet import position_ramps
 
@@ -342,3 +342,22 @@ def test_position_ramps_make_the_net_position_aware():
     ramps = make(2, attention_levels=(False, False), position_ramps=True)(x, t)[0, 0, 30:34, 30:34]
     assert (plain - plain.mean()).abs().max() < 1e-5 * (1 + plain.abs().max())
     assert (ramps - ramps.mean()).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("mode, expected", [("auto", 0), ("on", 1), ("off", 0)])
+def test_mid_attention_option(mode: str, expected: int) -> None:
+    # improved-diffusion with attention_resolutions=1 at 256 px has attention only in the middle block
+    cfg = UNetConfig(channels=(8, 16), attention_levels=(False, False), num_heads=2, norm_groups=4,
+                     mid_attention=mode)
+    net = UNet(cfg)
+    assert len(net.mid.attns) == expected
+    assert all(len(level.attns) == 0 for level in [*net.down, *net.up])
+    out = net(torch.randn(2, 1, 8, 8), torch.tensor([1, 5]))
+    assert out.shape == (2, 1, 8, 8)
+
+
+def test_mid_attention_errors_name_the_field() -> None:
+    with pytest.raises(ConfigError, match="mid_attention='always'"):
+        UNet(UNetConfig(channels=(8,), attention_levels=(False,), norm_groups=4, mid_attention="always"))
+    with pytest.raises(ConfigError, match="mid_attention='on'"):
+        UNet(UNetConfig(channels=(6,), attention_levels=(False,), norm_groups=3, num_heads=4, mid_attention="on"))
