@@ -61,6 +61,14 @@ every HU modality; ``mask [1,*S]`` (ones unless the backend provides a ``mask`` 
 ``slice_depth [D]``; the item's own ``depth`` is the slice's). The train split applies
 :func:`medgen.data.augment.build_augment` ``(cfg.augment)``; the test split never augments.
 
+Source resizing (``cfg.source_resize``): normally every image key of an item must have the
+same spatial shape. With ``source_resize=True`` each source image is instead resized in-plane
+(its last two axes) to the target's ``[H, W]`` by :func:`resize_source`, after the map to
+model range, so e.g. the lung phantom's ultrasound measurements on their ``[H, ceil(W / 2)]``
+scan-line grid (``ultrasound.STRIDE = (1, 2)``) pair with the ``[H, W]`` CT for
+channel-concatenated conditioning. Leading axes (a stack's K, a volume's D) must still match.
+It needs a target (``DatasetError`` otherwise); the resized record is what the LRU caches.
+
 ``.patient_ids`` lists the item patients in index order (for ``unpaired`` train: every patient
 the split uses, source patients then target patients), ``.split_hash`` fingerprints them
 (:func:`splits.split_hash`), so :func:`medgen.train.train_or_load` can refuse an overlapping split.
@@ -93,7 +101,7 @@ from medgen.registry import DATASETS, PHANTOMS, lookup, register
 
 __all__ = ["DatasetError", "PhantomSource", "ManifestSource", "PairedDataset", "UnpairedDataset",
            "MultiDepthDataset", "VolumeSlicesDataset", "VolumeDataset", "KINDS", "TEST_OFFSET",
-           "phantom_patient_id", "is_mri"]
+           "phantom_patient_id", "is_mri", "resize_source"]
 
 CHUNK = 64  # phantom subjects rendered per vectorised call (at most) ...
 CHUNK_VOXELS = 1 << 24  # ... and at most this many voxels per image array per call (bounds the memory)
@@ -107,6 +115,31 @@ MRI_KEYS = ("t1w", "t2w", "t1", "t2", "mri", "mr", "flair", "pd")  # image keys 
 
 class DatasetError(ValueError):
     """A dataset that cannot be built as configured; one-line message."""
+
+
+def resize_source(source: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Resize ``source [B, C, H', W']`` (model range) to ``[B, C, H, W]`` with ``size = (H, W)``.
+
+    Bilinear on pixel centres (``torch.nn.functional.interpolate``, ``align_corners=False``,
+    so a pixel at ``i`` of the source grid sits at ``(i + 0.5) H / H' - 0.5`` of the target
+    grid), edge-replicating at the border; ``antialias=True``, which changes nothing when
+    upsampling (the lung measurements: width W/2 -> W) and low-pass filters when
+    downsampling. Any number of leading axes works (``[..., H', W']``); float32 in and out.
+    Used by the datasets (``DataConfig.source_resize``) and for measurement tensors handed to a
+    channel-concatenated conditional model, so both see the same interpolation.
+    """
+    size = tuple(int(v) for v in size)
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"resize_source: size must be (H, W) with positive sides, got {size}")
+    if source.ndim < 2:
+        raise ValueError(f"resize_source: source must be [..., H', W'], got shape {tuple(source.shape)}")
+    if tuple(source.shape[-2:]) == size:
+        return source
+    lead = source.shape[:-2]
+    flat = source.reshape(1, -1, *source.shape[-2:])  # interpolate acts per channel: stack every leading axis
+    out = torch.nn.functional.interpolate(flat.float(), size=size, mode="bilinear", align_corners=False,
+                                          antialias=True)
+    return out.reshape(*lead, *size).to(source.dtype)
 
 
 def phantom_patient_id(phantom: str, number: int) -> str:
@@ -449,9 +482,13 @@ class _RecordDataset(Dataset):
         self._meta_keys: list[str] = []
         self._label_keys_at_s: list[str] = []
         self._point_keys: list[str] = []
+        self._resize_keys: list[str] = []
         if probe is None:  # an empty manifest split: nothing to check or serve
             return
         shapes = {k: tuple(self._image(probe, k).shape) for k in self.image_keys}
+        self._resize_keys = self._source_resize_keys(shapes)
+        for key in self._resize_keys:  # checked as if already on the target's grid
+            shapes[key] = shapes[key][:-2] + shapes[self.target_key][-2:]
         self.spatial_shape = self._check_dims(shapes)
         self._channels_per_key = {k: (shapes[k][0] if self.kind == "multi_depth" else 1) for k in self.source_keys}
         self.source_channels = sum(self._channels_per_key.values())
@@ -467,6 +504,19 @@ class _RecordDataset(Dataset):
         self._label_keys_at_s = [k for k in self._meta_keys if k in maps and self._item_shape(np.shape(probe[k]))
                                  == self.spatial_shape]
         self._point_keys = [k for k in self._meta_keys if _is_points(probe[k], self.backend.meanings.get(k, ""))]
+
+    def _source_resize_keys(self, shapes: dict[str, tuple[int, ...]]) -> list[str]:
+        """Source keys whose ``[H', W']`` differs from the target's (resized when ``source_resize``)."""
+        if not self.cfg.source_resize:
+            return []
+        if not self.target_key:
+            raise DatasetError(f"data.source_resize=True needs a data.target to resize to (dataset kind "
+                               f"'{self.kind}' has none)")
+        tgt = shapes[self.target_key]
+        for key in self.source_keys:
+            if len(shapes[key]) < 2 or len(tgt) < 2:
+                raise self._dims_error(key, shapes[key], "at least 2 spatial axes to resize (data.source_resize)")
+        return [k for k in self.source_keys if k != self.target_key and shapes[k][-2:] != tgt[-2:]]
 
     def _full_shape(self) -> tuple[int, ...]:
         """Per-subject shape of a volume whose slices are the items (volume_slices); else ``S``."""
@@ -588,6 +638,9 @@ class _RecordDataset(Dataset):
         """Raw record (physical units) -> model-range images, mask and compact meta."""
         raw = self._register(raw)
         images = {k: self._to_model(k, self._image(raw, k)) for k in self.image_keys}
+        size = self.spatial_shape[-2:]
+        for key in self._resize_keys:  # data.source_resize: onto the target's [H, W]
+            images[key] = resize_source(torch.from_numpy(images[key]), size).numpy()
         mask = (np.asarray(raw["mask"]) > 0).astype(np.float32) if self._has_mask else None
         meta = {k: _meta_value(raw[k]) for k in self._meta_keys if k in raw}
         return {"images": images, "mask": mask, "meta": meta}

@@ -450,3 +450,39 @@ def test_volume_kinds_on_a_2d_sized_phantom_need_data_depth(fake):
         assert build("paired", phantom=flat.name, depth=5)[0]["source"].shape == (1, 32, 16)
     finally:
         PHANTOMS.pop(flat.name, None)
+
+
+# -- data.source_resize (measurements on a coarser grid than the target) -----------------------
+def test_resize_source_is_bilinear_on_pixel_centres():
+    """Width 2 -> 4: output centres fall at source coordinates -0.25, 0.25, 0.75, 1.25 (clamped at the
+    border), so the ramp [0, 1] becomes [0, 0.25, 0.75, 1]; equal sizes are returned unchanged."""
+    x = torch.tensor([[0.0, 1.0]]).expand(3, 2)[None, None]  # [1, 1, 3, 2]
+    out = ds.resize_source(x, (3, 4))
+    assert out.shape == (1, 1, 3, 4)
+    assert torch.allclose(out[0, 0], torch.tensor([0.0, 0.25, 0.75, 1.0]).expand(3, 4), atol=1e-6)
+    assert ds.resize_source(out, (3, 4)) is out
+    assert ds.resize_source(torch.zeros(2, 5, 3, 2), (3, 4)).shape == (2, 5, 3, 4)  # leading axes kept
+    with pytest.raises(ValueError, match="size must be"):
+        ds.resize_source(x, (3,))
+
+
+def test_source_resize_puts_the_lung_measurement_on_the_ct_grid():
+    """The lung phantom's us_linear [H, W/2] becomes [H, W] and pairs with the CT; its values are the
+    bilinear upsampling (torch interpolate, computed here directly) of the phantom's own measurement."""
+    from medgen.data.phantoms import lung
+
+    c = DataConfig(dataset="paired", phantom="lung", source="us_linear", target="ct", image_size=32,
+                   n_train=2, n_test=1, source_resize=True)
+    data = DATASETS["paired"](c, "train")
+    item = data[1]
+    assert item["source"].shape == item["target"].shape == (1, 32, 32)
+    raw = lung.SPEC(np.array([1]), seed=0, sizes=lung.SPEC.sizes["ci"])
+    assert raw["us_linear"].shape == (1, 32, 16)
+    y = torch.from_numpy(lung.SPEC.modalities["us_linear"].to_model(raw["us_linear"]))[None]  # [1, 1, 32, 16]
+    expected = torch.nn.functional.interpolate(y, size=(32, 32), mode="bilinear", align_corners=False)[0]
+    assert torch.allclose(item["source"], expected, atol=1e-6)
+    assert torch.allclose(item["target"][0], torch.from_numpy(lung.CT.to_model(raw["ct"][0])))
+    with pytest.raises(ds.DatasetError, match="same size as"):  # without the flag the grids must match
+        DATASETS["paired"](replace(c, source_resize=False), "train")
+    with pytest.raises(ds.DatasetError, match="source_resize=True needs a data.target"):
+        DATASETS["paired"](replace(c, target=""), "train")
