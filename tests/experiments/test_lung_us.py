@@ -1,0 +1,180 @@
+"""lung_us experiment: per-preset plans, the section-2 evaluation (category shares, KS, FID table with the
+floor, audit by category with uncalibrated categories counted, flag table with the paper column), the
+findings both ways on hand-made frames, headline metrics, and one tiny end-to-end run (16 px, 2-step
+training) of generation, audit and reconstruction."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy import stats
+
+from medgen.experiments import lung_us as exp
+
+
+# --------------------------------------------------------------------------------------
+# Section 2 pieces on synthetic inputs
+# --------------------------------------------------------------------------------------
+def _set(cats, aer=None, n_pix=16) -> exp.LungSet:
+    cats = np.asarray(cats, dtype=np.int64)
+    aer = np.asarray(aer if aer is not None else 0.3 + 0.3 * cats, float)
+    return exp.LungSet(torch.zeros(len(cats), 1, n_pix, n_pix), aer, cats, None, [f"s{i}" for i in range(len(cats))])
+
+
+def test_category_proportions_and_ks():
+    props = exp.category_proportions({"a": [0, 0, 1, 2], "b": [2, 2, 2, 2]})
+    assert props["a"].tolist() == [0.5, 0.25, 0.25] and props["b"].tolist() == [0.0, 0.0, 1.0]
+    x = np.linspace(0.3, 0.9, 50)
+    d, p = exp.aeration_ks(x, x)
+    assert d == 0.0 and p == pytest.approx(1.0)
+    d, p = exp.aeration_ks(x, x + 1.0)  # disjoint samples: D = 1
+    assert d == 1.0 and p < 1e-10
+    with pytest.raises(ValueError, match="empty"):
+        exp.category_proportions({"a": []})
+
+
+def test_aeration_table_shares_and_ks_row():
+    real = _set([0, 0, 1, 1, 1, 2], aer=[0.4, 0.5, 0.7, 0.75, 0.8, 0.9])
+    gen = _set([1, 1], aer=[0.7, 0.72])
+    tab = exp.aeration_table(real, gen)
+    per = tab[tab.category != "all"].set_index("category")
+    assert per["share_real"].tolist() == pytest.approx([2 / 6, 3 / 6, 1 / 6])
+    assert per["share_generated"].tolist() == [0.0, 1.0, 0.0]
+    assert per.loc[1, "mean_aeration_real"] == pytest.approx(0.75) and np.isnan(per.loc[0, "mean_aeration_generated"])
+    total = tab[tab.category == "all"].iloc[0]
+    ref = stats.ks_2samp(real.aeration, gen.aeration)
+    assert total["ks_statistic"] == pytest.approx(ref.statistic) and total["ks_p"] == pytest.approx(ref.pvalue)
+
+
+def test_distribution_table_floor_rows_and_warning():
+    rng = np.random.default_rng(0)
+    held = torch.tensor(rng.normal(size=(40, 4)))
+    feats = {"space_a": {"heldout": held, "train_matched": held + 0.01, "generated": held + 3.0}}
+    tab = exp.distribution_table(feats)
+    assert list(tab["comparison"]) == ["generated vs held-out", "train vs held-out (floor)"]
+    gen, floor = tab.iloc[0], tab.iloc[1]
+    assert gen["fid"] == pytest.approx(4 * 9.0, rel=1e-6)  # a pure mean shift of 3 in 4 dims: |mu|^2 = 36
+    assert floor["fid"] == pytest.approx(4 * 1e-4, abs=1e-6) and gen["kid"] > floor["kid"]
+    assert (tab["n_real"] == 40).all() and all("< 2048" in w for w in tab["warning"])
+
+
+def test_memorization_counts_uncalibrated_categories():
+    rng = np.random.default_rng(1)
+    train = _set([0] * 10 + [1] * 10)
+    held = _set([0] * 6 + [1] * 5 + [2] * 3)  # category 2 has no training images
+    gen = _set([0, 0, 1, 2, 2])  # generated cat 2: no calibration
+    ft = torch.tensor(rng.normal(size=(20, 3)))
+    feats = {"train": ft, "heldout": torch.tensor(rng.normal(size=(14, 3))),
+             "generated": torch.cat([ft[:1], torch.tensor(rng.normal(size=(4, 3)))])}  # gen 0 copies train 0
+    mem = exp.memorization(feats, train, held, gen, space="efficientnet_lite0")
+    assert mem.excluded == {0: 0, 1: 0, 2: 2}
+    assert mem.generated_index.tolist() == [0, 1, 2] and len(mem.heldout_index) == 11
+    assert mem.audit.generated_distance[0] == pytest.approx(0.0) and mem.audit.flagged[0]
+    table = exp.flag_table(mem)
+    assert table["category"].tolist() == [0, 1, "all"]
+    assert table.loc[table.category == "all", "excluded"].item() == 2
+    paper_col = [c for c in table.columns if "paper" in c]
+    assert len(paper_col) == 1 and "not comparable" in paper_col[0]
+    assert table[paper_col[0]].tolist()[:2] == [exp.PAPER_NEAREST[0], exp.PAPER_NEAREST[1]]
+    assert table.loc[table.category == 0, "flagged_fraction"].item() == pytest.approx(0.5)  # 1 of 2 in cat 0
+    with pytest.raises(ValueError, match="no generated image"):
+        exp.memorization(feats, train, held, _set([2, 2, 2, 2, 2]), space="x")
+
+
+def test_memorization_space_follows_the_weights_env(tmp_path, monkeypatch):
+    monkeypatch.delenv("MEDGEN_RESNET18_WEIGHTS", raising=False)
+    assert exp.memorization_space() == "efficientnet_lite0"
+    monkeypatch.setenv("MEDGEN_RESNET18_WEIGHTS", str(tmp_path / "missing.pth"))
+    assert exp.memorization_space() == "efficientnet_lite0"
+    (tmp_path / "r18.pth").write_bytes(b"x")
+    monkeypatch.setenv("MEDGEN_RESNET18_WEIGHTS", str(tmp_path / "r18.pth"))
+    assert exp.memorization_space() == "resnet18"
+
+
+def test_paper_numbers_are_the_papers():
+    assert exp.PAPER_NEAREST == {0: 2.280, 1: 2.675, 2: 2.4774}
+    assert exp.PAPER_TABLE1["diffusion_steps"] == 4000 and exp.PAPER_TABLE1["batch_size"] == 128
+
+
+# --------------------------------------------------------------------------------------
+# Findings, both ways
+# --------------------------------------------------------------------------------------
+def _recon_rows(dps: float, unguided: float, tik: float, n: int = 8, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for op in ("us_linear", "us_acoustic"):
+        for method, mu in ((exp.DPS, dps), (exp.UNGUIDED, unguided), (exp.TIKHONOV, tik)):
+            for i, v in enumerate(mu + rng.normal(0, 0.2, n)):
+                rows.append({"operator": op, "method": method, "patient_id": f"p{i}", "metric": "psnr", "value": v})
+                rows.append({"operator": op, "method": method, "patient_id": f"p{i}", "metric": "residual",
+                             "value": 0.1})
+    return pd.DataFrame(rows)
+
+
+def _flags(rate: float, n: int = 100) -> pd.DataFrame:
+    return pd.DataFrame([{"category": 0, "flagged_fraction": rate, "n_generated": n // 2, "calibration_rate": 0.01,
+                          "space": "efficientnet_lite0"},
+                         {"category": 1, "flagged_fraction": rate, "n_generated": n // 2, "calibration_rate": 0.01,
+                          "space": "efficientnet_lite0"},
+                         {"category": "all", "flagged_fraction": rate, "n_generated": n, "calibration_rate": 0.01,
+                          "space": "efficientnet_lite0"}])
+
+
+def _dist(gen: float, floor: float) -> pd.DataFrame:
+    return pd.DataFrame([{"space": s, "comparison": c, "fid": v, "kid": 0.0, "n_real": 10, "n_other": 10}
+                         for s in exp.FID_SPACES for c, v in (("generated vs held-out", gen),
+                                                              ("train vs held-out (floor)", floor))])
+
+
+def _aer(shares_gen) -> pd.DataFrame:
+    rows = [{"category": c, "share_real": r, "share_generated": g}
+            for c, r, g in zip(exp.CATEGORIES, (0.4, 0.4, 0.2), shares_gen)]
+    rows.append({"category": "all", "share_real": 1.0, "share_generated": 1.0, "ks_statistic": 0.1, "ks_p": 0.5})
+    return pd.DataFrame(rows)
+
+
+def test_findings_hold_on_good_frames():
+    rows = _recon_rows(25.0, 15.0, 20.0)
+    found = exp.findings(flags=_flags(0.01), aeration=_aer((0.3, 0.5, 0.2)), distribution=_dist(50.0, 5.0),
+                         recon_rows=rows, tests=exp.paired_tests(rows))
+    assert list(found) == list(exp.FINDINGS)
+    assert all(h for h, _ in found.values()), found
+    dps = rows[(rows.operator == "us_acoustic") & (rows.method == exp.DPS) & (rows.metric == "psnr")]["value"].mean()
+    assert f"DPS {dps:.2f} dB" in found["dps_beats_tikhonov_us_acoustic"][1]
+
+
+def test_findings_fail_on_bad_frames():
+    rows = _recon_rows(18.0, 15.0, 20.0)  # DPS beats the unguided prior but not Tikhonov
+    found = exp.findings(flags=_flags(0.2), aeration=_aer((0.0, 0.9, 0.1)), distribution=_dist(4.0, 5.0),
+                         recon_rows=rows, tests=exp.paired_tests(rows))
+    assert not any(h for h, _ in found.values()), found
+    assert "binomial" in found["memorization_flag_rate_near_calibration"][1]
+
+
+def test_findings_need_their_inputs_and_flag_rate_tolerance():
+    found = exp.findings()
+    assert all(not h and t.startswith("not evaluated") for h, t in found.values())
+    # 3 of 100 flagged vs 1 % calibration: binomial P(K >= 3) = 0.079 >= 0.05 -> still near; 5 of 100 is not
+    assert exp.findings(flags=_flags(0.03))["memorization_flag_rate_near_calibration"][0]
+    assert not exp.findings(flags=_flags(0.05))["memorization_flag_rate_near_calibration"][0]
+
+
+def test_paired_tests_and_headline_metrics():
+    rows = _recon_rows(25.0, 15.0, 20.0)
+    tests = exp.paired_tests(rows)
+    assert set(tests["operator"]) == {"us_linear", "us_acoustic"} and set(tests["b"]) == {exp.UNGUIDED, exp.TIKHONOV}
+    a = rows[(rows.operator == "us_linear") & (rows.metric == "psnr")]
+    x = a[a.method == exp.DPS]["value"].to_numpy()
+    y = a[a.method == exp.UNGUIDED]["value"].to_numpy()
+    sel = tests[(tests.operator == "us_linear") & (tests.b == exp.UNGUIDED)].iloc[0]
+    assert sel["t_p"] == pytest.approx(stats.ttest_rel(x, y).pvalue)
+    head = exp.headline_metrics(distribution=_dist(50.0, 5.0), flags=_flags(0.02), aeration=_aer((0.3, 0.5, 0.2)),
+                                recon_rows=rows)
+    assert head["prior [inception]"]["fid"] == 50.0 and head["prior [inception]"]["fid_floor"] == 5.0
+    assert head["memorization [efficientnet_lite0]"]["flag_rate_all"] == 0.02
+    assert head["aeration"]["share_generated_cat1"] == 0.5
+    assert head[f"{exp.DPS} [us_acoustic]"]["psnr"] == pytest.approx(round(
+        rows[(rows.operator == "us_acoustic") & (rows.method == exp.DPS) & (rows.metric == "psnr")]["value"].mean(), 4))
