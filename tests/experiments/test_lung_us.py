@@ -178,3 +178,73 @@ def test_paired_tests_and_headline_metrics():
     assert head["aeration"]["share_generated_cat1"] == 0.5
     assert head[f"{exp.DPS} [us_acoustic]"]["psnr"] == pytest.approx(round(
         rows[(rows.operator == "us_acoustic") & (rows.method == exp.DPS) & (rows.metric == "psnr")]["value"].mean(), 4))
+
+
+# --------------------------------------------------------------------------------------
+# End to end, tiny: 16 px, 2-step trainings, a few images
+# --------------------------------------------------------------------------------------
+def _tiny_configs():
+    from medgen.config import DataConfig, DiffusionConfig, RunConfig, SampleConfig, TrainConfig, UNetConfig
+
+    unet = UNetConfig(channels=(8, 16), attention_levels=(False, False), norm_groups=4, num_heads=2)
+    common = dict(diffusion=DiffusionConfig(timesteps=50), sample=SampleConfig(sampler="ddpm", steps=2),
+                  train=TrainConfig(steps=2, batch_size=4, log_every=1, num_threads=1))
+    data = DataConfig(dataset="paired", phantom="lung", source="ct", target="", image_size=16, n_train=12, n_test=8)
+    prior = RunConfig(name="lung_us/prior", method="ddpm", data=data, model=unet, **common)
+    sup = RunConfig(name="lung_us/conditional_us_linear", method="cddpm",
+                    data=replace(data, source="us_linear", target="ct", source_resize=True),
+                    model=replace(unet, cond_image_channels=1), **common)
+    return prior, sup
+
+
+def test_end_to_end_tiny(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from medgen.metrics.memorization import plot_closest_pairs, plot_distance_histograms
+
+    torch.set_num_threads(1)
+    prior_cfg, sup_cfg = _tiny_configs()
+    p = exp.Plan(preset="ci", seed=0, image_size=16, n_train=12, n_heldout=8, n_generate=6,
+                 operators=("us_linear", "inpaint"), n_recon=3, n_samples=2, dps_steps=2, guidance_scales=(0.5, 1.0),
+                 steps=(1, 2), sweep_operators=("us_linear",), n_sweep=3, memorization_space="efficientnet_lite0",
+                 fid_spaces=("efficientnet_lite0",))
+    prior = exp.load_model(prior_cfg, root=tmp_path)
+    sup = exp.load_model(sup_cfg, root=tmp_path)
+    assert (tmp_path / "runs").is_dir()
+    train, held = exp.real_sections(prior_cfg, "train"), exp.real_sections(prior_cfg, "test")
+    assert train.images.shape == (12, 1, 16, 16) and len(held) == 8 and not set(train.patient_ids) & set(held.patient_ids)
+    assert set(train.category) <= {0, 1, 2} and np.allclose(exp.lung.aeration_category(train.aeration), train.category)
+
+    gen = exp.run_generation(p, prior, train, held)
+    assert len(gen.generated) == 6 and gen.generated.images.abs().max() <= 1
+    assert set(gen.distribution["comparison"]) == {"generated vs held-out", "train vs held-out (floor)"}
+    assert gen.flags["category"].iloc[-1] == "all"
+    assert int(gen.flags["n_generated"].iloc[-1]) + sum(gen.memorization.excluded.values()) == 6
+    kept = gen.generated.subset(gen.memorization.generated_index)
+    plt.close(plot_distance_histograms(gen.memorization.audit))
+    plt.close(plot_closest_pairs(gen.memorization.audit, train.images, kept.images))
+    plt.close(exp.plot_aeration(train, gen.generated))
+
+    recon = exp.run_reconstruction(p, prior, {"us_linear": sup}, held)
+    assert set(recon.samples["us_linear"]) == {exp.DPS, exp.UNGUIDED, exp.TIKHONOV, exp.SUPERVISED}
+    assert exp.SUPERVISED not in recon.samples["inpaint"]  # trained on ultrasound measurements only
+    assert recon.samples["us_linear"][exp.DPS].shape == (2, 3, 1, 16, 16)
+    rows = recon.rows
+    assert set(rows["metric"]) >= set(exp.RECON_METRICS) and rows["patient_id"].nunique() == 3
+    table = exp.reconstruction_table(rows, "us_linear")
+    assert len(table.cells()) == 4
+    sweeps = exp.run_sweeps(p, prior, recon)
+    assert set(zip(sweeps["sweep"], sweeps["guidance_scale"], sweeps["steps"])) == {
+        ("guidance_scale", 0.5, 2), ("guidance_scale", 1.0, 2), ("steps", 1.0, 1), ("steps", 1.0, 2)}
+    plt.close(exp.plot_sweeps(sweeps))
+    plt.close(exp.figure_grid(recon, "us_linear"))
+    tests = exp.paired_tests(rows)
+    found = exp.findings(flags=gen.flags, aeration=gen.aeration, distribution=gen.distribution, recon_rows=rows,
+                         tests=tests)
+    assert list(found) == list(exp.FINDINGS) and all(isinstance(t, str) and t for _, t in found.values())
+    head = exp.headline_metrics(distribution=gen.distribution, flags=gen.flags, aeration=gen.aeration,
+                                recon_rows=rows)
+    assert "prior [efficientnet_lite0]" in head and f"{exp.DPS} [inpaint]" in head
