@@ -15,6 +15,10 @@
 - Fresh noise is ``torch.randn(..., generator=generator)`` (see ``noise_like``), one draw of
   x's shape per stochastic step, in step order.
 
+Learned variances (``Prediction.var_interp``, see :mod:`medgen.diffusion.parameterization`)
+are used by :func:`ddpm_sample` only (its default ``variance="auto"``); DDIM and DPM-Solver++
+have no per-step variance to learn (DDIM's sigma is set by eta) and ignore ``var_interp``.
+
 Samplers run under ``torch.no_grad`` (guidance wrappers that need gradients enable them).
 All per-step coefficients are computed once, in float64 on the host, before the loop, so a
 step is the network call plus a few elementwise ops and no host synchronisation (pass a
@@ -37,6 +41,7 @@ from typing import Any, Callable
 
 import torch
 
+from medgen.diffusion.parameterization import learned_log_variance, log_variance_range
 from medgen.diffusion.schedules import NoiseSchedule, noise_like, respace
 
 Callback = Callable[[dict], None]
@@ -85,7 +90,7 @@ def _report(callback: Callback | None, i: int, n: int, t: int, x: torch.Tensor, 
 # --------------------------------------------------------------------------------------
 # DDPM (ancestral)
 # --------------------------------------------------------------------------------------
-VARIANCES = ("small", "large")
+VARIANCES = ("auto", "small", "large", "learned")
 
 
 def _ddpm_coefficients(ab: list[float], ab_next: list[float], variance: str) -> list[tuple[float, float, float]]:
@@ -110,24 +115,36 @@ def ddpm_sample(
     *,
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
-    variance: str = "small",
+    variance: str = "auto",
 ) -> torch.Tensor:
     """Ancestral DDPM sampling (Ho et al. 2020) from ``x_T`` ``[B, C, *S]`` -> x_0 ``[B, C, *S]``.
 
     With respaced timesteps the betas are respaced, ``beta_t = 1 - ab_t / ab_prev`` (as
     improved-diffusion's respacing and diffusers' DDPMScheduler with ``num_inference_steps``).
     ``variance="small"`` is the posterior variance (diffusers "fixed_small"), ``"large"`` is
-    beta_t ("fixed_large"). No noise is added on the final step.
+    beta_t ("fixed_large"), ``"learned"`` interpolates their logs by the prediction's
+    ``var_interp`` (improved-diffusion; diffusers "learned_range" up to the clip at the first
+    step), ``"auto"`` is "learned" when the prediction carries ``var_interp`` and "small"
+    otherwise. No noise is added on the final step.
     """
     if variance not in VARIANCES:
         raise ValueError(f"unknown ddpm variance '{variance}' (choose from {', '.join(VARIANCES)})")
     ts, ab, ab_next, t_dev = _prepare(denoiser, timesteps, x_T)
+    fixed = "large" if variance == "large" else "small"
+    min_log, max_log = (r.tolist() for r in log_variance_range(torch.tensor(ab, dtype=torch.float64),
+                                                               torch.tensor(ab_next, dtype=torch.float64)))
     n, x = len(ts), x_T
-    for i, (c_x0, c_xt, sigma) in enumerate(_ddpm_coefficients(ab, ab_next, variance)):
-        pred = denoiser(x, t_dev[i].expand(x.shape[0]), cond)  # 1. x0_hat(x_t, t)
+    for i, (c_x0, c_xt, sigma) in enumerate(_ddpm_coefficients(ab, ab_next, fixed)):
+        pred = denoiser(x, t_dev[i].expand(x.shape[0]), cond)  # 1. x0_hat(x_t, t) (and v)
+        learned = variance == "learned" or (variance == "auto" and pred.var_interp is not None)
+        if learned and pred.var_interp is None:
+            raise ValueError("ddpm: variance='learned' needs a denoiser whose prediction has var_interp (learn_sigma)")
         x = c_x0 * pred.x0 + c_xt * x  # 2. posterior mean  mu = c_x0 x0_hat + c_xt x_t
-        if sigma > 0:
-            x = x + sigma * noise_like(x, generator)  # 3. x_prev = mu + sigma z
+        if learned and i < n - 1:  # 3a. x_prev = mu + exp(log sigma^2 / 2) z, log sigma^2 learned
+            log_var = learned_log_variance(pred.var_interp, min_log[i], max_log[i])
+            x = x + torch.exp(0.5 * log_var) * noise_like(x, generator)
+        elif not learned and sigma > 0:
+            x = x + sigma * noise_like(x, generator)  # 3b. x_prev = mu + sigma z
         _report(callback, i, n, ts[i], x, pred.x0)
     return x
 
