@@ -69,7 +69,7 @@ from medgen.experiments.mri_to_ct import paired_comparisons
 __all__ = [
     "CATEGORIES", "CATEGORY_LABELS", "OPERATORS", "ULTRASOUND", "METHODS", "DPS", "UNGUIDED", "TIKHONOV",
     "SUPERVISED", "FID_SPACES", "FLAG_PERCENTILE", "PAPER_NEAREST", "PAPER_TABLE1", "PAPER_SPACE", "FINDINGS",
-    "TASK_PRIOR", "Plan", "plan", "prior_config", "supervised_config", "load_model", "LungSet", "real_sections",
+    "TASK_PRIOR", "Plan", "plan", "config_table", "space_note", "prior_config", "supervised_config", "load_model", "LungSet", "real_sections",
     "generated_sections", "aeration_of", "generate", "memorization_space", "feature_sets", "distribution_table",
     "MemorizationResult", "memorization", "flag_table", "category_proportions", "aeration_ks", "aeration_table",
     "plot_aeration", "dps_scale", "measure_all", "Reconstruction", "run_reconstruction", "reconstruction_table",
@@ -245,6 +245,32 @@ def load_model(cfg: RunConfig, *, root: str | Path = ".", progress: bool = False
     if shipped is not None:
         return load_translator(shipped, config=cfg)
     return train_or_load(cfg, root=root / "runs", progress=progress)
+
+
+def config_table(cfg: RunConfig) -> pd.DataFrame:
+    """The paper's Table 1 (improved-diffusion settings) beside the prior config ``cfg`` of this run."""
+    m, d, t = cfg.model, cfg.diffusion, cfg.train
+    attn = [2 ** i for i, a in enumerate(m.attention_levels) if a]
+    ours = {"diffusion_steps": d.timesteps, "image_size": cfg.data.image_size, "num_channels": m.channels[0],
+            "num_res_blocks": m.layers_per_block,
+            "attention_resolutions": f"middle: {m.mid_attention}; levels (downsampling factor): {attn or 'none'}",
+            "learning_rate": t.lr, "batch_size": t.batch_size}
+    rows = [{"parameter": k, "paper": str(v), "ours": str(ours[k])} for k, v in PAPER_TABLE1.items()]
+    rows += [{"parameter": "noise schedule / learned variances", "paper": "cosine / optional (improved-diffusion)",
+              "ours": f"{d.schedule} / {getattr(d, 'learn_sigma', False)}"},
+             {"parameter": "training images / steps", "paper": f"{PAPER_N['train']} / not stated",
+              "ours": f"{cfg.data.n_train} / {t.steps}"}]
+    return pd.DataFrame(rows)
+
+
+def space_note(space: str) -> str:
+    """One markdown line: which feature weights the audit used, and why the paper's numbers are not comparable."""
+    card = _space_card(space)
+    what = f"`{space}` ({card.weights_description})" if card is not None else f"`{space}`"
+    why = ("the paper's network" if space == "resnet18" else
+           "ImageNet ResNet18 weights do not ship offline; set MEDGEN_RESNET18_WEIGHTS to a local file to use them")
+    return (f"Audit feature space: {what} -- {why}. The paper's closest-pair distances (column `paper`, "
+            f"{PAPER_SPACE} on real lung images) are not comparable with ours: another feature space and other images.")
 
 
 # --------------------------------------------------------------------------------------
@@ -763,8 +789,9 @@ def _finding_flags(flags: pd.DataFrame | None, alpha: float) -> tuple[bool, str]
     k = int(round(rate * n))
     p = float(sst.binomtest(k, n, p0, alternative="greater").pvalue) if n else float("nan")
     holds = bool(n > 0 and p >= alpha)
-    per = ", ".join(f"cat {r.category}: {100 * r.flagged_fraction:.1f} %" for r in flags.itertuples()
-                    if r.category != "all")
+    per = ", ".join(f"cat {r.category}: " + ("no generated images" if np.isnan(r.flagged_fraction)
+                                             else f"{100 * r.flagged_fraction:.1f} %")
+                    for r in flags.itertuples() if r.category != "all")
     text = (f"{k}/{n} generated images ({100 * rate:.1f} %) lie closer to a training image of their category "
             f"than the {100 * p0:.0f} % closest held-out images ({per}; {flags['space'].iloc[0]} space); "
             f"one-sided binomial test vs the {100 * p0:.0f} % calibration p = {_fmt_p(p)}")

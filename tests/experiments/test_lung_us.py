@@ -248,3 +248,14 @@ def test_end_to_end_tiny(tmp_path):
     head = exp.headline_metrics(distribution=gen.distribution, flags=gen.flags, aeration=gen.aeration,
                                 recon_rows=rows)
     assert "prior [efficientnet_lite0]" in head and f"{exp.DPS} [inpaint]" in head
+
+
+def test_config_table_and_space_note():
+    from medgen.config import RunConfig
+
+    cfg = RunConfig()
+    tab = exp.config_table(cfg).set_index("parameter")
+    assert tab.loc["diffusion_steps", "paper"] == "4000" and tab.loc["diffusion_steps", "ours"] == str(cfg.diffusion.timesteps)
+    assert tab.loc["batch_size", "ours"] == str(cfg.train.batch_size) and tab.loc["image_size", "paper"] == "256"
+    note = exp.space_note("efficientnet_lite0")
+    assert "efficientnet_lite0" in note and "not comparable" in note and "MEDGEN_RESNET18_WEIGHTS" in note
