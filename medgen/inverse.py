@@ -326,7 +326,9 @@ def tikhonov(operator: nn.Module, y: torch.Tensor, *, lam: float, iters: int = 1
     relative residual ``tol``) from ``x_init`` (default zeros). Nonlinear operators (the
     acoustic model): the "direct inverse" of a nonlinear model, the same objective minimised
     by L-BFGS (strong-Wolfe line search, ``iters`` iterations) from ``x_init`` (default the
-    constant image ``x_ref``); a local minimum. ``x_ref`` (default 0, mid-grey = -200 HU) is a
+    constant image ``x_ref``); a local minimum. The batch is one L-BFGS problem: its objective
+    is a sum of independent per-image terms, but the line search and curvature memory are
+    shared, so pass one image at a time for batch-independent results. ``x_ref`` (default 0, mid-grey = -200 HU) is a
     float or ``[B, 1, H, W]``. ``clamp``: clip the result to ``[-1, 1]`` (the model range).
     """
     if lam < 0:
@@ -455,6 +457,8 @@ def dps_reconstruct(denoiser: Any, operator: Callable[[torch.Tensor], torch.Tens
     size = tuple(getattr(operator, "size", ()))
     if len(size) != 2:
         raise InverseError("dps_reconstruct: operator needs a .size (H, W); build it with make_operator")
+    if isinstance(operator, _Operator):
+        operator._check_y(y)  # a wrong y would otherwise broadcast silently against A(x0_hat)
     guided = MeasurementGuidance(denoiser, operator, _repeat(y, n_samples), scale, normalize=normalize)
     shape = (n_samples * b, channels, *size)
     device = generator.device if generator is not None else y.device

@@ -224,6 +224,8 @@ def test_unguided_equals_zero_scale_and_ddim_runs() -> None:
     assert torch.equal(a, b)
     c = dps_reconstruct(prior, op, y, scale=5.0, steps=5, sampler="ddim", eta=0.0)
     assert c.shape == (1, 2, 1, 16, 16) and torch.isfinite(c).all()
+    with pytest.raises(InverseError, match=r"y must be \[B, 1, 16, 16\]"):
+        dps_reconstruct(prior, op, y[..., :8], scale=5.0, steps=5)
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
