@@ -121,6 +121,8 @@ def test_tikhonov_cg_matches_dense_solve(name: str) -> None:
     dense = torch.linalg.solve(a.T @ a + lam * torch.eye(64, dtype=torch.float64), a.T @ y.flatten(1).T).T
     x = tikhonov(op, y, lam=lam, iters=200, tol=1e-12, clamp=False)
     torch.testing.assert_close(x.flatten(1), dense, rtol=1e-7, atol=1e-8)
+    warm = tikhonov(op, y, lam=lam, iters=200, tol=1e-12, clamp=False, x_init=torch.rand(3, 1, 8, 8).double())
+    torch.testing.assert_close(warm.flatten(1), dense, rtol=1e-7, atol=1e-8)  # the start does not matter
     # x_ref shifts the solution: (A^T A + lam I) x = A^T y + lam x_ref
     ref = torch.full((3, 1, 8, 8), 0.3, dtype=torch.float64)
     dense_ref = torch.linalg.solve(a.T @ a + lam * torch.eye(64, dtype=torch.float64),
