@@ -5,4 +5,4 @@ Each module calls :func:`medgen.config.register_presets` for its tasks (``ci``, 
 import them on first use, so ``medgen train --task mri_to_ct/ddim_image`` works without the
 caller importing anything.
 """
-MODULES = ("medgen.presets.mri_to_ct",)
+MODULES = ("medgen.presets.mri_to_ct", "medgen.presets.lung_us")
