@@ -73,7 +73,7 @@ INPAINT_MODES = ("columns", "box", "random")
 INPAINT_FRACTION = 0.25  # default fraction of missing pixels (columns / box area / random)
 IMAGE_NOISE_STD = 0.02  # default noise std of blur / inpaint measurements (model-range units)
 CG_TOL = 1e-6  # relative residual ||r|| / ||b|| at which a sample's CG stops
-DEFAULT_LAM_GRID = tuple(10.0 ** k for k in range(-6, 2))  # tikhonov_auto's candidate weights
+DEFAULT_LAM_GRID = tuple(10.0 ** (k / 2) for k in range(-12, 3))  # tikhonov_auto's weights: 1e-6 .. 10, half decades
 DISCREPANCY_TAU = 1.0  # discrepancy principle: ||y - A x||^2 <= tau M sigma^2
 
 
