@@ -181,7 +181,8 @@ def plan(preset: str, *, seed: int = 0, n_generate: int | None = None, operators
     return Plan(preset=preset, seed=int(seed), image_size=prior.image_size, n_train=prior.n_train,
                 n_heldout=prior.n_test, n_generate=n_gen, operators=ops, n_recon=n_recon,
                 n_samples=int(n_samples if n_samples is not None else samples), dps_steps=dps_steps,
-                guidance_scales=scales, steps=grid, sweep_operators=tuple(o for o in sweep_ops if o in ops),
+                guidance_scales=scales, steps=grid,
+                sweep_operators=tuple(o for o in sweep_ops if o in ops) or ops[:1],
                 n_sweep=min(n_sweep, n_recon), memorization_space=memorization_space(),
                 one_thread=preset in ("ci", "smoke"))
 

@@ -259,3 +259,29 @@ def test_config_table_and_space_note():
     assert tab.loc["batch_size", "ours"] == str(cfg.train.batch_size) and tab.loc["image_size", "paper"] == "256"
     note = exp.space_note("efficientnet_lite0")
     assert "efficientnet_lite0" in note and "not comparable" in note and "MEDGEN_RESNET18_WEIGHTS" in note
+
+
+def test_plan_per_preset():
+    from medgen.config import get_preset
+    from medgen.presets.lung_us import N_GENERATE
+
+    ci = exp.plan("ci")
+    data = get_preset("ci", exp.TASK_PRIOR).data
+    assert (ci.image_size, ci.n_train, ci.n_heldout) == (data.image_size, data.n_train, data.n_test)
+    assert ci.n_generate == N_GENERATE["ci"] and ci.operators == exp.OPERATORS and ci.one_thread
+    assert len(ci.guidance_scales) <= 2 and len(ci.steps) <= 2 and ci.n_recon <= ci.n_heldout
+    smoke = exp.plan("smoke", n_generate=10, operators=["us_linear"], guidance_scales=[1, 2], steps=[5])
+    assert smoke.n_generate == 10 and smoke.operators == ("us_linear",) and smoke.sweep_operators == ("us_linear",)
+    assert smoke.guidance_scales == (1.0, 2.0) and smoke.steps == (5,)
+    cpu = exp.plan("cpu")
+    assert cpu.image_size == get_preset("cpu", exp.TASK_PRIOR).data.image_size and not cpu.one_thread
+    assert cpu.n_recon > ci.n_recon and len(cpu.steps) > len(ci.steps) and cpu.sweep_operators == exp.OPERATORS
+    assert exp.prior_config(ci).train.num_threads == 1 and exp.prior_config(cpu) == replace(
+        get_preset("cpu", exp.TASK_PRIOR), seed=0)
+    assert exp.supervised_config(cpu, "us_acoustic").data.source == "us_acoustic"
+    with pytest.raises(ValueError, match="operator"):
+        exp.plan("ci", operators=["xray"])
+    with pytest.raises(ValueError, match="n_generate"):
+        exp.plan("ci", n_generate=1)
+    with pytest.raises(ValueError, match="supervised"):
+        exp.supervised_config(ci, "blur")
