@@ -99,7 +99,7 @@ ALPHA = 0.05
 # The paper's numbers (copied from the paper text; shown only labelled "paper")
 # --------------------------------------------------------------------------------------
 PAPER_NEAREST: dict[int, float] = {0: 2.280, 1: 2.675, 2: 2.4774}  # Fig. 4: closest pair per category
-PAPER_SPACE = "ImageNet ResNet18 (paper)"  # the feature space of PAPER_NEAREST
+PAPER_SPACE = "ImageNet ResNet18"  # the feature space of PAPER_NEAREST
 PAPER_TABLE1: dict[str, Any] = {  # Table 1: the improved-diffusion configuration (the `paper` preset)
     "diffusion_steps": 4000, "image_size": 256, "num_channels": 96, "num_res_blocks": 2,
     "attention_resolutions": 1, "learning_rate": 1e-4, "batch_size": 128,
@@ -448,7 +448,7 @@ def flag_table(mem: MemorizationResult, n_generated: Mapping[int, int] | None = 
              "excluded": int(sum(mem.excluded.values())), "calibration_rate": a.percentile / 100.0}
     frame = pd.concat([frame, pd.DataFrame([total])], ignore_index=True)
     frame["space"] = mem.space
-    frame[f"nearest_pair_distance paper ({PAPER_SPACE}, not comparable)"] = [
+    frame[f"paper: nearest_pair_distance ({PAPER_SPACE}, real images; not comparable)"] = [
         PAPER_NEAREST.get(c, np.nan) if c != "all" else np.nan for c in frame["category"]]
     return frame
 
