@@ -95,9 +95,8 @@ class UnconditionalDDPM(Method):
             raise ValueError(f"ddpm: image has {x0.shape[1]} channels but model.in_channels="
                              f"{self.config.model.in_channels}")
         d = self.config.diffusion
-        hybrid = {"vlb_weight": d.vlb_weight} if d.learn_sigma else {}  # L_simple + lambda L_vlb (learned variances)
-        return diffusion_loss(self.denoiser, x0, None, generator=generator, loss=d.loss,
-                              x0_weight=d.x0_loss_weight, mask=batch.mask, **hybrid)
+        return diffusion_loss(self.denoiser, x0, None, generator=generator, loss=d.loss,  # vlb_weight: learn_sigma only
+                              x0_weight=d.x0_loss_weight, mask=batch.mask, vlb_weight=d.vlb_weight)
 
     def sampling_options(self, options: dict[str, Any], valid: tuple[str, ...] = OPTIONS) -> dict[str, Any]:
         """``cfg.sample`` (and, for DPS, :data:`DPS_DEFAULTS`) overridden by ``options``.

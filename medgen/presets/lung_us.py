@@ -71,11 +71,15 @@ learning rate with 5 % linear warm-up and cosine decay, gradient clipping at 1 a
 (smoke 0.99): an EMA of 0.9999 averages over ~10^4 steps, longer than these runs. ``norm_groups``
 is 8 (4 at ci) where 32 groups would leave one channel per group.
 
-Measured on the 2-core machine (training step, batch 8 at 64 px, ``cpu`` prior with
-``learn_sigma`` off, 1 thread, while other jobs loaded the machine, load average ~6):
-1.95 s; see the lung-ultrasound report for the idle numbers. 2500 steps target 20-30 minutes
-on 2 idle cores. The ``cpu`` prior has 3.5 M parameters (7 MB in fp16), under the 20 MB limit
-of a shipped checkpoint.
+Measured on the 2-core machine (one training step with AdamW and clipping, lung batches
+rendered beforehand; the machine was never idle while measuring, another job held about one
+core): ``cpu`` prior, batch 8 at 64 px, 1 thread 0.72-0.77 s/step; 2 threads could not be
+measured fairly (7-9 s while the other core was busy: thread contention); rendering 8 lung
+sections at 64 px takes ~0.02 s. ``smoke``: 0.22-0.24 s/step at 1 thread (800 steps ~3 min).
+2500 ``cpu`` steps are therefore ~31 min at 1 thread and an estimated ~20 min on 2 idle
+cores. The ``cpu`` prior has 3.48 M parameters (7.0 MB in fp16; the 20 MB limit of a shipped
+checkpoint would allow ~10 M, but training time, not size, is the binding constraint).
+DDIM-50 generation with it: ~0.56 images/s at 1 thread under load (256 images ~8 min).
 """
 from __future__ import annotations
 

@@ -12,7 +12,9 @@ One step = ``training_step`` and ``backward`` into the ``"model"`` group, as in
 parameter gets a finite, not identically zero gradient (all-zero parameter tensors -- the
 zero-initialised output convolution -- are randomised first so the check covers every layer).
 
-Measured on the 2-core machine while other jobs loaded it (load average ~6): 3 models in 5-8 s.
+Runtime (2-core machine, load average ~2.7 from other jobs): build + one step 1.0-1.3 s per model
+at one thread (the file ~10 s with imports); with two threads under the same load 4-11 s per
+model, hence the ``one_thread`` fixture.
 """
 from __future__ import annotations
 
@@ -27,6 +29,8 @@ from medgen.data.batch import Batch
 from medgen.presets import lung_us as presets
 from medgen.registry import METHODS, lookup
 from .test_mri_to_ct_paper_step import one_step, randomize_all_zero  # same package (tests/presets)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # two threads stall when other jobs share the cores
 
 SIZE = 32  # 256 px / 2**5 down-samplings -> 32 px is the smallest input reaching a 1 x 1 bottom
 
