@@ -113,7 +113,7 @@ _TRAIN = {
     "smoke": TrainConfig(steps=800, batch_size=8, lr=5e-4, warmup_steps=40, lr_schedule="cosine", ema_decay=0.99,
                          grad_clip=1.0, log_every=20),
     "cpu": TrainConfig(steps=2500, batch_size=8, lr=2e-4, warmup_steps=125, lr_schedule="cosine", ema_decay=0.999,
-                       grad_clip=1.0, log_every=25, ckpt_every=500),
+                       grad_clip=1.0, log_every=25, ckpt_every=500, num_threads=1),  # 1 thread: 2 thrash on a shared 2-core machine
     "paper": TrainConfig(steps=100000, batch_size=128, lr=1e-4, weight_decay=0.0, warmup_steps=0,
                          lr_schedule="constant", ema_decay=0.9999, grad_clip=0.0, amp=True, log_every=100,
                          ckpt_every=10000),
