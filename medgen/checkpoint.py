@@ -442,6 +442,6 @@ def _verify_export(original: "Method", folder: Path, source: torch.Tensor, seed:
     """PSNR (dB) between the original's and the exported weights' outputs on ``source``, same seed."""
     exported = load_translator(folder)
     with torch.no_grad():
-        a = original.translate(source, generator=torch.Generator().manual_seed(seed))
-        b = exported.translate(source, generator=torch.Generator().manual_seed(seed))
+        a = original.outputs_for(source, generator=torch.Generator().manual_seed(seed))
+        b = exported.outputs_for(source, generator=torch.Generator().manual_seed(seed))
     return round(_output_psnr(a, b), 2)

@@ -464,13 +464,13 @@ class _Trainer:
                              for k, v in self.last_losses.items() if k.endswith("/loss")}, refresh=False)
 
     def write_samples(self, sample_batch: Batch) -> Path:
-        """Translate ``sample_batch.source`` with the EMA (else raw) model and save a grid."""
+        """Outputs for ``sample_batch.source`` (``Method.outputs_for``) of the EMA (else raw) model, saved as a grid."""
         model = self.ema.module if self.ema is not None else self.method
         was_training = model.training
         model.eval()
         gen = torch.Generator(device=self.ctx.device).manual_seed(derive_seed(self.seed, "samples"))
         with torch.no_grad():
-            pred = model.translate(sample_batch.source.to(self.ctx.device), generator=gen)
+            pred = model.outputs_for(sample_batch.source.to(self.ctx.device), generator=gen)
         model.train(was_training)
         path = self.out_dir / SAMPLES_DIR / f"step_{self.step:08d}.png"
         return save_sample_grid(path, sample_batch.source, pred, sample_batch.target)

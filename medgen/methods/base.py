@@ -52,6 +52,16 @@ class Method(nn.Module):
         raise NotImplementedError
 
     @torch.no_grad()
+    def outputs_for(self, source: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        """What the method produces for a dataset batch ``source [B, C_s, *S]``: ``[B, C_t, *S]``.
+
+        Translators translate it (the default); an unconditional generator ignores the values
+        and generates ``B`` images. Used by the training loop's sample grids and by the
+        fp16-export check, which must not care which kind of method they hold.
+        """
+        return self.translate(source, generator=generator)
+
+    @torch.no_grad()
     def translate(
         self,
         source: torch.Tensor,

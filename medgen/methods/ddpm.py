@@ -143,6 +143,11 @@ class UnconditionalDDPM(Method):
                  for i in range(0, n, chunk)]
         return torch.cat(parts).clamp(-1.0, 1.0) if parts else template
 
+    @torch.no_grad()
+    def outputs_for(self, source: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``source.shape[0]`` generated images ``[B, C, H, W]`` (the source values are not used)."""
+        return self.generate(source.shape[0], generator=generator)
+
     def operator(self, name: str = "us_linear", **options: Any) -> torch.nn.Module:
         """The :func:`medgen.inverse.make_operator` ``name`` at this model's image size (on its device)."""
         from medgen.inverse import make_operator

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -137,3 +138,24 @@ def test_translate_is_dps_through_medgen_inverse():
     assert blur.shape == (1, 1, 1, 32, 32)
     with pytest.raises(ValueError, match="unknown option 'guidance'"):
         model.translate(y, guidance=1.0)
+
+
+def test_prior_sample_grids_and_fp16_export_use_generation(tmp_path):
+    """The training loop's sample grids and the export check ask the method for outputs_for(source):
+    the prior generates (its source is an image, not a measurement DPS could invert)."""
+    from medgen import checkpoint as ck
+    from medgen.train import SAMPLES_DIR, run_dir_for, train_or_load
+
+    cfg = dataclasses.replace(PRIOR, train=dataclasses.replace(PRIOR.train, steps=2, sample_every=2, num_threads=1))
+    root = tmp_path / "runs"
+    train_or_load(cfg, root=root, progress=False)
+    run = run_dir_for(cfg, root)
+    assert sorted(p.name for p in (run / SAMPLES_DIR).iterdir()) == ["step_00000002.png"]
+    model = ck.load_translator(run, config=cfg)
+    src = _batch(2).source
+    out = model.outputs_for(src, generator=_gen(5))
+    assert out.shape == (2, *model.image_shape)
+    assert torch.equal(out, model.generate(2, generator=_gen(5)))
+    shipped = ck.export_checkpoint(run, tmp_path / "ship", verify_source=src)
+    psnr = json.loads((shipped / "manifest.json").read_text())["export"]["output_psnr_db"]
+    assert psnr >= 40.0
