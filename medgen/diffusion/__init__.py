@@ -1,4 +1,4 @@
-"""Diffusion core: noise schedules, eps/x0/v parameterization, training loss, samplers, guidance.
+"""Diffusion core: noise schedules, eps/x0/v parameterization (+ learned variances), training loss (+ L_vlb), samplers, guidance.
 
 >>> import torch
 >>> from medgen.diffusion import Denoiser, NoiseSchedule, cosine, sample
@@ -9,8 +9,14 @@
 torch.Size([2, 1, 8, 8])
 """
 from medgen.diffusion.guidance import CFGDenoiser, MeasurementGuidance, drop_condition, null_condition
-from medgen.diffusion.losses import LOSSES, diffusion_loss
-from medgen.diffusion.parameterization import PREDICTIONS, Denoiser, Prediction
+from medgen.diffusion.losses import LOSSES, diffusion_loss, discretized_gaussian_nll, gaussian_kl, vlb_terms
+from medgen.diffusion.parameterization import (
+    PREDICTIONS,
+    Denoiser,
+    Prediction,
+    learned_log_variance,
+    log_variance_range,
+)
 from medgen.diffusion.samplers import SAMPLERS, ddim_sample, ddpm_sample, dpmpp_sample, sample
 from medgen.diffusion.schedules import (
     SCHEDULES,
@@ -38,12 +44,17 @@ __all__ = [
     "ddim_sample",
     "ddpm_sample",
     "diffusion_loss",
+    "discretized_gaussian_nll",
     "dpmpp_sample",
     "drop_condition",
+    "gaussian_kl",
+    "learned_log_variance",
     "linear",
+    "log_variance_range",
     "noise_like",
     "null_condition",
     "respace",
     "sample",
     "scaled_linear",
+    "vlb_terms",
 ]
