@@ -131,3 +131,66 @@ def test_translation_benchmark_quick(tmp_path: Path) -> None:
     assert (tmp_path / "translation.md").read_text().startswith("# Translation speed")
     with pytest.raises(ValueError, match="unknown translator 'segmenter'"):
         translation.selected("ddim_noise,segmenter")
+
+
+def test_lung_us_benchmark_quick(tmp_path: Path) -> None:
+    """``benchmark.lung_us`` on the ``ci`` prior writes report rows that agree with each other, and its
+    arms time what they claim: scale 0 is the prior's own sampling, scale 10 is actually guided."""
+    import torch
+
+    from benchmark import lung_us
+
+    argv = ["--quick", "--preset", "ci", "--batches", "1,2", "--ddim-steps", "3", "--fast-steps", "2",
+            "--recon-steps", "3", "--operators", "us_linear,inpaint", "--op-calls", "2", "--net-calls", "1",
+            "--paper-preset", "smoke", "--paper-steps", "1", "--threads", "1", "--out", str(tmp_path)]
+    assert lung_us.main(argv) == 0
+    df = pd.read_csv(tmp_path / "lung_us.csv", keep_default_na=False)
+    assert list(df.columns) == ["measure", "value", "unit", "goal", "holds"] and df["measure"].is_unique
+    assert set(df["goal"]) == {"report"} and set(df["holds"]) == {""}
+    v = dict(zip(df["measure"], df["value"].astype(float)))
+    assert all(x > 0 for k, x in v.items() if "IQR" not in k)
+    med = ": median of per-round ratios"
+    # (g) one round: images/s = batch / (steps x s/step); the ratios are those of the single times
+    for batch in (1, 2):
+        g = f"(g) generate ci 32x32, batch {batch}"
+        ddim, fast = v[f"{g}: DDIM-3 time per step"], v[f"{g}: DPM-Solver++ 2M-2 time per step"]
+        assert v[f"{g}: DDIM-3 (eta 0) images/s"] == pytest.approx(batch / (3 * ddim / 1e3), rel=1e-3)
+        assert v[f"{g}: DPM-Solver++ 2M-2 images/s"] == pytest.approx(batch / (2 * fast / 1e3), rel=1e-3)
+        assert v[f"{g} time per step DPM-Solver++ 2M-2 / DDIM-3{med}"] == pytest.approx(fast / ddim, rel=1e-3)
+        assert v[f"{g} time DDIM-3 / DPM-Solver++ 2M-2 (fast-solver speed-up){med}"] == pytest.approx(
+            3 * ddim / (2 * fast), rel=1e-3)
+    assert v["(g) generate ci 32x32, batching gain DDIM-3: images/s at batch 2 / at batch 1"] == pytest.approx(
+        v["(g) generate ci 32x32, batch 2: DDIM-3 (eta 0) images/s"]
+        / v["(g) generate ci 32x32, batch 1: DDIM-3 (eta 0) images/s"], rel=1e-3)
+    # (r) same steps on both sides: the time ratio is the per-step ratio
+    r = "(r) reconstruct ci 32x32, batch 1"
+    unguided = v[f"{r}: unguided DDIM-3 (eta 0) (scale 0)"]
+    assert v[f"{r}: unguided time per step"] == pytest.approx(unguided * 1e3 / 3, rel=1e-3)
+    for op in ("us_linear", "inpaint"):
+        guided = v[f"{r}: DPS {op} DDIM-3 (eta 0) (scale 10)"]
+        assert v[f"{r}: DPS {op} time per step"] == pytest.approx(guided * 1e3 / 3, rel=1e-3)
+        assert v[f"{r} time per step DPS {op} / unguided{med}"] == pytest.approx(guided / unguided, rel=1e-3)
+    assert not any("blur" in k or "us_acoustic" in k for k in v)  # only the chosen operators
+    # (o) per-call ratios against the network forward
+    o = "(o) per call ci 32x32, batch 1"
+    net = v[f"{o}: network forward"]
+    assert v[f"{o} network forward+backward / network forward{med}"] == pytest.approx(
+        v[f"{o}: network forward+backward"] / net, rel=1e-3)
+    assert v[f"{o} inpaint forward+backward / network forward{med}"] == pytest.approx(
+        v[f"{o}: inpaint forward+backward"] / net, rel=1e-3)
+    # (p) the large-network round ran on the smoke prior (1.5 M parameters): its ratio is guided / unguided
+    p = next(k.split(":")[0] for k in v if k.startswith("(p) smoke 32x32"))
+    assert v[f"{p}: time per step DPS us_linear / unguided (one round)"] == pytest.approx(
+        v[f"{p}: DPS us_linear time per step (1 steps, one round)"]
+        / v[f"{p}: unguided time per step (1 steps, one round)"], rel=1e-3)
+    assert (tmp_path / "lung_us.md").read_text().startswith("# Lung-ultrasound prior speed")
+    # the arms: scale 0 reproduces generate() from the same seed (same x_T, DDIM eta 0); scale 10 moves it
+    torch.set_num_threads(1)
+    prior = lung_us.build("ci")
+    generated = lung_us.generation_arm(prior, 1, "ddim", 3)()  # [1, 1, 32, 32]
+    plain = lung_us.reconstruction_arm(prior, "us_linear", 0.0, "ddim", 3)()  # [n_samples 1, 1, 1, 32, 32]
+    guided = lung_us.reconstruction_arm(prior, "us_linear", 10.0, "ddim", 3)()
+    assert generated.shape == (1, 1, 32, 32) and plain.shape == guided.shape == (1, 1, 1, 32, 32)
+    assert torch.equal(plain[0], generated) and not torch.allclose(guided, plain, atol=1e-3)
+    with pytest.raises(ValueError, match="unknown operator 'deblur'"):
+        lung_us.selected("us_linear,deblur")
