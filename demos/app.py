@@ -27,7 +27,7 @@ if not os.environ.get("GRADIO_TEMP_DIR"):
 
 import gradio as gr  # noqa: E402
 
-from demos import mri_to_ct, phantoms, quickstart  # noqa: E402
+from demos import lung_us, mri_to_ct, phantoms, quickstart  # noqa: E402
 
 TabBuilder = Callable[..., None]  # build_tab(preset: str, *, runs_root: Path | None) -> None
 
@@ -36,6 +36,7 @@ TABS: list[tuple[str, TabBuilder]] = [
     ("Quickstart: toy shapes", quickstart.build_tab),
     ("Phantom explorer", phantoms.build_tab),
     ("Spine MRI -> CT", mri_to_ct.build_tab),
+    ("Lung ultrasound", lung_us.build_tab),
 ]
 
 MAX_FILE_SIZE = "60mb"  # gradio's own upload cap; medgen.data.io rejects files over 50 MB with a clearer message

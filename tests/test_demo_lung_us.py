@@ -1,0 +1,385 @@
+"""Demo tab "Lung ultrasound": the handlers directly (phantom -> measurement -> streamed DPS
+reconstruction, image and measurement uploads, bad inputs, generate + memorization readout)
+and the hub through gradio_client.
+
+The prior is trained once at ``ci`` (2 steps, 32 px) into a temporary runs folder, with an
+empty checkpoint folder, so the tests never depend on the shipped ``cpu`` prior; it is
+untrained, so the tests check the plumbing and the numbers' definitions, not image quality.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::Warning:gradio.queueing"),
+    pytest.mark.filterwarnings("ignore::UserWarning:gradio.helpers"),  # gr.Warning outside a request
+]
+CHROMIUM = "/usr/bin/chromium"  # as tests/test_demo_mri_to_ct.py (TOOLCHAIN.md: offline flags)
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
+]
+OUTPUTS = ("status", "live", "sample", "mean", "sd", "metrics", "raw")
+SIZE = 32  # the ci prior's image size
+K = 256 // SIZE  # display enlargement
+
+
+@pytest.fixture(scope="module")
+def lus() -> Any:
+    from demos import lung_us
+
+    return lung_us
+
+
+@pytest.fixture(scope="module")
+def tab(lus: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    empty = tmp_path_factory.mktemp("no_checkpoints")
+    return lus.Tab("ci", runs_root=tmp_path_factory.mktemp("runs"), checkpoints=empty)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """Uploads: good and bad images and measurements."""
+    import nibabel as nib
+
+    d = tmp_path_factory.mktemp("uploads")
+    (d / "notes.dcm").write_bytes(b"this is a text file, not DICOM\n" * 20)
+    nan = np.ones((16, 16, 3), np.float32)
+    nan[4, 4, 1] = np.nan
+    nib.save(nib.Nifti1Image(nan, np.eye(4)), str(d / "nan.nii.gz"))
+    Image.fromarray(np.zeros((4200, 4200), np.uint8)).save(d / "huge.png")  # 17.6 MP, small on disk
+    np.save(d / "square.npy", np.zeros((SIZE, SIZE), np.float32))  # us_linear's output is 32x16
+    bad = np.zeros((SIZE, SIZE // 2), np.float32)
+    bad[3, 3] = np.nan
+    np.save(d / "nan_measurement.npy", bad)
+    (d / "measurement.txt").write_text("1 2 3\n")
+    return SimpleNamespace(**{p.name.split(".")[0]: str(p) for p in d.iterdir()})
+
+
+def _run(tab: Any, upload: Any = None, *, subject: Any = 3, operator: str = "us_linear", noise: Any = 0.02,
+         seed: Any = 0, measurement: Any = None, scale: Any = 10.0, steps: Any = 2, n: Any = 2,
+         progress: Any = None, every: int | None = None) -> tuple[list[tuple], dict[str, Any]]:
+    """All outputs of ``Tab.reconstruct`` and the last one as a dict of :data:`OUTPUTS`."""
+    outs = list(tab.reconstruct(upload, subject, operator, noise, seed, measurement, scale, steps, n, progress, every))
+    return outs, dict(zip(OUTPUTS, outs[-1]))
+
+
+def _assert_one_line_error(status: str, expected: str) -> None:
+    assert status.startswith("**Error:** "), status
+    assert "\n" not in status and "Traceback" not in status, status
+    assert expected in status.replace("\\", ""), status  # file names are Markdown-escaped
+
+
+def _psnr(x: np.ndarray, y: np.ndarray) -> float:
+    return float(10.0 * np.log10(2.0**2 / np.mean((x.astype(np.float64) - y) ** 2)))
+
+
+# ------------------------------------------------------------------------------------------
+# phantom -> measurement -> reconstruction
+# ------------------------------------------------------------------------------------------
+def test_phantom_input_and_measurement_match_the_phantom(tab: Any, lus: Any) -> None:
+    from medgen.data.phantoms.base import TEST_OFFSET, Sizes
+    from medgen.data.phantoms.lung import CT
+    from medgen.registry import PHANTOMS, _ensure_loaded
+
+    _ensure_loaded()
+    rec = PHANTOMS["lung"]([TEST_OFFSET + 3], seed=0, sizes=Sizes(SIZE, SIZE, 0))
+    image, status = tab.on_input(None, 3)
+    assert status.startswith(f"Input: **lung test subject 3** at 32x32 px (aeration {rec['aeration'][0]:.3f})")
+    gray = (CT.to_model(rec["ct"][0]) + 1.0) / 2.0  # the lung window: -1000 .. 600 HU
+    np.testing.assert_array_equal(np.asarray(image)[::K, ::K], np.round(gray * 255).astype(np.uint8))
+    truth, meas, meas_file, status = tab.simulate(None, 3, "us_linear", 0.0, 0, None)
+    y0 = np.load(meas_file)
+    assert y0.shape == (SIZE, SIZE // 2) and np.asarray(meas).shape[:2] == (256, 256)  # 32x16 shown square
+    # noise-free y = A(x); the phantom's own us_linear modality is A(x) + N(0, 0.02^2)
+    diff = y0 - rec["us_linear"][0]
+    assert abs(diff.std() - 0.02) < 0.004 and abs(diff.mean()) < 0.005
+    y1 = np.load(tab.simulate(None, 3, "us_linear", 0.05, 7, None)[2])
+    assert abs((y1 - y0).std() - 0.05) < 0.008  # the noise slider is the std in measurement units
+    np.testing.assert_array_equal(y1, np.load(tab.simulate(None, 3, "us_linear", 0.05, 7, None)[2]))  # seeded
+    assert np.load(tab.simulate(None, 3, "blur", 0.0, 0, None)[2]).shape == (SIZE, SIZE)
+    assert "Measurement: us\\_linear of lung test subject 3, noise std 0.05, seed 7, 32x16 entries" in \
+        tab.simulate(None, 3, "us_linear", 0.05, 7, None)[3]
+
+
+def test_reconstruct_streams_x0_and_reports_metrics(tab: Any, lus: Any) -> None:
+    calls: list[tuple[Any, dict]] = []
+    outs, out = _run(tab, operator="us_acoustic", steps=6, n=3, every=2,
+                     progress=lambda *a, **k: calls.append((a, k)))
+    frames = [o for o in outs if o[0].startswith("Guided sampling: step")]
+    assert [f[0].split(" of ")[0] for f in frames] == [f"Guided sampling: step {i}" for i in (2, 4, 6)]
+    assert all(f[1] is not None and np.asarray(f[1]).shape == (256, 256) for f in frames)
+    descs = [k.get("desc", "") for _, k in calls]
+    assert "guided sampling step 6 of 6" in descs
+    assert out["status"].startswith("Done: DPS with us_acoustic, scale 10, 6 steps, 3 samples, seed 0"), out["status"]
+    x = np.load(out["raw"])
+    assert x.shape == (3, SIZE, SIZE) and x.dtype == np.float32 and np.isfinite(x).all()
+    np.testing.assert_array_equal(np.asarray(out["mean"])[::K, ::K],
+                                  np.round(np.clip((x.mean(0) + 1) / 2, 0, 1) * 255).astype(np.uint8))
+    np.testing.assert_array_equal(np.asarray(out["sample"]), np.asarray(frames[-1][1]))  # last frame = sample 0
+    assert np.asarray(out["sd"]).shape == (256, 256, 3)
+    # the metrics table: the posterior mean's PSNR against the phantom, recomputed here
+    from medgen.data.phantoms.lung import CT
+    truth = CT.to_model(lus._phantom_arrays(3, SIZE)["ct"])
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in out["metrics"].splitlines()
+            if line.startswith("| ") and not line.startswith("| |")}
+    assert set(rows) == {"truth", "posterior mean", "3 samples (mean ± SD)"}
+    assert abs(float(rows["posterior mean"][3]) - _psnr(x.mean(0), truth)) < 0.01
+    psnrs = [_psnr(s, truth) for s in x]
+    assert rows["3 samples (mean ± SD)"][3] == f"{np.mean(psnrs):.2f} ± {np.std(psnrs, ddof=1):.2f}"
+    assert rows["truth"][1] == f"{lus._phantom_arrays(3, SIZE)['aeration']:.3f}"
+    assert "phantom lung mask" in out["metrics"]
+
+
+def test_same_seed_same_samples_and_scale_reaches_the_sampler(tab: Any) -> None:
+    a = np.load(_run(tab, seed=4, n=1)[1]["raw"])
+    np.testing.assert_array_equal(a, np.load(_run(tab, seed=4, n=1)[1]["raw"]))
+    assert not np.array_equal(a, np.load(_run(tab, seed=5, n=1)[1]["raw"]))
+    assert not np.array_equal(a, np.load(_run(tab, seed=4, n=1, scale=200.0)[1]["raw"]))
+
+
+def test_stream_every_throttles_to_about_twenty_frames(lus: Any) -> None:
+    assert lus.stream_every(4) == 1 and lus.stream_every(20) == 1 and lus.stream_every(50) == 3
+    assert lus.stream_every(200) == 10
+
+
+# ------------------------------------------------------------------------------------------
+# uploads
+# ------------------------------------------------------------------------------------------
+def test_png_upload_is_read_in_the_lung_window(tab: Any, lus: Any, tmp_path: Path) -> None:
+    png = np.random.default_rng(1).integers(0, 256, (SIZE, SIZE), dtype=np.uint8)
+    Image.fromarray(png).save(tmp_path / "lung.png")
+    inp = lus.load_upload(tmp_path / "lung.png", SIZE)
+    np.testing.assert_allclose(inp.x, png / 127.5 - 1.0, atol=1e-5)  # gray g -> 2 g - 1 = (HU + 1000) / 800 - 1
+    assert "resized" not in " ".join(inp.notes)
+    assert "resized from 32x32 to the model's 16x16" in " ".join(lus.load_upload(tmp_path / "lung.png", 16).notes)
+    outs, out = _run(tab, str(tmp_path / "lung.png"), n=1)
+    assert out["status"].startswith("Done: "), out["status"]
+    assert lus.OOD_NOTE in out["status"] and "lung.png" in out["status"]
+    assert "lung estimated below the fitted pleural line" in out["metrics"] and "| truth |" in out["metrics"]
+
+
+def test_nifti_upload_in_hu_uses_the_lung_ct_map(lus: Any, tmp_path: Path) -> None:
+    from medgen.data.io import write_volume
+
+    hu = np.random.default_rng(0).uniform(-1000.0, 1000.0, (SIZE, SIZE)).astype(np.float32)
+    vol = np.repeat(hu[::-1, ::-1, None], 3, axis=2)  # canonical RAS [S, A, R]: the middle sagittal slice is hu
+    write_volume(tmp_path / "ct.nii.gz", vol, unit="HU")
+    inp = lus.load_upload(tmp_path / "ct.nii.gz", SIZE)
+    expected = np.clip((hu + 1000.0) / 1600.0, 0, 1) * 2 - 1  # [-1000, 600] HU -> [-1, 1], clipped above 600
+    np.testing.assert_allclose(inp.x, expected, atol=1e-4)
+    assert any("lung window [-1000, 600] HU" in n for n in inp.notes)
+
+
+def test_uploaded_measurement_reconstructs_without_truth(tab: Any, tmp_path: Path) -> None:
+    _, _, meas_file, _ = tab.simulate(None, 2, "us_linear", 0.02, 0, None)
+    for shape in [(SIZE, SIZE // 2), (1, 1, SIZE, SIZE // 2)]:
+        np.save(tmp_path / "y.npy", np.load(meas_file).reshape(shape))
+        truth, meas, _, status = tab.simulate(None, 2, "us_linear", 0.02, 0, str(tmp_path / "y.npy"))
+        assert truth is None and meas is not None and status.startswith("Measurement: uploaded y.npy (us\\_linear)")
+    _, out = _run(tab, measurement=str(tmp_path / "y.npy"), n=2)
+    assert out["status"].startswith("Done: DPS with us_linear"), out["status"]
+    assert "No truth for an uploaded measurement" in out["metrics"] and "| truth |" not in out["metrics"]
+    assert "| sample 1 |" in out["metrics"]
+
+
+@pytest.mark.parametrize("stem, kwargs, expected", [
+    ("square", {}, "square.npy: measurement shape (32, 32) does not match the us_linear operator's output 32x16"),
+    ("nan_measurement", {}, "nan_measurement.npy: measurement contains NaN"),
+    ("measurement", {}, "measurement.txt: a measurement must be a .npy array of shape 32x16"),
+    ("square", {"operator": "inpaint"}, None),  # the right shape for inpainting: no error
+])
+def test_bad_measurement_is_one_line(tab: Any, files: SimpleNamespace, stem: str, kwargs: dict,
+                                     expected: str | None) -> None:
+    path = getattr(files, stem)
+    operator = kwargs.get("operator", "us_linear")
+    status = tab.simulate(None, 0, operator, 0.02, 0, path)[3]
+    if expected is None:
+        assert status.startswith("Measurement: uploaded square.npy"), status
+        return
+    _assert_one_line_error(status, expected)
+    _, out = _run(tab, measurement=path)
+    _assert_one_line_error(out["status"], expected)
+    assert all(out[k] is None for k in ("live", "sample", "mean", "sd", "raw")) and out["metrics"] == ""
+
+
+@pytest.mark.parametrize("stem, expected", [
+    ("notes", "notes.dcm"),
+    ("nan", "nan.nii.gz: contains"),
+    ("huge", "huge.png: image too large (4200x4200"),
+])
+def test_bad_image_upload_is_one_line(tab: Any, files: SimpleNamespace, stem: str, expected: str) -> None:
+    path = getattr(files, stem)
+    image, status = tab.on_input(path, 0)
+    assert image is None
+    _assert_one_line_error(status, expected)
+    _, out = _run(tab, path)
+    _assert_one_line_error(out["status"], expected)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"operator": "mri"}, "unknown operator 'mri' (choose from us_linear, us_acoustic, blur, inpaint)"),
+    ({"noise": -0.1}, "noise must be a number in [0, 0.5], got -0.1"),
+    ({"noise": float("nan")}, "noise must be a number in [0, 0.5], got nan"),
+    ({"steps": 0}, "steps must be an integer in [1, 200], got 0"),
+    ({"n": 9}, "samples must be an integer in [1, 8], got 9"),
+    ({"scale": "big"}, "scale must be a number, got 'big'"),
+    ({"seed": 1.5}, "seed must be an integer"),
+    ({"subject": -1}, "subject must be an integer in [0, 99999], got -1"),
+])
+def test_bad_settings_are_one_line(tab: Any, kwargs: dict, message: str) -> None:
+    _, out = _run(tab, **kwargs)
+    _assert_one_line_error(out["status"], message)
+
+
+# ------------------------------------------------------------------------------------------
+# generate + memorization readout
+# ------------------------------------------------------------------------------------------
+def test_generate_with_pixel_memorization_readout(tab: Any, lus: Any) -> None:
+    from medgen.experiments.lung_us import real_sections
+
+    status, gen, near, table = tab.generate(3, 2, 1, lus.PIXEL_SPACE)
+    assert status.startswith("Done: 3 images from the prior (ddim (eta 0), 2 steps, seed 1)"), status
+    assert len(gen) == 3 and len(near) == 3
+    model = lus.get_model(tab.preset, tab.ckpts, tab.runs)
+    images = model.generate(3, generator=torch.Generator().manual_seed(1), steps=2)[:, 0].numpy()
+    train = real_sections(model.config, "train")
+    rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert len(rows) == 3
+    for i, row in enumerate(rows):
+        cat = int(row[2])
+        pool = np.flatnonzero(train.category == cat) if "all categories" not in row[3] else np.arange(len(train))
+        d = np.linalg.norm(train.images[pool, 0].numpy().reshape(len(pool), -1) - images[i].reshape(1, -1), axis=1)
+        j = pool[int(np.argmin(d))]
+        assert row[3].startswith(f"#{j} (") and abs(float(row[4]) - d.min()) < 1e-3 * d.min()
+        np.testing.assert_array_equal(near[i][0], lus.show_image(train.images[j, 0].numpy()))  # its picture
+    assert "pixel space" in table and "held-out images' nearest-training distances" in table
+
+
+def test_a_training_image_is_flagged_as_a_copy(tab: Any, lus: Any) -> None:
+    from medgen.experiments.lung_us import real_sections
+
+    model = lus.get_model(tab.preset, tab.ckpts, tab.runs)
+    ref = lus.reference_set(model.config, lus.PIXEL_SPACE)
+    train = real_sections(model.config, "train")
+    held = real_sections(model.config, "test")
+    [copy] = lus.memorization_readout(train.images[5:6], ref)
+    assert copy["nearest"] == 5 and copy["distance"] < 1e-9 and copy["flagged"]
+    fresh = lus.memorization_readout(held.images, ref)  # held-out images: the calibration set itself
+    assert np.mean([r["flagged"] for r in fresh]) <= 0.25  # 1st percentile: at most one per small category
+    assert all(r["threshold"] > 0 for r in fresh)
+
+
+def test_generate_bad_settings(tab: Any) -> None:
+    _assert_one_line_error(tab.generate(0, 2, 0)[0], "images must be an integer in [1, 8], got 0")
+    _assert_one_line_error(tab.generate(1, 2, 0, "inception")[0], "unknown distance space 'inception'")
+
+
+@pytest.mark.slow
+def test_generate_in_the_notebooks_feature_space(tab: Any, lus: Any) -> None:
+    space = tab.spaces()[1]
+    assert space in ("efficientnet_lite0", "resnet18")
+    status, gen, near, table = tab.generate(1, 2, 0, space)
+    assert status.startswith("Done: 1 image"), status
+    assert f"**`{space}`** feature space" in table
+
+
+# ------------------------------------------------------------------------------------------
+# the hub, through gradio_client
+# ------------------------------------------------------------------------------------------
+def test_tab_is_in_the_hub() -> None:
+    from demos import app, lung_us
+
+    assert ("Lung ultrasound", lung_us.build_tab) in app.TABS
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def hub_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The whole hub at ``ci`` on a free port."""
+    from demos.app import launch
+
+    port = _free_port()
+    app = launch("ci", "127.0.0.1", port, runs_root=tmp_path_factory.mktemp("hub-runs"), prevent_thread_lock=True,
+                 quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        app.close()
+
+
+@pytest.mark.slow
+def test_client_simulates_and_reconstructs(hub_url: str, tmp_path_factory: pytest.TempPathFactory,
+                                           files: SimpleNamespace) -> None:
+    from gradio_client import Client, handle_file
+
+    client = Client(hub_url, verbose=False, download_files=str(tmp_path_factory.mktemp("client-downloads")))
+    truth, meas, meas_file, status = client.predict(None, 1, "us_linear", 0.02, 0, None,
+                                                    api_name="/lung_us_simulate")
+    assert truth is not None and np.load(meas_file).shape[-1] * 2 == np.load(meas_file).shape[-2]
+    out = dict(zip(OUTPUTS, client.predict(None, 1, "us_linear", 0.02, 0, None, 10.0, 2, 2,
+                                           api_name="/lung_us_reconstruct")))
+    assert out["status"].startswith("Done: DPS with us_linear, scale 10, 2 steps, 2 samples"), out["status"]
+    assert np.load(out["raw"]).shape[0] == 2 and Image.open(out["mean"]).size[0] >= 256
+    out = dict(zip(OUTPUTS, client.predict(None, 1, "us_linear", 0.02, 0, handle_file(files.square), 10.0, 2, 2,
+                                           api_name="/lung_us_reconstruct")))
+    _assert_one_line_error(out["status"], "does not match the us_linear operator's output")
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_browser_reconstruct_and_generate(hub_url: str, tmp_path: Path) -> None:
+    """Headless Chromium: open the tab, 2 steps and 2 samples, reconstruct the default phantom, generate."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing (run scripts/install_browser.sh)")
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS,
+            viewport={"width": 1400, "height": 1000})
+        try:
+            page = context.new_page()
+            page.goto(hub_url, wait_until="domcontentloaded")
+            page.get_by_role("tab", name="Lung ultrasound").click()
+            expect(page.locator("#lus-status")).to_contain_text("Prior:")
+            for elem, value in (("lus-steps", "2"), ("lus-samples", "2"), ("lus-gen-steps", "2"), ("lus-gen-n", "2")):
+                box = page.locator(f"#{elem} input[type=number]")
+                box.fill(value)
+                box.press("Enter")
+            page.locator("#lus-run").click()
+            expect(page.locator("#lus-status")).to_contain_text("Done: DPS with us_linear", timeout=120_000)
+            for elem in ("lus-live", "lus-sample", "lus-mean", "lus-sd"):
+                expect(page.locator(f"#{elem} img")).to_be_visible()
+            expect(page.locator("#lus-metrics")).to_contain_text("posterior mean")
+            page.locator("#lus-gen-run").click()
+            expect(page.locator("#lus-gen-status")).to_contain_text("Done: 2 images", timeout=120_000)
+            expect(page.locator("#lus-gen-readout")).to_contain_text("pixel space")
+            assert "Traceback" not in page.content()
+            page.screenshot(path=str(tmp_path / "lung_us.png"), full_page=True)
+            if os.environ.get("MEDGEN_SCREENSHOTS"):
+                import shutil
+
+                Path(os.environ["MEDGEN_SCREENSHOTS"]).mkdir(parents=True, exist_ok=True)
+                shutil.copy(tmp_path / "lung_us.png", Path(os.environ["MEDGEN_SCREENSHOTS"]) / "lung_us.png")
+        finally:
+            context.close()
