@@ -25,9 +25,12 @@ Reconstruction section
   ``seed`` (:func:`medgen.inverse.measure`). Or an uploaded measurement: a ``.npy`` array
   whose shape is the operator's output ``[H', W']`` (``[1, H', W']`` and ``[1, 1, H', W']``
   accepted); an uploaded measurement has no known truth.
-* **Reconstruction**: diffusion posterior sampling (:meth:`UnconditionalDDPM.reconstruct`, the
-  prior's sampler and ``steps``, normalised DPS step of size ``scale``), ``n`` samples from a
-  generator seeded with ``seed + 1``. The handler is a generator: the sampler's callback
+* **Reconstruction**: diffusion posterior sampling (:meth:`UnconditionalDDPM.reconstruct`,
+  normalised DPS step of size ``scale``), with the notebook's DPS sampler
+  (:data:`medgen.experiments.lung_us.DPS_SAMPLER`: ancestral DDPM over ``steps`` respaced steps,
+  Chung et al.'s Algorithm 1 -- the prior's deterministic DDIM diverged under guidance) and its
+  default steps (``Plan.dps_steps`` of the model's preset), ``n`` samples from a generator
+  seeded with ``seed + 1``. The handler is a generator: the sampler's callback
   hands the x0 estimate of sample 0 to the page every ``k``-th step (``k`` = steps / 20,
   rounded up), which Gradio streams. Shown: the first sample, the mean and SD map over the
   samples (SD in HU), and a table of aeration and its category (truth: the phantom's lung
@@ -355,6 +358,13 @@ def check_generate(n: Any, steps: Any, seed: Any) -> tuple[int, int, int]:
             int(_number(seed, "seed", 0, 2**62, True)))
 
 
+def dps_sampler() -> str:
+    """The notebook's DPS sampler (:data:`medgen.experiments.lung_us.DPS_SAMPLER`; ``"ddpm"`` if absent)."""
+    from medgen.experiments import lung_us as experiment
+
+    return str(getattr(experiment, "DPS_SAMPLER", "ddpm"))
+
+
 def stream_every(steps: int) -> int:
     """Stream every k-th x0 estimate: about :data:`STREAM_FRAMES` frames per run."""
     return max(1, math.ceil(steps / STREAM_FRAMES))
@@ -596,7 +606,17 @@ class Tab:
         return f"{s.sampler} (eta {s.eta:g})"
 
     def default_steps(self) -> int:
+        """The prior's generation steps (``cfg.sample.steps``)."""
         return int(model_config(self.preset, self.ckpts).sample.steps)
+
+    def dps_steps(self) -> int:
+        """The notebook's DPS steps at the model's preset (``Plan.dps_steps``), else :meth:`default_steps`."""
+        from medgen.experiments.lung_us import plan
+
+        try:
+            return int(plan(model_config(self.preset, self.ckpts).preset).dps_steps)
+        except Exception:  # noqa: BLE001 -- an unknown preset (custom checkpoint): the prior's own steps
+            return self.default_steps()
 
     def status(self) -> str:
         """The model's one-line status (shown when the page loads)."""
@@ -666,7 +686,8 @@ class Tab:
         def work() -> None:
             try:
                 out = model.reconstruct(m.y, operator=m.operator, scale=s.scale, steps=s.steps, n_samples=s.n_samples,
-                                        generator=torch.Generator().manual_seed(s.seed + 1), callback=callback)
+                                        sampler=dps_sampler(), generator=torch.Generator().manual_seed(s.seed + 1),
+                                        callback=callback)
                 frames.put(("done", out.float().cpu()))
             except Exception as exc:  # noqa: BLE001 -- handed to the page as one line
                 LOG.exception("lung_us reconstruction failed")
@@ -695,7 +716,7 @@ class Tab:
             table = f"Metrics unavailable: {_md(_one_line(exc))}"
         x = samples[:, 0, 0].numpy()  # [N, H, W]
         sd_hu = x.std(0) * HU_RANGE / 2.0  # population SD, as medgen.inverse.mean_sd_maps
-        status = (f"Done: DPS with {m.operator.name}, scale {s.scale:g}, {s.steps} steps, {len(x)} sample"
+        status = (f"Done: DPS with {m.operator.name}, scale {s.scale:g}, {s.steps} {dps_sampler()} steps, {len(x)} sample"
                   f"{'s' if len(x) > 1 else ''}, seed {s.seed} (noise seed {s.seed}, sampling seed {s.seed + 1}), "
                   f"in {seconds:.1f} s ({describe_model(self.preset, self.ckpts)}). Max SD {sd_hu.max():.0f} HU."
                   f"\n\nMeasurement: {_md(m.label)}.")
@@ -784,8 +805,8 @@ def build_tab(preset: str, *, runs_root: str | os.PathLike | None = None,
         with gr.Column():
             scale = gr.Slider(0.0, MAX_SCALE, value=dps_scale("us_linear"), step=0.5,
                               label="Guidance scale (normalised DPS step; 0 = unguided prior)", elem_id="lus-scale")
-            steps = gr.Slider(1, MAX_STEPS, value=tab.default_steps(), step=1, label="Sampling steps",
-                              elem_id="lus-steps")
+            steps = gr.Slider(1, MAX_STEPS, value=tab.dps_steps(), step=1,
+                              label=f"Sampling steps ({dps_sampler()}, respaced)", elem_id="lus-steps")
             n_samples = gr.Slider(1, MAX_SAMPLES, value=4, step=1, label="Samples (mean / SD maps)",
                                   elem_id="lus-samples")
             run_btn = gr.Button("Reconstruct", variant="primary", elem_id="lus-run")

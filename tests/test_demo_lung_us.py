@@ -125,7 +125,7 @@ def test_reconstruct_streams_x0_and_reports_metrics(tab: Any, lus: Any) -> None:
     assert all(f[1] is not None and np.asarray(f[1]).shape == (256, 256) for f in frames)
     descs = [k.get("desc", "") for _, k in calls]
     assert "guided sampling step 6 of 6" in descs
-    assert out["status"].startswith("Done: DPS with us_acoustic, scale 10, 6 steps, 3 samples, seed 0"), out["status"]
+    assert out["status"].startswith("Done: DPS with us_acoustic, scale 10, 6 ddpm steps, 3 samples, seed 0"), out["status"]
     x = np.load(out["raw"])
     assert x.shape == (3, SIZE, SIZE) and x.dtype == np.float32 and np.isfinite(x).all()
     np.testing.assert_array_equal(np.asarray(out["mean"])[::K, ::K],
@@ -150,6 +150,13 @@ def test_same_seed_same_samples_and_scale_reaches_the_sampler(tab: Any) -> None:
     np.testing.assert_array_equal(a, np.load(_run(tab, seed=4, n=1)[1]["raw"]))
     assert not np.array_equal(a, np.load(_run(tab, seed=5, n=1)[1]["raw"]))
     assert not np.array_equal(a, np.load(_run(tab, seed=4, n=1, scale=200.0)[1]["raw"]))
+
+
+def test_dps_uses_the_notebooks_sampler_and_steps(tab: Any, lus: Any) -> None:
+    from medgen.experiments.lung_us import plan
+
+    assert lus.dps_sampler() == "ddpm"  # ancestral DPS, as the notebook (DDIM eta 0 diverged under guidance)
+    assert tab.dps_steps() == plan("ci").dps_steps
 
 
 def test_stream_every_throttles_to_about_twenty_frames(lus: Any) -> None:
@@ -338,7 +345,7 @@ def test_client_simulates_and_reconstructs(hub_url: str, tmp_path_factory: pytes
     assert truth is not None and np.load(meas_file).shape[-1] * 2 == np.load(meas_file).shape[-2]
     out = dict(zip(OUTPUTS, client.predict(None, 1, "us_linear", 0.02, 0, None, 10.0, 2, 2,
                                            api_name="/lung_us_reconstruct")))
-    assert out["status"].startswith("Done: DPS with us_linear, scale 10, 2 steps, 2 samples"), out["status"]
+    assert out["status"].startswith("Done: DPS with us_linear, scale 10, 2 ddpm steps, 2 samples"), out["status"]
     assert np.load(out["raw"]).shape[0] == 2 and Image.open(out["mean"]).size[0] >= 256
     out = dict(zip(OUTPUTS, client.predict(None, 1, "us_linear", 0.02, 0, handle_file(files.square), 10.0, 2, 2,
                                            api_name="/lung_us_reconstruct")))
