@@ -298,8 +298,12 @@ class Plan:
 
 
 def make_plan(quick: bool, repeats: int | None, paper_steps: int | None) -> Plan:
-    """Full (3 rounds after one warm-up call, paper network 2 steps) or quick (1 round, no paper network)."""
-    plan = Plan(1, 1, 0) if quick else Plan(3, 1, 2)
+    """Full (5 rounds after one warm-up call, paper network 2 steps) or quick (1 round, no paper network).
+
+    Five rounds rather than translation's three: a round of (g) and (r) is short (tens of
+    seconds), so a few more of them make the medians and the IQR worth reading.
+    """
+    plan = Plan(1, 1, 0) if quick else Plan(5, 1, 2)
     if repeats:
         plan = replace(plan, repeats=repeats)
     if paper_steps is not None:
@@ -326,7 +330,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--net-calls", type=int, default=3, help="network calls per timed arm call in (o)")
     p.add_argument("--paper-preset", default="paper", help="preset of the large network of (p)")
     p.add_argument("--paper-steps", type=int, default=None, help="steps of (p) (default 2; quick 0 = skip)")
-    p.add_argument("--repeats", type=int, default=None, help="timed rounds per group (default 3, quick 1)")
+    p.add_argument("--repeats", type=int, default=None, help="timed rounds per group (default 5, quick 1)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: the preset's train.num_threads)")
     return p.parse_args(argv)
 
