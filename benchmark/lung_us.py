@@ -53,8 +53,12 @@ ratios, with its interquartile range and the ratio of the fastest rounds beside 
 here has a goal: every row is ``report``. The default thread count is the preset's
 ``train.num_threads`` (1 at ``cpu``: 2 threads thrash on the shared 2-core machine).
 
-Duration on the shared 2-core machine at 1 thread (cpu preset): see benchmark/README.md.
-``--quick`` runs one round and skips (p); ``--only``, ``--batches``, ``--operators`` and the
+Duration on the shared 2-core machine at 1 thread (cpu preset, load average ~4, i.e. other
+jobs held the cores): ``--quick`` (one round after one warm-up call, no (p)) took 163-175 s;
+one network forward at 64 px, batch 1, took ~80 ms (DDIM-50 ~4 s per image, a guided DDIM-50
+reconstruction 7-9 s), and one step of the paper network 5 s unguided, 14 s guided (one
+round, ~3 GB resident). The full run (5 rounds after a warm-up, (p) with 2 steps) therefore
+takes roughly 8-10 minutes. ``--only``, ``--batches``, ``--operators``, ``--repeats`` and the
 step options shrink a run.
 """
 from __future__ import annotations
