@@ -39,6 +39,7 @@ benchmark: $(STAMP)
 	$(BIN)/python -m benchmark.phantoms
 	$(BIN)/python -m benchmark.metrics
 	$(BIN)/python -m benchmark.translation
+	$(BIN)/python -m benchmark.lung_us
 
 # Generated files only; the virtualenv and trained runs are kept (`rm -rf .venv runs` for those).
 clean:
