@@ -67,6 +67,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     bad[3, 3] = np.nan
     np.save(d / "nan_measurement.npy", bad)
     (d / "measurement.txt").write_text("1 2 3\n")
+    with open(d / "big.npy", "wb") as fh:  # over the 50 MB upload limit, checked before reading
+        fh.truncate(51 * 1024 * 1024)
     return SimpleNamespace(**{p.name.split(".")[0]: str(p) for p in d.iterdir()})
 
 
@@ -192,6 +194,16 @@ def test_nifti_upload_in_hu_uses_the_lung_ct_map(lus: Any, tmp_path: Path) -> No
     assert any("lung window [-1000, 600] HU" in n for n in inp.notes)
 
 
+def test_ct_dicom_upload_in_hu_uses_the_lung_ct_map(lus: Any) -> None:
+    pydicom = pytest.importorskip("pydicom")
+    path = pytest.importorskip("pydicom.data").get_testdata_file("CT_small.dcm")
+    ds = pydicom.dcmread(path)
+    hu = ds.pixel_array.astype(np.float64) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    inp = lus.load_upload(path, hu.shape[0])  # 128 px: no resize, so the map is compared pixel by pixel
+    np.testing.assert_allclose(inp.x, np.clip((hu + 1000.0) / 1600.0, 0, 1) * 2 - 1, atol=1e-4)
+    assert any("lung window" in n for n in inp.notes) and any("axial slice" in n for n in inp.notes)
+
+
 def test_uploaded_measurement_reconstructs_without_truth(tab: Any, tmp_path: Path) -> None:
     _, _, meas_file, _ = tab.simulate(None, 2, "us_linear", 0.02, 0, None)
     for shape in [(SIZE, SIZE // 2), (1, 1, SIZE, SIZE // 2)]:
@@ -208,6 +220,7 @@ def test_uploaded_measurement_reconstructs_without_truth(tab: Any, tmp_path: Pat
     ("square", {}, "square.npy: measurement shape (32, 32) does not match the us_linear operator's output 32x16"),
     ("nan_measurement", {}, "nan_measurement.npy: measurement contains NaN"),
     ("measurement", {}, "measurement.txt: a measurement must be a .npy array of shape 32x16"),
+    ("big", {}, "big.npy: file too large (51.0 MB; limit 50 MB)"),
     ("square", {"operator": "inpaint"}, None),  # the right shape for inpainting: no error
 ])
 def test_bad_measurement_is_one_line(tab: Any, files: SimpleNamespace, stem: str, kwargs: dict,
