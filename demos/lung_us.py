@@ -76,10 +76,10 @@ import numpy as np
 import torch
 
 from demos.quickstart import _md, resolve_runs_root
-from medgen.data.io import DICOM_SUFFIXES, MAX_BYTES, SUFFIXES, ImageReadError
+from medgen.data.io import DICOM_SUFFIXES, MAX_BYTES, SUFFIXES
 
 __all__ = ["Tab", "build_tab", "DemoError", "LungInput", "Measurement", "load_phantom", "load_upload",
-           "load_measurement", "simulate_measurement", "check_reconstruct", "check_generate", "get_model",
+           "load_measurement", "simulate_measurement", "stream_dps", "check_reconstruct", "check_generate", "get_model",
            "memorization_readout", "OPERATOR_LABELS", "PIXEL_SPACE"]
 
 LOG = logging.getLogger(__name__)
@@ -346,7 +346,8 @@ class ReconSettings:
 
 def check_reconstruct(scale: Any, steps: Any, n_samples: Any, seed: Any) -> ReconSettings:
     """Validate the reconstruction sliders. Raises DemoError."""
-    return ReconSettings(_number(scale, "scale", 0.0, MAX_SCALE, False), int(_number(steps, "steps", 1, MAX_STEPS, True)),
+    return ReconSettings(_number(scale, "scale", 0.0, MAX_SCALE, False),
+                         int(_number(steps, "steps", 1, MAX_STEPS, True)),
                          int(_number(n_samples, "samples", 1, MAX_SAMPLES, True)),
                          int(_number(seed, "seed", 0, 2**62, True)))
 
@@ -367,6 +368,48 @@ def dps_sampler() -> str:
 def stream_every(steps: int) -> int:
     """Stream every k-th x0 estimate: about :data:`STREAM_FRAMES` frames per run."""
     return max(1, math.ceil(steps / STREAM_FRAMES))
+
+
+def stream_dps(model: Any, m: Measurement, s: ReconSettings, progress: Callable[..., Any] | None = None,
+               every: int | None = None) -> Iterator[tuple[Any, ...]]:
+    """DPS of ``m`` with the prior ``model``, streamed: yields ``("frame", i, n, x0 [S, S])`` -- the x0
+    estimate of sample 0 after step ``i`` of ``n``, every ``every``-th step (default :func:`stream_every`)
+    and at the last -- then ``("done", samples [N, 1, 1, S, S])``. Re-raises the sampler's exception.
+
+    The sampler runs in a worker thread; its callback hands frames to this generator through a
+    queue (a sampler callback cannot yield to Gradio itself). ``progress((i, n), desc=...)`` every step.
+    """
+    k = every or stream_every(s.steps)
+    items: queue.Queue = queue.Queue()
+
+    def callback(d: dict) -> None:
+        i, n = int(d["i"]) + 1, int(d["n"])
+        if progress is not None:
+            progress((i, n), desc=f"guided sampling step {i} of {n}")
+        if i % k == 0 or i == n:
+            items.put(("frame", i, n, d["x0"][0, 0, 0].detach().float().cpu().numpy().copy()))
+
+    def work() -> None:
+        try:
+            out = model.reconstruct(m.y, operator=m.operator, scale=s.scale, steps=s.steps, n_samples=s.n_samples,
+                                    sampler=dps_sampler(), generator=torch.Generator().manual_seed(s.seed + 1),
+                                    callback=callback)
+            items.put(("done", out.float().cpu()[:, :1]))
+        except BaseException as exc:  # noqa: BLE001 -- re-raised in the consumer
+            items.put(("error", exc))
+
+    worker = threading.Thread(target=work, name="lung-us-dps", daemon=True)
+    worker.start()
+    while True:
+        item = items.get()
+        if item[0] == "frame":
+            yield item
+            continue
+        worker.join()
+        if item[0] == "error":
+            raise item[1]
+        yield item
+        return
 
 
 # --------------------------------------------------------------------------------------
@@ -671,42 +714,18 @@ class Tab:
             LOG.exception("lung_us model failed")
             yield (_error_status(f"the prior could not be loaded: {_one_line(exc)}"), *empty)
             return
-        k = every or stream_every(s.steps)
-        frames: queue.Queue = queue.Queue()
         start = time.perf_counter()
-
-        def callback(d: dict) -> None:
-            i, n = int(d["i"]) + 1, int(d["n"])
-            if progress is not None:
-                progress((i, n), desc=f"guided sampling step {i} of {n}")
-            if i % k == 0 or i == n:
-                frames.put(("frame", i, n, d["x0"][0, 0, 0].detach().float().cpu().numpy().copy()))
-
-        def work() -> None:
-            try:
-                out = model.reconstruct(m.y, operator=m.operator, scale=s.scale, steps=s.steps, n_samples=s.n_samples,
-                                        sampler=dps_sampler(), generator=torch.Generator().manual_seed(s.seed + 1),
-                                        callback=callback)
-                frames.put(("done", out.float().cpu()))
-            except Exception as exc:  # noqa: BLE001 -- handed to the page as one line
-                LOG.exception("lung_us reconstruction failed")
-                frames.put(("error", exc))
-
-        worker = threading.Thread(target=work, name="lung-us-dps", daemon=True)
-        worker.start()
-        while True:
-            item = frames.get()
-            if item[0] == "frame":
-                _, i, n, x0 = item
-                yield (f"Guided sampling: step {i} of {n} (x0 estimate of sample 0)...", show_image(x0),
-                       *([skip] * 5))
-                continue
-            worker.join()
-            if item[0] == "error":
-                yield (_error_status(f"the reconstruction failed: {_one_line(item[1])}"), *empty)
-                return
-            samples = item[1][:, :1]  # [N, 1, 1, H, W]
-            break
+        try:
+            for item in stream_dps(model, m, s, progress, every):
+                if item[0] == "frame":
+                    yield (f"Guided sampling: step {item[1]} of {item[2]} (x0 estimate of sample 0)...",
+                           show_image(item[3]), *([skip] * 5))
+                else:
+                    samples = item[1]
+        except Exception as exc:  # noqa: BLE001 -- handed to the page as one line
+            LOG.exception("lung_us reconstruction failed")
+            yield (_error_status(f"the reconstruction failed: {_one_line(exc)}"), *empty)
+            return
         seconds = time.perf_counter() - start
         try:
             table = metrics_markdown(samples, m)
@@ -715,8 +734,9 @@ class Tab:
             table = f"Metrics unavailable: {_md(_one_line(exc))}"
         x = samples[:, 0, 0].numpy()  # [N, H, W]
         sd_hu = x.std(0) * HU_RANGE / 2.0  # population SD, as medgen.inverse.mean_sd_maps
-        status = (f"Done: DPS with {m.operator.name}, scale {s.scale:g}, {s.steps} {dps_sampler()} steps, {len(x)} sample"
-                  f"{'s' if len(x) > 1 else ''}, seed {s.seed} (noise seed {s.seed}, sampling seed {s.seed + 1}), "
+        status = (f"Done: DPS with {m.operator.name}, scale {s.scale:g}, {s.steps} {dps_sampler()} steps, "
+                  f"{len(x)} sample{'s' if len(x) > 1 else ''}, seed {s.seed} (noise seed {s.seed}, "
+                  f"sampling seed {s.seed + 1}), "
                   f"in {seconds:.1f} s ({describe_model(self.preset, self.ckpts)}). Max SD {sd_hu.max():.0f} HU."
                   f"\n\nMeasurement: {_md(m.label)}.")
         if m.truth is not None and not m.truth.phantom:
@@ -752,7 +772,8 @@ class Tab:
                  f"{' (flagged)' if r['flagged'] else ''}") for i, r in enumerate(rows)]
         flagged = sum(r["flagged"] for r in rows)
         status = (f"Done: {n_i} image{'s' if n_i > 1 else ''} from the prior ({self.sampling}, {steps_i} steps, seed "
-                  f"{seed_i}) in {seconds:.1f} s; {flagged} of {n_i} flagged ({describe_model(self.preset, self.ckpts)}).")
+                  f"{seed_i}) in {seconds:.1f} s; {flagged} of {n_i} flagged "
+                  f"({describe_model(self.preset, self.ckpts)}).")
         return status, gen, near, readout_markdown(rows, ref)
 
     @staticmethod
@@ -796,8 +817,10 @@ def build_tab(preset: str, *, runs_root: str | os.PathLike | None = None,
             operator = gr.Dropdown([(v, k) for k, v in OPERATOR_LABELS.items()], value="us_linear",
                                    label="Measurement operator", elem_id="lus-operator")
             noise = gr.Slider(0.0, MAX_NOISE, value=0.02, step=0.005,
-                              label="Noise std (measurement units; the phantom's ultrasound: 0.02)", elem_id="lus-noise")
-            seed = gr.Number(0, precision=0, minimum=0, label="Seed (noise; sampling uses seed + 1)", elem_id="lus-seed")
+                              label="Noise std (measurement units; the phantom's ultrasound: 0.02)",
+                              elem_id="lus-noise")
+            seed = gr.Number(0, precision=0, minimum=0, label="Seed (noise; sampling uses seed + 1)",
+                             elem_id="lus-seed")
             simulate = gr.Button("Simulate measurement", elem_id="lus-simulate")
             meas_upload = gr.File(label="...or upload a measurement (.npy, the operator's output shape)",
                                   file_types=[".npy"], type="filepath", height=110, elem_id="lus-meas-upload")

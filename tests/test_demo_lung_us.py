@@ -127,7 +127,8 @@ def test_reconstruct_streams_x0_and_reports_metrics(tab: Any, lus: Any) -> None:
     assert all(f[1] is not None and np.asarray(f[1]).shape == (256, 256) for f in frames)
     descs = [k.get("desc", "") for _, k in calls]
     assert "guided sampling step 6 of 6" in descs
-    assert out["status"].startswith("Done: DPS with us_acoustic, scale 10, 6 ddpm steps, 3 samples, seed 0"), out["status"]
+    assert out["status"].startswith("Done: DPS with us_acoustic, scale 10, 6 ddpm steps, 3 samples, seed 0"), \
+        out["status"]
     x = np.load(out["raw"])
     assert x.shape == (3, SIZE, SIZE) and x.dtype == np.float32 and np.isfinite(x).all()
     np.testing.assert_array_equal(np.asarray(out["mean"])[::K, ::K],
@@ -159,6 +160,29 @@ def test_dps_uses_the_notebooks_sampler_and_steps(tab: Any, lus: Any) -> None:
 
     assert lus.dps_sampler() == "ddpm"  # ancestral DPS, as the notebook (DDIM eta 0 diverged under guidance)
     assert tab.dps_steps() == plan("ci").dps_steps
+
+
+def test_stream_dps_passes_frames_and_reraises_sampler_errors(lus: Any) -> None:
+    """A stand-in prior: its callback frames arrive in order, then the samples; an error is re-raised."""
+    m = lus.Measurement(torch.zeros(1, 1, 4, 4), None, 0.0, None, "test")
+    s = lus.ReconSettings(1.0, 5, 2, 0)
+
+    def reconstruct(y: Any, *, callback: Any, steps: int, n_samples: int, **kwargs: Any) -> torch.Tensor:
+        assert kwargs["sampler"] == "ddpm" and kwargs["scale"] == 1.0
+        for i in range(steps):
+            callback({"i": i, "n": steps, "x0": torch.full((n_samples, 1, 1, 4, 4), float(i))})
+        return torch.ones(n_samples, 1, 1, 4, 4)
+
+    items = list(lus.stream_dps(SimpleNamespace(reconstruct=reconstruct), m, s, every=2))
+    assert [(it[0], it[1]) for it in items[:-1]] == [("frame", 2), ("frame", 4), ("frame", 5)]
+    assert [float(it[3][0, 0]) for it in items[:-1]] == [1.0, 3.0, 4.0]  # the x0 of step i (0-based i - 1)
+    assert items[-1][0] == "done" and tuple(items[-1][1].shape) == (2, 1, 1, 4, 4)
+
+    def broken(*args: Any, **kwargs: Any) -> torch.Tensor:
+        raise RuntimeError("guidance diverged")
+
+    with pytest.raises(RuntimeError, match="guidance diverged"):
+        list(lus.stream_dps(SimpleNamespace(reconstruct=broken), m, s))
 
 
 def test_stream_every_throttles_to_about_twenty_frames(lus: Any) -> None:
