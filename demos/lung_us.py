@@ -694,11 +694,12 @@ class Tab:
                     measurement_upload: str | None, scale: Any, steps: Any, n_samples: Any,
                     progress: Callable[..., Any] | None = None, every: int | None = None
                     ) -> Iterator[tuple[Any, ...]]:
-        """Reconstruct handler (a generator) -> (status, live x0, sample 0, mean, SD map, metrics, samples .npy).
+        """Reconstruct handler (a generator) -> (status, truth, measurement, live x0, sample 0, mean, SD map,
+        metrics, samples .npy).
 
         Intermediate yields carry the x0 estimate of sample 0 every ``every``-th step (default
         :func:`stream_every`) and skip the other outputs. Problems end as one line."""
-        empty = (None,) * 4 + ("", None)
+        empty = (None,) * 6 + ("", None)
         try:
             s = check_reconstruct(scale, steps, n_samples, seed)
             m = resolve_measurement(upload, subject, operator, noise, seed, measurement_upload, self.size)
@@ -706,8 +707,10 @@ class Tab:
             yield (_error_status(_one_line(exc)), *empty)
             return
         skip = gr.skip()
-        if not is_loaded(self.preset, self.ckpts, self.runs):
-            yield (f"Loading the prior ({describe_model(self.preset, self.ckpts)})...", *([skip] * 6))
+        shown = (show_image(m.truth.x) if m.truth is not None else None, show_measurement(m.y))
+        loading = not is_loaded(self.preset, self.ckpts, self.runs)
+        yield (f"Loading the prior ({describe_model(self.preset, self.ckpts)})..." if loading else
+               "Starting guided sampling...", *shown, *([skip] * 6))
         try:
             model = self._model(progress)
         except Exception as exc:  # noqa: BLE001 -- report, never a traceback in the page
@@ -719,7 +722,7 @@ class Tab:
             for item in stream_dps(model, m, s, progress, every):
                 if item[0] == "frame":
                     yield (f"Guided sampling: step {item[1]} of {item[2]} (x0 estimate of sample 0)...",
-                           show_image(item[3]), *([skip] * 5))
+                           skip, skip, show_image(item[3]), *([skip] * 5))
                 else:
                     samples = item[1]
         except Exception as exc:  # noqa: BLE001 -- handed to the page as one line
@@ -741,7 +744,7 @@ class Tab:
                   f"\n\nMeasurement: {_md(m.label)}.")
         if m.truth is not None and not m.truth.phantom:
             status += "\n\n" + OOD_NOTE
-        yield (status, show_image(x[0]), show_image(x[0]), show_image(x.mean(0)), show_sd(sd_hu), table,
+        yield (status, *shown, show_image(x[0]), show_image(x[0]), show_image(x.mean(0)), show_sd(sd_hu), table,
                _save(f"reconstruction_{m.operator.name}_seed{s.seed}", x))
 
     def generate(self, n: Any, steps: Any, seed: Any, space: Any = PIXEL_SPACE,
@@ -885,7 +888,7 @@ def build_tab(preset: str, *, runs_root: str | os.PathLike | None = None,
     simulate.click(simulate_fn, [upload, subject, operator, noise, seed, meas_upload], [truth, meas, meas_file, status],
                    api_name="lung_us_simulate")
     run_btn.click(run_fn, [upload, subject, operator, noise, seed, meas_upload, scale, steps, n_samples],
-                  [status, live, sample0, mean, sd, metrics, raw], api_name="lung_us_reconstruct",
+                  [status, truth, meas, live, sample0, mean, sd, metrics, raw], api_name="lung_us_reconstruct",
                   show_progress_on=[sample0])
     gen_btn.click(gen_fn, [n_gen, gen_steps, gen_seed, space], [gen_status, gallery, nearest, readout],
                   api_name="lung_us_generate", show_progress_on=[gallery])

@@ -33,7 +33,7 @@ CHROMIUM_FLAGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
     "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
 ]
-OUTPUTS = ("status", "live", "sample", "mean", "sd", "metrics", "raw")
+OUTPUTS = ("status", "truth", "measurement", "live", "sample", "mean", "sd", "metrics", "raw")
 SIZE = 32  # the ci prior's image size
 K = 256 // SIZE  # display enlargement
 
@@ -124,7 +124,7 @@ def test_reconstruct_streams_x0_and_reports_metrics(tab: Any, lus: Any) -> None:
                      progress=lambda *a, **k: calls.append((a, k)))
     frames = [o for o in outs if o[0].startswith("Guided sampling: step")]
     assert [f[0].split(" of ")[0] for f in frames] == [f"Guided sampling: step {i}" for i in (2, 4, 6)]
-    assert all(f[1] is not None and np.asarray(f[1]).shape == (256, 256) for f in frames)
+    assert all(f[3] is not None and np.asarray(f[3]).shape == (256, 256) for f in frames)  # the live image
     descs = [k.get("desc", "") for _, k in calls]
     assert "guided sampling step 6 of 6" in descs
     assert out["status"].startswith("Done: DPS with us_acoustic, scale 10, 6 ddpm steps, 3 samples, seed 0"), \
@@ -133,8 +133,10 @@ def test_reconstruct_streams_x0_and_reports_metrics(tab: Any, lus: Any) -> None:
     assert x.shape == (3, SIZE, SIZE) and x.dtype == np.float32 and np.isfinite(x).all()
     np.testing.assert_array_equal(np.asarray(out["mean"])[::K, ::K],
                                   np.round(np.clip((x.mean(0) + 1) / 2, 0, 1) * 255).astype(np.uint8))
-    np.testing.assert_array_equal(np.asarray(out["sample"]), np.asarray(frames[-1][1]))  # last frame = sample 0
+    np.testing.assert_array_equal(np.asarray(out["sample"]), np.asarray(frames[-1][3]))  # last frame = sample 0
     assert np.asarray(out["sd"]).shape == (256, 256, 3)
+    np.testing.assert_array_equal(out["truth"], tab.on_input(None, 3)[0])  # the page shows what was measured
+    np.testing.assert_array_equal(out["measurement"], tab.simulate(None, 3, "us_acoustic", 0.02, 0, None)[1])
     # the metrics table: the posterior mean's PSNR against the phantom, recomputed here
     from medgen.data.phantoms.lung import CT
     truth = CT.to_model(lus._phantom_arrays(3, SIZE)["ct"])
@@ -237,6 +239,7 @@ def test_uploaded_measurement_reconstructs_without_truth(tab: Any, tmp_path: Pat
     _, out = _run(tab, measurement=str(tmp_path / "y.npy"), n=2)
     assert out["status"].startswith("Done: DPS with us_linear"), out["status"]
     assert "No truth for an uploaded measurement" in out["metrics"] and "| truth |" not in out["metrics"]
+    assert out["truth"] is None and out["measurement"] is not None
     assert "| sample 1 |" in out["metrics"]
 
 
@@ -258,7 +261,8 @@ def test_bad_measurement_is_one_line(tab: Any, files: SimpleNamespace, stem: str
     _assert_one_line_error(status, expected)
     _, out = _run(tab, measurement=path)
     _assert_one_line_error(out["status"], expected)
-    assert all(out[k] is None for k in ("live", "sample", "mean", "sd", "raw")) and out["metrics"] == ""
+    assert all(out[k] is None for k in ("truth", "measurement", "live", "sample", "mean", "sd", "raw"))
+    assert out["metrics"] == ""
 
 
 @pytest.mark.parametrize("stem, expected", [
