@@ -9,7 +9,7 @@ import torch
 
 from medgen.config import ConfigError, get_preset
 from medgen.data.batch import Batch, collate
-from medgen.methods.ddpm import DPS_DEFAULTS, UnconditionalDDPM
+from medgen.methods.ddpm import DPS_DEFAULTS, DPS_SAMPLER, UnconditionalDDPM
 from medgen.nn.unet import UNet
 from medgen.registry import DATASETS, METHODS, lookup
 
@@ -125,7 +125,9 @@ def test_translate_is_dps_through_medgen_inverse():
     assert y.shape == (2, 1, 32, 16)
     opts = dict(steps=3, scale=5.0, n_samples=2)
     samples = model.reconstruct(y, generator=_gen(7), **opts)
-    direct = inv.dps_reconstruct(model.denoiser, op, y, scale=5.0, steps=3, n_samples=2, sampler=PLAIN.sample.sampler,
+    # the DPS default sampler is ancestral DDPM (DPS_SAMPLER), not the preset's generation sampler (DDIM)
+    assert DPS_SAMPLER == "ddpm" != PLAIN.sample.sampler
+    direct = inv.dps_reconstruct(model.denoiser, op, y, scale=5.0, steps=3, n_samples=2, sampler=DPS_SAMPLER,
                                  eta=0.0, normalize=True, generator=_gen(7), spacing=PLAIN.sample.spacing)
     assert samples.shape == (2, 2, 1, 32, 32)
     assert torch.allclose(samples, direct.clamp(-1, 1), atol=1e-5)
