@@ -285,14 +285,17 @@ def space_note(space: str) -> str:
 # --------------------------------------------------------------------------------------
 @dataclass
 class LungSet:
-    """Lung sections ``images [n, 1, H, W]`` (model range) with ``aeration [n]``, ``category [n]``
-    (int), ``lung_mask [n, H, W]`` (phantom labels; None for generated images) and ids."""
+    """Lung sections ``images [n, 1, H, W]`` (model range) with ``aeration [n]`` and ``category [n]``
+    (int) read from the image (:func:`aeration_of`, for real and generated images alike, as the paper
+    computes aeration from the image), ``lung_mask [n, H, W]`` and ``aeration_label [n]`` (the phantom's
+    ground truth; None for generated images) and ids."""
 
     images: torch.Tensor
     aeration: np.ndarray
     category: np.ndarray
     lung_mask: torch.Tensor | None = None
     patient_ids: list[str] = field(default_factory=list)
+    aeration_label: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -303,12 +306,16 @@ class LungSet:
         t = torch.as_tensor(idx)
         return LungSet(self.images[t], self.aeration[idx], self.category[idx],
                        None if self.lung_mask is None else self.lung_mask[t],
-                       [self.patient_ids[i] for i in idx] if self.patient_ids else [])
+                       [self.patient_ids[i] for i in idx] if self.patient_ids else [],
+                       None if self.aeration_label is None else self.aeration_label[idx])
 
 
 def real_sections(cfg: RunConfig, split: str, n: int | None = None) -> LungSet:
     """The first ``n`` sections of ``cfg``'s phantom ``split`` (``train`` / ``test``): the ``ct``
-    modality in model range with the phantom's ``aeration``, ``aeration_category`` and ``lung_mask``.
+    modality in model range, aeration and category read from the image (:func:`aeration_of`, the
+    same readout as generated images get, so the two are compared without a measurement asymmetry;
+    it agrees with the phantom's category on 98 % of 200 test sections at 32 px, 99 % at 64 px),
+    and the phantom's ``lung_mask`` and label ``aeration`` (``aeration_label``).
 
     The subjects are those the prior trains on (train) or never sees (test): same phantom,
     size and dataset seed; only the image keys change (``source = ct``, no target, no augmentation).
@@ -322,11 +329,12 @@ def real_sections(cfg: RunConfig, split: str, n: int | None = None) -> LungSet:
     items = ds.__getitems__(list(range(len(ds)))) if len(ds) else []
     if not items:
         raise ValueError(f"real_sections: the {split} split of {cfg.name} is empty")
-    return LungSet(torch.stack([it["source"] for it in items]).float(),
-                   np.array([float(it["aeration"]) for it in items]),
-                   np.array([int(it["aeration_category"]) for it in items], dtype=np.int64),
+    images = torch.stack([it["source"] for it in items]).float()
+    readout = aeration_of(images)
+    return LungSet(images, readout, lung.aeration_category(readout),
                    torch.stack([torch.as_tensor(it["lung_mask"]) for it in items]),
-                   [str(it["patient_id"]) for it in items])
+                   [str(it["patient_id"]) for it in items],
+                   np.array([float(it["aeration"]) for it in items]))
 
 
 def aeration_of(images: torch.Tensor) -> np.ndarray:

@@ -285,3 +285,19 @@ def test_plan_per_preset():
         exp.plan("ci", n_generate=1)
     with pytest.raises(ValueError, match="supervised"):
         exp.supervised_config(ci, "blur")
+
+
+def test_real_sections_use_the_same_aeration_readout_as_generated_images():
+    """Real and generated sections are compared through one readout (aeration from the image); the
+    phantom's labels stay beside it, and the readout agrees with them."""
+    from medgen.config import get_preset
+    from medgen.data.phantoms import lung as lung_phantom
+
+    cfg = get_preset("ci", task=exp.TASK_PRIOR)
+    real = exp.real_sections(cfg, "test", 8)
+    np.testing.assert_allclose(real.aeration, exp.aeration_of(real.images))
+    assert np.array_equal(real.category, lung_phantom.aeration_category(real.aeration))
+    assert real.aeration_label is not None and real.aeration_label.shape == (8,)
+    assert np.abs(real.aeration - real.aeration_label).mean() < 0.05
+    sub = real.subset([2, 0])
+    assert np.array_equal(sub.aeration_label, real.aeration_label[[2, 0]])
