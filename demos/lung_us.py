@@ -88,7 +88,7 @@ OPERATOR_LABELS = {"us_linear": "ultrasound, linear (envelope)", "us_acoustic": 
                    "blur": "Gaussian blur (paper: deblurring)", "inpaint": "inpainting, missing columns (paper)"}
 MAX_SUBJECT = 99_999
 MAX_NOISE = 0.5  # noise slider's upper end (measurement units)
-MAX_SCALE = 500.0  # guidance scale slider's upper end (normalised DPS step; larger images need larger scales)
+MAX_SCALE = 3000.0  # guidance scale slider's upper end (normalised DPS step; larger images need larger scales)
 MAX_STEPS = 200
 MAX_SAMPLES = 8
 MAX_GENERATE = 8
@@ -651,6 +651,15 @@ class Tab:
         """The prior's generation steps (``cfg.sample.steps``)."""
         return int(model_config(self.preset, self.ckpts).sample.steps)
 
+    def dps_scale(self, operator: str) -> float:
+        """The notebook's default DPS scale of ``operator`` at the model's preset (``DPS_SCALE``; smoke's if
+        the checkpoint's preset has none)."""
+        from medgen.experiments.lung_us import dps_scale
+        from medgen.presets.lung_us import DPS_SCALE
+
+        preset = model_config(self.preset, self.ckpts).preset
+        return dps_scale(operator, preset if preset in DPS_SCALE else "smoke")
+
     def dps_steps(self) -> int:
         """The notebook's DPS steps at the model's preset (``Plan.dps_steps``), else :meth:`default_steps`."""
         from medgen.experiments.lung_us import plan
@@ -798,8 +807,6 @@ def _image(label: str, elem_id: str) -> gr.Image:
 def build_tab(preset: str, *, runs_root: str | os.PathLike | None = None,
               checkpoints: str | os.PathLike | None = None) -> None:
     """Lay out the "Lung ultrasound" tab inside the current ``gr.Tab`` and wire its events."""
-    from medgen.experiments.lung_us import dps_scale
-
     tab = Tab(preset, runs_root, checkpoints)
     gr.Markdown(
         "### Lung ultrasound: guided reconstruction with a diffusion prior\n"
@@ -828,7 +835,7 @@ def build_tab(preset: str, *, runs_root: str | os.PathLike | None = None,
             meas_upload = gr.File(label="...or upload a measurement (.npy, the operator's output shape)",
                                   file_types=[".npy"], type="filepath", height=110, elem_id="lus-meas-upload")
         with gr.Column():
-            scale = gr.Slider(0.0, MAX_SCALE, value=dps_scale("us_linear"), step=0.5,
+            scale = gr.Slider(0.0, MAX_SCALE, value=tab.dps_scale("us_linear"), step=0.5,
                               label="Guidance scale (normalised DPS step; 0 = unguided prior)", elem_id="lus-scale")
             steps = gr.Slider(1, MAX_STEPS, value=tab.dps_steps(), step=1,
                               label=f"Sampling steps ({dps_sampler()}, respaced)", elem_id="lus-steps")
@@ -883,7 +890,7 @@ def build_tab(preset: str, *, runs_root: str | os.PathLike | None = None,
     show.click(input_fn, [upload, subject], [truth, status], api_name="lung_us_input")
     upload.upload(input_fn, [upload, subject], [truth, status], api_visibility="private")
     subject.submit(input_fn, [upload, subject], [truth, status], api_visibility="private")
-    operator.change(lambda op: dps_scale(op) if op in OPERATOR_LABELS else gr.skip(), operator, scale,
+    operator.change(lambda op: tab.dps_scale(op) if op in OPERATOR_LABELS else gr.skip(), operator, scale,
                     api_visibility="private")
     simulate.click(simulate_fn, [upload, subject, operator, noise, seed, meas_upload], [truth, meas, meas_file, status],
                    api_name="lung_us_simulate")

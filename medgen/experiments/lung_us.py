@@ -152,13 +152,9 @@ _PER_PRESET: dict[str, tuple] = {
 
 
 def _n_generate_default(preset: str) -> int:
-    """``N_GENERATE`` of :mod:`medgen.presets.lung_us` (a dict per preset or one number)."""
-    try:
-        from medgen.presets import lung_us as presets
-    except ImportError:
-        return {"ci": 8, "smoke": 128, "cpu": 512, "paper": 1000}.get(preset, 128)
-    n = presets.N_GENERATE
-    return int(n[preset] if isinstance(n, Mapping) else n)
+    """``N_GENERATE[preset]`` of :mod:`medgen.presets.lung_us`."""
+    from medgen.presets import lung_us as presets
+    return int(presets.N_GENERATE[preset])
 
 
 def plan(preset: str, *, seed: int = 0, n_generate: int | None = None, operators: Sequence[str] | None = None,
@@ -567,19 +563,15 @@ def _inverse() -> Any:
     return inverse
 
 
-def dps_scale(operator: str) -> float:
-    """The default DPS guidance scale of ``operator``: ``DPS_SCALE[operator]`` of
-    :mod:`medgen.presets.lung_us` when it defines one, else the prior's default
-    (:data:`medgen.methods.ddpm.DPS_DEFAULTS` ``["scale"]``, normalised DPS step)."""
+def dps_scale(operator: str, preset: str) -> float:
+    """The default DPS guidance scale of ``operator`` for the prior of ``preset``:
+    :data:`medgen.presets.lung_us.DPS_SCALE` (tuned on training subjects, see there)."""
+    from medgen.presets.lung_us import DPS_SCALE
     try:
-        from medgen.presets import lung_us as presets
-        table = getattr(presets, "DPS_SCALE", None)
-    except ImportError:
-        table = None
-    if isinstance(table, Mapping) and operator in table:
-        return float(table[operator])
-    from medgen.methods.ddpm import DPS_DEFAULTS
-    return float(DPS_DEFAULTS["scale"])
+        return float(DPS_SCALE[preset][operator])
+    except KeyError:
+        raise ValueError(f"no DPS scale for operator '{operator}' at preset '{preset}' "
+                         f"(medgen.presets.lung_us.DPS_SCALE has {', '.join(DPS_SCALE)})") from None
 
 
 def measure_all(p: Plan, truth: torch.Tensor, *, seed: int | None = None) -> dict[str, dict[str, Any]]:
@@ -659,7 +651,7 @@ def run_reconstruction(p: Plan, prior: Any, supervised: Mapping[str, Any], heldo
     rows = []
     for k, name in enumerate(p.operators):
         op, y, std = meas[name]["op"], meas[name]["y"], meas[name]["noise_std"]
-        scale = dps_scale(name)
+        scale = dps_scale(name, p.preset)
         out = {DPS: _dps(prior, op, y, scale=scale, steps=p.dps_steps, n_samples=p.n_samples,
                          seed=p.seed + k, callback=callback),
                UNGUIDED: _dps(prior, op, y, scale=0.0, steps=p.dps_steps, n_samples=p.n_samples,
@@ -691,7 +683,7 @@ def run_sweeps(p: Plan, prior: Any, recon: Reconstruction) -> pd.DataFrame:
     rows = []
     for k, name in enumerate(p.sweep_operators):
         op, y = recon.measurements[name]["op"], recon.measurements[name]["y"][:p.n_sweep]
-        base = dps_scale(name)
+        base = dps_scale(name, p.preset)
         points = [("guidance_scale", m, p.dps_steps) for m in p.guidance_scales]
         points += [("steps", 1.0, s) for s in p.steps]
         for sweep, mult, steps in points:

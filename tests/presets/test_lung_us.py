@@ -82,3 +82,18 @@ def test_cpu_prior_fits_the_shipped_checkpoint_limit():
     n = sum(q.numel() for q in lookup(METHODS, cfg.method)(cfg).parameters())
     assert 2 * n <= 20e6, f"cpu prior: {n} parameters = {2 * n / 1e6:.1f} MB in fp16 (limit 20 MB)"
     assert torch.tensor(n) > 1e6  # not a toy
+
+
+def test_dps_scale_table_covers_every_preset_and_operator():
+    from medgen.experiments.lung_us import dps_scale
+    from medgen.inverse import OPERATORS
+    from medgen.presets.lung_us import DPS_SCALE, PRESETS
+
+    assert set(DPS_SCALE) == set(PRESETS)
+    for preset in PRESETS:
+        assert set(DPS_SCALE[preset]) == set(OPERATORS)
+        assert all(dps_scale(op, preset) > 0 for op in OPERATORS)
+    # the nonlinear acoustic model takes a far smaller step than the linear operators (it diverges above ~30)
+    assert dps_scale("us_acoustic", "smoke") < dps_scale("us_linear", "smoke") / 10
+    with pytest.raises(ValueError, match="no DPS scale for operator 'fourier'"):
+        dps_scale("fourier", "smoke")
