@@ -73,14 +73,13 @@ from typing import Callable, Sequence
 import torch
 
 from benchmark import speed
-from benchmark.speed import Row, interleave, n_parameters, randomize_zero_init, to_markdown, write_report
+from benchmark.speed import Row, interleave, n_parameters, randomize_zero_init
 from benchmark.translation import report_ratio_rows
 from medgen.config import RunConfig, get_preset
 from medgen.inverse import OPERATORS, measure
 from medgen.methods.ddpm import DPS_DEFAULTS, UnconditionalDDPM
 from medgen.presets.lung_us import PRIOR
 from medgen.registry import DATASETS, METHODS, lookup
-from medgen.reports import resolve_reports_root
 
 NAME, TITLE = "lung_us", "Lung-ultrasound prior speed (generation and guided reconstruction)"
 MEASURES = "grop"  # (g) generation, (r) reconstruction, (o) operators, (p) paper network
@@ -374,24 +373,11 @@ def run(args: argparse.Namespace) -> list[Row]:
     return rows
 
 
-def header(argv: Sequence[str], load_before: str, seconds: float) -> str:
-    """Provenance line of the markdown report (:func:`benchmark.speed.header`)."""
-    return speed.header(argv, load_before, seconds, module="benchmark.lung_us",
-                        method="Random weights (speed does not depend on training); times are medians over "
-                               "interleaved rounds, ratios medians of per-round ratios; see benchmark/lung_us.py.")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: run, write the CSV and markdown, print the table."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(argv)
-    start, load_before = time.perf_counter(), speed.load_average()
-    rows = run(args)
-    provenance = header(argv, load_before, time.perf_counter() - start)
-    csv_path, md_path = write_report(rows, resolve_reports_root(args.out), provenance, name=NAME, title=TITLE)
-    print(to_markdown(rows))
-    log(f"wrote {csv_path} and {md_path} in {time.perf_counter() - start:.0f} s")
-    return 0
+    """Entry point: run, write the CSV and markdown, print the table (:func:`benchmark.speed.run_benchmark`)."""
+    return speed.run_benchmark(argv, parse_args=parse_args, run=run, name=NAME, title=TITLE, module="benchmark.lung_us",
+                               method="Random weights (speed does not depend on training); times are medians over "
+                                      "interleaved rounds, ratios medians of per-round ratios; see benchmark/lung_us.py.")
 
 
 if __name__ == "__main__":

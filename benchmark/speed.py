@@ -718,17 +718,28 @@ def header(argv: Sequence[str], load_before: str, seconds: float, *, module: str
             f"1-minute load average {load_before} at the start and {load_average()} at the end. {method}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: run, write the CSV and markdown, print the table."""
+def run_benchmark(argv: Sequence[str] | None, *, parse_args: Callable, run: Callable, name: str, title: str,
+                  module: str, method: str | None = None) -> int:
+    """The entry point every benchmark shares: parse ``argv``, ``run(args) -> rows``, write
+    ``<out>/<name>.csv`` / ``.md`` with the provenance header (``method`` as its last sentence),
+    print the table. Returns 0."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     start, load_before = time.perf_counter(), load_average()
     rows = run(args)
-    provenance = header(argv, load_before, time.perf_counter() - start)
-    csv_path, md_path = write_report(rows, resolve_reports_root(args.out), provenance)
+    extra = {} if method is None else {"method": method}
+    provenance = header(argv, load_before, time.perf_counter() - start, module=module, **extra)
+    csv_path, md_path = write_report(rows, resolve_reports_root(args.out), provenance, name=name, title=title)
     print(to_markdown(rows))
-    log(f"wrote {csv_path} and {md_path} in {time.perf_counter() - start:.0f} s")
+    print(f"[{name} {time.strftime('%H:%M:%S')}] wrote {csv_path} and {md_path} in "
+          f"{time.perf_counter() - start:.0f} s", flush=True)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: run, write the CSV and markdown, print the table."""
+    return run_benchmark(argv, parse_args=parse_args, run=run, name="speed", title="Speed benchmark",
+                         module="benchmark.speed")
 
 
 if __name__ == "__main__":

@@ -49,12 +49,11 @@ from typing import Callable, Sequence
 import torch
 
 from benchmark import speed
-from benchmark.speed import Row, interleave, n_parameters, randomize_zero_init, ratio_rows, to_markdown, write_report
+from benchmark.speed import Row, interleave, n_parameters, randomize_zero_init, ratio_rows
 from medgen.config import RunConfig, get_preset
 from medgen.methods.base import Method
 from medgen.presets import mri_to_ct
 from medgen.registry import METHODS, lookup
-from medgen.reports import resolve_reports_root
 
 NAME, TITLE = "translation", "Translation speed (spine MRI -> CT)"
 DDPM_OF = {2: "ddim_noise", 3: "ddim_noise_3d"}  # whose network DDPM runs on (same net as DDIM)
@@ -274,24 +273,11 @@ def run(args: argparse.Namespace) -> list[Row]:
     return rows
 
 
-def header(argv: Sequence[str], load_before: str, seconds: float) -> str:
-    """Provenance line of the markdown report (:func:`benchmark.speed.header`)."""
-    return speed.header(argv, load_before, seconds, module="benchmark.translation",
-                        method="Random weights (speed does not depend on training); times are medians over "
-                               "interleaved rounds, ratios medians of per-round ratios; see benchmark/translation.py.")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: run, write the CSV and markdown, print the table."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(argv)
-    start, load_before = time.perf_counter(), speed.load_average()
-    rows = run(args)
-    provenance = header(argv, load_before, time.perf_counter() - start)
-    csv_path, md_path = write_report(rows, resolve_reports_root(args.out), provenance, name=NAME, title=TITLE)
-    print(to_markdown(rows))
-    log(f"wrote {csv_path} and {md_path} in {time.perf_counter() - start:.0f} s")
-    return 0
+    """Entry point: run, write the CSV and markdown, print the table (:func:`benchmark.speed.run_benchmark`)."""
+    return speed.run_benchmark(argv, parse_args=parse_args, run=run, name=NAME, title=TITLE, module="benchmark.translation",
+                               method="Random weights (speed does not depend on training); times are medians over "
+                                      "interleaved rounds, ratios medians of per-round ratios; see benchmark/translation.py.")
 
 
 if __name__ == "__main__":
