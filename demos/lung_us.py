@@ -75,6 +75,7 @@ import gradio as gr
 import numpy as np
 import torch
 
+from demos import models
 from demos.quickstart import _md, resolve_runs_root
 from medgen.data.io import DICOM_SUFFIXES, MAX_BYTES, SUFFIXES
 
@@ -136,80 +137,40 @@ class Measurement:
 # --------------------------------------------------------------------------------------
 # Model (loaded once, lazily; trained at smoke when no checkpoint is shipped)
 # --------------------------------------------------------------------------------------
-_MODELS: dict[tuple[str, ...], Any] = {}
-_LOCK = threading.Lock()
-
-
 def default_checkpoints() -> Path:
     """``<repo>/checkpoints/lung_us`` (the shipped ``cpu`` prior lives in ``prior/``)."""
-    from medgen.reports import repo_root
-
-    return repo_root() / "checkpoints" / "lung_us"
+    return models.checkpoints_root("lung_us")
 
 
-def train_preset(preset: str) -> str:
-    """The preset a missing prior is trained at: ``ci`` for a ``ci`` demo, else ``smoke``."""
-    return "ci" if preset == "ci" else "smoke"
+def _train_config(preset: str) -> Callable[[], Any]:
+    """``() -> config`` a missing prior is trained with (:func:`demos.models.train_preset`)."""
+    def build() -> Any:
+        from medgen.config import get_preset
+        from medgen.presets.lung_us import PRIOR
 
-
-def is_shipped(ckpts: Path) -> bool:
-    """Whether ``ckpts/prior`` holds a checkpoint."""
-    return (ckpts / "prior" / "config.json").is_file()
-
-
-def _train_config(preset: str) -> Any:
-    from medgen.config import get_preset
-    from medgen.presets.lung_us import PRIOR
-
-    return get_preset(train_preset(preset), PRIOR)
+        return get_preset(models.train_preset(preset), PRIOR)
+    return build
 
 
 def model_config(preset: str, ckpts: Path) -> Any:
-    """The prior's config (shipped checkpoint, else the training preset); cheap."""
-    if is_shipped(ckpts):
-        from medgen.checkpoint import read_config
-
-        return read_config(ckpts / "prior")
-    return _train_config(preset)
+    """The prior's config (shipped checkpoint ``ckpts/prior``, else the training preset); cheap."""
+    return models.model_config(ckpts / "prior", _train_config(preset))
 
 
 def describe_model(preset: str, ckpts: Path) -> str:
     """``"shipped `cpu` checkpoint, 64 px"`` or ``"trained at `smoke` on first use, 32 px"``."""
-    cfg = model_config(preset, ckpts)
-    where = f"shipped `{cfg.preset}` checkpoint" if is_shipped(ckpts) else f"trained at `{cfg.preset}` on first use"
-    return f"{where}, {cfg.data.image_size} px"
-
-
-def _key(preset: str, ckpts: Path, runs: Path) -> tuple[str, ...]:
-    if is_shipped(ckpts):
-        return ("shipped", str((ckpts / "prior").resolve()))
-    return ("trained", train_preset(preset), str(runs.resolve()))
+    return models.describe(ckpts / "prior", _train_config(preset))
 
 
 def is_loaded(preset: str, ckpts: Path, runs: Path) -> bool:
     """Whether the prior is already in memory."""
-    return _key(preset, ckpts, runs) in _MODELS
+    return models.is_loaded(ckpts / "prior", _train_config(preset), runs)
 
 
 def get_model(preset: str, ckpts: Path, runs: Path, progress: Callable[..., Any] | None = None) -> Any:
-    """The prior (eval mode), loaded once: the shipped checkpoint, else trained (or loaded from the
-    runs cache) by :func:`~medgen.train.train_or_load` at :func:`train_preset` with a tqdm bar that
-    ``gr.Progress(track_tqdm=True)`` tracks."""
-    key = _key(preset, ckpts, runs)
-    with _LOCK:
-        if key not in _MODELS:
-            if key[0] == "shipped":
-                from medgen.checkpoint import load_translator
-
-                _MODELS[key] = load_translator(ckpts / "prior")
-            else:
-                from medgen.train import train_or_load
-
-                cfg = _train_config(preset)
-                if progress is not None:
-                    progress(0.0, desc=f"training the lung prior at `{cfg.preset}` ({cfg.train.steps} steps, once)")
-                _MODELS[key] = train_or_load(cfg, root=runs, progress=True).eval()
-        return _MODELS[key]
+    """The prior (eval mode), loaded once by :func:`demos.models.get_model`: the shipped checkpoint,
+    else trained (or loaded from the runs cache) at smoke with a progress bar."""
+    return models.get_model(ckpts / "prior", _train_config(preset), runs, label="the lung prior", progress=progress)
 
 
 # --------------------------------------------------------------------------------------

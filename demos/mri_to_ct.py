@@ -43,7 +43,6 @@ import functools
 import logging
 import os
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +53,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from demos import models
 from demos.quickstart import _md, resolve_runs_root
 from medgen.data.io import DICOM_SUFFIXES, MAX_BYTES, SUFFIXES, ImageReadError, window
 
@@ -100,20 +100,9 @@ class SpineInput:
 # --------------------------------------------------------------------------------------
 # Models (loaded once, lazily; trained at smoke when no checkpoint is shipped)
 # --------------------------------------------------------------------------------------
-_MODELS: dict[tuple[str, ...], Any] = {}
-_LOCK = threading.Lock()
-
-
 def default_checkpoints() -> Path:
     """``<repo>/checkpoints/mri_to_ct`` (the shipped ``cpu`` checkpoints)."""
-    from medgen.reports import repo_root
-
-    return repo_root() / "checkpoints" / "mri_to_ct"
-
-
-def train_preset(preset: str) -> str:
-    """The preset a missing checkpoint is trained at: ``ci`` for a ``ci`` demo, else ``smoke``."""
-    return "ci" if preset == "ci" else "smoke"
+    return models.checkpoints_root("mri_to_ct")
 
 
 def _folder(ckpts: Path, model: str, contrast: str | None) -> Path:
@@ -122,7 +111,7 @@ def _folder(ckpts: Path, model: str, contrast: str | None) -> Path:
 
 def is_shipped(ckpts: Path, model: str, contrast: str | None = None) -> bool:
     """Whether ``ckpts`` holds the checkpoint of ``model`` (and ``contrast``; None: the segmenter)."""
-    return (_folder(ckpts, model, contrast) / "config.json").is_file()
+    return models.is_shipped(_folder(ckpts, model, contrast))
 
 
 def available_methods(ckpts: Path) -> list[str]:
@@ -131,21 +120,20 @@ def available_methods(ckpts: Path) -> list[str]:
     return shipped or list(METHODS)
 
 
-def _train_config(preset: str, model: str, contrast: str | None) -> Any:
-    from medgen.config import get_preset
-    from medgen.presets.mri_to_ct import for_contrast, task
+def _train_config(preset: str, model: str, contrast: str | None) -> Callable[[], Any]:
+    """``() -> config`` a missing ``model`` / ``contrast`` is trained with (:func:`demos.models.train_preset`)."""
+    def build() -> Any:
+        from medgen.config import get_preset
+        from medgen.presets.mri_to_ct import for_contrast, task
 
-    cfg = get_preset(train_preset(preset), task(model))
-    return cfg if contrast is None else for_contrast(cfg, contrast)
+        cfg = get_preset(models.train_preset(preset), task(model))
+        return cfg if contrast is None else for_contrast(cfg, contrast)
+    return build
 
 
 def model_config(preset: str, ckpts: Path, model: str, contrast: str | None = None) -> Any:
     """The config of the model the demo uses (shipped checkpoint, else the training preset); cheap."""
-    if is_shipped(ckpts, model, contrast):
-        from medgen.checkpoint import read_config
-
-        return read_config(_folder(ckpts, model, contrast))
-    return _train_config(preset, model, contrast)
+    return models.model_config(_folder(ckpts, model, contrast), _train_config(preset, model, contrast))
 
 
 def model_size(preset: str, ckpts: Path, model: str, contrast: str) -> int:
@@ -154,47 +142,21 @@ def model_size(preset: str, ckpts: Path, model: str, contrast: str) -> int:
 
 
 def describe_model(preset: str, ckpts: Path, model: str, contrast: str | None = None) -> str:
-    """``"shipped `cpu` checkpoint, 64 px"`` or ``"trained at `smoke`, 32 px"`` (one phrase)."""
-    cfg = model_config(preset, ckpts, model, contrast)
-    where = f"shipped `{cfg.preset}` checkpoint" if is_shipped(ckpts, model, contrast) else \
-        f"trained at `{cfg.preset}` on first use"
-    return f"{where}, {cfg.data.image_size} px"
+    """``"shipped `cpu` checkpoint, 64 px"`` or ``"trained at `smoke` on first use, 32 px"`` (one phrase)."""
+    return models.describe(_folder(ckpts, model, contrast), _train_config(preset, model, contrast))
 
 
 def is_loaded(preset: str, ckpts: Path, runs: Path, model: str, contrast: str | None = None) -> bool:
     """Whether the model is already in memory."""
-    return _key(preset, ckpts, runs, model, contrast) in _MODELS
-
-
-def _key(preset: str, ckpts: Path, runs: Path, model: str, contrast: str | None) -> tuple[str, ...]:
-    if is_shipped(ckpts, model, contrast):
-        return ("shipped", str(_folder(ckpts, model, contrast).resolve()))
-    return ("trained", train_preset(preset), model, contrast or "", str(runs.resolve()))
+    return models.is_loaded(_folder(ckpts, model, contrast), _train_config(preset, model, contrast), runs)
 
 
 def get_model(preset: str, ckpts: Path, runs: Path, model: str, contrast: str | None = None,
               progress: Callable[..., Any] | None = None) -> Any:
-    """The model (a Translator in eval mode; ``contrast=None`` for the segmenter), loaded once.
-
-    A shipped checkpoint loads with :func:`~medgen.checkpoint.load_translator`; otherwise the
-    model is trained (or loaded from the runs cache) by :func:`~medgen.train.train_or_load` at
-    :func:`train_preset`, reporting to ``progress`` (``gr.Progress``: its tqdm bar is tracked).
-    """
-    key = _key(preset, ckpts, runs, model, contrast)
-    with _LOCK:
-        if key not in _MODELS:
-            if key[0] == "shipped":
-                from medgen.checkpoint import load_translator
-
-                _MODELS[key] = load_translator(_folder(ckpts, model, contrast))
-            else:
-                from medgen.train import train_or_load
-
-                cfg = _train_config(preset, model, contrast)
-                if progress is not None:
-                    progress(0.0, desc=f"training {model} at `{cfg.preset}` ({cfg.train.steps} steps, once)")
-                _MODELS[key] = train_or_load(cfg, root=runs, progress=True).eval()
-        return _MODELS[key]
+    """The model (a Translator in eval mode; ``contrast=None`` for the segmenter), loaded once by
+    :func:`demos.models.get_model`: the shipped checkpoint, else trained at smoke with a progress bar."""
+    return models.get_model(_folder(ckpts, model, contrast), _train_config(preset, model, contrast), runs,
+                            label=model, progress=progress)
 
 
 # --------------------------------------------------------------------------------------

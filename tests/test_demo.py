@@ -367,3 +367,28 @@ def test_main_rejects_unknown_preset(capsys: pytest.CaptureFixture[str]) -> None
     assert info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "unknown preset 'smok'" in err and "did you mean 'smoke'?" in err
+
+
+def test_demo_models_cache_trains_once_and_prefers_a_shipped_checkpoint(tmp_path):
+    """demos.models: a missing checkpoint trains once (cached in memory by config and runs folder);
+    a folder with a checkpoint is loaded instead and described as shipped."""
+    import dataclasses
+
+    from demos import models
+    from medgen.checkpoint import export_checkpoint
+    from medgen.config import get_preset
+    from medgen.train import run_dir_for
+
+    cfg = get_preset("ci")
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=1, num_threads=1))
+    folder, runs = tmp_path / "ckpts" / "quick", tmp_path / "runs"
+    assert models.train_preset("ci") == "ci" and models.train_preset("cpu") == "smoke"
+    assert not models.is_shipped(folder) and not models.is_loaded(folder, lambda: cfg, runs)
+    assert models.describe(folder, lambda: cfg) == f"trained at `ci` on first use, {cfg.data.image_size} px"
+    first = models.get_model(folder, lambda: cfg, runs, label="quick")
+    assert models.is_loaded(folder, lambda: cfg, runs)
+    assert models.get_model(folder, lambda: cfg, runs, label="quick") is first      # not retrained
+    export_checkpoint(run_dir_for(cfg, runs), folder)
+    assert models.is_shipped(folder) and models.describe(folder, lambda: cfg).startswith("shipped `ci` checkpoint")
+    shipped = models.get_model(folder, lambda: cfg, runs, label="quick")
+    assert shipped is not first and not shipped.training
