@@ -52,3 +52,34 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for a demo hub under test)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def hub_server(tmp_path_factory: pytest.TempPathFactory):
+    """The whole demo hub at ``ci`` on a free port (one per test module): ``.url`` and ``.runs`` (its
+    temporary runs folder)."""
+    from types import SimpleNamespace
+
+    from demos.app import launch
+
+    runs, port = tmp_path_factory.mktemp("hub-runs"), free_port()
+    app = launch("ci", "127.0.0.1", port, runs_root=runs, prevent_thread_lock=True, quiet=True)
+    try:
+        yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", runs=runs)
+    finally:
+        app.close()
+
+
+@pytest.fixture(scope="module")
+def hub_url(hub_server) -> str:
+    """The URL of :func:`hub_server`."""
+    return hub_server.url

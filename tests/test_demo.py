@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Iterator
@@ -33,27 +32,13 @@ RUN_TIMEOUT_MS = 180_000  # the first Run trains the `ci` model
 pytestmark = pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")  # pandas noise (TOOLCHAIN.md)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
-    """The hub at preset ci on a free port, with its runs folder in a temporary directory."""
+def hub(hub_server: SimpleNamespace) -> SimpleNamespace:
+    """The hub at preset ci (conftest ``hub_server``) with the quickstart config and its examples."""
     from demos import quickstart
-    from demos.app import launch
 
-    runs = tmp_path_factory.mktemp("runs")
-    port = _free_port()
-    app = launch("ci", "127.0.0.1", port, runs_root=runs, prevent_thread_lock=True, quiet=True)
     cfg = quickstart.get_preset("ci", "quickstart")
-    try:
-        yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", runs=runs, cfg=cfg,
-                              examples=quickstart.example_labels(cfg))
-    finally:
-        app.close()
+    return SimpleNamespace(url=hub_server.url, runs=hub_server.runs, cfg=cfg, examples=quickstart.example_labels(cfg))
 
 
 @pytest.fixture(scope="module")

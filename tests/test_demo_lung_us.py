@@ -9,10 +9,9 @@ untrained, so the tests check the plumbing and the numbers' definitions, not ima
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -353,26 +352,6 @@ def test_tab_is_in_the_hub() -> None:
     from demos import app, lung_us
 
     assert ("Lung ultrasound", lung_us.build_tab) in app.TABS
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def hub_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The whole hub at ``ci`` on a free port."""
-    from demos.app import launch
-
-    port = _free_port()
-    app = launch("ci", "127.0.0.1", port, runs_root=tmp_path_factory.mktemp("hub-runs"), prevent_thread_lock=True,
-                 quiet=True)
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        app.close()
 
 
 @pytest.mark.slow

@@ -6,10 +6,9 @@ Translations use the shipped 64 px checkpoints with 1-2 DDIM steps so that the f
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -229,26 +228,6 @@ def test_missing_checkpoint_is_trained_with_a_progress_bar(m2c: Any, tmp_path: P
 # ------------------------------------------------------------------------------------------
 # the hub, through gradio_client
 # ------------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def hub_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The whole hub at ``ci`` on a free port."""
-    from demos.app import launch
-
-    port = _free_port()
-    app = launch("ci", "127.0.0.1", port, runs_root=tmp_path_factory.mktemp("hub-runs"), prevent_thread_lock=True,
-                 quiet=True)
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        app.close()
-
-
 @pytest.fixture(scope="module")
 def client(hub_url: str, tmp_path_factory: pytest.TempPathFactory) -> Any:
     from gradio_client import Client
