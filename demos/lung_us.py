@@ -64,7 +64,6 @@ import logging
 import math
 import os
 import queue
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -76,7 +75,7 @@ import numpy as np
 import torch
 
 from demos import models
-from demos.quickstart import _md, resolve_runs_root
+from demos.quickstart import _error_status, _md, _one_line, out_dir, resolve_runs_root
 from medgen.data.io import DICOM_SUFFIXES, MAX_BYTES, SUFFIXES
 
 __all__ = ["Tab", "build_tab", "DemoError", "LungInput", "Measurement", "load_phantom", "load_upload",
@@ -556,24 +555,14 @@ def show_sd(sd_hu: np.ndarray) -> np.ndarray:
     return _enlarge(_u8(colormaps["magma"](np.clip(sd_hu / SD_MAX_HU, 0.0, 1.0))[..., :3]))
 
 
-@functools.cache
 def _out_dir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="medgen-lung-us-", dir=os.environ.get("GRADIO_TEMP_DIR") or None))
+    return out_dir("lung-us")
 
 
 def _save(name: str, arr: np.ndarray) -> str:
     path = _out_dir() / f"{name}_{time.time_ns()}.npy"
     np.save(path, np.asarray(arr, np.float32))
     return str(path)
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
-def _error_status(message: str) -> str:
-    gr.Warning(message)
-    return f"**Error:** {_md(message)}"
 
 
 def _input_status(inp: LungInput, size: int) -> str:

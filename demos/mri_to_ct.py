@@ -42,7 +42,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +53,7 @@ import torch
 import torch.nn.functional as F
 
 from demos import models
-from demos.quickstart import _md, resolve_runs_root
+from demos.quickstart import _error_status, _md, _one_line, out_dir, resolve_runs_root
 from medgen.data.io import DICOM_SUFFIXES, MAX_BYTES, SUFFIXES, ImageReadError, window
 
 LOG = logging.getLogger(__name__)
@@ -390,9 +389,8 @@ def show_overlay(ct_hu: np.ndarray, labels: np.ndarray, reference: np.ndarray | 
     return _u8(rgb)
 
 
-@functools.cache
 def _out_dir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="medgen-mri-to-ct-", dir=os.environ.get("GRADIO_TEMP_DIR") or None))
+    return out_dir("mri-to-ct")
 
 
 def _save_samples(ct_hu: np.ndarray, s: Settings) -> str:
@@ -405,15 +403,6 @@ def _save_samples(ct_hu: np.ndarray, s: Settings) -> str:
 # --------------------------------------------------------------------------------------
 # Handlers
 # --------------------------------------------------------------------------------------
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
-def _error_status(message: str) -> str:
-    gr.Warning(message)
-    return f"**Error:** {_md(message)}"
-
-
 def _input_status(inp: SpineInput, size: int) -> str:
     """Markdown: the input, the out-of-distribution warning for uploads, one line per note."""
     ref = "with reference CT and labels" if inp.phantom else "no reference CT (Dice needs a phantom)"

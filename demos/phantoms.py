@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import gradio as gr
 import numpy as np
 
+from demos.quickstart import _one_line
 from medgen.data.phantoms.base import PRESETS, TEST_OFFSET
 from medgen.data.phantoms.views import panels
 from medgen.registry import PHANTOMS, _ensure_loaded
@@ -102,10 +103,6 @@ def render(name: str, preset: str, subject: float, controls: dict[str, float], v
     shape = f"{size.height}x{size.width}" + (f"x{size.depth}" if size.depth else "")
     status = f"Subject {int(subject)} of the {name} phantom, rendered at {shape} px. {_labels_line(name, arrays)}"
     return status, list(views.items())
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _handler(name: str, preset: str, control_names: Sequence[str], view_names: Sequence[str], n_panels: int):

@@ -66,9 +66,13 @@ _MODEL_LOCK = threading.Lock()
 
 
 @functools.cache
+def out_dir(tab: str = "quickstart") -> Path:
+    """Private folder of one tab (under ``$GRADIO_TEMP_DIR`` when set) for its downloadable raw outputs."""
+    return Path(tempfile.mkdtemp(prefix=f"medgen-{tab}-", dir=os.environ.get("GRADIO_TEMP_DIR") or None))
+
+
 def _out_dir() -> Path:
-    """Private folder (under ``$GRADIO_TEMP_DIR`` when set) for the downloadable raw outputs."""
-    return Path(tempfile.mkdtemp(prefix="medgen-quickstart-", dir=os.environ.get("GRADIO_TEMP_DIR") or None))
+    return out_dir("quickstart")
 
 
 def resolve_runs_root(runs_root: str | os.PathLike | None = None) -> Path:
@@ -222,9 +226,8 @@ def on_example(cfg: RunConfig, label: str | None) -> tuple[Any, Any, Any, str]:
 
 
 def _one_line(exc: BaseException) -> str:
-    """First line of an exception message (never a traceback)."""
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
+    """An exception as one line of text, whitespace collapsed (the UI never shows a traceback)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 # --------------------------------------------------------------------------------------
