@@ -99,17 +99,19 @@ TASKS = (PRIOR, *CONDITIONAL.values())
 N_GENERATE = {"ci": 8, "smoke": 64, "cpu": 256, "paper": 1000}  # images generated per preset (paper: 1000)
 TIMESTEPS = 4000  # Table 1 "Diffusion steps", at every preset (sampling is respaced)
 # Default DPS guidance scale (normalised step, medgen.inverse.dps_reconstruct) per preset and operator, tuned
-# by /tmp-style sweeps over {0, 3, 10, 30, 100, 300, 1000, 3000} on 6 *training* subjects (numbers 100-105; the
-# notebook scores held-out ones) with the preset's prior and DPS steps (smoke: 25): the best PSNR, or a value
-# within 1 dB of it further from divergence. Smoke (32 px): us_linear 300 -> 27.3 dB (1000: 28.0, 3000
-# diverges: 24.3), us_acoustic 10 -> 16.4 (the nonlinear model diverges above ~30), blur 300 -> 26.8, inpaint
-# 300 -> 26.4; unguided 14.3 dB. The per-pixel pull of a normalised step shrinks as 1 / sqrt(#measurements),
-# so a larger image needs a larger scale; ci reuses smoke's, paper (256 px) takes cpu's x 4 (untuned).
+# by sweeps over {0, 3, 10, 20, 30, 100, 300, 1000, 3000} on 6 *training* subjects (numbers 100-105; the notebook
+# scores held-out ones) with the preset's prior and DPS steps: the best mean PSNR, or a value within 1 dB of it
+# further from divergence. Smoke (32 px, 25 steps; unguided 14.3 dB): us_linear 300 -> 27.3 dB (1000: 28.0,
+# 3000 diverges: 24.3), us_acoustic 10 -> 16.4 (the nonlinear model diverges above ~30), blur 300 -> 26.8,
+# inpaint 300 -> 26.4. Cpu (the shipped 64 px prior, 50 steps; unguided 13.3 dB): us_linear 1000 -> 33.3 dB
+# (3000: 34.0), us_acoustic 10 -> 15.8 (20: 14.9, 100: 14.1), blur 300 -> 30.4 (1000: 30.5), inpaint 300 -> 28.1
+# (1000: 27.5). ci reuses smoke's; paper (256 px) takes cpu's x 4 -- the per-pixel pull of a normalised step
+# shrinks as 1 / sqrt(#measurements) -- untuned.
 DPS_SCALE = {
     "ci": {"us_linear": 300.0, "us_acoustic": 10.0, "blur": 300.0, "inpaint": 300.0},
     "smoke": {"us_linear": 300.0, "us_acoustic": 10.0, "blur": 300.0, "inpaint": 300.0},
-    "cpu": {"us_linear": 600.0, "us_acoustic": 20.0, "blur": 600.0, "inpaint": 600.0},
-    "paper": {"us_linear": 2400.0, "us_acoustic": 80.0, "blur": 2400.0, "inpaint": 2400.0},
+    "cpu": {"us_linear": 1000.0, "us_acoustic": 10.0, "blur": 300.0, "inpaint": 300.0},
+    "paper": {"us_linear": 4000.0, "us_acoustic": 40.0, "blur": 1200.0, "inpaint": 1200.0},
 }
 
 # Per preset: image side, (n_train, n_test), UNet widths, residual blocks, norm groups, heads.
