@@ -26,8 +26,9 @@ depend on the weights, so no training is needed.
   each operator of :data:`medgen.inverse.OPERATORS` (``us_linear``, ``us_acoustic``, ``blur``,
   ``inpaint``; guidance scale ``DPS_DEFAULTS["scale"]`` = 10) against the same call with
   scale 0 (the unguided prior: the same sampler, steps, ``x_T`` and code path, without the
-  gradient), sampler and steps of the preset's ``cfg.sample`` (DDIM-50, eta 0, as the
-  lung_us experiment runs DPS; ``--recon-sampler ddpm`` for ancestral DDPM), all arms
+  gradient), with DPS's own sampler (:data:`medgen.methods.ddpm.DPS_SAMPLER`, ancestral DDPM,
+  as the lung_us experiment and demo run it; ``--recon-sampler ddim`` for DDIM eta 0) over the
+  preset's ``cfg.sample.steps`` (50) respaced steps (the per-step cost does not depend on the sampler), all arms
   interleaved. Rows: seconds per reconstruction and the per-step time ratio guided /
   unguided per operator: the number of unguided steps a guided step costs. A guided step
   runs the network forward with the autograd graph, the operator and its backward, and the
@@ -77,7 +78,7 @@ from benchmark.speed import Row, interleave, n_parameters, randomize_zero_init
 from benchmark.translation import report_ratio_rows
 from medgen.config import RunConfig, get_preset
 from medgen.inverse import OPERATORS, measure
-from medgen.methods.ddpm import DPS_DEFAULTS, UnconditionalDDPM
+from medgen.methods.ddpm import DPS_DEFAULTS, DPS_SAMPLER, UnconditionalDDPM
 from medgen.presets.lung_us import PRIOR
 from medgen.registry import DATASETS, METHODS, lookup
 
@@ -325,7 +326,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--batches", default="1,8", help="generation batch sizes (default 1,8)")
     p.add_argument("--ddim-steps", type=int, default=50, help="DDIM steps of (g) (default 50)")
     p.add_argument("--fast-steps", type=int, default=20, help="DPM-Solver++ 2M steps of (g) (default 20)")
-    p.add_argument("--recon-sampler", default=None, help="sampler of (r) and (p) (default: the preset's, DDIM eta 0)")
+    p.add_argument("--recon-sampler", default=None, help="sampler of (r) and (p) (default: DPS_SAMPLER, ancestral DDPM)")
     p.add_argument("--recon-steps", type=int, default=None, help="steps of (r) (default: the preset's, 50)")
     p.add_argument("--scale", type=float, default=float(DPS_DEFAULTS["scale"]), help="DPS guidance scale (default 10)")
     p.add_argument("--operators", default=",".join(OPERATORS), help="operators of (r) and (o) (default all)")
@@ -353,7 +354,7 @@ def run(args: argparse.Namespace) -> list[Row]:
     cfg = get_preset(args.preset, task=PRIOR)
     torch.set_num_threads(args.threads or cfg.train.num_threads)
     operators, batches = selected(args.operators), sorted({int(b) for b in args.batches.split(",") if b})
-    sampler, steps = args.recon_sampler or cfg.sample.sampler, args.recon_steps or cfg.sample.steps
+    sampler, steps = args.recon_sampler or DPS_SAMPLER, args.recon_steps or cfg.sample.steps
     log(f"preset {args.preset}, {torch.get_num_threads()} threads, measures {args.only}, plan {plan}")
     p = build(args.preset)
     rows = [Row(f"parameters {PRIOR} {args.preset}", n_parameters(p.method) / 1e6, "M")]

@@ -164,10 +164,11 @@ def test_lung_us_benchmark_quick(tmp_path: Path) -> None:
         / v["(g) generate ci 32x32, batch 1: DDIM-3 (eta 0) images/s"], rel=1e-3)
     # (r) same steps on both sides: the time ratio is the per-step ratio
     r = "(r) reconstruct ci 32x32, batch 1"
-    unguided = v[f"{r}: unguided DDIM-3 (eta 0) (scale 0)"]
+    dps = "DDPM-3"  # DPS's own sampler (medgen.methods.ddpm.DPS_SAMPLER), ancestral
+    unguided = v[f"{r}: unguided {dps} (scale 0)"]
     assert v[f"{r}: unguided time per step"] == pytest.approx(unguided * 1e3 / 3, rel=1e-3)
     for op in ("us_linear", "inpaint"):
-        guided = v[f"{r}: DPS {op} DDIM-3 (eta 0) (scale 10)"]
+        guided = v[f"{r}: DPS {op} {dps} (scale 10)"]
         assert v[f"{r}: DPS {op} time per step"] == pytest.approx(guided * 1e3 / 3, rel=1e-3)
         assert v[f"{r} time per step DPS {op} / unguided{med}"] == pytest.approx(guided / unguided, rel=1e-3)
     assert not any("blur" in k or "us_acoustic" in k for k in v)  # only the chosen operators
