@@ -74,7 +74,7 @@ def test_scaled_presets_keep_the_recipe_and_shrink():
     assert ci.train.steps <= 4 and ci.sample.steps <= 4 and ci.data.n_train <= 16 and max(ci.model.channels) <= 16
     for preset in ("smoke", "cpu"):
         s = get_preset(preset, task=p.task()).sample
-        assert (s.sampler, s.steps, s.eta) == ("ddim", 50, 0.0)
+        assert (s.sampler, s.steps, s.eta) == ("ddpm", 100, 0.0)  # ancestral with the learned variances
 
 
 def test_cpu_prior_fits_the_shipped_checkpoint_limit():
