@@ -88,7 +88,9 @@ def test_generate_shape_range_and_reproducibility():
     assert torch.equal(a, model.generate(3, generator=_gen(1), steps=3))
     assert not torch.allclose(a, model.generate(3, generator=_gen(2), steps=3))
     # x_T is drawn for all n first: the deterministic DDIM (eta 0) gives the same images in any chunking
-    assert torch.allclose(a, model.generate(3, generator=_gen(1), steps=3, batch_size=2), atol=1e-5)
+    ddim = dict(sampler="ddim", eta=0.0, steps=3)
+    assert torch.allclose(model.generate(3, generator=_gen(1), **ddim),
+                          model.generate(3, generator=_gen(1), batch_size=2, **ddim), atol=1e-5)
     assert model.generate(2, generator=_gen(1), sampler="ddpm", steps=2).shape == (2, 1, 32, 32)
     calls = []
     model.generate(2, generator=_gen(1), steps=3, batch_size=1, callback=calls.append)
@@ -119,14 +121,15 @@ def test_translate_is_dps_through_medgen_inverse():
     """reconstruct == inverse.dps_reconstruct on the model's denoiser with make_operator(...) at its size
     (clamped), translate == the mean over samples; the guidance is active (scale 0 differs)."""
     inv = pytest.importorskip("medgen.inverse")
-    model = _model()
+    model = _model(dataclasses.replace(PLAIN, sample=dataclasses.replace(PLAIN.sample, sampler="ddim")))
     op = inv.make_operator("us_linear", size=32)
     y = inv.measure(op, _batch(2).source, generator=_gen(5))
     assert y.shape == (2, 1, 32, 16)
     opts = dict(steps=3, scale=5.0, n_samples=2)
     samples = model.reconstruct(y, generator=_gen(7), **opts)
-    # the DPS default sampler is ancestral DDPM (DPS_SAMPLER), not the preset's generation sampler (DDIM)
-    assert DPS_SAMPLER == "ddpm" != PLAIN.sample.sampler
+    # the DPS default sampler is ancestral DDPM (DPS_SAMPLER) whatever the preset's generation sampler
+    assert DPS_SAMPLER == "ddpm"
+    assert model.sampling_options({"sampler": "ddim"})["sampler"] == "ddim"
     direct = inv.dps_reconstruct(model.denoiser, op, y, scale=5.0, steps=3, n_samples=2, sampler=DPS_SAMPLER,
                                  eta=0.0, normalize=True, generator=_gen(7), spacing=PLAIN.sample.spacing)
     assert samples.shape == (2, 2, 1, 32, 32)
