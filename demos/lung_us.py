@@ -28,7 +28,7 @@ Reconstruction section
 * **Reconstruction**: diffusion posterior sampling (:meth:`UnconditionalDDPM.reconstruct`,
   normalised DPS step of size ``scale``), with the notebook's DPS sampler
   (:data:`medgen.experiments.lung_us.DPS_SAMPLER`: ancestral DDPM over ``steps`` respaced steps,
-  Chung et al.'s Algorithm 1 -- the prior's deterministic DDIM diverged under guidance) and its
+  Chung et al.'s Algorithm 1 -- deterministic DDIM (eta 0) diverged under guidance) and its
   default steps (``Plan.dps_steps`` of the model's preset), ``n`` samples from a generator
   seeded with ``seed + 1``. The handler is a generator: the sampler's callback
   hands the x0 estimate of sample 0 to the page every ``k``-th step (``k`` = steps / 20,
@@ -593,7 +593,7 @@ class Tab:
 
     @property
     def sampling(self) -> str:
-        """``"ddim, 50 steps by default"`` (the prior's sampler)."""
+        """``"ddpm, 100 steps by default"`` (the prior's sampler)."""
         s = model_config(self.preset, self.ckpts).sample
         return f"{s.sampler} (eta {s.eta:g})"
 

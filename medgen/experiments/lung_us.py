@@ -96,7 +96,7 @@ FLAG_ALPHA = 0.05  # one-sided binomial test of "flag rate above the calibration
 COVER_FRACTION = 0.25  # a category is covered when its generated share >= this x its real share
 ALPHA = 0.05
 # DPS (and the unguided prior it is compared with) samples ancestrally -- DDPM over the respaced steps, Chung et
-# al.'s Algorithm 1 -- not with the prior's deterministic DDIM (eta 0) used for generation: measured on the smoke
+# al.'s Algorithm 1 -- not with the deterministic DDIM (eta 0): measured on the smoke
 # prior (4 held-out images, 25 steps, scale 10) DDIM-DPS diverged (us_linear 10.7 dB, residual 0.29, worse than
 # unguided 12.9 dB) while DDPM-DPS reached 22.1 dB (residual 0.07; unguided 14.7 dB). One constant, in the method.
 from medgen.methods.ddpm import DPS_SAMPLER  # noqa: E402
