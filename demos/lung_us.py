@@ -593,9 +593,9 @@ class Tab:
 
     @property
     def sampling(self) -> str:
-        """``"ddpm, 100 steps by default"`` (the prior's sampler)."""
+        """The prior's sampler: ``"ddpm"``, or e.g. ``"ddim (eta 0)"``."""
         s = model_config(self.preset, self.ckpts).sample
-        return f"{s.sampler} (eta {s.eta:g})"
+        return s.sampler + (f" (eta {s.eta:g})" if s.sampler == "ddim" else "")
 
     def default_steps(self) -> int:
         """The prior's generation steps (``cfg.sample.steps``)."""

@@ -300,7 +300,7 @@ def test_generate_with_pixel_memorization_readout(tab: Any, lus: Any) -> None:
     from medgen.experiments.lung_us import real_sections
 
     status, gen, near, table = tab.generate(3, 2, 1, lus.PIXEL_SPACE)
-    assert status.startswith("Done: 3 images from the prior (ddim (eta 0), 2 steps, seed 1)"), status
+    assert status.startswith("Done: 3 images from the prior (ddpm, 2 steps, seed 1)"), status
     assert len(gen) == 3 and len(near) == 3
     model = lus.get_model(tab.preset, tab.ckpts, tab.runs)
     images = model.generate(3, generator=torch.Generator().manual_seed(1), steps=2)[:, 0].numpy()
