@@ -64,7 +64,6 @@ import pandas as pd
 import torch
 
 from medgen.config import RunConfig, get_preset
-from medgen.data.batch import collate
 from medgen.evaluate import evaluate
 from medgen.experiments import spine_dice
 from medgen.methods.segmenter import MEASURER_NOTE
