@@ -15,18 +15,14 @@ from typing import Any, Iterator
 
 import numpy as np
 import pytest
+
+from browser import CHROMIUM, CHROMIUM_FLAGS
 from PIL import Image
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
-]
 SIZE = 16  # image_size of the quickstart `ci` preset
 RUN_TIMEOUT_MS = 180_000  # the first Run trains the `ci` model
 pytestmark = pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")  # pandas noise (TOOLCHAIN.md)

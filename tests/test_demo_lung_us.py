@@ -18,6 +18,8 @@ import pytest
 import torch
 from PIL import Image
 
+from browser import screenshot, set_numbers, tab_page
+
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -25,12 +27,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytestmark = [
     pytest.mark.filterwarnings("ignore::Warning:gradio.queueing"),
     pytest.mark.filterwarnings("ignore::UserWarning:gradio.helpers"),  # gr.Warning outside a request
-]
-CHROMIUM = "/usr/bin/chromium"  # as tests/test_demo_mri_to_ct.py (TOOLCHAIN.md: offline flags)
-CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
 ]
 OUTPUTS = ("status", "truth", "measurement", "live", "sample", "mean", "sd", "metrics", "raw")
 SIZE = 32  # the ci prior's image size
@@ -376,37 +372,18 @@ def test_client_simulates_and_reconstructs(hub_url: str, tmp_path_factory: pytes
 @pytest.mark.slow
 def test_browser_reconstruct_and_generate(hub_url: str, tmp_path: Path) -> None:
     """Headless Chromium: open the tab, 2 steps and 2 samples, reconstruct the default phantom, generate."""
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is missing (run scripts/install_browser.sh)")
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    with sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS,
-            viewport={"width": 1400, "height": 1000})
-        try:
-            page = context.new_page()
-            page.goto(hub_url, wait_until="domcontentloaded")
-            page.get_by_role("tab", name="Lung ultrasound").click()
-            expect(page.locator("#lus-status")).to_contain_text("Prior:")
-            for elem, value in (("lus-steps", "2"), ("lus-samples", "2"), ("lus-gen-steps", "2"), ("lus-gen-n", "2")):
-                box = page.locator(f"#{elem} input[type=number]")
-                box.fill(value)
-                box.press("Enter")
-            page.locator("#lus-run").click()
-            expect(page.locator("#lus-status")).to_contain_text("Done: DPS with us_linear", timeout=120_000)
-            for elem in ("lus-live", "lus-sample", "lus-mean", "lus-sd"):
-                expect(page.locator(f"#{elem} img")).to_be_visible()
-            expect(page.locator("#lus-metrics")).to_contain_text("posterior mean")
-            page.locator("#lus-gen-run").click()
-            expect(page.locator("#lus-gen-status")).to_contain_text("Done: 2 images", timeout=120_000)
-            expect(page.locator("#lus-gen-readout")).to_contain_text("pixel space")
-            assert "Traceback" not in page.content()
-            page.screenshot(path=str(tmp_path / "lung_us.png"), full_page=True)
-            if os.environ.get("MEDGEN_SCREENSHOTS"):
-                import shutil
-
-                Path(os.environ["MEDGEN_SCREENSHOTS"]).mkdir(parents=True, exist_ok=True)
-                shutil.copy(tmp_path / "lung_us.png", Path(os.environ["MEDGEN_SCREENSHOTS"]) / "lung_us.png")
-        finally:
-            context.close()
+    with tab_page(hub_url, "Lung ultrasound", tmp_path / "profile") as page:
+        expect(page.locator("#lus-status")).to_contain_text("Prior:")
+        set_numbers(page, {"lus-steps": "2", "lus-samples": "2", "lus-gen-steps": "2", "lus-gen-n": "2"})
+        page.locator("#lus-run").click()
+        expect(page.locator("#lus-status")).to_contain_text("Done: DPS with us_linear", timeout=120_000)
+        for elem in ("lus-live", "lus-sample", "lus-mean", "lus-sd"):
+            expect(page.locator(f"#{elem} img")).to_be_visible()
+        expect(page.locator("#lus-metrics")).to_contain_text("posterior mean")
+        page.locator("#lus-gen-run").click()
+        expect(page.locator("#lus-gen-status")).to_contain_text("Done: 2 images", timeout=120_000)
+        expect(page.locator("#lus-gen-readout")).to_contain_text("pixel space")
+        assert "Traceback" not in page.content()
+        screenshot(page, tmp_path, "lung_us.png")

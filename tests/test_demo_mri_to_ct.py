@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from browser import screenshot, set_numbers, tab_page
+
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -24,12 +26,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::Warning:gradio.queueing"),
     pytest.mark.filterwarnings("ignore::UserWarning:gradio.helpers"),  # gr.Warning outside a request
     pytest.mark.skipif(not (SHIPPED / "ddim_image-t2w").is_dir(), reason="shipped mri_to_ct checkpoints missing"),
-]
-CHROMIUM = "/usr/bin/chromium"  # as tests/test_demo.py (TOOLCHAIN.md: offline flags)
-CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
 ]
 OUTPUTS = ("status", "input", "ct_bone", "ct_soft", "reference", "overlay", "dice", "mean", "sd", "raw")
 
@@ -277,35 +273,16 @@ def test_client_phantom_pick_and_bad_upload(client: Any, bad_files: SimpleNamesp
 @pytest.mark.slow
 def test_browser_phantom_translate(hub_url: str, tmp_path: Path) -> None:
     """Headless Chromium: open the tab, set 1 step and 2 samples, translate the default phantom."""
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is missing (run scripts/install_browser.sh)")
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    with sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS,
-            viewport={"width": 1400, "height": 1000})
-        try:
-            page = context.new_page()
-            page.goto(hub_url, wait_until="domcontentloaded")
-            page.get_by_role("tab", name="Spine MRI -> CT").click()
-            expect(page.locator("#m2c-status")).to_contain_text("shipped cpu checkpoint, 64 px")  # rendered Markdown
-            for elem, value in (("m2c-steps", "1"), ("m2c-samples", "2")):
-                box = page.locator(f"#{elem} input[type=number]")
-                box.fill(value)
-                box.press("Enter")
-            page.locator("#m2c-run").click()
-            expect(page.locator("#m2c-status")).to_contain_text("Done: DDIM (image mode) from T2w, 1 steps",
-                                                                timeout=120_000)
-            for elem in ("m2c-ct-bone", "m2c-ct-soft", "m2c-reference", "m2c-overlay", "m2c-mean", "m2c-sd"):
-                expect(page.locator(f"#{elem} img")).to_be_visible()
-            expect(page.locator("#m2c-dice")).to_contain_text("real registered CT (ceiling)")
-            assert "Traceback" not in page.content()
-            page.screenshot(path=str(tmp_path / "mri_to_ct.png"), full_page=True)
-            if os.environ.get("MEDGEN_SCREENSHOTS"):
-                import shutil
-
-                Path(os.environ["MEDGEN_SCREENSHOTS"]).mkdir(parents=True, exist_ok=True)
-                shutil.copy(tmp_path / "mri_to_ct.png", Path(os.environ["MEDGEN_SCREENSHOTS"]) / "mri_to_ct.png")
-        finally:
-            context.close()
+    with tab_page(hub_url, "Spine MRI -> CT", tmp_path / "profile") as page:
+        expect(page.locator("#m2c-status")).to_contain_text("shipped cpu checkpoint, 64 px")  # rendered Markdown
+        set_numbers(page, {"m2c-steps": "1", "m2c-samples": "2"})
+        page.locator("#m2c-run").click()
+        expect(page.locator("#m2c-status")).to_contain_text("Done: DDIM (image mode) from T2w, 1 steps",
+                                                            timeout=120_000)
+        for elem in ("m2c-ct-bone", "m2c-ct-soft", "m2c-reference", "m2c-overlay", "m2c-mean", "m2c-sd"):
+            expect(page.locator(f"#{elem} img")).to_be_visible()
+        expect(page.locator("#m2c-dice")).to_contain_text("real registered CT (ceiling)")
+        assert "Traceback" not in page.content()
+        screenshot(page, tmp_path, "mri_to_ct.png")
