@@ -67,7 +67,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
@@ -88,9 +87,7 @@ SAMPLER_NAMES = {"ddim": "DDIM", "ddpm": "DDPM", "dpmpp": "DPM-Solver++ 2M"}
 UNGUIDED = "unguided"
 
 
-def log(message: str) -> None:
-    """Progress line on stdout."""
-    print(f"[lung_us {time.strftime('%H:%M:%S')}] {message}", flush=True)
+log = speed.logger("lung_us")  # progress lines on stdout
 
 
 # --------------------------------------------------------------------------------------

@@ -61,7 +61,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from benchmark.speed import Row, goal_row, interleave, ratio_rows, write_report
+from benchmark.speed import Row, goal_row, interleave, logger, ratio_rows, write_report
 from medgen.reports import resolve_reports_root
 
 TIME_GOAL = 1.5        # medgen may take at most this many times the reference's time
@@ -72,9 +72,7 @@ SSIM_SIZE = 256        # side of the SSIM / MS-SSIM images
 WARMUP_IMAGES = 8      # FID warm-up call size (builds / loads both extractors)
 
 
-def log(message: str) -> None:
-    """Progress line on stdout."""
-    print(f"[metrics {time.strftime('%H:%M:%S')}] {message}", flush=True)
+log = logger("metrics")  # progress lines on stdout
 
 
 # --------------------------------------------------------------------------------------

@@ -137,9 +137,14 @@ def write_report(rows: Sequence[Row], out_dir: Path, header: str, *, name: str =
     return csv_path, md_path
 
 
-def log(message: str) -> None:
-    """Progress line on stdout."""
-    print(f"[speed {time.strftime('%H:%M:%S')}] {message}", flush=True)
+def logger(name: str) -> Callable[[str], None]:
+    """``log(message)`` printing ``[<name> HH:MM:SS] message`` progress lines on stdout (one per benchmark)."""
+    def log(message: str) -> None:
+        print(f"[{name} {time.strftime('%H:%M:%S')}] {message}", flush=True)
+    return log
+
+
+log = logger("speed")
 
 
 # --------------------------------------------------------------------------------------

@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
@@ -68,9 +67,7 @@ def translators() -> tuple[str, ...]:
     return tuple(m for m in mri_to_ct.MODELS if m not in mri_to_ct.MEASURERS)
 
 
-def log(message: str) -> None:
-    """Progress line on stdout."""
-    print(f"[translation {time.strftime('%H:%M:%S')}] {message}", flush=True)
+log = speed.logger("translation")  # progress lines on stdout
 
 
 # --------------------------------------------------------------------------------------
