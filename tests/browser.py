@@ -24,9 +24,8 @@ def skip_without_chromium() -> None:
 
 
 @contextlib.contextmanager
-def tab_page(url: str, tab: str, profile: Path) -> Iterator[Any]:
-    """A headless-Chromium page on the hub at ``url`` with the tab named ``tab`` opened (skips
-    without Chromium); the browser closes on exit."""
+def open_page(url: str, profile: Path) -> Iterator[Any]:
+    """A headless-Chromium page on ``url`` (skips without Chromium); the browser closes on exit."""
     skip_without_chromium()
     from playwright.sync_api import sync_playwright
 
@@ -37,10 +36,17 @@ def tab_page(url: str, tab: str, profile: Path) -> Iterator[Any]:
         try:
             page = context.new_page()
             page.goto(url, wait_until="domcontentloaded")
-            page.get_by_role("tab", name=tab).click()
             yield page
         finally:
             context.close()
+
+
+@contextlib.contextmanager
+def tab_page(url: str, tab: str, profile: Path) -> Iterator[Any]:
+    """:func:`open_page` on the hub at ``url`` with the tab named ``tab`` opened."""
+    with open_page(url, profile) as page:
+        page.get_by_role("tab", name=tab).click()
+        yield page
 
 
 def set_numbers(page: Any, values: dict[str, str]) -> None:

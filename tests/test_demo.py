@@ -8,7 +8,6 @@ The quickstart model trains once into a temporary runs folder (a few seconds at 
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Iterator
@@ -16,7 +15,7 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 
-from browser import CHROMIUM, CHROMIUM_FLAGS
+from browser import open_page, screenshot
 from PIL import Image
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
@@ -199,31 +198,11 @@ def test_16bit_and_rgb_uploads_are_accepted_with_a_note(client: Any, files: Simp
 # ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def page(hub: SimpleNamespace, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is missing (run scripts/install_browser.sh)")
-    from playwright.sync_api import sync_playwright
-
-    profile = tmp_path_factory.mktemp("chromium-profile")
-    with sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            str(profile), executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS,
-            viewport={"width": 1400, "height": 1000})
-        try:
-            pg = context.new_page()
-            pg.goto(hub.url, wait_until="domcontentloaded")
-            yield pg
-        finally:
-            context.close()
+    with open_page(hub.url, tmp_path_factory.mktemp("chromium-profile")) as pg:
+        yield pg
 
 
-def _screenshot(page: Any, tmp_path: Path, name: str) -> Path:
-    """Full-page screenshot into tmp_path (and into $MEDGEN_SCREENSHOTS when set, for a human)."""
-    path = tmp_path / name
-    page.screenshot(path=str(path), full_page=True)
-    if os.environ.get("MEDGEN_SCREENSHOTS"):
-        Path(os.environ["MEDGEN_SCREENSHOTS"]).mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, Path(os.environ["MEDGEN_SCREENSHOTS"]) / name)
-    return path
+_screenshot = screenshot  # full page into tmp_path (and $MEDGEN_SCREENSHOTS when set, for a human)
 
 
 @pytest.mark.browser
