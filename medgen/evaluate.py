@@ -9,45 +9,18 @@ signed-rank test (:func:`scipy.stats.wilcoxon`).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 import torch
 from scipy.stats import wilcoxon
 
-from medgen.data.batch import Batch, collate
-from medgen.registry import METRICS, lookup
+from medgen.predict import predict, stack
+from medgen.score import MASK_MODES, resolve_metrics, score
 
 __all__ = ["evaluate", "summarize", "paired_test", "subject_means", "MASK_MODES"]
 
 MetricFn = Callable[..., torch.Tensor]
-
-#: What an item's ``mask`` does in :func:`evaluate`: average inside it, zero outside it, or nothing.
-MASK_MODES = ("mean", "zero", "ignore")
-
-
-def _resolve_metrics(metrics: Sequence[str | MetricFn]) -> list[tuple[str, MetricFn]]:
-    """``[(name, fn)]`` from registry names or callables (named by ``__name__``)."""
-    if isinstance(metrics, str):
-        metrics = (metrics,)
-    if not metrics:
-        raise ValueError("evaluate: no metrics given")
-    return [(m, lookup(METRICS, m)) if isinstance(m, str) else (m.__name__, m) for m in metrics]
-
-
-def _device_of(translator: Any) -> torch.device | None:
-    """Device of the translator's first parameter or buffer, if it has any."""
-    if isinstance(translator, torch.nn.Module):
-        for t in list(translator.parameters()) + list(translator.buffers()):
-            return t.device
-    return None
-
-
-def _batches(dataset: Any, batch_size: int) -> Iterator[tuple[int, Batch]]:
-    """Yield ``(first_index, Batch)`` over ``dataset`` in index order."""
-    for start in range(0, len(dataset), batch_size):
-        stop = min(start + batch_size, len(dataset))
-        yield start, collate([dataset[i] for i in range(start, stop)])
 
 
 def evaluate(
@@ -63,81 +36,27 @@ def evaluate(
     fill: float = 0.0,
     **options: Any,
 ) -> pd.DataFrame:
-    """Translate every sample of ``dataset`` and score it against its target.
+    """Translate every sample of ``dataset`` and score it against its target: :func:`~medgen.score.score`
+    of :func:`~medgen.predict.predict`.
 
     ``dataset[i]`` is a dict with ``source`` ``[C_s, *S]``, ``target`` ``[C_t, *S]``, optional
-    ``mask`` ``[1, *S]`` and ``patient_id``; ``translator.translate(source [B, C_s, *S],
-    generator=..., **options) -> [B, C_t, *S]``. ``generator`` is shared across batches, so a
-    fixed seed gives the same ``x_T`` sequence for every translator.
-
-    Returns one row per (sample, metric): ``sample`` (dataset index), ``patient_id``,
-    ``metric``, ``value``, ``data_range`` and, when ``translator.config.method`` exists, ``method``.
-
-    ``mask_mode`` says what the items' ``mask`` does (see :data:`MASK_MODES`): ``"mean"``
-    passes it to every metric (averages inside the mask); ``"zero"`` sets the pixels outside
-    it to ``fill`` in both prediction and target and scores the whole image (the MRI->CT
-    paper's "setting them to zero"; the constant pixels inflate PSNR/SSIM, which is why the
-    two modes give different numbers); ``"ignore"`` scores the whole image unmasked.
+    ``mask`` ``[1, *S]`` and ``patient_id``; ``options`` go to ``translator.translate``. Returns one
+    row per (sample, metric): ``sample`` (dataset index), ``patient_id``, ``metric``, ``value``,
+    ``data_range`` and, when the translator's config names one, ``method``. ``mask_mode``: see
+    :data:`MASK_MODES`.
     """
     if batch_size < 1:
         raise ValueError(f"evaluate: batch_size must be >= 1, got {batch_size}")
     if mask_mode not in MASK_MODES:
         raise ValueError(f"evaluate: unknown mask_mode '{mask_mode}' (choose from {', '.join(MASK_MODES)})")
-    fns = _resolve_metrics(metrics)
-    device = _device_of(translator)
-    was_training = getattr(translator, "training", False)
-    if isinstance(translator, torch.nn.Module):
-        translator.eval()
-    rows: dict[str, list[Any]] = {"sample": [], "patient_id": [], "metric": [], "value": []}
-    batches = _batches(dataset, batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        batches = tqdm(batches, total=-(-len(dataset) // batch_size), desc="evaluate", unit="batch")
-    try:
-        for start, batch in batches:
-            if batch.target is None:
-                raise ValueError("evaluate: the dataset has no targets (needs paired items with 'target')")
-            batch = batch if device is None else batch.to(device)
-            pred = translator.translate(batch.source, generator=generator, **options)
-            _score_batch(pred, batch, start, fns, rows, data_range, mask_mode, float(fill))
-    finally:
-        if isinstance(translator, torch.nn.Module):
-            translator.train(was_training)
-    df = pd.DataFrame(rows).assign(data_range=float(data_range))
-    method = getattr(getattr(translator, "config", None), "method", None)
-    if method is not None:
-        df["method"] = method
-    return df
-
-
-def _score_batch(pred: torch.Tensor, batch: Batch, start: int, fns: list[tuple[str, MetricFn]],
-                 rows: dict[str, list[Any]], data_range: float, mask_mode: str, fill: float) -> None:
-    """Score one translated batch ``pred [B, C_t, *S]`` and append its (sample, metric) rows."""
-    if tuple(pred.shape) != tuple(batch.target.shape):
-        raise ValueError(f"evaluate: translate returned {tuple(pred.shape)} but target is {tuple(batch.target.shape)}")
-    pred, target, mask = _apply_mask(pred.detach().float(), batch.target.float(), batch.mask, mask_mode, fill)
-    n = len(batch)
-    ids = batch.meta.get("patient_id", [str(start + i) for i in range(n)])
-    for name, fn in fns:
-        values = fn(pred, target, data_range=data_range, mask=mask)
-        if tuple(values.shape) != (n,):
-            raise ValueError(f"evaluate: metric '{name}' returned shape {tuple(values.shape)}, expected ({n},)")
-        rows["sample"] += range(start, start + n)
-        rows["patient_id"] += [str(p) for p in ids]
-        rows["metric"] += [name] * n
-        rows["value"] += values.double().cpu().tolist()
-
-
-def _apply_mask(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None, mode: str,
-                fill: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """``(pred, target, mask)`` as the metrics see them under ``mode`` (images ``[B, C, *S]``)."""
-    if mask is None or mode == "ignore":
-        return pred, target, None
-    if mode == "mean":
-        return pred, target, mask
-    keep = mask.to(device=pred.device) != 0            # [B, 1 or C, *S]
-    return pred.where(keep, fill), target.where(keep, fill), None
+    resolve_metrics(metrics)  # unknown names fail before any translation
+    items = [dataset[i] for i in range(len(dataset))]  # rendered once: phantom items are drawn on access
+    if any(item.get("target") is None for item in items):
+        raise ValueError("evaluate: the dataset has no targets (needs paired items with 'target')")
+    preds = predict(translator, items, batch_size=batch_size, generator=generator, progress=progress, **options)
+    mask = stack(items, "mask") if items and all(item.get("mask") is not None for item in items) else None
+    return score(preds, stack(items, "target"), metrics, data_range=data_range,
+                 mask=mask, mask_mode=mask_mode, fill=fill, batch_size=batch_size)
 
 
 def _group_keys(df: pd.DataFrame, by: Sequence[str] | None) -> list[str]:

@@ -174,6 +174,19 @@ class Report:
         """Record whether a claim of the paper holds, with one sentence of numeric evidence."""
         self._findings[str(name)] = {"holds": bool(holds), "evidence": " ".join(str(evidence).split())}
 
+    def findings(self, found: Mapping[str, tuple[bool, str]], *, echo: bool = True) -> dict[str, tuple[bool, str]]:
+        """Record every ``{name: (holds, evidence)}`` of a paper's ``findings(...)`` and, with ``echo``,
+        print one ``HOLDS · name: evidence`` / ``DOES NOT HOLD · ...`` line each; returns ``found``."""
+        for name, (holds, evidence) in found.items():
+            self.finding(name, holds, evidence)
+            if echo:
+                print(f"{'HOLDS' if holds else 'DOES NOT HOLD'} · {name}: {evidence}")
+        return dict(found)
+
+    def failed(self) -> dict[str, str]:
+        """``{name: evidence}`` of the recorded findings that do not hold."""
+        return {name: f["evidence"] for name, f in self._findings.items() if not f["holds"]}
+
     def results(self) -> dict[str, Any]:
         """The ``results.json`` content (exactly :data:`RESULT_KEYS`)."""
         return {
