@@ -1,0 +1,44 @@
+"""Behaviour pinned before the one-path refactor (issue 12): the seeded ``ci`` results of every notebook
+and every shipped checkpoint's output stay what they were (tests/pinned_ci.json, written by
+``python tests/pinned.py --write`` from the code before the refactor).
+
+The notebook check runs each notebook at ``ci`` through papermill (~90 s for all four on 2 cores);
+with a warm ``runs/`` cache it reuses the cached ``ci`` models, and on a clean clone it trains them
+from scratch as the pinned run did.
+"""
+import json
+
+import pytest
+
+import pinned
+
+PINNED = json.loads(pinned.PINNED.read_text())
+
+
+@pytest.mark.parametrize("name", sorted(PINNED["checkpoints"]))
+def test_shipped_checkpoint_outputs_are_pinned(name):
+    assert name in pinned.CHECKPOINTS, f"shipped checkpoint {name} disappeared"
+    got = pinned.checkpoint_outputs(name)
+    assert pinned.close(got, PINNED["checkpoints"][name]), f"{name}: {got} != {PINNED['checkpoints'][name]}"
+
+
+def test_every_shipped_checkpoint_is_pinned():
+    assert set(pinned.CHECKPOINTS) == set(PINNED["checkpoints"])
+
+
+@pytest.mark.parametrize("stem", pinned.NOTEBOOKS)
+def test_notebook_ci_results_are_pinned(stem):
+    got = pinned.notebook_results(stem)
+    want = PINNED["notebooks"][stem]
+    assert got["findings"] == want["findings"]
+    assert got["metrics"].keys() == want["metrics"].keys()
+    bad = [k for k in want["metrics"] if not pinned.close(got["metrics"][k], want["metrics"][k])]
+    assert not bad, f"{stem}: metrics changed for {bad[:3]}: {[got['metrics'][k] for k in bad[:3]]} vs " \
+                    f"{[want['metrics'][k] for k in bad[:3]]}"
+
+
+def test_close_tells_apart_what_differs():
+    assert pinned.close({"a": [1.0, float("nan")]}, {"a": [1.0 + 1e-9, float("nan")]})
+    assert not pinned.close({"a": [1.0]}, {"a": [1.01]})
+    assert not pinned.close({"a": 1.0}, {"b": 1.0})
+    assert not pinned.close(None, 0.0)
