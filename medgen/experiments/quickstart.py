@@ -19,7 +19,9 @@ from __future__ import annotations
 from typing import Any
 
 import pandas as pd
+import torch
 
+import medgen.methods  # noqa: F401 -- fills METHODS
 from medgen.config import RunConfig
 from medgen.evaluate import paired_test
 from medgen.registry import METHODS, lookup
@@ -96,3 +98,22 @@ def findings(rows: pd.DataFrame, tolerance_db: float = 0.2, alpha: float = 0.05)
         out["fast_solver_matches_ddim"] = (holds, (
             f"{detail} within {tolerance_db} dB of DDIM-{ref_steps} ({ref:.2f} dB)."))
     return out
+
+
+def best_setting(rows: pd.DataFrame, metric: str = "psnr") -> str:
+    """The model row (``label``) with the highest mean ``metric`` across subjects."""
+    models = rows.loc[rows["kind"] == "model", "label"].unique()
+    return max(models, key=lambda label: mean_of(rows, label, metric))
+
+
+def example_outputs(model: Any, cfg: RunConfig, source: torch.Tensor, target: torch.Tensor, rows: pd.DataFrame,
+                    *, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Columns of the examples figure: ``source`` and ``target`` ``[B, 1, H, W]``, the Gaussian filter and
+    the best sampler setting of ``rows`` (:func:`best_setting`), each translated with ``seed``."""
+    best = best_setting(rows)
+    outputs = {"source": source, "target": target}
+    for entry in entries(model, cfg):
+        if entry.label in (BASELINES[1], best):
+            gen = torch.Generator().manual_seed(seed)
+            outputs[entry.label] = entry.translator.translate(source, generator=gen, **entry.options)
+    return outputs
