@@ -38,6 +38,9 @@ This module holds everything those experiments share:
   shared samplers.
 * **Metrics** (:func:`reconstruction_metrics`, :func:`mean_sd_maps`): PSNR / SSIM against the
   truth, RMS measurement residual, aeration error and category, mean and SD maps over samples.
+  :func:`residual_metric` and :func:`aeration_error_metric` build the residual and the aeration
+  error as metrics for :func:`medgen.score.score` (closures over the measurement / lung masks of
+  the whole set, so they are scored with ``batch_size=None``).
 
 Why hand-written: the operators wrap the phantom's torch models; no installed library offers
 a batched torch CG with per-sample stopping, DPS on medgen's denoiser contract, or the lung
@@ -64,6 +67,7 @@ from medgen.metrics.image import psnr, ssim
 
 __all__ = ["OPERATORS", "InverseError", "make_operator", "measure", "tikhonov", "tikhonov_auto",
            "residual_norm", "dps_reconstruct", "unguided", "effective_zeta", "reconstruction_metrics", "mean_sd_maps",
+           "residual_metric", "aeration_error_metric",
            "UltrasoundOperator", "GaussianBlur", "Inpaint"]
 
 OPERATORS = ("us_linear", "us_acoustic", "blur", "inpaint")
@@ -539,10 +543,40 @@ def mean_sd_maps(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return samples.mean(0), samples.std(0, correction=0)
 
 
-def _aeration(x: torch.Tensor, mask: np.ndarray | None) -> np.ndarray:
-    """Aeration ``[B]`` of model-range images ``[B, 1, H, W]`` via the ct modality's inverse map."""
-    hu = CT.from_model(x[:, 0].detach().cpu().numpy())  # [-1, 1] -> HU_LOW .. HU_HIGH
-    return aeration_from_ct(hu, mask)
+def _check_set(name: str, pred: torch.Tensor, n: int) -> None:
+    if pred.shape[0] != n:
+        raise InverseError(f"{name}: {pred.shape[0]} images but side data for {n}; score the whole set at once "
+                           "(medgen.score.score with batch_size=None)")
+
+
+def residual_metric(operator: nn.Module, y: torch.Tensor) -> Callable[..., torch.Tensor]:
+    """The metric ``residual(pred [B, 1, H, W], target, *, data_range, mask) -> [B]`` of the measurements
+    ``y`` ``[B, ...]``: ``||y - A(pred)|| / sqrt(M)`` (RMS over the ``M`` measured entries, in
+    measurement units: compare with the noise std). ``target``, ``data_range`` and ``mask`` are unused."""
+    m = operator.n_measurements
+
+    def residual(pred: torch.Tensor, target: torch.Tensor | None = None, *, data_range: float | None = None,
+                 mask: torch.Tensor | None = None) -> torch.Tensor:
+        _check_set("residual", pred, y.shape[0])
+        return residual_norm(operator, y, pred.detach().to(y)) / math.sqrt(m)
+
+    return residual
+
+
+def aeration_error_metric(lung_mask: np.ndarray | torch.Tensor | None = None) -> Callable[..., torch.Tensor]:
+    """The metric ``aeration_error(pred [B, 1, H, W], target [B, 1, H, W], *, data_range, mask) -> [B]``:
+    absolute difference of the aeration read from the prediction and from the target (model range,
+    :func:`~medgen.data.phantoms.lung.aeration_from_ct`) inside ``lung_mask`` ``[B, H, W]`` (the
+    target's label map, lung = 1 or 2), or in a lung estimated per image when ``None``."""
+    masks = None if lung_mask is None else np.asarray(lung_mask)
+
+    def aeration_error(pred: torch.Tensor, target: torch.Tensor, *, data_range: float | None = None,
+                       mask: torch.Tensor | None = None) -> torch.Tensor:
+        if masks is not None:
+            _check_set("aeration_error", pred, masks.shape[0])
+        return torch.from_numpy(np.abs(aeration_from_model(pred, masks) - aeration_from_model(target, masks)))
+
+    return aeration_error
 
 
 def reconstruction_metrics(recon: torch.Tensor, truth: torch.Tensor, y: torch.Tensor, operator: nn.Module, *,
@@ -555,9 +589,8 @@ def reconstruction_metrics(recon: torch.Tensor, truth: torch.Tensor, y: torch.Te
     label map, lung = 1 or 2) or ``None`` (the lung is estimated in every image by
     :func:`~medgen.data.phantoms.lung.aeration_from_ct`). Columns: ``sample``, ``image``,
     ``psnr`` (dB), ``ssim`` (7 px uniform window) -- both with the explicit ``data_range`` --,
-    ``residual`` = ``||y - A(x)|| / sqrt(M)`` (RMS over the ``M`` measured entries, in
-    measurement units: compare with the noise std), ``aeration_true``, ``aeration_recon``,
-    ``aeration_error`` (absolute), ``category_true``, ``category_recon``.
+    ``residual`` (:func:`residual_metric`), ``aeration_true``, ``aeration_recon``,
+    ``aeration_error`` (absolute, as :func:`aeration_error_metric`), ``category_true``, ``category_recon``.
     """
     if recon.ndim == 4:
         recon = recon[None]
@@ -566,15 +599,15 @@ def reconstruction_metrics(recon: torch.Tensor, truth: torch.Tensor, y: torch.Te
                            f"got truth {tuple(truth.shape)}")
     n, b = recon.shape[:2]
     mask = None if lung_mask is None else np.asarray(lung_mask)
-    aer_true = _aeration(truth, mask)
-    m = operator.n_measurements
+    aer_true = aeration_from_model(truth, mask)
+    residual = residual_metric(operator, y)
     rows = []
     for s in range(n):
         x = recon[s].detach()
         p = psnr(x, truth, data_range=data_range).cpu().numpy()
         q = ssim(x, truth, data_range=data_range).cpu().numpy()
-        res = (residual_norm(operator, y, x.to(y)) / math.sqrt(m)).cpu().numpy()
-        aer = _aeration(x, mask)
+        res = residual(x, truth, data_range=data_range).cpu().numpy()
+        aer = aeration_from_model(x, mask)
         rows.append(pd.DataFrame({"sample": s, "image": np.arange(b), "psnr": p, "ssim": q, "residual": res,
                                   "aeration_true": aer_true, "aeration_recon": aer,
                                   "aeration_error": np.abs(aer - aer_true),

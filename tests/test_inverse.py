@@ -304,6 +304,26 @@ def test_reconstruction_metrics_against_direct_computation(lung32: dict) -> None
     assert len(est) == 4 and np.allclose(est["aeration_true"], lung32["aeration"], atol=0.06)
 
 
+
+def test_residual_and_aeration_metrics_score_as_reconstruction_metrics(lung32: dict) -> None:
+    """The lung tables score through medgen.score with the residual / aeration-error closures: same numbers."""
+    from medgen.inverse import aeration_error_metric, residual_metric
+    from medgen.score import score
+
+    truth = model_images(lung32)
+    op = make_operator("us_linear", size=32)
+    y = measure(op, truth, generator=torch.Generator().manual_seed(0))
+    noisy = (truth + 0.05 * torch.randn(truth.shape, generator=torch.Generator().manual_seed(1))).clamp(-1, 1)
+    ref = reconstruction_metrics(noisy, truth, y, op, lung_mask=lung32["lung_mask"])
+    rows = score(noisy, truth, ("psnr", "ssim", residual_metric(op, y), aeration_error_metric(lung32["lung_mask"])),
+                 data_range=2.0, patient_ids=[f"p{i}" for i in range(4)])
+    assert list(dict.fromkeys(rows["metric"])) == ["psnr", "ssim", "residual", "aeration_error"]
+    for metric in ("psnr", "ssim", "residual", "aeration_error"):
+        got = rows[rows["metric"] == metric]["value"].to_numpy()
+        np.testing.assert_array_equal(got, ref[metric].to_numpy(np.float64))
+    with pytest.raises(InverseError, match="whole set"):
+        score(noisy, truth, (residual_metric(op, y),), batch_size=2)
+
 def test_mean_sd_maps() -> None:
     s = torch.randn(5, 2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     mean, sd = mean_sd_maps(s)
