@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medgen.data.phantoms.lung import CT, aeration_category, aeration_from_ct
+from medgen.data.phantoms.lung import aeration_category, aeration_from_model
 from medgen.data.phantoms.ultrasound import NOISE_STD, STRIDE, AcousticUltrasound, LinearUltrasound
 from medgen.diffusion.guidance import MeasurementGuidance
 from medgen.diffusion.samplers import sample

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from medgen.data.phantoms import PhantomError, Sizes
-from medgen.data.phantoms.lung import ACOUSTIC, CT, LINEAR, SPEC, aeration_category, aeration_from_ct
+from medgen.data.phantoms.lung import (ACOUSTIC, CT, LINEAR, SPEC, aeration_category, aeration_from_ct,
+                                       aeration_from_model)
 from medgen.data.phantoms.ultrasound import NOISE_STD
 from medgen.registry import PHANTOMS
 
@@ -90,6 +91,19 @@ def test_aeration_from_ct_recovers_the_label(default_set):
     estimated = aeration_from_ct(out["ct"])  # no mask: the lung region is estimated from the image
     assert np.median(np.abs(estimated - out["aeration"])) < 0.01
     assert (aeration_category(estimated) == out["aeration_category"]).mean() >= 0.9
+
+
+def test_aeration_from_model_is_the_ct_readout_in_model_range(default_set):
+    """Model-range sections (array or tensor, [n, H, W] or [n, 1, H, W]) read through the ct modality:
+    the HU readout up to the model range's clipping (the phantom's CT lies inside its window)."""
+    out = default_set
+    x = CT.to_model(out["ct"])
+    hu = aeration_from_ct(CT.from_model(x), out["lung_mask"])
+    np.testing.assert_allclose(aeration_from_model(x, out["lung_mask"]), hu)
+    np.testing.assert_allclose(aeration_from_model(torch.from_numpy(x)[:, None]), aeration_from_ct(CT.from_model(x)))
+    np.testing.assert_allclose(hu, out["aeration"], atol=2e-3)
+    with pytest.raises(PhantomError, match=r"\[n, 1, H, W\]"):
+        aeration_from_model(np.zeros((2, 3, 8, 8)))
 
 
 @pytest.mark.parametrize("pathology", [0, 1, 2, 3])

@@ -59,10 +59,10 @@ Dataset card
   ``pleura_row`` ``[n, W]`` float32 (pixel row of the pleural line per column); ``us_linear``,
   ``us_acoustic`` ``[n, H', W']`` float32.
 * **Aeration of any CT section** (e.g. a generated one, for the per-category memorization
-  study): :func:`aeration_from_ct` (with a lung mask, or estimating the lung as everything
-  below a pleural line fitted to the first dark row per column: median error 0.001,
-  largest 0.05, category agreement 98 % on 200 default subjects at 64 px) and
-  :func:`aeration_category`.
+  study): :func:`aeration_from_ct` in HU, :func:`aeration_from_model` in model range (with a
+  lung mask, or estimating the lung as everything below a pleural line fitted to the first
+  dark row per column: median error 0.001, largest 0.05, category agreement 98 % on 200
+  default subjects at 64 px) and :func:`aeration_category`.
 * **Sizes**: ci / smoke 32 x 32, cpu 64 x 64, paper 256 x 256 (the paper's image size).
   Any size >= 16 works (the operators need >= 4).
 * **Ignored**: 3D anatomy, heart / diaphragm / mediastinum, vessels and airways outside
@@ -83,8 +83,8 @@ from medgen.data.phantoms.base import (Control, Modality, PhantomError, PhantomS
                                        subject_rng)
 from medgen.data.phantoms.ultrasound import HU_HIGH, HU_LOW, NOISE_STD, AcousticUltrasound, LinearUltrasound
 
-__all__ = ["SPEC", "generate", "aeration_category", "aeration_from_ct", "air_fraction_from_ct", "CT", "LINEAR",
-           "ACOUSTIC", "LABELS"]
+__all__ = ["SPEC", "generate", "aeration_category", "aeration_from_ct", "aeration_from_model", "air_fraction_from_ct",
+           "CT", "LINEAR", "ACOUSTIC", "LABELS"]
 
 NAME = "lung"
 # Tissue HU of the non-air part of each pixel.
@@ -145,6 +145,19 @@ def aeration_from_ct(ct: np.ndarray, lung_mask: np.ndarray | None = None) -> np.
     else:
         lung = np.arange(ct.shape[1])[None, :, None] >= _pleura_estimate(ct)[:, None, :]
     return (air_fraction_from_ct(ct) * lung).sum((1, 2)) / np.maximum(lung.sum((1, 2)), 1)
+
+
+def aeration_from_model(images: np.ndarray | torch.Tensor, lung_mask: np.ndarray | None = None) -> np.ndarray:
+    """Aeration ``[n]`` of sections in model range, ``[n, H, W]`` or ``[n, 1, H, W]`` (array or tensor):
+    HU by the ``ct`` modality's inverse map (:data:`CT`), then :func:`aeration_from_ct` (with
+    ``lung_mask [n, H, W]``, else the lung estimated below the fitted pleural line). The one
+    readout of a generated, reconstructed or real section in model range."""
+    x = images.detach().float().cpu().numpy() if torch.is_tensor(images) else np.asarray(images)
+    if x.ndim == 4:
+        if x.shape[1] != 1:
+            raise PhantomError(f"images must be [n, H, W] or [n, 1, H, W], got shape {x.shape}")
+        x = x[:, 0]
+    return aeration_from_ct(CT.from_model(x), lung_mask)
 
 
 def _pleura_estimate(ct: np.ndarray) -> np.ndarray:
