@@ -33,6 +33,10 @@ Registry :data:`FEATURE_SPACES` (name -> builder of a :class:`FeatureSpace` card
   non-strictly) and its sha256 is recorded. Same preprocessing as above, with timm's ImageNet
   mean/std (0.485, 0.456, 0.406) / (0.229, 0.224, 0.225).
 
+* ``"pixels"``: no network -- the image's own values in model range, flattened (``C x H x W``-d).
+  A fast, exact reference for the memorization audit (a near-copy is ~0 there); it is no
+  perceptual space, so not for FID.
+
 Models are built once per process (cached by weights file, size and mtime); do not mutate them.
 """
 from __future__ import annotations
@@ -291,10 +295,27 @@ def _inception_features(images, batch_size, weights, device) -> torch.Tensor:
     return inception_features(images, batch_size=batch_size, device=device)
 
 
+# ---------------------------------------------------------------------------------------------
+# Pixels (no network): the image itself
+# ---------------------------------------------------------------------------------------------
+def _pixels_info(weights: str | Path | None) -> FeatureSpace:
+    if weights is not None:
+        raise FeatureSpaceError("pixels: no network, no weights")
+    return FeatureSpace("pixels", 0, "none: the pixel values themselves (dim = C x H x W of the input)", "", 0,
+                        "model range [-1, 1] as given, flattened; no resize")
+
+
+def _pixels_features(images, batch_size, weights, device) -> torch.Tensor:
+    _pixels_info(weights)
+    dev = torch.device(device) if device is not None else images.device
+    return images.to(dev).flatten(1).float().cpu()
+
+
 FEATURE_SPACES: dict[str, tuple[Callable, Callable]] = {   # name -> (info(weights), features(...))
     "inception": (_inception_info, _inception_features),
     "efficientnet_lite0": (_efficientnet_info, _efficientnet_features),
     "resnet18": (_resnet18_info, _resnet18_features),
+    "pixels": (_pixels_info, _pixels_features),
 }
 
 

@@ -18,6 +18,10 @@ close". This module makes that check rigorous:
    A generator that samples fresh images from the data distribution is flagged at ~``percentile``
    % (held-out and fresh images are exchangeable given the training set); one that copies
    training images is flagged at ~100 %.
+4. Steps 1-2 are :func:`calibrate` (a reusable :class:`Calibration` of one training set) and step 3
+   is :func:`screen` (any number of generated images against it, e.g. a demo's Generate button);
+   :func:`audit` is exactly ``screen(calibrate(train, heldout), generated)`` with every stratum
+   required to be calibrated, so the notebook and the demo share one threshold on the same data.
 
 Feature spaces (:func:`audit_images`): any of :mod:`medgen.metrics.features` ("inception",
 "efficientnet_lite0", "resnet18" with a local weights file); the audit records the
@@ -37,8 +41,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-__all__ = ["MemorizationAudit", "MemorizationInputError", "audit", "audit_images", "closest_pairs",
-           "nearest_neighbours", "plot_distance_histograms", "plot_closest_pairs", "ALL"]
+__all__ = ["MemorizationAudit", "MemorizationInputError", "Calibration", "Screening", "audit", "audit_images",
+           "calibrate", "screen", "closest_pairs", "nearest_neighbours", "plot_distance_histograms",
+           "plot_closest_pairs", "ALL"]
 
 ALL = "all"                  # the single stratum label used when no strata are given
 _CHUNK_PAIRS = 1 << 25       # pairs per cdist chunk (float64: 256 MB)
@@ -149,6 +154,16 @@ def nearest_neighbours(query: torch.Tensor, reference: torch.Tensor) -> tuple[np
 # ---------------------------------------------------------------------------------------------
 # Audit
 # ---------------------------------------------------------------------------------------------
+def _labels(strata, n: int, label: str) -> np.ndarray:
+    """One stratum label per image (``ALL`` for every image when ``strata`` is None)."""
+    if strata is None:
+        return np.full(n, ALL, dtype=object)
+    arr = np.asarray(strata.cpu() if torch.is_tensor(strata) else strata, dtype=object).reshape(-1)
+    if arr.shape[0] != n:
+        raise MemorizationInputError(f"{label} strata have {arr.shape[0]} labels for {n} images")
+    return arr
+
+
 def _strata(train_s, heldout_s, gen_s, sizes: tuple[int, int, int]) -> tuple[np.ndarray, ...]:
     """Per-image stratum label arrays (all ``ALL`` when no strata are given)."""
     given = [s is not None for s in (train_s, heldout_s, gen_s)]
@@ -156,13 +171,8 @@ def _strata(train_s, heldout_s, gen_s, sizes: tuple[int, int, int]) -> tuple[np.
         return tuple(np.full(n, ALL, dtype=object) for n in sizes)
     if not all(given):
         raise MemorizationInputError("strata must be given for train, held-out and generated images, or for none")
-    out = []
-    for label, s, n in zip(("train", "held-out", "generated"), (train_s, heldout_s, gen_s), sizes):
-        arr = np.asarray(s.cpu() if torch.is_tensor(s) else s, dtype=object).reshape(-1)
-        if arr.shape[0] != n:
-            raise MemorizationInputError(f"{label} strata have {arr.shape[0]} labels for {n} images")
-        out.append(arr)
-    return tuple(out)
+    return tuple(_labels(s, n, label) for label, s, n in zip(("train", "held-out", "generated"),
+                                                            (train_s, heldout_s, gen_s), sizes))
 
 
 def _ordered(labels: np.ndarray) -> list:
@@ -173,6 +183,99 @@ def _ordered(labels: np.ndarray) -> list:
         return sorted(seen)
     except TypeError:
         return list(seen)
+
+
+@dataclass(frozen=True, eq=False)
+class Calibration:
+    """A training set with its held-out calibration (:func:`calibrate`), reusable for any number of
+    generated images (:func:`screen`; :func:`audit` is :func:`calibrate` then :func:`screen`).
+
+    ``train_features [N, D]`` float64, ``train_strata [N]``, ``heldout_distance [M]``,
+    ``heldout_nearest [M]`` (index into the training set), ``heldout_strata [M]``,
+    ``thresholds {stratum: float}`` (strata with held-out images, in training-strata order),
+    ``percentile``, ``feature_space`` (recorded as given).
+    """
+    train_features: torch.Tensor
+    train_strata: np.ndarray
+    heldout_distance: np.ndarray
+    heldout_nearest: np.ndarray
+    heldout_strata: np.ndarray
+    thresholds: dict
+    percentile: float
+    feature_space: Any = field(default=None)
+
+    def n_heldout(self, stratum: Any) -> int:
+        """Held-out images of ``stratum`` (its threshold's sample size)."""
+        return int((self.heldout_strata == stratum).sum())
+
+
+def calibrate(train_features, heldout_features, *, train_strata: Sequence | None = None,
+              heldout_strata: Sequence | None = None, percentile: float = 1.0,
+              feature_space: Any = None) -> Calibration:
+    """Held-out calibration of a training set: per stratum, the nearest-training distances of the
+    held-out images ``[M, D]`` to the training images ``[N, D]`` of their stratum, and the threshold
+    = their ``percentile``-th percentile (``np.percentile``, linear). Strata: one label per image,
+    both or neither; a held-out stratum without training images is an error."""
+    tr = _as_features(train_features, "train")
+    ho = _as_features(heldout_features, "held-out")
+    if tr.shape[1] != ho.shape[1]:
+        raise MemorizationInputError(f"feature dims differ: {tr.shape[1]}, {ho.shape[1]}")
+    if not 0.0 <= percentile <= 100.0:
+        raise MemorizationInputError(f"percentile must be in [0, 100], got {percentile}")
+    if (train_strata is None) != (heldout_strata is None):
+        raise MemorizationInputError("strata must be given for train and held-out images, or for neither")
+    s_tr, s_ho = _labels(train_strata, tr.shape[0], "train"), _labels(heldout_strata, ho.shape[0], "held-out")
+    missing = [s for s in _ordered(s_ho) if s not in set(s_tr)]
+    if missing:
+        raise MemorizationInputError(f"held-out stratum {missing[0]!r} has no training images; "
+                                     f"strata present there: {_ordered(s_tr)}")
+    h_dist, h_near = np.zeros(ho.shape[0]), np.zeros(ho.shape[0], dtype=np.int64)
+    thresholds = {}
+    for s in _ordered(s_tr):
+        t_idx, h_idx = np.flatnonzero(s_tr == s), np.flatnonzero(s_ho == s)
+        if h_idx.size == 0:
+            continue                                              # no calibration for this stratum
+        d, j = nearest_neighbours(ho[h_idx], tr[t_idx])           # within the stratum only
+        h_dist[h_idx], h_near[h_idx] = d, t_idx[j]                # back to global training indices
+        thresholds[s] = float(np.percentile(d, percentile))
+    return Calibration(tr, s_tr, h_dist, h_near, s_ho, thresholds, float(percentile), feature_space)
+
+
+@dataclass(frozen=True, eq=False)
+class Screening:
+    """Result of :func:`screen`, one entry per generated image: ``distance [G]`` to the nearest
+    training image of its stratum (NaN when the stratum has none), ``nearest [G]`` (training index;
+    -1 then), ``strata [G]``, ``threshold [G]`` (NaN when the stratum has no held-out calibration),
+    ``calibrated [G]`` (threshold known) and ``flagged [G]`` (``distance < threshold``; never when
+    not calibrated)."""
+    distance: np.ndarray
+    nearest: np.ndarray
+    strata: np.ndarray
+    threshold: np.ndarray
+    calibrated: np.ndarray
+    flagged: np.ndarray
+
+
+def screen(calibration: Calibration, generated_features, generated_strata: Sequence | None = None) -> Screening:
+    """Generated images ``[G, D]`` against a :class:`Calibration`: each one's nearest training image
+    of its own stratum and that stratum's held-out threshold; flagged when strictly closer. An
+    image whose stratum cannot be calibrated (no training or no held-out images) is reported as
+    such, never flagged (:func:`audit` refuses it instead)."""
+    cal = calibration
+    ge = _as_features(generated_features, "generated")
+    if ge.shape[1] != cal.train_features.shape[1]:
+        raise MemorizationInputError(f"feature dims differ: {cal.train_features.shape[1]}, {ge.shape[1]}")
+    s_ge = _labels(generated_strata, ge.shape[0], "generated")
+    dist, near = np.full(ge.shape[0], np.nan), np.full(ge.shape[0], -1, dtype=np.int64)
+    for s in _ordered(s_ge):
+        t_idx, g_idx = np.flatnonzero(cal.train_strata == s), np.flatnonzero(s_ge == s)
+        if t_idx.size:
+            d, j = nearest_neighbours(ge[g_idx], cal.train_features[t_idx])
+            dist[g_idx], near[g_idx] = d, t_idx[j]
+    threshold = np.array([cal.thresholds.get(s, np.nan) for s in s_ge], dtype=np.float64)
+    calibrated = np.isfinite(threshold) & np.isfinite(dist)
+    flagged = calibrated & (np.nan_to_num(dist, nan=np.inf) < np.nan_to_num(threshold, nan=-np.inf))
+    return Screening(dist, near, s_ge, threshold, calibrated, flagged)
 
 
 def audit(train_features, heldout_features, generated_features, *, train_strata: Sequence | None = None,
@@ -201,24 +304,18 @@ def audit(train_features, heldout_features, generated_features, *, train_strata:
             what = "training" if need is train_set else "held-out (calibration)"
             raise MemorizationInputError(f"{label} stratum {missing[0]!r} has no {what} images; "
                                          f"strata present there: {_ordered(np.array(list(need), dtype=object))}")
-    g_dist, g_near = np.zeros(ge.shape[0]), np.zeros(ge.shape[0], dtype=np.int64)
-    h_dist, h_near = np.zeros(ho.shape[0]), np.zeros(ho.shape[0], dtype=np.int64)
-    thresholds, frac, counts = {}, {}, {}
-    for s in _ordered(s_tr):
-        t_idx = np.flatnonzero(s_tr == s)
-        h_idx, g_idx = np.flatnonzero(s_ho == s), np.flatnonzero(s_ge == s)
-        if h_idx.size == 0 and g_idx.size == 0:
-            continue                                              # training-only stratum: nothing to audit
-        for rows, src, dist, near in ((h_idx, ho, h_dist, h_near), (g_idx, ge, g_dist, g_near)):
-            d, j = nearest_neighbours(src[rows], tr[t_idx])      # within the stratum only
-            dist[rows], near[rows] = d, t_idx[j]                  # back to global training indices
-        thresholds[s] = float(np.percentile(h_dist[h_idx], percentile))
-        frac[s] = float((g_dist[g_idx] < thresholds[s]).mean()) if g_idx.size else float("nan")
-        counts[s] = {"train": int(t_idx.size), "heldout": int(h_idx.size), "generated": int(g_idx.size)}
-    flagged = np.array([g_dist[i] < thresholds[s] for i, s in enumerate(s_ge)], dtype=bool)
-    return MemorizationAudit(g_dist, g_near, s_ge, h_dist, h_near, s_ho, thresholds, flagged,
-                             float(flagged.mean()) if flagged.size else float("nan"), frac, counts,
-                             float(percentile), feature_space)
+    cal = calibrate(tr, ho, train_strata=s_tr, heldout_strata=s_ho, percentile=percentile,
+                    feature_space=feature_space)
+    scr = screen(cal, ge, s_ge)                                   # every generated stratum is calibrated here
+    thresholds, frac, counts = dict(cal.thresholds), {}, {}
+    for s in thresholds:
+        g_idx = np.flatnonzero(s_ge == s)
+        frac[s] = float(scr.flagged[g_idx].mean()) if g_idx.size else float("nan")
+        counts[s] = {"train": int((s_tr == s).sum()), "heldout": cal.n_heldout(s), "generated": int(g_idx.size)}
+    flagged = scr.flagged.astype(bool)
+    return MemorizationAudit(scr.distance, scr.nearest, s_ge, cal.heldout_distance, cal.heldout_nearest, s_ho,
+                             thresholds, flagged, float(flagged.mean()) if flagged.size else float("nan"), frac,
+                             counts, float(percentile), feature_space)
 
 
 def audit_images(train_images: torch.Tensor, heldout_images: torch.Tensor, generated_images: torch.Tensor,

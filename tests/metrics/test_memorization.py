@@ -105,6 +105,53 @@ def test_strata_match_brute_force_loop():
     assert best[2] == res.generated_distance.min()
 
 
+def test_calibrate_then_screen_is_the_audit_and_reports_uncalibrated_strata():
+    """One calibration serves several generated batches with the audit's thresholds, distances and
+    flags on the same data; a stratum without training or held-out images is said, never flagged."""
+    rng = np.random.default_rng(7)
+    train, held, gen = _gauss(150, 4, 1), _gauss(60, 4, 2), _gauss(30, 4, 3)
+    s_tr, s_ho, s_ge = rng.integers(0, 3, 150), rng.integers(0, 3, 60), rng.integers(0, 3, 30)
+    gen[:3] = train[:3]                                                   # three copies: flagged
+    s_ge[:3] = s_tr[:3]
+    res = mem.audit(train, held, gen, train_strata=s_tr, heldout_strata=s_ho, generated_strata=s_ge, percentile=5.0)
+    cal = mem.calibrate(train, held, train_strata=s_tr, heldout_strata=s_ho, percentile=5.0)
+    assert cal.thresholds == res.thresholds and list(cal.thresholds) == [0, 1, 2]
+    np.testing.assert_array_equal(cal.heldout_distance, res.heldout_distance)
+    np.testing.assert_array_equal(cal.heldout_nearest, res.heldout_nearest)
+    assert [cal.n_heldout(s) for s in range(3)] == [res.n_per_stratum[s]["heldout"] for s in range(3)]
+    for part in (slice(0, 10), slice(10, 30)):                            # batch by batch, same answers
+        scr = mem.screen(cal, gen[part], s_ge[part])
+        np.testing.assert_array_equal(scr.distance, res.generated_distance[part])
+        np.testing.assert_array_equal(scr.nearest, res.generated_nearest[part])
+        np.testing.assert_array_equal(scr.flagged, res.flagged[part])
+        assert scr.calibrated.all() and list(scr.threshold) == [res.thresholds[s] for s in s_ge[part]]
+    assert res.flagged[:3].all()
+    # stratum 3 has training images but no held-out ones; stratum 4 has neither: reported, not flagged
+    cal = mem.calibrate(train, held, train_strata=np.where(np.arange(150) < 10, 3, s_tr), heldout_strata=s_ho)
+    scr = mem.screen(cal, train[:2], [3, 4])
+    assert scr.distance[0] == 0.0 and scr.nearest[0] == 0 and np.isnan(scr.threshold[0])
+    assert np.isnan(scr.distance[1]) and scr.nearest[1] == -1
+    assert not scr.calibrated.any() and not scr.flagged.any()
+    unstratified = mem.screen(mem.calibrate(train, held), gen)           # no strata: one stratum ALL
+    np.testing.assert_array_equal(unstratified.flagged, mem.audit(train, held, gen).flagged)
+    with pytest.raises(ValueError, match="held-out stratum 'z' has no training"):
+        mem.calibrate(train[:10], held[:10], train_strata=["a"] * 10, heldout_strata=["z"] + ["a"] * 9)
+    with pytest.raises(ValueError, match="or for neither"):
+        mem.calibrate(train, held, train_strata=s_tr)
+    with pytest.raises(ValueError, match="dims differ"):
+        mem.screen(cal, _gauss(2, 5, 0))
+
+
+def test_pixels_feature_space_is_the_flattened_image():
+    from medgen.metrics.features import feature_space_info, features
+
+    x = torch.rand(3, 1, 8, 8) * 2 - 1
+    np.testing.assert_array_equal(features(x, "pixels"), x.flatten(1))
+    assert feature_space_info("pixels").name == "pixels"
+    res = mem.audit_images(x, x[:2] + 0.5, x[:1], space="pixels")       # a copy of a training image
+    assert res.flagged.all() and res.generated_distance[0] == 0.0 and res.feature_space.name == "pixels"
+
+
 def test_errors():
     tr, ho, ge = _gauss(10, 3, 0), _gauss(10, 3, 1), _gauss(4, 3, 2)
     with pytest.raises(ValueError, match="generated stratum 'c' has no training images") as e:
