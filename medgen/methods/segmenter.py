@@ -64,6 +64,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from monai.losses import DiceCELoss
 from monai.networks.nets import UNet as MonaiUNet
 
@@ -172,18 +173,33 @@ class Segmenter(Method):
         return {"loss": self.loss_fn(self.logits(batch.source), target)}
 
     # ---- inference -------------------------------------------------------------------------
+    @property
+    def size(self) -> tuple[int, ...]:
+        """The spatial size the segmenter was trained at: ``(H, W)``, or ``(D, H, W)`` in 3D."""
+        d = self.config.data
+        return (d.image_size,) * 2 if self.spatial_dims == 2 else (d.depth, d.image_size, d.image_size)
+
     @torch.no_grad()
-    def segment(self, ct: torch.Tensor) -> torch.Tensor:
+    def segment(self, ct: torch.Tensor, *, resize: bool = False) -> torch.Tensor:
         """Label map ``LongTensor [B, *S]`` (values :data:`CLASS_LABELS`) of CT ``[B, 1, *S]`` (model range).
 
-        Arg-max of the logits, in eval mode (dropout off; restored afterwards).
+        Arg-max of the logits, in eval mode (dropout off; restored afterwards). ``resize=True``
+        takes a CT of any size ``S``: it is resized to :attr:`size` when it differs (antialiased
+        bilinear in 2D, trilinear in 3D) and the labels come back at ``S`` (nearest neighbour).
         """
+        shape = tuple(ct.shape[2:])
+        x = ct.to(next(self.parameters()).device)
+        if resize and shape != self.size:
+            mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
+            x = F.interpolate(x.float(), size=self.size, mode=mode, align_corners=False, antialias=mode == "bilinear")
         was_training = self.training
         self.eval()
         try:
-            classes = self.logits(ct.to(next(self.parameters()).device)).argmax(1)
+            classes = self.logits(x).argmax(1)
         finally:
             self.train(was_training)
+        if tuple(classes.shape[1:]) != shape:
+            classes = F.interpolate(classes[:, None].float(), size=shape, mode="nearest")[:, 0].long()
         return classes_to_labels(classes)
 
     @torch.no_grad()

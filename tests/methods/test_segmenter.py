@@ -91,6 +91,23 @@ def test_segment_and_translate_formats():
         model.segment(torch.zeros(1, 1, 30, 32))
 
 
+def test_segment_resize_takes_any_size_and_answers_at_it():
+    """resize=True: a CT of another size is resized to the segmenter's (antialiased bilinear) and the
+    labels come back at the CT's size (nearest); at the segmenter's own size it changes nothing."""
+    import torch.nn.functional as F
+
+    model = Segmenter(CI)
+    assert model.size == (32, 32)
+    ct = _batch().source  # [4, 1, 32, 32]
+    assert torch.equal(model.segment(ct, resize=True), model.segment(ct))
+    big = F.interpolate(ct, size=(64, 64), mode="nearest")
+    small = F.interpolate(big, size=(32, 32), mode="bilinear", align_corners=False, antialias=True)
+    want = F.interpolate(model.segment(small)[:, None].float(), size=(64, 64), mode="nearest")[:, 0].long()
+    got = model.segment(big, resize=True)
+    assert got.shape == (4, 64, 64) and torch.equal(got, want)
+    assert model.segment(torch.zeros(1, 1, 30, 40), resize=True).shape == (1, 30, 40)  # no divisibility needed
+
+
 def test_3d_step_reaches_every_parameter():
     batch = _batch(CI3, n=2)
     assert batch.source.shape == (2, 1, 16, 32, 32)
