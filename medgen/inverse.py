@@ -1,17 +1,15 @@
 """Inverse-problem toolkit of the lung-ultrasound study: operators, a direct inverse, DPS, metrics.
 
 The paper (lung_us_diffusion.txt) trained an unconditional DDPM on 2D lung sections, "failed"
-at naive deblurring and inpainting, and left ultrasound-guided reconstruction as future work.
-This module holds everything those experiments share:
+at naive deblurring and inpainting, and left ultrasound-guided reconstruction as future work:
 
 * **Operators** ``A`` (:func:`make_operator`, names in :data:`OPERATORS`), all taking images in
   model range ``[-1, 1]``, shape ``[B, 1, H, W]``, at a fixed ``size = (H, W)``:
 
-  - ``us_linear`` / ``us_acoustic``: the lung phantom's
-    :class:`~medgen.data.phantoms.ultrasound.LinearUltrasound` /
-    :class:`~medgen.data.phantoms.ultrasound.AcousticUltrasound` with the phantom's defaults
-    (stride ``STRIDE``, noise std ``NOISE_STD``), so ``A(x)`` equals the phantom's ``us_linear`` /
-    ``us_acoustic`` modality up to its noise; ``y`` is ``[B, 1, H, ceil(W / 2)]``.
+  - ``us_linear`` / ``us_acoustic``: the lung phantom's ``LinearUltrasound`` /
+    ``AcousticUltrasound`` (:mod:`medgen.data.phantoms.ultrasound`) with its defaults (stride
+    ``STRIDE``, noise std ``NOISE_STD``): ``A(x)`` is that modality up to its noise;
+    ``y`` is ``[B, 1, H, ceil(W / 2)]``.
   - ``blur``: separable Gaussian blur (the paper's deblurring), sigma ``2 px`` per 64 px of
     image side by default (``sigma=`` in pixels of the actual size overrides it), kernel radius
     ``ceil(3 sigma)``, sum 1, **zero padding** by default ("same" size): a symmetric kernel with
@@ -24,12 +22,11 @@ This module holds everything those experiments share:
     ``mode="random"``: each pixel missing with probability ``fraction``, drawn from
     ``torch.Generator().manual_seed(seed)`` (``seed=0``).
 
-  Every operator has ``.name``, ``.linear``, ``.size``, ``.default_noise_std`` (measurement
-  units; the phantom's ``NOISE_STD`` for ``us_*``, ``0.02`` for blur / inpaint),
-  ``.measurement_mask`` ``[1, 1, H', W']`` (1 where a measurement exists: 0 on the missing pixels
-  of ``inpaint``, 1 elsewhere) and ``.n_measurements`` (its sum, ``M``); the linear ones have
-  ``.adjoint(y)``, the exact transpose. :func:`measure` adds Gaussian noise on the measured
-  entries only.
+  Every operator has ``.name``, ``.linear``, ``.size``, ``.default_noise_std`` (the phantom's
+  ``NOISE_STD`` for ``us_*``, ``0.02`` for blur / inpaint), ``.measurement_mask``
+  ``[1, 1, H', W']`` (0 on the missing pixels of ``inpaint``) and ``.n_measurements`` (its sum,
+  ``M``); the linear ones have ``.adjoint(y)``, the exact transpose. :func:`measure` adds
+  Gaussian noise on the measured entries only.
 * **Direct inverse** (:func:`tikhonov`, :func:`tikhonov_auto`): Tikhonov-regularised least
   squares, by conjugate gradients for linear operators and L-BFGS for the nonlinear acoustic
   model, with the regularisation weight chosen by the discrepancy principle.
@@ -42,9 +39,8 @@ This module holds everything those experiments share:
   error as metrics for :func:`medgen.score.score` (closures over the measurement / lung masks of
   the whole set, so they are scored with ``batch_size=None``).
 
-Why hand-written: the operators wrap the phantom's torch models; no installed library offers
-a batched torch CG with per-sample stopping, DPS on medgen's denoiser contract, or the lung
-aeration readout (scipy's ``cg`` is single-system NumPy; deepinv is not installed).
+Hand-written (no installed library offers batched torch CG, DPS on medgen's denoiser or the
+aeration readout): docs/paper_notes.md#inverse
 """
 from __future__ import annotations
 
@@ -451,16 +447,12 @@ def dps_reconstruct(denoiser: Any, operator: Callable[[torch.Tensor], torch.Tens
     DPS's ``zeta = 1`` at step t corresponds to ``scale ~ 1 / beta_t`` (large early steps get
     a larger pull). ``scale = 0`` is the unguided prior. ``grad ||r||`` has unit norm in
     measurement space, so its per-pixel size falls as ``1 / sqrt(M)``: larger images need
-    proportionally larger scales (on a 16 x 16 inpainting test with an exact Gaussian-prior
-    denoiser and 20 DDPM steps, scale 20 / 50 / 100 / 200 left 53 / 11 / 3 / 1 % of the
-    unguided residual; ``normalize=False`` diverged above scale ~50).
+    proportionally larger scales.
 
     ``callback(dict(i, n, t, x, x0))`` sees ``x`` and ``x0`` as ``[n_samples, B, C, H, W]`` views.
 
-    Cost: a guided step is a network forward with gradients plus its backward pass. Measured
-    on 1 CPU thread at 64 px with the default ``UNetConfig`` (channels 32/64/128, attention at
-    the deepest level, 2.7 M parameters): unguided 41 ms/step, guided 93-97 ms/step at batch 1
-    (2.3x; us_acoustic the dearest operator, +4 ms), 133 vs 317-322 ms/step at batch 4 (2.4x).
+    Cost: a guided step is a network forward with gradients plus its backward pass (about 2.3x
+    an unguided step). Measurements: docs/paper_notes.md#inverse
     """
     if n_samples < 1:
         raise InverseError(f"n_samples must be >= 1, got {n_samples}")

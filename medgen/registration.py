@@ -1,109 +1,41 @@
 """Rigid landmark registration of CT onto MRI (the MRI->CT spine paper's preprocessing).
 
-Method
-------
 The paper ("Image preprocessing", "Influence of Rigid Registration", Figure 4) rigidly
 registers every CT onto its MRI from landmark pairs: the centre of mass (CM) of each
 vertebral body ("one" landmark per vertebra) or the body CM plus the spinous-process CM
-("two"). One body point per vertebra leaves the rotation about the cranio-caudal axis
-nearly free -- the body centres of a spine lie on one curve in the mid-sagittal plane, so
-only the small sagitta of the curve pins that rotation -- and the posterior elements (arch,
-spinous process) stay misaligned; the spinous CM, 30-50 mm behind the body, fixes it.
+("two"). One body point per vertebra leaves the rotation about the cranio-caudal axis nearly
+free (the body centres lie on one curve); the spinous CM, 30-50 mm behind the body, fixes it.
 
 * :func:`landmarks` -- physical points (pixel coordinates times ``spacing_mm``, array axis
   order ``(row, col)`` / ``(slice, row, col)``) of the vertebrae marked ``complete``:
   fixed = MRI (``*_mri``), moving = CT (``*_ct``).
-* :func:`fit_rigid` -- :func:`SimpleITK.LandmarkBasedTransformInitializer` (closed-form
-  least squares: Horn's quaternion method in 3D) with a ``VersorRigid3DTransform`` (3D) or
-  ``Euler2DTransform`` (2D). The transform maps fixed (MRI) points to moving (CT) points,
-  which is what :func:`SimpleITK.Resample` needs to pull the CT onto the MRI grid.
-* :func:`resample_to` -- :func:`SimpleITK.Resample` on the image's own grid (MRI and CT
-  share one pixel grid in the phantom): linear for CT (outside: -1000 HU, air), nearest
-  neighbour for label maps (outside: 0).
-* :func:`register_record` -- the whole step on one per-subject record (what the dataset
-  hook ``DataConfig.registration`` runs, :mod:`medgen.data.datasets`).
+* :func:`fit_rigid` -- :func:`SimpleITK.LandmarkBasedTransformInitializer` (closed-form least
+  squares) with a ``VersorRigid3DTransform`` (3D) or ``Euler2DTransform`` (2D). The transform
+  maps fixed (MRI) points to moving (CT) points, which is what :func:`SimpleITK.Resample` needs.
+* :func:`resample_to` -- :func:`SimpleITK.Resample` on the image's own grid: linear for CT
+  (outside: -1000 HU, air), nearest neighbour for label maps (outside: 0).
+* :func:`register_record` -- the whole step on one per-subject record (what the dataset hook
+  ``DataConfig.registration`` runs, :mod:`medgen.data.datasets`).
 * :func:`alignment_scores` -- Dice of MRI vs CT label maps (bone, body, posterior elements)
-  and landmark distances in mm: the numbers below.
+  and landmark distances in mm.
 
-Choice: ONE global rigid transform per subject
-----------------------------------------------
-As in the paper (whose Pointregistration code, as described in issue 5 -- not checked here,
-the machine is offline -- makes one rigid least-squares fit of all landmark pairs of a
-series), the whole CT gets a single rigid transform; the MRI frame is never moved, whichever
-of the two is the data source. The phantom moves each
-vertebra a little on its own (1.5 deg in-plane and 3 deg axial rotation, 0.5 mm, times
-``misalignment``) and bends the CT (flexion), which no single rigid map can undo: the
-residuals below are that part. A per-vertebra rigid fit would need one landmark triple per
-vertebra (two points leave the rotation about their joining line free) and a deformable
-blend between vertebrae for the soft tissue -- the deformable registration the paper names as
-future work, not its method -- so it is not done here. Points whose vertebra is not
-``complete`` (cut by the border, or clashing) are left out, as a landmark whose label is cut
-has a biased CM.
+Choice (the paper's): ONE global rigid transform per subject, fitted to all landmark pairs of
+the ``complete`` vertebrae (a cut label has a biased CM); the MRI frame is never moved. The
+phantom's per-vertebra motion and CT flexion are what no single rigid map undoes; a
+per-vertebra or deformable registration (the paper's future work) is not done.
 
-2D and 3D
----------
-Both work (``Euler2DTransform`` on ``[H, W]`` records). The 1-vs-2-landmark comparison is a
-3D experiment: the 2D phantom (``Sizes(h, w, 0)``) only has in-plane motion (its mid-sagittal
-plane maps onto itself), so in 2D one and two landmarks both recover the in-plane rigid part.
-The paper registers 3D volumes and then slices them for its 2D models; here that is the
-``volume_slices`` kind with ``DataConfig.registration`` set: each volume record is registered
-in 3D before its slices are served.
+2D and 3D both work. The 1-vs-2-landmark comparison is a 3D experiment: the 2D phantom only
+has in-plane motion, so in 2D one and two landmarks both recover the in-plane rigid part. As
+the paper registers volumes and then slices them, the ``volume_slices`` kind with
+``DataConfig.registration`` registers each volume in 3D before serving its slices.
 
-Measured
---------
-``spine_sagittal`` (``misalignment`` = mis.), seed 0, subjects 0..n-1, mean over subjects; Dice of ``labels_mri``
-vs (registered) ``labels_ct``: bone (label > 0), body (sub 1), posterior elements (sub 2 + 3),
-spinous process (sub 3); ``body`` / ``spinous``: mean distance (mm) of the CMs of the
-complete vertebrae; ``fit``: mean landmark residual of the fit (mm) -- what the rigid map
-cannot explain (per-vertebra motion, flexion, CM rasterisation):
+Limits: a subject needs at least 2 landmark pairs (else :class:`RegistrationError`). 3D grids
+whose slice spacing exceeds the spinous process width (e.g. ``Sizes(32, 32, 8)``: 9 mm slices)
+have no spinous labels, so no vertebra is ``complete`` and registration fails; use
+``depth >= 12`` at 32 px.
 
-===========================  ============  =====  ====  =========  =======  =======  ==========  ===========  ======
-setting (subjects)           registration  bone   body  posterior  spinous  body mm  spinous mm  axial deg    fit mm
-===========================  ============  =====  ====  =========  =======  =======  ==========  ===========  ======
-3D 64x64x32, mis. 2.5 (24)   none          0.30   0.29  0.12       0.07     20.7     22.8        7.9          --
-3D 64x64x32, mis. 2.5 (24)   one           0.65   0.78  0.30       0.16     1.7      16.8        25.2         1.7
-3D 64x64x32, mis. 2.5 (24)   two           0.72   0.80  0.48       0.35     2.1      4.8         4.7          3.5
-3D 64x64x32, mis. 1 (24)     none          0.53   0.57  0.31       0.30     8.3      9.1         3.2          --
-3D 64x64x32, mis. 1 (24)     one           0.79   0.88  0.57       0.43     0.8      4.7         6.2          0.8
-3D 64x64x32, mis. 1 (24)     two           0.84   0.88  0.72       0.66     0.9      2.1         1.9          1.5
-3D 128x128x32, mis. 1 (8)    none          0.44   0.49  0.18       0.16     9.9      11.0        2.8          --
-3D 128x128x32, mis. 1 (8)    one           0.77   0.89  0.49       0.32     0.8      7.7         10.6         0.8
-3D 128x128x32, mis. 1 (8)    two           0.85   0.90  0.72       0.66     1.0      2.2         1.7          1.6
-2D 64x64, mis. 2 (32)        none          0.40   0.40  0.33       0.33     15.8     16.0        (5.2)        --
-2D 64x64, mis. 2 (32)        one           0.80   0.87  0.73       0.73     1.2      2.6         (3.0)        1.2
-2D 64x64, mis. 2 (32)        two           0.81   0.87  0.74       0.74     1.3      2.4         (3.0)        1.9
-===========================  ============  =====  ====  =========  =======  =======  ==========  ===========  ======
-
-``axial deg``: rotation left per vertebra about the cranio-caudal axis (from the phantom's
-``transforms``); 2D, in parentheses: the in-plane rotation left (``rotation_deg``).
-
-So in 3D one landmark aligns the bodies (body Dice 0.29 -> 0.78, body CMs 21 -> 1.7 mm) but
-not the posterior elements (spinous CMs still 17 mm apart, posterior Dice 0.30); two
-landmarks bring the spinous processes to 4.8 mm (posterior Dice 0.48) at the cost of a
-slightly larger body residual (the fit also weighs the posterior points). One landmark even
-ADDS rotation about the cranio-caudal axis (25 deg left vs 8 deg before registration): the
-body CMs lie nearly on one line, so that rotation is fitted to the few-mm sagitta of the
-curve and amplifies the per-vertebra motion and CM rasterisation noise -- the paper's "the
-spine could rotate around the cranio-caudal axis" (Figure 4A). Seeds 0-9 with 6 subjects at
-``Sizes(48, 48, 24)``, misalignment 2.5 (the test's setting): posterior Dice two - one
-0.07-0.29, spinous CM distance one - two 6.2-25 mm, axial rotation one - two 12-40 deg,
-body Dice two - one -0.00-0.05. In 2D one and two landmarks are the same (no cranio-caudal
-rotation to recover). Posterior Dice stays well below body Dice even with two landmarks: the
-per-vertebra axial rotations (3 deg x misalignment) and the flexion, which one global rigid
-map cannot undo, move the thin spinous processes by several mm at 2-6 mm voxels.
-
-Speed (process time per subject, fit + resampling of ``ct``, ``labels_ct``, ``tissue_ct``;
-in brackets the phantom's own rendering time per subject): 2D 64x64 2.5-3.2 ms (2.1 ms),
-2D 256x256 3.6-4.1 ms (23 ms), 3D 48x48x24 4.4 ms (17 ms), 3D 64x64x32 7.5 ms (40 ms),
-3D 128x128x32 20 ms (173 ms). The hook thus adds about 20 % to 3D loading and about doubles
-the (cheap) 2D 64 px loading; records are cached after processing, so each subject is
-registered once per split that fits the cache.
-
-Limits: a subject needs at least 2 landmark pairs (else :class:`RegistrationError`; at
-misalignment <= 2.5 every one of 256 subjects tried had >= 2 complete vertebrae). Coarse 3D
-grids whose slice spacing exceeds the spinous process width (e.g. ``Sizes(32, 32, 8)``: 9 mm
-slices) have no spinous labels at all (the phantom point-samples labels at the slice centre),
-so ``complete`` is False everywhere and registration fails there; use ``depth >= 12`` at 32 px.
+Paper-faithfulness notes and the measured alignment (Dice and landmark distances for none /
+one / two landmarks, speed): docs/paper_notes.md#registration
 """
 from __future__ import annotations
 

@@ -10,39 +10,26 @@ all groups an EMA of every float parameter and buffer is updated; the EMA weight
 what ``translate()`` uses after training. Mixed precision (bf16 autocast) is used only on
 CUDA: on the reference CPU bf16 autocast is about 50x slower.
 
-Exact resume. Data order and randomness are pure functions of ``(seed, step)``:
-global batch ``s`` holds samples ``s*B .. s*B+B-1`` of the stream of per-epoch
-permutations (epoch ``e`` permuted by a generator seeded with ``(seed, e)``, see
-:func:`step_indices`); micro-batch ``m`` of group ``g`` gets a fresh ``torch.Generator``
-seeded with ``(seed, step, g, global micro-batch index)``; the global torch RNG (dropout) is
-re-seeded with ``(seed, step, rank)`` every step. With optimiser, scheduler and EMA states
-in the checkpoint, a run killed at any point and resumed ends with bit-identical weights on
-the CPU (on CUDA up to non-deterministic kernels; see ``seed_everything(deterministic=True)``).
+Exact resume. Data order and randomness are pure functions of ``(seed, step)``: global batch
+``s`` holds samples ``s*B .. s*B+B-1`` of the stream of per-epoch permutations (epoch ``e``
+permuted by a generator seeded with ``(seed, e)``, :func:`step_indices`); micro-batch ``m`` of
+group ``g`` gets a ``torch.Generator`` seeded with ``(seed, step, g, global micro-batch index)``;
+the global torch RNG (dropout) is re-seeded with ``(seed, step, rank)`` every step. With
+optimiser, scheduler and EMA states in the checkpoint, a resumed run ends with bit-identical
+weights on the CPU (on CUDA up to non-deterministic kernels; ``seed_everything(deterministic=True)``).
 RNG states are saved too, for the record.
 
-EMA. ``torch.optim.swa_utils.AveragedModel`` keeps the average; the decay used at update
-``n`` is ``min(ema_decay, (1 + n) / (10 + n))`` (the usual EMA warm-up), so short runs
-(the ``ci`` / ``smoke`` presets) do not end with weights close to their random init.
-Non-float buffers are copied, not averaged. ``ema_decay=0`` disables the EMA.
+EMA. ``torch.optim.swa_utils.AveragedModel``; the decay at update ``n`` is
+``min(ema_decay, (1 + n) / (10 + n))`` (the usual warm-up), so short runs do not end near their
+random init. Non-float buffers are copied, not averaged. ``ema_decay=0`` disables the EMA.
 
-Multi-GPU / multi-node. ``torch.distributed`` directly (gloo on CPU, nccl on CUDA), launched
-by torchrun; ``fit`` calls ``init_process_group`` itself when ``WORLD_SIZE > 1``::
-
-    torchrun --nproc_per_node 2 -m medgen.cli train ...                     # one machine
-    torchrun --nnodes 2 --node_rank R --nproc_per_node 8 \\
-             --rdzv_backend c10d --rdzv_endpoint HOST:29500 -m medgen.cli train ...
-
-Every rank loads its slice ``[r*B/W, (r+1)*B/W)`` of the global batch (``batch_size`` must
-be divisible by ``world_size * grad_accum``); after a group's micro-batches its gradients
-are averaged with one flat ``all_reduce`` per dtype. We do not use ``DistributedDataParallel``
-or accelerate (which wraps DDP): DDP only synchronises gradients of a backward that follows
-the wrapper's ``forward()``, whereas a Method is driven through ``training_step`` with one
-backward per optimiser group (GAN generator / discriminator), so the wrapper would need
-``no_sync``, ``find_unused_parameters`` and per-group unwrapping; the explicit all-reduce is
-a dozen lines and works the same for every method and for gradient accumulation. Rank 0
-writes checkpoints, logs and sample grids; ``out_dir`` must be on a file system shared by
-all ranks for resuming. Buffers are broadcast from rank 0 at the start (running statistics
-such as BatchNorm's then stay rank-local, as with DDP's ``broadcast_buffers=False``).
+Multi-GPU / multi-node. ``torch.distributed`` directly (gloo on CPU, nccl on CUDA), launched by
+torchrun (``torchrun --nproc_per_node 2 -m medgen.cli train ...``); ``fit`` calls
+``init_process_group`` itself when ``WORLD_SIZE > 1``. Every rank loads its slice
+``[r*B/W, (r+1)*B/W)`` of the global batch (``batch_size`` divisible by ``world_size *
+grad_accum``); a group's gradients are averaged with one flat ``all_reduce`` per dtype (not DDP:
+docs/paper_notes.md#train). Rank 0 writes checkpoints, logs and sample grids; ``out_dir`` must be
+shared by all ranks for resuming; buffers are broadcast from rank 0 at the start.
 
 Outputs in ``out_dir``: ``checkpoints/`` + ``latest`` (see :mod:`medgen.checkpoint`),
 ``log.jsonl`` (one JSON object per ``log_every`` steps: step, lr, wall time, mean of every

@@ -27,11 +27,10 @@ as in the knee crops of the xray2mri paper):
 Widths are in pixels along the rows. Where no joint is found (too few counted columns),
 the result is NaN. Written by hand because no library measures radiographic JSW.
 
-On the knee phantom (``reduce="mean"`` against its ``jsw_true``, 40 subjects) the
-correlation is 0.74-0.84 at 32 px, 0.84-0.96 at 64 px and 0.998 at 128 px; at 256 px the
-error is below 0.55 px. Gaps narrower than the blur (KL3-4 at 32 px) read too wide: rank
-single knees at >= 64 px. Any image with bright rows above and below a darker one gets a
-number (even noise): check first that the image is a knee radiograph.
+Gaps narrower than the blur (KL3-4 at 32 px) read too wide: rank single knees at >= 64 px
+(accuracy on the knee phantom by image size: docs/paper_notes.md#knee). Any image with bright
+rows above and below a darker one gets a number (even noise): check first that the image is a
+knee radiograph.
 """
 from __future__ import annotations
 

@@ -1,96 +1,43 @@
 """``cut``: contrastive unpaired translation (Park et al. 2020, "CUT") with the spine paper's generators.
 
-Networks (``medgen.nn.gan``, built from ``cfg.gan``): the generator ``G: source -> target``
-(``"resnet"``: CUT's ResNet generator, the paper's setting is ``gen_downs = 1``,
-``res_blocks = 8``, ``dropout = 0``; ``"sa_unet"``: the medgen UNet of ``cfg.model`` at t = 0),
-an **unconditional** PatchGAN discriminator on target-domain images only (``disc_layers``
-stride-2 blocks), and one MLP head per NCE feature tap (:attr:`CUT.heads`: Linear(C_l, 256) ->
-ReLU -> Linear(256, 256), then L2 normalisation; CUT's ``PatchSampleF`` with ``netF_nc =
-256``). Channels: source = ``cfg.model.cond_image_channels``, target = ``cfg.model.out_channels``.
-2D is what the paper trains (it has no 3D CUT); nothing here is 2D-specific, but only 2D is tested.
+Networks (``medgen.nn.gan``, built from ``cfg.gan``): the generator ``G: source -> target``,
+``[B, cfg.model.cond_image_channels, H, W] -> [B, cfg.model.out_channels, H, W]`` (``"resnet"``:
+CUT's ResNet generator, the paper's setting ``gen_downs = 1, res_blocks = 8, dropout = 0``;
+``"sa_unet"``: the medgen UNet of ``cfg.model`` at t = 0), an **unconditional** PatchGAN on
+target-domain images only, and one MLP head per NCE feature tap (:attr:`CUT.heads`:
+Linear(C_l, 256) -> ReLU -> Linear(256, 256), then L2 normalisation; CUT's ``PatchSampleF``).
+The heads are built at construction from a dry forward of G (CUT builds them lazily), so the
+optimiser and every checkpoint see them. 2D is what the paper trains and what is tested.
 
-Feature taps (where PatchNCE looks)
------------------------------------
-* ResNet: the outputs of ``G.layers[k]`` for ``k`` in ``gan.nce_layers``. The paper's
-  ``0, 4, 8, 12, 16`` with one down conv and 8 blocks are: the reflection-padded input, the
-  down conv, residual blocks 2 and 6, and the up conv's InstanceNorm
-  (:class:`~medgen.nn.gan.ResnetGenerator`).
-* SA-UNet: "after every down-convolution and the first up-convolution" (the paper's
-  supplement): forward hooks on every ``Downsample`` of the encoder (``len(model.channels) - 1``
-  of them) and on the ``Upsample`` of the deepest decoder level (:func:`sa_unet_taps`).
-  ``gan.nce_layers`` indexes ResNet layers and is not used for this generator (the paper
-  fixes these taps by rule; its code lists them as indices into its own UNet's block outputs).
+Feature taps: ResNet -- the outputs of ``G.layers[k]`` for ``k`` in ``gan.nce_layers`` (the
+paper's ``0, 4, 8, 12, 16``); SA-UNet -- "after every down-convolution and the first
+up-convolution" (supplement): hooks on every encoder ``Downsample`` and on the deepest decoder
+``Upsample`` (:func:`sa_unet_taps`; ``gan.nce_layers`` unused). Hooks live for one call only.
 
-Hooks live only for the duration of one call (registered and removed around it), so copies
-of the method (EMA) carry none. Query features of ``G(x)`` are only needed up to the last
-tap, so that pass stops there (the ResNet loop stops at ``max(nce_layers)``; the UNet pass
-is interrupted by the last hook). The key features of ``x`` come from the same forward pass
-that produces ``G(x)`` (CUT recomputes them in a separate encoder pass; with dropout off,
-as in the paper, the values are identical).
+Losses (two optimiser groups, stepped by ``fit()`` in this order):
 
-The MLP heads exist from construction: their input widths come from a dry forward of G on
-a zero input of the smallest size G accepts (no gradient, eval mode, no RNG drawn), so
-``fit()``'s optimiser and every checkpoint see them. CUT and the paper's code create them
-lazily on the first batch (the paper's code runs the NCE loss on a zero batch of the full
-training size inside ``__init__`` for that purpose).
+* ``"generator"`` (G and the heads): ``lambda_gan * GAN(D(G(src)), real) + lambda_nce * NCE``
+  with ``NCE = PatchNCE(src, G(src))`` or, with ``gan.nce_idt``, ``0.5 * (PatchNCE(src, G(src))
+  + PatchNCE(tgt, G(tgt)))``. :func:`patch_nce_loss`: at every tap ``gan.nce_patches`` locations
+  (the same for ``x``, ``y`` and every image of the batch); each query from ``y = G(x)`` must
+  pick its own key from ``x`` (detached) against the other sampled locations of the same image,
+  temperature ``gan.nce_temperature``. CUT's defaults, which the paper keeps: lambda_gan =
+  lambda_nce = 1, nce_idt on, tau = 0.07, 256 patches, LSGAN.
+* ``"discriminator"``: ``0.5 * (GAN(D(tgt), real) + GAN(D(G(src).detach()), fake))`` per patch
+  (``gan.gan_loss``); the fake is cached from the generator step of the same batch, as in
+  :mod:`medgen.methods.pix2pix`, else recomputed under ``no_grad``.
 
-Losses (two optimiser groups, stepped by ``fit()`` in this order)
-----------------------------------------------------------------
-* ``"generator"`` (G and the MLP heads): ``lambda_gan * GAN(D(G(src)), real) + lambda_nce *
-  NCE`` with ``NCE = PatchNCE(src, G(src))``, or, when ``gan.nce_idt``, ``NCE = 0.5 *
-  (PatchNCE(src, G(src)) + PatchNCE(tgt, G(tgt)))`` (the identity term on target images,
-  CUT's ``nce_idt``; needs as many source as target channels). ``PatchNCE(x, y)`` is the
-  mean over taps of the mean over images and patches of :func:`patch_nce_loss`: at every tap
-  ``gan.nce_patches`` locations are drawn (one random subset per tap and call, the same
-  locations for every image of the batch and for ``x`` and ``y``), the features at those
-  locations go through the tap's MLP head, and each query (from ``y = G(x)``) must pick its
-  own key (from ``x``, same location, detached) against the other sampled locations of the
-  same image as negatives, with temperature ``gan.nce_temperature``. CUT's defaults, which
-  the paper keeps: lambda_gan = lambda_nce = 1, nce_idt on, tau = 0.07, 256 patches,
-  LSGAN loss, flip-equivariance off (not implemented).
-* ``"discriminator"``: ``0.5 * (GAN(D(tgt), real) + GAN(D(G(src).detach()), fake))``, per
-  patch, ``gan.gan_loss`` (``"vanilla"`` or ``"lsgan"``). The fake is the one the generator
-  step of the same batch produced (cached as in :mod:`medgen.methods.pix2pix`); without a
-  preceding generator step on the same source it is recomputed under ``no_grad``.
+Training batches need ``target`` (the ``unpaired`` kind: another patient's CT); CUT never
+compares ``G(src)`` with ``tgt`` pixel-wise, so ``batch.mask``, ``gan.lambda_l1`` and
+``gan.lambda_ssim`` are unused. Every width follows the configured channels, so grayscale works
+(the reference implementation fails on 1-channel input).
 
-Training batches need ``target``: with the ``unpaired`` dataset kind the train split pairs
-each source with a target image of a *different* patient (disjoint halves), which is all
-CUT uses -- it never compares ``G(src)`` with ``tgt`` pixel-wise. ``batch.mask`` is unused
-(no pixel loss). ``gan.lambda_l1`` / ``gan.lambda_ssim`` belong to paired methods and are
-ignored here.
+``translate(source)`` returns ``G(source)``, deterministic (eval mode), with pix2pix's option
+policy (the sampling options of ``cfg.sample`` ignored, any other a one-line error);
+``generator`` is unused; ``callback`` is called once. Not supported: ``gan.lr_d`` other than 0 /
+``train.lr``; ``gan.generator = "unet"`` (the paper runs CUT with the ResNet and the SA-UNet).
 
-Single-channel images
----------------------
-The reference CUT implementation (taesungp/contrastive-unpaired-translation) fails on
-grayscale data: its unaligned dataset converts every image to RGB and never passes
-``grayscale`` to ``get_transform``, so with ``--input_nc 1`` the generator's first conv
-(weights ``[ngf, 1, 7, 7]``) receives 3 channels and raises (its issues #57, #110, #158,
-#173). Here images arrive as ``[B, C, H, W]`` tensors with ``C`` from the config, and every
-width follows the networks: G's input conv, D's input, and each MLP head's input width is
-measured from G's actual features -- the ResNet's layer 0 (the padded input) of a grayscale
-image has 1 channel and gets a ``Linear(1, 256)`` head. (At such a 1-channel tap a patch is a
-single intensity, so two patches of equal intensity are indistinguishable negatives; that is
-inherent to layer 0, not a failure. With the heads' zero-initialised biases such a tap starts
-out embedding only the sign of the intensity; the biases learn the rest.)
-
-``translate(source)`` returns ``G(source)``, deterministic (eval mode, dropout off), with the
-option policy of pix2pix: the sampling options of ``cfg.sample`` are accepted and ignored,
-any other option is a one-line error; ``generator`` is unused; ``callback`` is called once.
-
-Not supported: ``gan.lr_d`` other than 0 / ``train.lr`` (as pix2pix); the pix2pix UNet
-generator (``gan.generator = "unet"``; the paper runs CUT with the ResNet and the SA-UNet).
-
-Measured (2026-11-22)
----------------------
-Paper setting, ResNet (ngf 64, one down conv, 8 blocks, ndf 64, 3 discriminator layers,
-grayscale): G 2,515,329 parameters, D 2,762,689 (693,217 at the reference config's ndf 32),
-MLP heads 445,184 (taps of 1, 128, 128, 128, 64 channels). SA-UNet generator of the ``paper``
-preset's UNet (64, 128, 256, 512): 63.1 M, heads 509,952 (taps of 64, 128, 256, 512 channels).
-One optimiser step (generator + discriminator group, AdamW), 64 px, batch 8, one CPU thread
-on the shared 2-core machine (load ~4): 10.6 s (ResNet, paper widths), 6.3 s (SA-UNet of the
-``cpu`` preset, 32-64-128). On one H100 at 256 px: batch 32 0.49 s/step fp32 (61 GiB peak),
-0.33 s/step bf16 autocast (31 GiB); batch 8 0.14 / 0.11 s/step. A generator step runs G
-four times (full on source and target, up to the last tap on both outputs).
+Paper-faithfulness notes (taps, single-channel images, sizes, timings): docs/paper_notes.md#cut
 """
 from __future__ import annotations
 

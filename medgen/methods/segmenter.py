@@ -6,7 +6,8 @@ refs. 3-4) on the synthesized CT and comparing its vertebra masks with the groun
 (Tables 2-3). That algorithm is not available offline, so medgen trains its own stand-in on
 phantom CTs with their label maps: this method. Wherever its Dice appears, say that it is
 this stand-in, not the paper's algorithm (:data:`MEASURER_NOTE`). Its Dice on *real* phantom
-CTs is the ceiling a synthesized CT can reach (:func:`medgen.experiments.spine_dice.ceiling`).
+CTs is the ceiling a synthesized CT can reach (:func:`medgen.experiments.spine_dice.ceiling`;
+~0.97 at 64 px with the ``cpu`` preset).
 
 Task
 ----
@@ -17,47 +18,27 @@ Output: one of :data:`N_CLASSES` = 31 classes per pixel, class ``c = 3 * v + sub
 process), class 0 background; :data:`CLASS_LABELS` maps class ``c`` to the phantom's label value
 ``10 * (v + 1) + sub`` (``spine_sagittal``'s ``labels_ct`` / ``labels_mri``).
 
-Simplification (state it with the numbers): the real algorithm labels vertebrae anatomically
-(C1..L5, from the shape and the context of the whole spine). The phantom draws ten vertebrae
-from the top of a chain that fills the field of view, so the identity ``v`` is fixed by the
-position in the image (the centre row of vertebra ``v`` varies by ~1.3 px at 64 px, the
-vertebra pitch is ~8.5 px); the network gets coordinate ramps as extra input channels
-(``model.position_ramps``, :func:`medgen.nn.unet.position_ramps`) so that it can read that
-position directly.
+Simplification: the real algorithm labels vertebrae anatomically (C1..L5); in the phantom the
+identity ``v`` is fixed by the position in the image (centre rows vary by ~1.3 px at 64 px, the
+vertebra pitch is ~8.5 px), so the network gets coordinate ramps as extra input channels
+(``model.position_ramps``, :func:`medgen.nn.unet.position_ramps`).
 
-Training data (the preset, :func:`segmenter_presets`): the phantom dataset with
-``data.source = "ct"`` and ``data.target = ""``; the label map comes from the batch meta key
-:data:`LABEL_KEY` (``"labels_ct"``, ``LongTensor [*S]`` per item, which the dataset moves
-together with the CT when ``data.registration`` is set). The presets use the same sizes and
-``registration="two"`` as the ``mri_to_ct`` translator presets, so the segmenter sees real CTs
-in the MRI frame, as the translators' targets (air filled in where the rigid map leaves the
-field) -- the distribution a synthesized CT imitates.
+Training data (:func:`segmenter_presets`): ``data.source = "ct"``, ``data.target = ""``; the
+label map is the batch meta key :data:`LABEL_KEY` (``LongTensor [*S]`` per item, moved with the
+CT when ``data.registration`` is set). Same sizes and ``registration="two"`` as the ``mri_to_ct``
+translator presets, so the segmenter sees real CTs in the MRI frame, as a synthesized CT.
 
-Network and loss (MONAI, nothing hand-written): :class:`monai.networks.nets.UNet` with
-``channels = model.channels``, stride 2 between levels, ``model.layers_per_block`` residual
-units per block, affine instance norm, dropout ``model.dropout``; input channels
-``model.in_channels`` (+ ``spatial_dims`` ramps), output ``model.out_channels`` (must be 31).
-Loss :class:`monai.losses.DiceCELoss` (softmax, one-hot target, Dice over the whole batch per
-class, ``lambda_dice = lambda_ce = 1``). One optimiser group ``"model"``; ``fit()``,
-``train_or_load()``, checkpoints and the CLI work unchanged.
+Network and loss (MONAI): :class:`monai.networks.nets.UNet` (``channels = model.channels``,
+stride 2, ``model.layers_per_block`` residual units, affine instance norm, dropout
+``model.dropout``; input ``model.in_channels`` + ``spatial_dims`` ramps, output 31 channels) and
+:class:`monai.losses.DiceCELoss` (softmax, one-hot target, batch Dice). One optimiser group
+``"model"``; ``fit()``, ``train_or_load()``, checkpoints and the CLI work unchanged.
 
-``translate(ct)`` returns the label map as a *float* tensor ``[B, 1, *S]`` holding the label
-values (0, 11, 12, ... 103), so that the generic Translator interface (sample grids, the CLI)
-can carry it; :meth:`Segmenter.segment` returns the same as ``LongTensor [B, *S]``, which the
-Dice functions of :mod:`medgen.metrics.segmentation` take.
+``translate(ct)`` returns the label map as a *float* tensor ``[B, 1, *S]`` of label values
+(0, 11, 12, ... 103) for the generic Translator interface; :meth:`Segmenter.segment` returns it as
+``LongTensor [B, *S]`` for :mod:`medgen.metrics.segmentation`.
 
-Measured (one CPU thread, seed 0; Dice by :mod:`medgen.experiments.spine_dice` on 128 held-out
-registered phantom CTs, complete vertebrae): the ``cpu`` preset (64 px, channels 16-128,
-0.22 M parameters, batch 8) trained for 1500 steps -- 0.11 s/step alone, 0.26 s/step (6.4 min)
-on the shared 2-core machine -- reaches bone Dice 0.969 per volume / 0.969 per vertebra and
-posterior-element Dice 0.961 / 0.961 (all vertebrae, partial ones included: 0.968 / 0.962);
-per vertebra 0.95 (v = 1) to 0.97 (v = 7). That is the ceiling for synthesized CTs at 64 px.
-At ``ci`` size (32 px, channels 8-32) 40 steps of batch 8 (~1.5 s) already give 0.81 / 0.76.
-Per step (one thread, batch as in the preset): 2D 0.02 s (ci), 0.06 s (smoke), 0.11 s (cpu);
-3D 0.3 s (ci, 32x32x16, batch 4), 0.6 s (smoke, batch 8), 6.7 s (64x64x32 at batch 8, hence
-batch 2 in the 3D ``cpu`` preset). 3D ``smoke`` (32x32x16, 64 training volumes, batch 8, 16 test
-volumes): 150 steps (2 min) give bone 0.81 / 0.81 and posterior 0.67 / 0.67; 400 steps (5.5 min
-on the shared machine, 0.82 s/step) give 0.87 / 0.86 and 0.76 / 0.76 -- the preset's 400.
+Measured Dice and training times per preset: docs/paper_notes.md#segmenter
 """
 from __future__ import annotations
 

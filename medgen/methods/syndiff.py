@@ -1,134 +1,41 @@
 """``syndiff``: unpaired adversarial diffusion translation (Özbey et al. 2023, IEEE TMI 42(12)).
 
-The spine MRI -> CT paper's unpaired diffusion baseline (supplement "Unpaired Image-2-Image":
-"SynDiff includes a CycleGAN that generates image pairs for a DDPM. The DDPM operates in image
-mode with a fixed step size of 4"). Structure as in the authors' code (icon-lab/SynDiff,
-``train.py``), read for its structure and re-written here: domain *s* is the source (MRI,
-``batch.source``, ``model.cond_image_channels`` channels), domain *c* the target (CT,
-``batch.target``, ``model.out_channels`` channels); both directions are trained.
+The spine MRI -> CT paper's unpaired diffusion baseline (supplement: "SynDiff includes a
+CycleGAN that generates image pairs for a DDPM. The DDPM operates in image mode with a fixed
+step size of 4"), structured as the authors' code (icon-lab/SynDiff, ``train.py``). Domain *s*
+is the source (MRI, ``batch.source`` ``[B, model.cond_image_channels, H, W]``), domain *c* the
+target (CT, ``batch.target`` ``[B, model.out_channels, H, W]``); both directions are trained.
 
-Networks (eight, all 2D)
-------------------------
-* Non-diffusive module (a CycleGAN): ``nd_s2t`` (s -> c) and ``nd_t2s`` (c -> s), built by
-  :func:`medgen.nn.gan.build_generator` from ``cfg.gan`` (the reference's ``resnet_6blocks``
-  is ``generator="resnet", gen_channels=64, gen_downs=2, res_blocks=6``), and the unconditional
-  PatchGANs ``dnd_target`` / ``dnd_source`` (:func:`~medgen.nn.gan.build_discriminator`; the
-  reference's ``define_D`` is the 70x70 PatchGAN with InstanceNorm, ``disc_layers=3``).
-* Diffusive module (a DDGAN per direction): ``g_target`` predicts the clean target
-  ``c0_hat = G(c_t, t, cond=s~, z)`` from the noisy target ``c_t``, the step ``t`` in 1..T,
-  a source image ``s~`` (during training the *non-diffusive estimate* ``nd_t2s(c)``; at test
-  time the real source) and a latent ``z ~ N(0, I_100)``; ``g_source`` is the same for s
-  given a target image. Both are :class:`DiffusiveGenerator` (the medgen UNet of
-  ``cfg.model`` with the condition image concatenated to ``x_t``, ``z`` as its condition
-  vector, and a Tanh). ``d_target`` / ``d_source`` are :class:`DiffusionDiscriminator`:
-  ``D(x_{t-1}, x_t, t) -> [B]`` logits telling a true denoising pair from one whose
-  ``x_{t-1}`` was drawn from the posterior around the generator's ``x0_hat``.
+Networks (eight, 2D): a non-diffusive CycleGAN -- generators ``nd_s2t`` / ``nd_t2s``
+(:func:`medgen.nn.gan.build_generator`, ``cfg.gan``) and PatchGANs ``dnd_target`` /
+``dnd_source`` -- and a diffusive DDGAN per direction: ``g_target`` (:class:`DiffusiveGenerator`)
+predicts the clean target ``c0_hat = G(c_t, t, cond=s~, z)`` from the noisy target ``c_t``, the
+step ``t`` in 1..T, a source image ``s~`` (training: the non-diffusive estimate ``nd_t2s(c)``;
+test: the real source) and ``z ~ N(0, I_100)``; ``g_source`` likewise for s. ``d_target`` /
+``d_source`` (:class:`DiffusionDiscriminator`): ``D(x_{t-1}, x_t, t) -> [B]`` logits. Diffusion:
+T = :data:`NUM_STEPS` = 4 steps of DDGAN's ``vp`` schedule (:func:`vp_alpha_bars`,
+:func:`vp_betas`, :class:`SynDiffSchedule`).
 
-Diffusion (T = :data:`NUM_STEPS` = 4 large steps, DDGAN's ``vp`` schedule)
--------------------------------------------------------------------------
-``alpha_bar(u) = exp(-u**2 (beta_max - beta_min) / 2 - u beta_min)`` (the VP SDE's signal
-variance) at ``u_k = eps + (1 - eps) k / T``, ``k = 0..T``, ``beta_min = 0.1``,
-``beta_max = 20``, ``eps = 1e-3``; ``alpha_bar_t = alpha_bar(u_t) / alpha_bar(u_0)`` and
-``beta_t = 1 - alpha_bar_t / alpha_bar_{t-1}`` for ``t = 1..4`` (:func:`vp_alpha_bars`,
-:func:`vp_betas`). ``alpha_bar_4 = 4.3e-5``: ``x_4`` is N(0, I) up to a 0.0066 x0 term.
-It is written here as pure functions, not added to :mod:`medgen.diffusion.schedules`,
-because it is SynDiff's own 4-step discretisation of a continuous schedule, not a named
-1000-step beta schedule. :class:`SynDiffSchedule` holds the tables, the forward process
-``q(x_t | x_0)``, one forward step ``q(x_t | x_{t-1})`` and the posterior
-``q(x_{t-1} | x_t, x_0) = N(c1 x0 + c2 x_t, var)`` with
-``c1 = beta_t sqrt(alpha_bar_{t-1}) / (1 - alpha_bar_t)``,
-``c2 = (1 - alpha_bar_{t-1}) sqrt(alpha_t) / (1 - alpha_bar_t)``,
-``var = beta_t (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t)`` (no noise at ``t = 1``, where
-the sample is ``x0`` itself).
+Losses (two optimiser groups, stepped by ``fit()`` in this order; draws from ``generator``):
 
-Losses (two optimiser groups, stepped by ``fit()`` in this order, as the reference steps
-its discriminators before its generators; every draw comes from the step's ``generator``)
--------------------------------------------------------------------------------------------
-``"discriminator"`` (all four discriminators):
+* ``"discriminator"`` (all four): per domain ``softplus(-D(x_{t-1}, x_t, t))`` + R1
+  (:data:`R1_GAMMA`) on real pairs and ``softplus(D(x'_{t-1}, x_t, t))`` on posterior samples
+  around the frozen generators' ``x0_hat``, plus the PatchGANs' ``softplus(-Dnd(real)) +
+  softplus(Dnd(fake))``. Returns ``loss, real, fake, r1, nd_real, nd_fake``.
+* ``"generator"`` (all four): ``lambda_gan * (adv_diff + adv_nd) + lambda_cycle * (cycle +
+  diff_l1)``; ``cycle`` is the CycleGAN L1, ``diff_l1 = |g_target(c_t, t, nd_t2s(c), z) - c| +
+  |g_source(s_t, t, nd_s2t(s), z) - s|`` the diffusive cycle that makes the generators use their
+  condition. Returns ``loss, adv_diff, adv_nd, cycle, diff_l1``. ``batch.mask`` is not used.
 
-1. Diffusive, per domain x in {c, s}: ``t ~ U{1..4}``, ``x_{t-1} ~ q(x_{t-1} | x0)``,
-   ``x_t ~ q(x_t | x_{t-1})``; real: ``softplus(-D(x_{t-1}, x_t, t))`` plus the R1 penalty
-   ``gamma / 2 * ||d D / d x_{t-1}||^2`` (:data:`R1_GAMMA`); fake (generators frozen, under
-   ``no_grad``): ``x'_{t-1} ~ q(x_{t-1} | x_t, G(x_t, t, cond=x~, z))`` with ``x~`` the
-   non-diffusive estimate of the *other* domain made from x (``nd_t2s(c)`` for c, ``nd_s2t(s)``
-   for s), loss ``softplus(D(x'_{t-1}, x_t, t))``.
-2. Non-diffusive: ``softplus(-Dnd(real)) + softplus(Dnd(fake))`` per patch, with fakes
-   ``nd_s2t(s)`` for ``dnd_target`` and ``nd_t2s(c)`` for ``dnd_source``.
+``translate(source)`` (MRI -> CT) runs ``g_target``'s reverse chain: ``x_4 ~ N(0, I)``, then for
+t = 4..1 ``x0_hat = g_target(x_t, t, source, z)``, ``x_{t-1} ~ q(x_{t-1} | x_t, x0_hat)``.
+:meth:`SynDiff.translate_reverse` is the CT -> MRI chain of ``g_source``. The sampling options
+of ``cfg.sample`` are accepted and ignored.
 
-The terms are summed (the reference's eight optimisers each see their own term; with
-disjoint networks the summed loss gives each network the same gradient).
-Returned: ``loss, real, fake, r1, nd_real, nd_fake``.
-
-``"generator"`` (all four generators), with fresh draws of ``t``, noise and ``z``:
-``lambda_gan * (adv_diff + adv_nd) + lambda_cycle * (cycle + diff_l1)`` where
-``adv_diff = softplus(-D(x'_{t-1}, x_t, t))`` summed over both domains, ``adv_nd`` the
-non-saturating PatchGAN loss of ``nd_s2t(s)`` and ``nd_t2s(c)``,
-``cycle = |nd_s2t(nd_t2s(c)) - c| + |nd_t2s(nd_s2t(s)) - s|`` (means) and
-``diff_l1 = |g_target(c_t, t, nd_t2s(c), z) - c| + |g_source(s_t, t, nd_s2t(s), z) - s|``:
-the diffusive cycle c -> s~ -> c, which is what trains the diffusive generators to use their
-condition and what makes the non-diffusive estimate carry the anatomy. The reference's one
-weight ``lambda_l1_loss = 0.5`` multiplies both L1 terms: that is ``gan.lambda_cycle``
-(default 0.5); ``gan.lambda_gan`` (reference 1) weights both adversarial terms.
-Returned: ``loss, adv_diff, adv_nd, cycle, diff_l1``. ``batch.mask`` is not used (the
-target belongs to another patient than the source's mask).
-
-Inference
----------
-``translate(source)`` (MRI -> CT) runs ``g_target``'s reverse chain: ``x_4 ~ N(0, I)``, then
-for t = 4..1: ``z ~ N(0, I)``, ``x0_hat = g_target(x_t, t, cond=source, z)``,
-``x_{t-1} ~ q(x_{t-1} | x_t, x0_hat)``; the result is ``x_0`` (= the last ``x0_hat``). All
-draws come from ``generator`` (fixed generator -> fixed output). :meth:`SynDiff.translate_reverse`
-is the CT -> MRI chain of ``g_source``. The sampling options of ``cfg.sample`` are accepted
-and ignored (the chain is always the 4 trained steps), as by the other GAN translators.
-
-Size and speed (measured 2026-11-22 on the 2-core reference CPU, one thread, 64 px, batch 4)
--------------------------------------------------------------------------------------------
-With the ``mri_to_ct`` ``cpu`` UNet (32, 64, 128) and the reference's non-diffusive nets at
-``ngf = ndf = 32`` (ResNet, 2 downs, 6 blocks; PatchGAN 3 layers): generators 9.45 M
-parameters (2 x 1.96 M non-diffusive, 2 x 2.77 M diffusive), discriminators 10.15 M
-(2 x 4.38 M diffusive, 2 x 0.69 M PatchGAN); one optimiser step (both groups) 5.1 s, 2.9 s
-of it the discriminator step with R1's double backward. At ``ngf = ndf = 16``: 2.6 s.
-``translate`` of 4 images: 0.65 s. Paper-like 256 px (the ``paper`` UNet (64, 128, 256, 512),
-``ngf = ndf = 64``): generators 142.1 M (2 x 63.2 M diffusive, 2 x 7.8 M), discriminators
-61.0 M (2 x 27.7 M, 2 x 2.8 M). (The reference's NCSN++ was not instantiated here to compare.)
-
-Deviations from the reference (icon-lab/SynDiff), all in network details or optimisation
----------------------------------------------------------------------------------------
-* Diffusive generator: the medgen UNet (``cfg.model``: ResBlocks with GroupNorm, self-
-  attention where ``attention_levels`` says) instead of NCSN++ (BigGAN blocks with FIR
-  resampling, progressive input, ``ch_mult 1 1 2 2 4 4`` at 256 px, attention at 16 px).
-  The latent ``z`` (nz = 100, kept) enters through the UNet's condition-vector MLP
-  (Linear-SiLU-Linear) added to the time embedding, i.e. a per-channel shift in every
-  residual block; the reference maps z through PixelNorm + 3 dense layers (256 wide) into
-  adaptive GroupNorm (scale and shift) in every block. Output Tanh kept (``not_use_tanh``
-  false in the reference); the UNet's zero-initialised output conv makes the untrained
-  prediction 0 (``x0_hat = 0``).
-* Diffusive discriminator: the reference's ``Discriminator_large`` structure (1x1 stem,
-  residual down blocks with the time embedding added after the first conv, FIR ``[1,3,3,1]``
-  blur before every 2x downsampling, minibatch-stddev feature, 3x3 conv, global sum, linear)
-  with ``d`` down blocks where ``d = clamp(floor(log2(image_size / 4)), 1, 6)`` (the
-  reference's fixed 6 at 256 px; 4 at 64 px), widths ``2*ndf`` then ``ndf*min(2**(i+2), 8)``
-  (``ndf = gan.disc_channels``; the reference's ``ngf = 64``), time embedding width
-  ``4*ndf`` (256 at ndf 64, as the reference). Differences: medgen's ``TimeEmbedding``
-  (SiLU MLP) instead of a LeakyReLU MLP; PyTorch's default init with every block's second
-  conv zero-initialised (the reference: variance-scaling init, second conv scaled ~0);
-  the minibatch-stddev group is the largest divisor of the batch size <= 4 (the reference
-  needs a batch divisible by min(B, 4)).
-* Schedule: ``x_0`` is the data itself (the reference's index 0 carries a 1e-8 beta, noise
-  of std 1e-4) and the G step draws ``x_t ~ q(x_t | x_0)`` directly (the reference draws a
-  pair and keeps ``x_t``: the same distribution).
-* R1: every discriminator step with ``gamma = 0.1`` (:data:`R1_GAMMA`); the README's command
-  uses ``r1_gamma = 1`` every ``lazy_reg = 10`` steps without rescaling, i.e. 0.1 per step
-  on average (``training_step`` does not know the step number, so lazy regularisation
-  would need state that resume would have to restore).
-* Optimisation (``fit()``): one AdamW per group (the reference: eight Adams), one learning
-  rate (reference ``lr_g = 1.6e-4``, ``lr_d = 1e-4``; ``gan.lr_d`` other than 0 /
-  ``train.lr`` is a :class:`~medgen.config.ConfigError`), Adam betas ``(0.5, 0.9)`` belong in
-  ``train.betas``, gradient clipping over a whole group (``train.grad_clip = 0`` matches the
-  reference), the EMA (reference 0.999, generators only) averages every network.
-* 2D only (``model.spatial_dims = 2``); the adversarial loss is always the non-saturating
-  one (``gan.gan_loss`` must be ``"vanilla"``); ``gan.lambda_l1`` / ``lambda_ssim`` /
-  ``dropout`` of the diffusive path are not used.
+Ours vs the reference: the medgen UNet of ``cfg.model`` instead of NCSN++ (``z`` through the
+condition-vector MLP), R1 at gamma 0.1 every step instead of 1 every 10th, one AdamW and one
+learning rate per group, the EMA over every network, the non-saturating loss only.
+Paper-faithfulness notes: docs/paper_notes.md#syndiff
 """
 from __future__ import annotations
 
@@ -186,7 +93,7 @@ def vp_betas(steps: int = NUM_STEPS, beta_min: float = BETA_MIN, beta_max: float
 
 
 class SynDiffSchedule:
-    """Forward process and posterior of SynDiff's ``steps``-step schedule (module docstring).
+    """Forward process and posterior of SynDiff's ``steps``-step schedule (docs/paper_notes.md#syndiff).
 
     Timesteps ``t`` are ``LongTensor [B]`` in ``1..steps``; images ``[B, C, *S]``.
     """
@@ -314,7 +221,7 @@ def disc_downs(image_size: int) -> int:
 
 
 class DiffusionDiscriminator(nn.Module):
-    """Time-conditioned DDGAN discriminator ``D(x_prev, x_t, t) -> logits [B]`` (module docstring).
+    """Time-conditioned DDGAN discriminator ``D(x_prev, x_t, t) -> logits [B]`` (docs/paper_notes.md#syndiff).
 
     ``x_prev``, ``x_t``: ``[B, channels, H, W]``; ``t``: ``[B]`` step indices. ``ndf`` is the
     base width, ``downs`` the number of 2x down blocks.

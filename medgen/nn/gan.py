@@ -1,76 +1,43 @@
-"""GAN building blocks shared by the GAN translators (pix2pix now; CUT and SynDiff later).
+"""GAN building blocks shared by the GAN translators (pix2pix, CUT, SynDiff).
 
-Every network works on 2D ``[B, C, H, W]`` or 3D ``[B, C, D, H, W]`` tensors: ``spatial_dims``
-picks ``Conv2d``/``Conv3d`` (and the matching transposed conv, InstanceNorm and reflection
-padding). Normalisation is **InstanceNorm without affine parameters and without running
-statistics** everywhere, as in the spine paper's reference code (its pix2pix UNet, CUT ResNet
-and discriminator all use ``nn.InstanceNorm2d()``) and in CUT; the original pix2pix defaults
-to BatchNorm, which we do not use (batch statistics make ``translate()`` depend on the batch).
-InstanceNorm also behaves the same in train and eval mode, so only dropout differs.
+Every network works on 2D ``[B, C, H, W]`` or 3D ``[B, C, D, H, W]`` tensors (``spatial_dims``
+picks the conv, transposed conv, InstanceNorm and reflection padding). Normalisation is
+InstanceNorm without affine parameters or running statistics everywhere, as in the spine
+paper's reference code and CUT (pix2pix's BatchNorm would make ``translate()`` depend on the
+batch), so only dropout differs between train and eval mode.
 
 Networks
 --------
 ``UNetGenerator``
-    The pix2pix UNet (Isola et al. 2017, ``UnetGenerator``): ``downs`` blocks of
-    [LeakyReLU(0.2)] -> Conv(k4, s2, p1) -> [InstanceNorm] with channels
-    ``ngf * min(2**i, 8)``; the decoder mirrors it with ReLU -> ConvTranspose(k4, s2, p1) ->
-    InstanceNorm -> Dropout, each decoder block reading ``Concat([skip_i, h])``; the outermost
-    block ends in Tanh. Outermost down conv and innermost (bottleneck) down conv have no norm,
-    so a bottleneck of 1 pixel works. Dropout (``dropout``, the paper's 20 %) sits in every
-    decoder block but the outermost, as in the paper's reference UNet. Every spatial side must
-    be divisible by ``2**downs``.
+    The pix2pix UNet (Isola et al. 2017): ``downs`` Conv(k4, s2) blocks of ``ngf * min(2**i, 8)``
+    channels, a mirrored ConvTranspose decoder on ``Concat([skip_i, h])`` with dropout (the
+    paper's 20 %) in every block but the outermost, Tanh. The outermost and innermost down convs
+    have no norm (a 1-pixel bottleneck works). Sides divisible by ``2**downs``.
 ``ResnetGenerator``
-    CUT's / CycleGAN's ResNet generator: ReflectionPad(3) -> Conv(k7) -> IN -> ReLU,
-    ``downs`` x [Conv(k3, s2, p1) -> IN -> ReLU] (channels doubling), ``blocks`` residual blocks
-    (ReflectionPad(1), Conv(k3), IN, ReLU, [Dropout], ReflectionPad(1), Conv(k3), IN; plus the
-    input), ``downs`` x [ConvTranspose(k3, s2, p1, output_padding 1) -> IN -> ReLU],
-    ReflectionPad(3) -> Conv(k7) -> Tanh. It is one flat ``nn.Sequential`` (:attr:`layers`),
-    like the reference's ``self.model``, so CUT takes features by layer index
-    (:meth:`ResnetGenerator.features`; the paper's ``nce_layers`` 0,4,8,12,16). We use plain
-    strided convs (the paper's reference code), not CUT's anti-aliased downsampling, so the
-    indices follow the paper's code: with one down conv and 8 blocks, 0 = the padded input,
-    4 = the down conv, 8 and 12 = residual blocks 2 and 6, 16 = the up conv's InstanceNorm.
-    Every spatial side must be divisible by ``2**downs`` and at least 4.
+    CUT's / CycleGAN's ResNet generator as one flat ``nn.Sequential`` (:attr:`layers`), so CUT
+    takes features by layer index (:meth:`ResnetGenerator.features`): with one down conv and 8
+    blocks, 0 = the padded input, 4 = the down conv, 8 and 12 = residual blocks 2 and 6, 16 =
+    the up conv's InstanceNorm (the paper's ``nce_layers``). Sides divisible by ``2**downs``, >= 4.
 ``SAUNetGenerator``
-    The medgen diffusion UNet (:class:`medgen.nn.unet.UNet`, time embedding + self-attention:
-    the paper's "SA-UNet") used as a plain generator: built from ``cfg.model`` with
-    ``in_channels`` = source channels and every condition input switched off, always called
-    with ``t = 0``. Its output conv is zero-initialised (see unet.py), so it starts at 0;
-    there is no Tanh (as in the paper's code, which uses the diffusion UNet as is).
+    The medgen diffusion UNet (:class:`medgen.nn.unet.UNet`, the paper's "SA-UNet") as a plain
+    generator: ``in_channels`` = source channels, no condition inputs, always ``t = 0``;
+    zero-initialised output, no Tanh.
 ``PatchDiscriminator``
-    The pix2pix PatchGAN (``NLayerDiscriminator``): Conv(k4, s2, p1) -> LeakyReLU(0.2), then
-    ``layers - 1`` x [Conv(k4, s2, p1) -> IN -> LeakyReLU], Conv(k4, s1, p1) -> IN -> LeakyReLU,
-    Conv(k4, s1, p1) -> 1 channel of logits per patch. ``layers = 3`` is the 70x70 PatchGAN
-    (:func:`patch_receptive_field`); a 256 px input gives 30x30 patches
-    (:meth:`PatchDiscriminator.output_shape`). The paper's reference discriminator averages
-    the patch logits to one number per image before its loss; we keep Isola's per-patch loss.
+    The pix2pix PatchGAN, one logit per patch; ``layers = 3`` is the 70x70 PatchGAN
+    (:func:`patch_receptive_field`), 30x30 patches at 256 px (:meth:`PatchDiscriminator.output_shape`).
 
 Losses
 ------
-:func:`gan_loss` (``"vanilla"``: BCE with logits, ``"lsgan"``: least squares on the raw
-output; the paper's reference code hard-codes LSGAN) and :func:`ssim_loss`, the "weighted
-SSIM loss" the spine paper adds to pix2pix. Source of that term: the paper cites Finck et al.
-2022 (Front. Neurosci. 16:889808) for it; only that paper's abstract was retrievable here,
-which says "refined GAN" without the loss. The paper's own public code
-(robert-graf/Readable-Conditional-Denoising-Diffusion, ``CUT.py``, ``training_step_G``)
-shows what was trained: ``lambda_paired * (L1 + lambda_ssim * (1 - SSIM(fake + 1, real + 1,
-data_range=2)))`` with torchmetrics' SSIM (Gaussian window 11, sigma 1.5, k1 0.01, k2 0.03)
-and ``lambda_paired = 10, lambda_ssim = 1`` in its pix2pix configs, i.e. "weighted" means an
-SSIM loss ``1 - SSIM`` with its own weight next to L1. :func:`ssim_loss` computes exactly that
-``1 - SSIM``, on images shifted from ``[-1, 1]`` to ``[0, 2]`` as the reference does (SSIM's
-luminance term is not shift invariant). The SSIM map is the textbook formula (Wang et al.
-2004) written here with a *separable* Gaussian filter (one 1D depthwise conv per axis, valid
-positions only). MONAI's :func:`~monai.metrics.regression.compute_ssim_and_cs` gives the same
-map (the tests check it) but convolves with the dense 11x11(x11) kernel: in 3D, forward +
-backward on a 2x1x32x128x128 batch took 467 ms on an H100 (50x the pix2pix generator's
-9.5 ms) against 2.8 ms separable. Our addition: an optional per-pixel weight map (the batch's
-loss mask) turns the SSIM-map mean into a weighted mean, like the L1 term of medgen's other
-losses; with no mask (or an all-ones mask) it is the reference's SSIM. On inputs
-smaller than the window the window shrinks per axis to the largest odd size that fits.
+:func:`gan_loss` (``"vanilla"``: BCE with logits; ``"lsgan"``: least squares, the paper's code)
+and :func:`ssim_loss`: the spine paper's "weighted SSIM loss" as its public code trains it,
+``1 - SSIM(fake + 1, real + 1, data_range=2)`` (Gaussian window 11, sigma 1.5, k1 0.01, k2 0.03)
+with its own weight next to L1, computed with a separable Gaussian filter over the valid
+positions (the same map as MONAI's ``compute_ssim_and_cs``). Ours: an optional per-pixel weight
+map (the loss mask) makes the map mean a weighted mean; small inputs shrink the window per axis.
 
-:func:`init_weights` is pix2pix's ``normal`` init (conv weights ~ N(0, 0.02), biases 0),
-applied to the UNet / ResNet generators and the discriminator (not to the SA-UNet, which
-keeps its own init).
+:func:`init_weights` is pix2pix's ``normal`` init (conv weights ~ N(0, 0.02), biases 0), applied
+to the UNet / ResNet generators and the discriminator (not to the SA-UNet).
+Paper-faithfulness notes (layer lists, the source of the SSIM term): docs/paper_notes.md#gan
 """
 from __future__ import annotations
 
@@ -166,7 +133,7 @@ class UNetGenerator(nn.Module):
     """The pix2pix UNet generator ``[B, in, *S] -> [B, out, *S]`` in (-1, 1) (see module docstring).
 
     ``channels`` is ngf, ``downs`` the number of down/up blocks (``S`` must be divisible by
-    ``2**downs``), ``dropout`` the decoder dropout probability.
+    ``2**downs``), ``dropout`` the decoder dropout probability. Layer list: docs/paper_notes.md#gan.
     """
 
     def __init__(self, in_channels: int, out_channels: int, channels: int = 64, downs: int = 5,
@@ -234,7 +201,8 @@ class _ResidualBlock(nn.Module):
 class ResnetGenerator(nn.Module):
     """CUT's ResNet generator ``[B, in, *S] -> [B, out, *S]`` in (-1, 1) (see module docstring).
 
-    :attr:`layers` is the flat ``nn.Sequential`` whose indices CUT's ``nce_layers`` refer to.
+    :attr:`layers` is the flat ``nn.Sequential`` whose indices CUT's ``nce_layers`` refer to
+    (layer list: docs/paper_notes.md#gan).
     """
 
     def __init__(self, in_channels: int, out_channels: int, channels: int = 64, downs: int = 2,
@@ -318,7 +286,8 @@ def patch_receptive_field(layers: int) -> int:
 class PatchDiscriminator(nn.Module):
     """PatchGAN ``[B, in, *S] -> [B, 1, *S']`` of per-patch logits (see module docstring).
 
-    ``channels`` is ndf, ``layers`` the number of stride-2 blocks (3: the 70x70 PatchGAN).
+    ``channels`` is ndf, ``layers`` the number of stride-2 blocks (3: the 70x70 PatchGAN);
+    layer list: docs/paper_notes.md#gan.
     """
 
     def __init__(self, in_channels: int, channels: int = 64, layers: int = 3, spatial_dims: int = 2) -> None:

@@ -12,9 +12,7 @@ nearest-x2 + conv upsample -> GroupNorm, SiLU, ``conv_out``. The time embedding 
 sinusoidal -> MLP of width ``4 * channels[0]`` and enters every residual block.
 
 ``conv_out`` is zero-initialised (as in ADM / improved-diffusion and MONAI): the untrained
-network predicts exactly 0, a neutral start for eps-, x0- and v-prediction. Consequence: on the
-very first backward pass only ``conv_out`` receives a gradient (the zero weight blocks it
-from reaching earlier layers); after one optimiser step gradients reach every layer.
+network predicts exactly 0; on the very first backward pass only ``conv_out`` gets a gradient.
 
 Condition inputs (:class:`Condition`), each switched on by its ``UNetConfig`` field:
 
@@ -34,41 +32,15 @@ stage          ``[B, stage_embedding_dim]`` one learned projection per down leve
                                             that stage's residual blocks
 ============== ============================ =================================================
 
-*skip_residuals* implements the morphology tuner of the ultrasound-enhancement paper (Eq. 8:
-``f*_i = Concat([T(f_i, F_i) + F*_i, f*_i])``). Skip features are produced in encoder order:
-the ``conv_in`` output, the output of every down-path residual block (after its attention),
-and the output of every downsample; :meth:`UNet.skip_shapes` lists their shapes. A callable
-receives that list of encoder features of the current forward pass and returns the residuals,
-so a tuner ``T`` can be computed from ``f_i`` itself (a frozen backbone with a trainable tuner:
-``cond.skip_residuals = lambda f: [tuner_i(f_i, F_i) + Fs_i for ...]``). The residual is
-*added* to ``f_i``; a tuner that must replace ``f_i`` returns ``T(...) + F*_i - f_i``.
+*skip_residuals*: the morphology tuner of the ultrasound-enhancement paper (Eq. 8). Skip
+features ``f_i``, in encoder order (:meth:`UNet.skip_shapes`): the ``conv_in`` output, every
+down-path residual block's output (after its attention), every downsample's output. A callable
+receives this forward pass's list of encoder features and returns the residuals (a tuner
+computed from ``f_i`` itself); they are *added* to ``f_i``. *stage*: the X-ray->MRI paper's
+depth / KOA embeddings (``stage=(down_emb, up_emb)``) or the UX-Diffusion angle embedding (one
+vector for both paths); the middle block uses the deepest down level's embedding.
 
-*stage* serves the X-ray->MRI paper's target-depth embedding (depth enters the down path, the
-KOA / intensity vector the up path: pass ``stage=(depth_emb, koa_emb)``) and the UX-Diffusion
-angle embedding (one vector for both paths: ``stage=angle_emb``; angle *tokens* go to
-``tokens``). The middle block uses the deepest down level's embedding.
-
-Library networks and what this class adds
------------------------------------------
-- MONAI ``DiffusionModelUNet`` (monai 1.6): 2D and 3D. Image conditions only by the caller
-  concatenating them into ``x``; ``num_class_embeds`` adds an *integer* class embedding to the
-  time embedding (no continuous vector); ``with_conditioning=True, cross_attention_dim=d``
-  gives cross-attention (a full transformer layer) at the attention levels;
-  ``down_block_additional_residuals`` adds precomputed tensors to the skip features (ControlNet).
-  It cannot give a tuner the encoder features of the same forward pass, and has no per-stage
-  embeddings. (Its attention blocks import ``einops``, which is not a medgen dependency; its
-  middle block always has attention, so it cannot be built without ``einops``.)
-- diffusers ``UNet2DModel``: 2D only; timestep plus ``class_labels`` (integer, or with
-  ``class_embed_type="identity"`` a vector of the embedding width); no cross-attention, no skip
-  residuals.
-- diffusers ``UNet2DConditionModel``: 2D only; cross-attention to ``encoder_hidden_states``
-  (always required), continuous vectors through ``class_embed_type="projection"``, ControlNet
-  residuals (``down_block_additional_residuals``); no 3D, no callable tuner, no per-stage
-  embeddings. (diffusers' ``UNet3DConditionModel`` is a video UNet: 2D spatial layers plus
-  attention over frames, not a volumetric 3D network.)
-This UNet is one class for 2D and 3D with all five injection modes together, including skip
-residuals computed by a tuner from the current encoder features and separate stage
-embeddings for the down and up paths, and it checks every condition against its config.
+Why not MONAI's or diffusers' UNet (none has all five inputs, 2D and 3D): docs/paper_notes.md#unet
 """
 from __future__ import annotations
 

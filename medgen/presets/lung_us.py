@@ -3,89 +3,34 @@
 Tasks (:data:`TASKS`)
 ---------------------
 * ``lung_us/prior`` -- method ``ddpm`` (:class:`medgen.methods.ddpm.UnconditionalDDPM`): the
-  paper's unconditional DDPM on 2D lung sections. Data: the ``lung`` phantom, dataset kind
-  ``paired`` with ``source="ct"`` and no target, i.e. single images (the CT-like section in
-  model range, ``HU`` mapped by the ``ct`` modality); ``ddpm`` trains on the source when a
-  dataset has no target. Measurements for DPS are made by ``medgen.inverse`` operators.
+  paper's unconditional DDPM on 2D lung sections ``[B, 1, H, W]``. Data: the ``lung`` phantom,
+  dataset kind ``paired`` with ``source="ct"`` and no target, i.e. single images (``ddpm``
+  trains on the source when a dataset has no target). Measurements for DPS are made by
+  ``medgen.inverse`` operators.
 * ``lung_us/conditional_us_linear`` and ``lung_us/conditional_us_acoustic`` -- method ``cddpm``:
   the supervised conditional baseline of the guided reconstruction (issue 6, section 3; the
-  paper never trained one). Source = the measurement modality (``us_linear`` /
-  ``us_acoustic``, ``[H, ceil(W / 2)]`` on the scan-line grid, ``ultrasound.STRIDE = (1, 2)``)
-  resized to the ``[H, W]`` image grid (``data.source_resize=True``, bilinear,
-  :func:`medgen.data.datasets.resize_source`) and channel-concatenated to ``x_t``; target
-  ``ct``. Same UNet, schedule and training as the prior at each preset, plus the condition
-  channel, and without learned variances (a plain eps-MSE baseline; ``cddpm`` samples with
-  DDIM, which does not use them).
+  paper never trained one). Source = the measurement ``[H, ceil(W / 2)]`` resized to the
+  ``[H, W]`` image grid (``data.source_resize=True``) and channel-concatenated to ``x_t``;
+  target ``ct``. Same UNet, schedule and training as the prior at each preset, plus the
+  condition channel, without learned variances (a plain eps-MSE baseline).
 
-The ``paper`` preset of the prior (Table 1 through improved-diffusion's ``script_util``)
-------------------------------------------------------------------------------------------
-The paper trained with openai/improved-diffusion and lists: diffusion steps 4000, image
-size 256, number of channels 96, 2 residual blocks, attention resolutions 1, learning rate
-1e-4, batch size 128. What that means in improved-diffusion's ``create_model`` and what we use:
+The ``paper`` preset (Table 1, read through improved-diffusion's ``script_util``)
+--------------------------------------------------------------------------------
+Paper: 4000 diffusion steps, 256 px, 96 channels, 2 residual blocks, attention resolutions 1,
+lr 1e-4, batch 128, 4,500 training and 1,000 generated images. Ours from that: channels
+``(96, 96, 192, 192, 384, 384)`` (improved-diffusion's channel_mult at 256 px), attention only
+in the middle block, improved-diffusion's defaults for what Table 1 does not list, and the
+recipe of its README (not stated in the paper): cosine schedule, learned variances (hybrid
+loss, ``vlb_weight=0.001``, ``model.out_channels = 2``); 100k steps (ours); sampling with the
+full 4000-step ancestral DDPM (``--set sample.sampler=ddim sample.steps=50`` is the fast variant).
 
-* ``channel_mult`` for 256 px is ``(1, 1, 2, 2, 4, 4)``, so the channels are
-  ``(96, 96, 192, 192, 384, 384)`` (``model.channels``); ``num_res_blocks = 2`` residual
-  blocks per level on the way down and 3 on the way up (``layers_per_block=2``; medgen's UNet
-  adds one on the up path as improved-diffusion does).
-* "attention resolutions 1": improved-diffusion turns each entry ``r`` into the downsampling
-  factor ``image_size // r`` = 256 // 1 = 256 at which blocks get attention; six levels only
-  reach a factor of 32, so **no level has attention**, while improved-diffusion's middle block
-  always has one. Hence ``attention_levels`` all False and ``mid_attention="on"``.
-* Its defaults for everything Table 1 does not list: ``num_heads=4``, ``dropout=0.0``,
-  GroupNorm with 32 groups (``norm_groups=32``), AdamW with ``weight_decay=0.0`` and default
-  betas, no gradient clipping (``grad_clip=0``), a constant learning rate (``lr_anneal_steps=0``),
-  EMA rate 0.9999, ``predict_xstart=False`` (``prediction="eps"``), plain MSE loss.
-* Flags the paper does not list (our choice, documented as such): improved-diffusion's README
-  recommends ``--noise_schedule cosine --learn_sigma True`` (with ``--diffusion_steps 4000``)
-  and the paper says it used that repository's recipe, so ``schedule="cosine"``,
-  ``learn_sigma=True`` (the hybrid loss ``L_simple + 0.001 L_vlb``: ``vlb_weight=0.001``) and
-  ``model.out_channels = 2`` (mean and variance-interpolation channels). Training length is not
-  stated: ``train.steps = 100000`` (ours); bf16 autocast on CUDA (``amp``).
-* Data: ``n_train = 4500`` (the paper's 4,500 images) at 256 px; ``n_test = 1000`` held-out
-  images for FID / KID and the calibrated memorization flag rate (the paper had none).
-* Generation: the paper generated 1,000 images (:data:`N_GENERATE`) with improved-diffusion's
-  sampler, i.e. the full 4,000-step ancestral DDPM with learned variances, so ``paper``
-  samples with ``sampler="ddpm", steps=4000``. That is hours even on a GPU; improved-diffusion
-  supports respaced sampling (``--timestep_respacing``), and ``--set sample.sampler=ddim
-  sample.steps=50`` is the fast variant.
+Scaled presets (ours): ``ci`` 32 px (8, 16); ``smoke`` 32 px (32, 64, 64, 64); ``cpu`` 64 px
+(32, 64, 96, 128). All keep T = 4000, cosine, eps, MSE, learned variances and middle-block
+attention; they sample with the ancestral DDPM over 100 respaced steps (ci: 4) and train with a
+higher lr, warm-up and cosine decay, clipping at 1 and a shorter EMA.
 
-Scaled presets (same recipe, smaller and shorter; our choices)
----------------------------------------------------------------
-=========  ======  ===========================  =====  ======  =====  ==========  ===========
-preset     size    channels (improved-diff.     res    batch   steps  lr          sampling
-                   mult at that size)           blocks
-=========  ======  ===========================  =====  ======  =====  ==========  ===========
-ci         32 px   (8, 16)                      1      4       2      1e-4        DDIM 4
-smoke      32 px   (32, 64, 64, 64) = 32 x      1      8       800    5e-4, cos.  DDIM 50
-                   (1, 2, 2, 2)
-cpu        64 px   (32, 64, 96, 128) = 32 x     1      8       2500   2e-4, cos.  DDPM 100
-                   (1, 2, 3, 4)
-paper      256 px  (96, 96, 192, 192, 384, 384) 2      128     100k   1e-4 const  DDPM 4000
-=========  ======  ===========================  =====  ======  =====  ==========  ===========
-
-Every preset keeps T = 4000, the cosine schedule, eps prediction, MSE, learned variances,
-middle-block-only attention and ``N_GENERATE`` images. Sampling at smoke / cpu is the paper's
-ancestral DDPM with the learned variances over 100 respaced steps (ci: 4), since 4000 steps are
-far too slow on a CPU. Measured with the shipped cpu prior (32 images, seed 0, against 256
-held-out sections: category shares 36 / 39 / 25 %, mean aeration 0.67, mean |vertical
-gradient| 0.048): DDPM-100 gives 38 / 53 / 9 %, aeration 0.63, KS p = 0.34, gradient 0.050;
-DDPM-50 47 / 44 / 9 %, p = 0.14; DDIM-50 with eta 1 50 / 47 / 3 %, p = 0.016; DDIM-50 with eta 0
-(the first choice here) 75 / 25 / 0 %, aeration 0.44, p = 2e-6, gradient 0.088 (residual noise:
-samples too dense and grainy); DPM-Solver++ 2M-20 69 / 9 / 22 %, p = 7e-5, gradient 0.14. The
-deterministic solvers stay in ``medgen.diffusion`` (and the speed benchmark) but not as defaults. Short runs use a higher
-learning rate with 5 % linear warm-up and cosine decay, gradient clipping at 1 and EMA 0.999
-(smoke 0.99): an EMA of 0.9999 averages over ~10^4 steps, longer than these runs. ``norm_groups``
-is 8 (4 at ci) where 32 groups would leave one channel per group.
-
-Measured on the 2-core machine (one training step with AdamW and clipping, lung batches
-rendered beforehand; the machine was never idle while measuring, another job held about one
-core): ``cpu`` prior, batch 8 at 64 px, 1 thread 0.72-0.77 s/step; 2 threads could not be
-measured fairly (7-9 s while the other core was busy: thread contention); rendering 8 lung
-sections at 64 px takes ~0.02 s. ``smoke``: 0.22-0.24 s/step at 1 thread (800 steps ~3 min).
-2500 ``cpu`` steps are therefore ~31 min at 1 thread and an estimated ~20 min on 2 idle
-cores. The ``cpu`` prior has 3.48 M parameters (7.0 MB in fp16; the 20 MB limit of a shipped
-checkpoint would allow ~10 M, but training time, not size, is the binding constraint).
-DDIM-50 generation with it: ~0.56 images/s at 1 thread under load (256 images ~8 min).
+Paper-faithfulness notes, the sampler comparison, timings and the DPS scale sweeps:
+docs/paper_notes.md#lung_us-presets
 """
 from __future__ import annotations
 
@@ -104,15 +49,9 @@ TASKS = (PRIOR, *CONDITIONAL.values())
 
 N_GENERATE = {"ci": 8, "smoke": 64, "cpu": 256, "paper": 1000}  # images generated per preset (paper: 1000)
 TIMESTEPS = 4000  # Table 1 "Diffusion steps", at every preset (sampling is respaced)
-# Default DPS guidance scale (normalised step, medgen.inverse.dps_reconstruct) per preset and operator, tuned
-# by sweeps over {0, 3, 10, 20, 30, 100, 300, 1000, 3000} on 6 *training* subjects (numbers 100-105; the notebook
-# scores held-out ones) with the preset's prior and DPS steps: the best mean PSNR, or a value within 1 dB of it
-# further from divergence. Smoke (32 px, 25 steps; unguided 14.3 dB): us_linear 300 -> 27.3 dB (1000: 28.0,
-# 3000 diverges: 24.3), us_acoustic 10 -> 16.4 (the nonlinear model diverges above ~30), blur 300 -> 26.8,
-# inpaint 300 -> 26.4. Cpu (the shipped 64 px prior, 50 steps; unguided 13.3 dB): us_linear 1000 -> 33.3 dB
-# (3000: 34.0), us_acoustic 10 -> 15.8 (20: 14.9, 100: 14.1), blur 300 -> 30.4 (1000: 30.5), inpaint 300 -> 28.1
-# (1000: 27.5). ci reuses smoke's; paper (256 px) takes cpu's x 4 -- the per-pixel pull of a normalised step
-# shrinks as 1 / sqrt(#measurements) -- untuned.
+# Default DPS guidance scale (normalised step, medgen.inverse.dps_reconstruct) per preset and operator: the
+# best mean PSNR (or within 1 dB of it, further from divergence) of a sweep on 6 training subjects; ci reuses
+# smoke's, paper takes cpu's x 4 (untuned). Sweep results: docs/paper_notes.md#lung_us-presets
 DPS_SCALE = {
     "ci": {"us_linear": 300.0, "us_acoustic": 10.0, "blur": 300.0, "inpaint": 300.0},
     "smoke": {"us_linear": 300.0, "us_acoustic": 10.0, "blur": 300.0, "inpaint": 300.0},
@@ -180,7 +119,7 @@ def _conditional(preset: str, measurement: str) -> RunConfig:
     """The supervised conditional baseline: measurement resized and concatenated (module docstring)."""
     base = _prior(preset)
     data = replace(base.data, source=measurement, target="ct", source_resize=True)
-    sample = base.sample if preset != "paper" else _SAMPLE["cpu"]  # no paper value: DDIM 50
+    sample = base.sample if preset != "paper" else _SAMPLE["cpu"]  # no paper value: the cpu sampling
     return replace(base, method="cddpm", data=data, model=_model(preset, learn_sigma=False, cond=1),
                    diffusion=replace(base.diffusion, learn_sigma=False), sample=sample)
 
