@@ -2,7 +2,7 @@
 
 Exact checks use transforms built here independently of SimpleITK (scipy's ``Rotation`` in
 array axis order); the phantom checks assert orderings measured over seeds 0-9 with margins
-well inside the smallest gap seen (numbers in the module docstring).
+well inside the smallest gap seen (numbers in docs/paper_notes.md#registration).
 """
 from __future__ import annotations
 
