@@ -13,9 +13,10 @@ from pydicom.data import get_testdata_file
 
 from medgen.data import manifest as mf
 from medgen.data.io import write_volume
-from medgen.data.manifest import ManifestError, read_manifest, write_phantom_dataset, write_split_manifests
+from medgen.data.manifest import ManifestError, read_manifest
 from medgen.data.phantoms.base import Control, Modality, PhantomSpec, Sizes, subject_rng
 from medgen.data.splits import patient_split, split_hash
+from medgen.data.writers import write_phantom_dataset, write_split_manifests
 
 
 def _raises(match: str, fn, *args, **kw) -> str:
