@@ -163,6 +163,7 @@ def box_plot(
     hue: str | None = None,
     paper: float | Mapping[Any, float] | None = None,
     ylabel: str | None = None,
+    rotate_labels: float = 0.0,
 ) -> plt.Figure:
     """Per-subject values of ``metric`` (subject means of tidy rows) as boxes with the points on top.
 
@@ -170,7 +171,8 @@ def box_plot(
     every subject drawn as a point (deterministic jitter, ``gid="subjects"``), so no outlier
     is hidden. ``paper``: one value for all groups (a dashed line across the axes) or
     ``{group: value}`` / ``{(group, hue): value}`` (a dashed line across that box), labelled
-    "paper" (``gid="paper"``).
+    "paper" (``gid="paper"``). ``rotate_labels``: degrees to turn the group names on the x axis
+    (long method names).
     """
     keys = [by] + ([hue] if hue else [])
     _need_columns(rows, [*keys, "metric", "patient_id", "value"], "box_plot")
@@ -209,6 +211,8 @@ def box_plot(
     if paper is not None and not isinstance(paper, Mapping):
         ax.axhline(float(paper), **PAPER_STYLE, gid="paper", label="paper")
     ax.set_xticks(range(len(groups)), [str(g) for g in groups])
+    if rotate_labels:
+        ax.tick_params(axis="x", labelrotation=rotate_labels)
     ax.set_xlabel(by)
     ax.set_ylabel(ylabel or f"{metric} (per-subject mean)")
     ax.grid(alpha=0.3, axis="y")

@@ -76,6 +76,9 @@ def test_box_plot_hue_and_errors() -> None:
         plots.box_plot(df, metric="ssim")
     with pytest.raises(PlotError, match="paper names group 'DDIM'"):
         plots.box_plot(df, metric="psnr", paper={"DDIM": 25.0})
+    turned = plots.box_plot(df, metric="psnr", rotate_labels=30).axes[0]
+    assert [t.get_rotation() for t in turned.get_xticklabels()] == [30.0, 30.0]
+    assert all(t.get_rotation() == 0 for t in fig.axes[0].get_xticklabels())
 
 
 # ---------------------------------------------------------------------------------------
