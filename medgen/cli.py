@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
 from medgen import __version__
+from medgen.commands import sample_options, translate_image
 from medgen.config import ConfigError, RunConfig, apply_overrides, get_preset, to_json
 from medgen.registry import UnknownNameError
 
@@ -184,12 +185,6 @@ def resolve_checkpoint_config(args: argparse.Namespace, allowed: Sequence[str]) 
     return apply_overrides(cfg, flags)
 
 
-def sample_options(cfg: RunConfig) -> dict[str, Any]:
-    """``translate()`` keyword options from ``cfg.sample``."""
-    s = cfg.sample
-    return {"sampler": s.sampler, "steps": s.steps, "eta": s.eta, "guidance_scale": s.guidance_scale}
-
-
 def validate_names(cfg: RunConfig) -> None:
     """Fail early, in one line, on an unknown method or dataset name."""
     from medgen.registry import DATASETS, METHODS, lookup
@@ -240,56 +235,21 @@ def cmd_sample(args: argparse.Namespace) -> int:
     for note in notes:
         print(f"{PROG}: note: {note}", file=sys.stderr)
     translator = load_translator(args.checkpoint)
-    write_image(out, translate_image(translator, image, cfg, seed=args.seed, name=Path(args.input).name))
+    resize_notes: list[str] = []
+    result = translate_image(translator, image, cfg, seed=args.seed, name=Path(args.input).name, notes=resize_notes)
+    for note in resize_notes:
+        print(f"{PROG}: note: {note}", file=sys.stderr)
+    write_image(out, result)
     print(out)
     return 0
 
 
-def translate_image(translator: Any, image: Any, cfg: RunConfig, *, seed: int = 0, name: str = "image") -> Any:
-    """Translate a ``[H, W]`` array in [0, 1] at the model's size; returns ``[H, W]`` in [0, 1]."""
-    import torch
-
-    from medgen.data.io import from_model_range, to_model_range
-
-    size = translator.config.data.image_size
-    if image.shape != (size, size):
-        print(f"{PROG}: note: {name} is {image.shape[0]}x{image.shape[1]}; the model works at {size}x{size}, "
-              "so the image is resized in and the result resized back", file=sys.stderr)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.inference_mode():
-        pred = translator.translate(to_model_range(image, size), generator=generator, **sample_options(cfg))
-    result = from_model_range(pred[:1, :1])
-    if result.shape != image.shape:
-        result = from_model_range(to_model_range(result, image.shape))
-    return result
-
-
-def _evaluation_frame(translator: Any, dataset: Any, args: argparse.Namespace, cfg: RunConfig) -> Any:
-    """Rows of the model and, unless ``--no-baseline``, of the identity baseline (column ``method``)."""
-    import pandas as pd
-    import torch
-
-    from medgen.evaluate import evaluate
-
-    metrics = tuple(m for m in re.split(r"[,\s]+", args.metrics) if m)
+def _metric_names(text: str) -> tuple[str, ...]:
+    """``--metrics "psnr, ssim"`` -> ``("psnr", "ssim")``."""
+    metrics = tuple(m for m in re.split(r"[,\s]+", text) if m)
     if not metrics:
         raise ConfigError("--metrics names no metric")
-    runs = [(translator, sample_options(cfg))]
-    if not args.no_baseline:
-        runs.append((_identity_baseline(translator.config), {}))
-    frames = []
-    for model, options in runs:
-        generator = torch.Generator().manual_seed(args.seed)
-        frames.append(evaluate(model, dataset, metrics, data_range=2.0, batch_size=args.batch_size,
-                               generator=generator, **options))
-    return pd.concat(frames, ignore_index=True)
-
-
-def _identity_baseline(cfg: RunConfig) -> Any:
-    """The trivial baseline that returns its input (DESIGN.md: every table carries one)."""
-    from medgen.registry import METHODS, lookup
-
-    return lookup(METHODS, "identity")(replace(cfg, method="identity"))
+    return metrics
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -299,12 +259,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(to_json(cfg))
         return 0
     from medgen.checkpoint import load_translator
+    from medgen.commands import evaluation_frame
     from medgen.evaluate import summarize
     from medgen.registry import DATASETS, lookup
 
+    metrics = _metric_names(args.metrics)
     translator = load_translator(args.checkpoint)
     dataset = lookup(DATASETS, cfg.data.dataset)(cfg.data, "test")
-    rows = _evaluation_frame(translator, dataset, args, cfg)
+    rows = evaluation_frame(translator, dataset, metrics, options=sample_options(cfg), seed=args.seed,
+                            batch_size=args.batch_size, baseline=not args.no_baseline)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     rows.to_csv(out, index=False)
@@ -383,48 +346,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _safe(text: str) -> str:
-    """``text`` usable in a file name."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "x"
-
-
-def _planes(tensor: Any) -> list[Any]:
-    """Displayable 2D planes of one item tensor ``[C, H, W]`` or ``[C, D, H, W]`` (middle slice)."""
-    t = tensor.detach().float().cpu()
-    if t.ndim == 4:
-        t = t[:, t.shape[1] // 2]
-    if t.ndim != 3:
-        raise ValueError(f"cannot write an item tensor of shape {tuple(tensor.shape)} as images")
-    return [t[c] for c in range(t.shape[0])]
-
-
-def _write_planes(out: Path, stem: str, tensor: Any, *, model_range: bool) -> list[str]:
-    """Write each channel of ``tensor`` as a PNG; returns the file names."""
-    from medgen.data.io import from_model_range, write_image
-
-    names = []
-    planes = _planes(tensor)
-    for c, plane in enumerate(planes):
-        name = f"{stem}.png" if len(planes) == 1 else f"{stem}_c{c}.png"
-        image = from_model_range(plane) if model_range else plane.clamp(0, 1).numpy()
-        write_image(out / name, image)
-        names.append(name)
-    return names
-
-
-def _scalar_labels(item: dict[str, Any]) -> dict[str, Any]:
-    """Meta values of an item that fit in a CSV cell (numbers, strings, 1-element tensors)."""
-    labels = {}
-    for key, value in item.items():
-        if key in ("source", "target", "mask", "patient_id"):
-            continue
-        if hasattr(value, "numel") and value.numel() == 1:
-            value = value.item()
-        if isinstance(value, (int, float, str, bool)):
-            labels[key] = value
-    return labels
-
-
 def cmd_phantoms(args: argparse.Namespace) -> int:
     """Write ``--n`` subjects of a phantom (or pairs of a registered dataset) with a ``manifest.csv``."""
     from medgen.registry import DATASETS, PHANTOMS, _ensure_loaded, lookup
@@ -448,14 +369,10 @@ def cmd_phantoms(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(to_json(cfg))
         return 0
-    import pandas as pd
+    from medgen.data.writers import write_item_dataset
 
-    dataset = build(cfg.data, args.split)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = [_write_item(out, i, dataset[i]) for i in range(min(args.n, len(dataset)))]
-    pd.DataFrame(rows).to_csv(out / "manifest.csv", index=False)
-    print(f"wrote {len(rows)} {name} pairs ({args.split} split) to {out}/ with manifest.csv")
+    _, count = write_item_dataset(build(cfg.data, args.split), args.out, args.n)
+    print(f"wrote {count} {name} pairs ({args.split} split) to {Path(args.out)}/ with manifest.csv")
     return 0
 
 
@@ -486,8 +403,8 @@ def _parse_controls(items: Sequence[str]) -> dict[str, float]:
 
 def _write_phantom(args: argparse.Namespace, spec: Any) -> int:
     """Render ``--n`` subjects of phantom ``spec`` into ``--out`` in the real-data format."""
-    from medgen.data.manifest import write_phantom_dataset
-    from medgen.data.phantoms.base import TEST_OFFSET, Sizes
+    from medgen.data.phantoms.base import Sizes
+    from medgen.data.writers import subject_numbers, write_phantom_dataset
 
     if args.card:
         print(spec.card.strip())
@@ -495,7 +412,7 @@ def _write_phantom(args: argparse.Namespace, spec: Any) -> int:
     sizes = Sizes(*_parse_size(args.size)) if args.size else spec.sizes_for(args.preset)
     controls = _parse_controls(args.control)
     spec.check_controls(controls)
-    numbers = list(range(args.n)) if args.split == "train" else list(range(TEST_OFFSET, TEST_OFFSET + args.n))
+    numbers = subject_numbers(args.split, args.n)
     if args.dry_run:
         _print_json({"phantom": spec.name, "n": args.n, "split": args.split, "seed": args.seed,
                      "sizes": dataclasses.asdict(sizes),
@@ -506,19 +423,6 @@ def _write_phantom(args: argparse.Namespace, spec: Any) -> int:
     print(f"wrote {args.n} {spec.name} subjects ({args.split} split, seed {args.seed}, "
           f"{sizes.height}x{sizes.width}{f'x{sizes.depth}' if sizes.depth else ''}) to {manifest}")
     return 0
-
-
-def _write_item(out: Path, index: int, item: dict[str, Any]) -> dict[str, Any]:
-    """Write one dataset item; returns its manifest row."""
-    pid = str(item.get("patient_id", index))
-    stem = f"{index:04d}_{_safe(pid)}"
-    row: dict[str, Any] = {"patient_id": pid}
-    for key in ("source", "target", "mask"):
-        if item.get(key) is not None:
-            files = _write_planes(out, f"{stem}_{key}", item[key], model_range=key != "mask")
-            row[key] = ";".join(files)
-    row.update(_scalar_labels(item))
-    return row
 
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate,

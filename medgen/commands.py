@@ -1,0 +1,91 @@
+"""What the ``medgen`` commands do beyond parsing their arguments (:mod:`medgen.cli` parses and dispatches).
+
+* :func:`sample_options` -- ``translate()`` keyword options from a config's ``sample`` section.
+* :func:`translate_image` -- ``medgen sample``: one ``[H, W]`` image in [0, 1] translated at the
+  model's size and resized back.
+* :func:`evaluation_frame` -- ``medgen evaluate``: :func:`medgen.evaluate.evaluate` rows of the
+  model and of the identity baseline (DESIGN.md: every table carries a trivial baseline row).
+
+Writing phantom and dataset folders (``medgen phantoms``) lives in :mod:`medgen.data.writers`.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+from medgen.config import RunConfig
+
+if TYPE_CHECKING:  # numpy, torch and pandas load with the command that needs them, not with the CLI
+    import numpy as np
+
+__all__ = ["sample_options", "translate_image", "evaluation_frame", "identity_baseline"]
+
+
+def sample_options(cfg: RunConfig) -> dict[str, Any]:
+    """``translate()`` keyword options from ``cfg.sample``."""
+    s = cfg.sample
+    return {"sampler": s.sampler, "steps": s.steps, "eta": s.eta, "guidance_scale": s.guidance_scale}
+
+
+def translate_image(translator: Any, image: np.ndarray, cfg: RunConfig, *, seed: int = 0, name: str = "image",
+                    notes: list[str] | None = None) -> np.ndarray:
+    """Translate ``image`` ``[H, W]`` in [0, 1] at the model's size; returns ``[H, W]`` in [0, 1].
+
+    An image of another size is resized to the model's ``data.image_size`` square (antialiased
+    bilinear, :func:`~medgen.data.io.to_model_range`) and the result resized back, with a note
+    (appended to ``notes``, or warned when ``notes`` is None). ``seed`` seeds the sampling noise;
+    ``cfg.sample`` gives the sampler options.
+    """
+    import torch
+
+    from medgen.data.io import from_model_range, to_model_range
+
+    size = translator.config.data.image_size
+    if image.shape != (size, size):
+        note = (f"{name} is {image.shape[0]}x{image.shape[1]}; the model works at {size}x{size}, "
+                "so the image is resized in and the result resized back")
+        if notes is None:
+            warnings.warn(note, stacklevel=2)
+        else:
+            notes.append(note)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.inference_mode():
+        pred = translator.translate(to_model_range(image, size), generator=generator, **sample_options(cfg))
+    result = from_model_range(pred[:1, :1])
+    if result.shape != image.shape:
+        result = from_model_range(to_model_range(result, image.shape))
+    return result
+
+
+def identity_baseline(cfg: RunConfig) -> Any:
+    """The trivial baseline that returns its input, configured like ``cfg`` (DESIGN.md: every table carries one)."""
+    import medgen.methods  # noqa: F401 -- fills METHODS
+    from medgen.registry import METHODS, lookup
+
+    return lookup(METHODS, "identity")(replace(cfg, method="identity"))
+
+
+def evaluation_frame(translator: Any, dataset: Any, metrics: Sequence[str], *, options: Mapping[str, Any],
+                     seed: int = 0, batch_size: int = 16, baseline: bool = True) -> Any:
+    """Per-sample rows of ``translator`` and, with ``baseline``, of :func:`identity_baseline` on ``dataset``.
+
+    Each run is :func:`medgen.evaluate.evaluate` (``score(predict(...))``) with ``data_range`` 2.0
+    (the model range ``[-1, 1]``) and a generator seeded with ``seed``; ``options`` go to the
+    model's ``translate`` (the baseline takes none). Returns one DataFrame, column ``method``
+    telling the runs apart.
+    """
+    import pandas as pd
+    import torch
+
+    from medgen.evaluate import evaluate
+
+    runs = [(translator, dict(options))]
+    if baseline:
+        runs.append((identity_baseline(translator.config), {}))
+    frames = []
+    for model, run_options in runs:
+        generator = torch.Generator().manual_seed(seed)
+        frames.append(evaluate(model, dataset, tuple(metrics), data_range=2.0, batch_size=batch_size,
+                               generator=generator, **run_options))
+    return pd.concat(frames, ignore_index=True)
