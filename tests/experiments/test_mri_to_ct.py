@@ -11,8 +11,11 @@ import pytest
 import torch
 from scipy import stats
 
+from medgen import zoo
 from medgen.config import get_preset
+from medgen.evaluate import evaluate
 from medgen.experiments import mri_to_ct as exp
+from medgen.metrics.structure import spine_mask
 from medgen.presets.mri_to_ct import task
 
 
@@ -101,8 +104,41 @@ def test_quality_rows_volumes_score_spine_slices_per_volume():
     preds[0, 0, 3] = 0.9   # slice 3 has no spine: not scored
     rows = exp.quality_rows(preds, [vol], method="3D", contrast="t2w", dims="3D", metrics=("mae",))
     assert len(rows) == 2 and set(rows["patient_id"]) == {"v"}
-    kept = exp.spine_mask(labels[1][None], 10).mean().item()
+    kept = spine_mask(labels[1][None], 10).mean().item()
     assert sorted(rows["value"]) == pytest.approx(sorted([0.0, 0.1 * kept]))
+
+
+class _Identity:
+    """The translator the notebook used to score given translations through evaluate (before score existed)."""
+
+    def translate(self, source, **_):
+        return source
+
+
+def test_quality_rows_score_what_evaluate_scored():
+    rng = torch.Generator().manual_seed(0)
+    items = [dict(_item(f"s{i}"), target=torch.rand(1, 16, 16, generator=rng) * 2 - 1) for i in range(20)]
+    preds = torch.rand(20, 1, 16, 16, generator=rng) * 2 - 1
+    rows = exp.quality_rows(preds, items, method="M", contrast="t2w", metrics=("mae", "psnr", "ssim"))
+    given = [{**it, "source": preds[i]} for i, it in enumerate(items)]
+    old = evaluate(_Identity(), given, ("mae", "psnr", "ssim"), mask_mode="zero", fill=exp.FILL)
+    pd.testing.assert_frame_equal(rows[list(old.columns)], old)
+
+
+def test_rows_for_selects_in_order_and_drops_the_ceiling():
+    dice = pd.DataFrame({"method": ["A", exp.REAL_CT, "B", "A"], "contrast": ["t1w", "t2w", "t2w", "t2w"],
+                         "setting": ["2D", "2D", "3D", "2D slice-wise"], "metric": "dice_volume", "value": 1.0})
+    assert list(exp.rows_for(dice, contrast="t2w", setting="2D")["method"]) == [exp.REAL_CT]
+    assert exp.rows_for(dice, contrast="t2w", setting="2D", real=False).empty
+    assert list(exp.rows_for(dice, setting=("3D", "2D slice-wise")).index) == [2, 3]
+    assert exp.rows_for(dice, registration="two").empty  # a column the frame lacks selects nothing
+
+
+def test_figure_columns_from_items():
+    items = [_item("a"), _item("b", value=0.1)]
+    cols = exp.figure_columns(items, {"M": torch.ones(2, 1, 16, 16)}, n=1)
+    assert list(cols) == ["input (MRI)", "M", "reference CT"]
+    assert all(c.shape == (1, 1, 16, 16) for c in cols.values()) and float(cols["reference CT"].mean()) == 0.5
 
 
 def test_dice_rows_units_and_perfect_prediction():
@@ -236,13 +272,10 @@ def test_standard_comparisons_families():
     assert exp.REAL_CT not in set(tests["a"]) | set(tests["b"])
 
 
-def test_cpu_uses_the_shipped_checkpoints_only_when_configs_match():
-    from medgen.reports import repo_root
-
-    root = repo_root()
+def test_cpu_resolves_the_shipped_checkpoints_only_when_configs_match():
     cpu, smoke = exp.plan("cpu"), exp.plan("smoke")
-    assert exp._shipped(exp.model_config(cpu, "ddim_image", "t1w"), root).name == "ddim_image-t1w"
-    assert exp._shipped(exp.model_config(cpu, "pix2pix_unet", "t2w"), root).name == "pix2pix_unet-t2w"
-    assert exp._shipped(exp.segmenter_config(cpu), root).name == "segmenter"
-    assert exp._shipped(exp.model_config(smoke, "ddim_image", "t1w"), root) is None  # shortened: other config
-    assert exp._shipped(exp.model_config(cpu, "ddim_noise", "t1w"), root) is None  # none shipped
+    assert zoo.shipped(exp.model_config(cpu, "ddim_image", "t1w")).name == "ddim_image-t1w"
+    assert zoo.shipped(exp.model_config(cpu, "pix2pix_unet", "t2w")).name == "pix2pix_unet-t2w"
+    assert zoo.shipped(exp.segmenter_config(cpu)).name == "segmenter"
+    assert zoo.shipped(exp.model_config(smoke, "ddim_image", "t1w")) is None  # shortened: other config
+    assert zoo.shipped(exp.model_config(cpu, "ddim_noise", "t1w")) is None  # none shipped
