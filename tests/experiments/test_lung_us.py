@@ -12,6 +12,8 @@ import pytest
 import torch
 from scipy import stats
 
+from medgen import zoo
+from medgen.data.phantoms import lung
 from medgen.experiments import lung_us as exp
 
 
@@ -211,19 +213,20 @@ def test_end_to_end_tiny(tmp_path):
                  operators=("us_linear", "inpaint"), n_recon=3, n_samples=2, dps_steps=2, guidance_scales=(0.5, 1.0),
                  steps=(1, 2), sweep_operators=("us_linear",), n_sweep=3, memorization_space="efficientnet_lite0",
                  fid_spaces=("efficientnet_lite0",))
-    prior = exp.load_model(prior_cfg, root=tmp_path)
-    sup = exp.load_model(sup_cfg, root=tmp_path)
+    prior = zoo.resolve(prior_cfg, root=tmp_path, progress=False)
+    sup = zoo.resolve(sup_cfg, root=tmp_path, progress=False)
     assert (tmp_path / "runs").is_dir()
     train, held = exp.real_sections(prior_cfg, "train"), exp.real_sections(prior_cfg, "test")
     assert train.images.shape == (12, 1, 16, 16) and len(held) == 8 and not set(train.patient_ids) & set(held.patient_ids)
-    assert set(train.category) <= {0, 1, 2} and np.allclose(exp.lung.aeration_category(train.aeration), train.category)
+    assert set(train.category) <= {0, 1, 2} and np.allclose(lung.aeration_category(train.aeration), train.category)
 
     gen = exp.run_generation(p, prior, train, held)
     assert len(gen.generated) == 6 and gen.generated.images.abs().max() <= 1
     assert set(gen.distribution["comparison"]) == {"generated vs held-out", "train vs held-out (floor)"}
     assert gen.flags["category"].iloc[-1] == "all"
     assert int(gen.flags["n_generated"].iloc[-1]) + sum(gen.memorization.excluded.values()) == 6
-    kept = gen.generated.subset(gen.memorization.generated_index)
+    kept = gen.audited
+    assert len(kept) == len(gen.memorization.generated_index)
     plt.close(plot_distance_histograms(gen.memorization.audit))
     plt.close(plot_closest_pairs(gen.memorization.audit, train.images, kept.images))
     plt.close(exp.plot_aeration(train, gen.generated))
@@ -233,15 +236,31 @@ def test_end_to_end_tiny(tmp_path):
     assert exp.SUPERVISED not in recon.samples["inpaint"]  # trained on ultrasound measurements only
     assert recon.samples["us_linear"][exp.DPS].shape == (2, 3, 1, 16, 16)
     rows = recon.rows
-    assert set(rows["metric"]) >= set(exp.RECON_METRICS) and rows["patient_id"].nunique() == 3
+    assert list(dict.fromkeys(rows["metric"])) == list(exp.RECON_METRICS) and rows["patient_id"].nunique() == 3
+    assert (rows["data_range"] == exp.DATA_RANGE).all() and {"operator", "method", "value"} <= set(rows.columns)
+    # the rows are medgen.score's, and agree with inverse.reconstruction_metrics (its other callers' path)
+    from medgen.inverse import reconstruction_metrics
+    m = recon.measurements["us_linear"]
+    ref = reconstruction_metrics(recon.samples["us_linear"][exp.DPS].mean(0), recon.truth, m["y"], m["op"],
+                                 lung_mask=recon.heldout.lung_mask)
+    dps = rows[(rows.operator == "us_linear") & (rows.method == exp.DPS)]
+    for metric in exp.RECON_METRICS:
+        np.testing.assert_array_equal(dps[dps.metric == metric]["value"].to_numpy(), ref[metric].to_numpy(float))
     table = exp.reconstruction_table(rows, "us_linear")
     assert len(table.cells()) == 4
     sweeps = exp.run_sweeps(p, prior, recon)
     assert set(zip(sweeps["sweep"], sweeps["guidance_scale"], sweeps["steps"])) == {
         ("guidance_scale", 0.5, 2), ("guidance_scale", 1.0, 2), ("steps", 1.0, 1), ("steps", 1.0, 2)}
     plt.close(exp.plot_sweeps(sweeps))
+    summary = exp.sweeps_summary(sweeps)
+    assert list(summary.columns) == ["psnr", "residual"] and len(summary) == 4
+    assert summary.loc[("us_linear", "steps", 1.0, 2), "psnr"] == pytest.approx(sweeps[
+        (sweeps.sweep == "steps") & (sweeps.steps == 2) & (sweeps.metric == "psnr")]["value"].mean())
     plt.close(exp.figure_grid(recon, "us_linear"))
     tests = exp.paired_tests(rows)
+    assert list(exp.tests_summary(tests).columns)[:2] == ["family", "comparison"]
+    assert "no supervised model" in exp.operator_heading("inpaint", {"us_linear": sup})
+    assert exp.operator_heading("us_linear", {"us_linear": sup}) == "**us_linear**"
     found = exp.findings(flags=gen.flags, aeration=gen.aeration, distribution=gen.distribution, recon_rows=rows,
                          tests=tests)
     assert list(found) == list(exp.FINDINGS) and all(isinstance(t, str) and t for _, t in found.values())
