@@ -12,7 +12,7 @@ The prior of task ``lung_us/prior`` (:class:`medgen.methods.ddpm.UnconditionalDD
 ``get_preset(preset, task="lung_us/prior")`` (default preset ``cpu``: 64 px, UNet
 (32, 64, 96, 128), middle-block attention, learned variances, 3.5 M parameters), with
 seeded random weights (all-zero tensors get small random values,
-:func:`benchmark.speed.randomize_zero_init`): the time of a forward or backward pass does not
+:func:`benchmark.harness.randomize_zero_init`): the time of a forward or backward pass does not
 depend on the weights, so no training is needed.
 
 * (g) Generation: :meth:`~medgen.methods.ddpm.UnconditionalDDPM.generate` of one batch (1 and 8,
@@ -47,12 +47,12 @@ depend on the weights, so no training is needed.
   untimed one-step call of each. Rows: seconds per step of each and their ratio (one round:
   no spread). A 256 px forward is ~280 GFLOP (~6 s on one core), so the full run uses 2 steps.
 
-As in :mod:`benchmark.speed` (see benchmark/README.md), the machine is shared and noisy: the
-arms of a group run alternately (:func:`benchmark.speed.interleave`, one untimed warm-up call
-each), absolute times are medians over rounds, and every ratio is the median of per-round
-ratios, with its interquartile range and the ratio of the fastest rounds beside it. Nothing
-here has a goal: every row is ``report``. The default thread count is the preset's
-``train.num_threads`` (1 at ``cpu``: 2 threads thrash on the shared 2-core machine).
+As in every benchmark (:mod:`benchmark.harness`, benchmark/README.md), the machine is shared
+and noisy: the arms of a group run alternately (:func:`benchmark.harness.interleave`, one
+untimed warm-up call each), absolute times are medians over rounds, and every ratio is the
+median of per-round ratios, with its interquartile range and the ratio of the fastest rounds
+beside it. Nothing here has a goal: every row is ``report``. The default thread count is the
+preset's ``train.num_threads`` (1 at ``cpu``: 2 threads thrash on the shared 2-core machine).
 
 Duration on the shared 2-core machine at 1 thread (cpu preset, load average ~4, i.e. other
 jobs held the cores): ``--quick`` (one round after one warm-up call, no (p)) took 163-175 s;
@@ -72,8 +72,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from benchmark import speed
-from benchmark.speed import Row, interleave, n_parameters, randomize_zero_init
+from benchmark.harness import Row, interleave, logger, n_parameters, randomize_zero_init, run_benchmark
 from benchmark.translation import report_ratio_rows
 from medgen.config import RunConfig, get_preset
 from medgen.inverse import OPERATORS, measure
@@ -87,7 +86,7 @@ SAMPLER_NAMES = {"ddim": "DDIM", "ddpm": "DDPM", "dpmpp": "DPM-Solver++ 2M"}
 UNGUIDED = "unguided"
 
 
-log = speed.logger("lung_us")  # progress lines on stdout
+log = logger("lung_us")  # progress lines on stdout
 
 
 # --------------------------------------------------------------------------------------
@@ -146,7 +145,7 @@ def measure_generation(p: Prior, batch: int, ddim_steps: int, fast_steps: int, r
     label = {s: sampler_label(s, n) for s, n in steps.items()}
     group = f"(g) generate {p.tag}, batch {batch}"
     arms = {s: generation_arm(p, batch, s, n) for s, n in steps.items()}
-    times = interleave(arms, repeats, group, warmup=warmup)
+    times = interleave(arms, repeats, group, warmup=warmup, log=log)
     per_step = {s: [t / steps[s] for t in times[s]] for s in steps}
     ips = {s: batch / statistics.median(times[s]) for s in steps}
     rows = [Row(f"{group}: {label['ddim']} (eta 0) images/s", ips["ddim"], "img/s"),
@@ -193,7 +192,7 @@ def measure_reconstruction(p: Prior, operators: Sequence[str], scale: float, sam
     group = f"(r) reconstruct {p.tag}, batch 1"
     arms = {UNGUIDED: reconstruction_arm(p, operators[0], 0.0, sampler, steps)}
     arms.update({op: reconstruction_arm(p, op, scale, sampler, steps) for op in operators})
-    times = interleave(arms, repeats, f"{group}, {what}", warmup=warmup)
+    times = interleave(arms, repeats, f"{group}, {what}", warmup=warmup, log=log)
     rows = [Row(f"{group}: {UNGUIDED} {what} (scale 0)", statistics.median(times[UNGUIDED]), "s"),
             Row(f"{group}: {UNGUIDED} time per step", 1e3 * statistics.median(times[UNGUIDED]) / steps, "ms")]
     for op in operators:
@@ -255,7 +254,7 @@ def measure_operators(p: Prior, operators: Sequence[str], op_calls: int, net_cal
                          *[(op, operator_calls(*measurement(p, op), x), op_calls) for op in operators]]:
         for kind, fn in zip(("forward", "forward+backward"), fns):
             arms[f"{name} {kind}"], calls[f"{name} {kind}"] = repeated(fn, n), n
-    times = interleave(arms, repeats, group, warmup=warmup)
+    times = interleave(arms, repeats, group, warmup=warmup, log=log)
     per_call = {a: [t / calls[a] for t in ts] for a, ts in times.items()}
     rows = [Row(f"{group}: {a}", 1e3 * statistics.median(v), "ms") for a, v in per_call.items()]
     net = per_call["network forward"]
@@ -279,7 +278,7 @@ def measure_paper(preset: str, steps: int, sampler: str, scale: float, operator:
         reconstruction_arm(p, operator, s, sampler, 1)()
     arms = {UNGUIDED: reconstruction_arm(p, operator, 0.0, sampler, steps),
             operator: reconstruction_arm(p, operator, scale, sampler, steps)}
-    times = interleave(arms, 1, f"{group}, {steps} steps", warmup=0)
+    times = interleave(arms, 1, f"{group}, {steps} steps", warmup=0, log=log)
     unguided, guided = times[UNGUIDED][0] / steps, times[operator][0] / steps
     return [Row(f"{group}: {UNGUIDED} time per step ({steps} steps, one round)", unguided, "s"),
             Row(f"{group}: DPS {operator} time per step ({steps} steps, one round)", guided, "s"),
@@ -372,10 +371,10 @@ def run(args: argparse.Namespace) -> list[Row]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: run, write the CSV and markdown, print the table (:func:`benchmark.speed.run_benchmark`)."""
-    return speed.run_benchmark(argv, parse_args=parse_args, run=run, name=NAME, title=TITLE, module="benchmark.lung_us",
-                               method="Random weights (speed does not depend on training); times are medians over "
-                                      "interleaved rounds, ratios medians of per-round ratios; see benchmark/lung_us.py.")
+    """Entry point: run, write the CSV and markdown, print the table (:func:`benchmark.harness.run_benchmark`)."""
+    return run_benchmark(argv, parse_args=parse_args, run=run, name=NAME, title=TITLE, module="benchmark.lung_us",
+                         method="Random weights (speed does not depend on training); times are medians over "
+                                "interleaved rounds, ratios medians of per-round ratios; see benchmark/lung_us.py.")
 
 
 if __name__ == "__main__":

@@ -1,17 +1,17 @@
 """Speed and agreement of medgen's FID, SSIM and MS-SSIM against the reference implementations.
 
 Run ``python -m benchmark.metrics [--quick]``; it writes ``reports/benchmark/metrics.csv`` and
-``metrics.md`` (columns ``measure,value,unit,goal,holds``, as ``benchmark/speed.py``) and prints
+``metrics.md`` (columns ``measure,value,unit,goal,holds``, as every benchmark: ``benchmark/harness.py``) and prints
 the table. Not a timed test: the goals are recorded, nothing fails on them.
 
 Method
 ------
 Each comparison times medgen and the reference on the same inputs as alternating arms
-(``benchmark.speed.interleave``: forward order on even rounds, reversed on odd ones), after
+(``benchmark.harness.interleave``: forward order on even rounds, reversed on odd ones), after
 one untimed warm-up call per arm (FID: a warm-up on 8 images, which builds both extractors;
 a full-size warm-up would double the run; none when N <= 8). The goal row is the median of the per-round
 ratios medgen / reference (goal ``<= 1.5``), beside it the IQR of those ratios and the ratio
-of the fastest rounds (``benchmark.speed.ratio_rows``); seconds are medians over rounds.
+of the fastest rounds (``benchmark.harness.ratio_rows``); seconds are medians over rounds.
 Values: the largest absolute difference between the two implementations' results
 (goal ``<= 1e-2`` FID units, ``<= 1e-4`` SSIM / MS-SSIM).
 
@@ -61,7 +61,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from benchmark.speed import Row, goal_row, interleave, logger, ratio_rows, write_report
+from benchmark.harness import Row, goal_row, interleave, logger, ratio_rows, write_report
 from medgen.reports import resolve_reports_root
 
 TIME_GOAL = 1.5        # medgen may take at most this many times the reference's time
@@ -136,7 +136,7 @@ def measure_fid(n: int, size: int, rounds: int) -> list[Row]:
     values: dict[str, float] = {}
     arms = {"medgen": lambda: values.__setitem__("medgen", medgen_fid(real, fake)),
             "torch-fidelity": lambda: values.__setitem__("torch-fidelity", torch_fidelity_fid(real_ds, fake_ds))}
-    times = interleave(arms, rounds, f"FID {size}px", warmup=0)
+    times = interleave(arms, rounds, f"FID {size}px", warmup=0, log=log)
     tag = f"FID {size}x{size} ({n} vs {n} images)"
     return [
         Row(f"{tag}: medgen time", statistics.median(times["medgen"]), "s"),
@@ -189,7 +189,7 @@ def compare(tag: str, medgen_fn, references: dict[str, tuple[object, str | None]
         out: dict[str, torch.Tensor] = {}
         arms = {"medgen": lambda: out.__setitem__("medgen", medgen_fn()),
                 name: lambda f=ref_fn, n=name: out.__setitem__(n, f())}
-        times = interleave(arms, rounds, f"{tag} vs {name}", warmup=1)
+        times = interleave(arms, rounds, f"{tag} vs {name}", warmup=1, log=log)
         diff = float((out["medgen"].double() - out[name].double()).abs().max())
         label = f"{tag} vs {name}"
         rows += [Row(f"{label}: medgen time", statistics.median(times["medgen"]), "s"),

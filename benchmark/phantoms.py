@@ -21,7 +21,7 @@ For each registered phantom and each preset, at the phantom's size for that pres
   cores takes minutes; per-item time is close to batch-independent at these sizes), so its
   consumption is that of a CPU: a GPU consumes far faster, which the row's note says.
 * **Ratio** = generation / consumption, goal ``>= 20``. The two are timed alternately in
-  the same rounds (median of per-round ratios; see ``benchmark/speed.py`` on why ratios).
+  the same rounds (median of per-round ratios; see ``benchmark/harness.py`` on why ratios).
 
 The phantom's channels follow the paper that uses it (``TASKS`` below). Nothing here trains
 a model; the UNet weights are random, which does not change the step time.
@@ -39,7 +39,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from benchmark.speed import Row, goal_row, log, write_report
+from benchmark.harness import Row, goal_row, logger, write_report
 from medgen.config import get_preset
 from medgen.diffusion.losses import diffusion_loss
 from medgen.diffusion.parameterization import Denoiser
@@ -51,6 +51,8 @@ from medgen.reports import resolve_reports_root
 GOAL = 20.0  # generation must be at least this many times faster than a training step consumes
 PRESETS = ("smoke", "cpu", "paper")
 PAPER_BATCH = 2  # training-step batch at the paper size on CPU (see the module docstring)
+
+log = logger("phantoms")  # progress lines on stdout
 
 
 @dataclass(frozen=True)

@@ -20,16 +20,16 @@ preset's sampling settings:
 * SynDiff: its 4-step reverse chain (``schedule.steps``).
 
 The weights are random (seeded; all-zero tensors such as the UNet's zero-initialised output
-conv get small random values, :func:`benchmark.speed.randomize_zero_init`) and the source
+conv get small random values, :func:`benchmark.harness.randomize_zero_init`) and the source
 is uniform noise in [-1, 1]: the time of a forward pass does not depend on the weights' or
 the image's values, so no training is needed. 2D runs at batch 1 and batch 8 (``--batches``);
 seconds per slice = seconds per batch / batch. 3D runs at batch 1 (one volume).
 
-As in :mod:`benchmark.speed` (see benchmark/README.md), the machine is shared and noisy: the
-arms of a group run alternately (:func:`benchmark.speed.interleave`, one untimed warm-up call
-each), absolute times are medians over rounds, and every ratio is the median of per-round
-ratios, with its interquartile range and the ratio of the fastest rounds beside it. Nothing
-here has a goal: every row is ``report``.
+As in every benchmark (:mod:`benchmark.harness`, benchmark/README.md), the machine is shared
+and noisy: the arms of a group run alternately (:func:`benchmark.harness.interleave`, one
+untimed warm-up call each), absolute times are medians over rounds, and every ratio is the
+median of per-round ratios, with its interquartile range and the ratio of the fastest rounds
+beside it. Nothing here has a goal: every row is ``report``.
 
 Duration on the shared 2-core machine (cpu preset, all translators): ``--quick`` (one round
 after one warm-up call, DDPM t=100) took 14-19 minutes; a DDIM step of the cpu-preset UNet at
@@ -47,8 +47,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from benchmark import speed
-from benchmark.speed import Row, interleave, n_parameters, randomize_zero_init, ratio_rows
+from benchmark.harness import Row, interleave, logger, n_parameters, randomize_zero_init, ratio_rows, run_benchmark
 from medgen.config import RunConfig, get_preset
 from medgen.methods.base import Method
 from medgen.presets import mri_to_ct
@@ -67,7 +66,7 @@ def translators() -> tuple[str, ...]:
     return tuple(m for m in mri_to_ct.MODELS if m not in mri_to_ct.MEASURERS)
 
 
-log = speed.logger("translation")  # progress lines on stdout
+log = logger("translation")  # progress lines on stdout
 
 
 # --------------------------------------------------------------------------------------
@@ -137,7 +136,7 @@ def size_tag(t: Translator) -> str:
 # Measures
 # --------------------------------------------------------------------------------------
 def report_ratio_rows(what: str, numerator: Sequence[float], denominator: Sequence[float]) -> list[Row]:
-    """:func:`benchmark.speed.ratio_rows` as report rows: ``"<what>: median of per-round ratios"``,
+    """:func:`benchmark.harness.ratio_rows` as report rows: ``"<what>: median of per-round ratios"``,
     ``"<what>: IQR ..."``, ``"<what>: ratio of the fastest rounds"`` (``what`` must hold no colon)."""
     if ":" in what:
         raise ValueError(f"ratio label '{what}' must not contain ':'")
@@ -152,7 +151,7 @@ def measure_group(ts: Sequence[Translator], batch: int, repeats: int, warmup: in
     dims, tag = ts[0].dims, size_tag(ts[0])
     unit, group = ("s/slice", f"2D {tag}, batch {batch}") if dims == 2 else ("s/volume", f"3D {tag}, batch {batch}")
     arms = {t.model: t.arm(batch) for t in ts}
-    times = interleave(arms, repeats, group, warmup=warmup)
+    times = interleave(arms, repeats, group, warmup=warmup, log=log)
     per_item = {t.model: statistics.median(times[t.model]) / batch for t in ts}
     rows = [Row(f"{group}: {t.model} ({t.what})", per_item[t.model], unit) for t in ts]
     for num, den in pairs:
@@ -169,7 +168,8 @@ def measure_ddpm(t: Translator, batch: int, steps: int, rounds: int, warmup: int
     ddim_arm = t.arm(batch)
     for _ in range(warmup):  # DDPM needs no warm-up call of its own: its first of many steps is one
         ddim_arm()
-    times = interleave({"ddim": ddim_arm, "ddpm": ddpm.arm(batch)}, rounds, f"{group} DDPM vs DDIM", warmup=0)
+    times = interleave({"ddim": ddim_arm, "ddpm": ddpm.arm(batch)}, rounds, f"{group} DDPM vs DDIM", warmup=0,
+                       log=log)
     n_ddim = t.cfg.sample.steps
     per_step = [(a / steps) / (b / n_ddim) for a, b in zip(times["ddpm"], times["ddim"])]
     return [
@@ -271,10 +271,10 @@ def run(args: argparse.Namespace) -> list[Row]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: run, write the CSV and markdown, print the table (:func:`benchmark.speed.run_benchmark`)."""
-    return speed.run_benchmark(argv, parse_args=parse_args, run=run, name=NAME, title=TITLE, module="benchmark.translation",
-                               method="Random weights (speed does not depend on training); times are medians over "
-                                      "interleaved rounds, ratios medians of per-round ratios; see benchmark/translation.py.")
+    """Entry point: run, write the CSV and markdown, print the table (:func:`benchmark.harness.run_benchmark`)."""
+    return run_benchmark(argv, parse_args=parse_args, run=run, name=NAME, title=TITLE, module="benchmark.translation",
+                         method="Random weights (speed does not depend on training); times are medians over "
+                                "interleaved rounds, ratios medians of per-round ratios; see benchmark/translation.py.")
 
 
 if __name__ == "__main__":
