@@ -74,6 +74,8 @@ import torch
 
 from benchmark.harness import Row, interleave, logger, n_parameters, randomize_zero_init, run_benchmark
 from benchmark.translation import report_ratio_rows
+import medgen.data  # noqa: F401 -- fills DATASETS
+import medgen.methods  # noqa: F401 -- fills METHODS
 from medgen.config import RunConfig, get_preset
 from medgen.inverse import OPERATORS, measure
 from medgen.methods.ddpm import DPS_DEFAULTS, DPS_SAMPLER, UnconditionalDDPM

@@ -40,12 +40,13 @@ import numpy as np
 import torch
 
 from benchmark.harness import Row, goal_row, logger, write_report
+import medgen.data.phantoms  # noqa: F401 -- fills PHANTOMS
 from medgen.config import get_preset
 from medgen.diffusion.losses import diffusion_loss
 from medgen.diffusion.parameterization import Denoiser
 from medgen.diffusion.schedules import NoiseSchedule
 from medgen.nn.unet import Condition, UNet
-from medgen.registry import PHANTOMS, _ensure_loaded
+from medgen.registry import PHANTOMS
 from medgen.reports import resolve_reports_root
 
 GOAL = 20.0  # generation must be at least this many times faster than a training step consumes
@@ -164,7 +165,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    _ensure_loaded()
     names = [n for n in args.phantoms.split(",") if n] or sorted(PHANTOMS)
     presets = [p for p in args.presets.split(",") if p]
     rounds, target = (1, 0.05) if args.quick else (args.rounds, 0.5)

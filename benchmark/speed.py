@@ -75,6 +75,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmark.harness import (Row, goal_row, interleave, logger, n_parameters, paired_diff, paired_ratio,
                                randomize_zero_init, ratio_rows, run_benchmark, timed)
+import medgen.data  # noqa: F401 -- fills DATASETS
+import medgen.methods  # noqa: F401 -- fills METHODS
 from medgen.config import RunConfig, get_preset
 from medgen.data.batch import Batch, collate
 from medgen.diffusion.parameterization import Denoiser

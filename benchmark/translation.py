@@ -48,6 +48,7 @@ from typing import Callable, Sequence
 import torch
 
 from benchmark.harness import Row, interleave, logger, n_parameters, randomize_zero_init, ratio_rows, run_benchmark
+import medgen.methods  # noqa: F401 -- fills METHODS
 from medgen.config import RunConfig, get_preset
 from medgen.methods.base import Method
 from medgen.presets import mri_to_ct

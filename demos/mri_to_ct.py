@@ -193,17 +193,18 @@ def check_phantom(subject: Any, segment: Any, contrast: Any) -> tuple[int, int, 
 @functools.lru_cache(maxsize=8)
 def _phantom_record(subject: int, segment: int, size: int) -> dict[str, np.ndarray]:
     """Test-split subject ``subject`` at ``size`` px, its CT registered onto the MRI (two landmarks)."""
+    import medgen.data.phantoms  # noqa: F401 -- fills PHANTOMS
     from medgen.data.phantoms.base import TEST_OFFSET, Sizes
     from medgen.registration import register_record
-    from medgen.registry import PHANTOMS, _ensure_loaded
+    from medgen.registry import PHANTOMS
 
-    _ensure_loaded()
     arrays = PHANTOMS[PHANTOM]([TEST_OFFSET + subject], seed=0, sizes=Sizes(size, size, 0), segment=segment)
     return register_record({key: value[0] for key, value in arrays.items()}, "two")
 
 
 def load_phantom(subject: Any, segment: Any, contrast: Any, size: int) -> SpineInput:
     """The phantom input with its reference CT and label maps. Raises DemoError / ValueError."""
+    import medgen.data.phantoms  # noqa: F401 -- fills PHANTOMS
     from medgen.registry import PHANTOMS
 
     subject_i, segment_i, contrast_s = check_phantom(subject, segment, contrast)

@@ -19,9 +19,10 @@ import gradio as gr
 import numpy as np
 
 from demos.quickstart import _one_line
+import medgen.data.phantoms  # noqa: F401 -- fills PHANTOMS
 from medgen.data.phantoms.base import PRESETS, TEST_OFFSET
 from medgen.data.phantoms.views import panels
-from medgen.registry import PHANTOMS, _ensure_loaded
+from medgen.registry import PHANTOMS
 
 __all__ = ["build_tab", "render", "VIEW_OPTIONS", "ANATOMY_TITLES"]
 
@@ -90,7 +91,6 @@ def render(name: str, preset: str, subject: float, controls: dict[str, float], v
 
     Raises :class:`DemoError` / ``ValueError`` with a one-line message on bad input.
     """
-    _ensure_loaded()
     if name not in PHANTOMS:
         raise DemoError(f"unknown phantom '{name}' (known: {', '.join(sorted(PHANTOMS))})")
     if subject is None or not float(subject).is_integer() or not 0 <= subject <= MAX_SUBJECT:
@@ -159,7 +159,6 @@ def _anatomy_tab(name: str, preset: str) -> None:
 
 def build_tab(preset: str, *, runs_root: Any = None) -> None:
     """The "Phantom explorer" tab: one sub-tab per registered anatomy (``runs_root`` unused)."""
-    _ensure_loaded()
     gr.Markdown("### Phantom explorer\nThe simulated patients every paper runs on, with their ground truth. "
                 "Move a slider to re-render; view options only change what is shown.", elem_id="ph-intro")
     with gr.Tabs(elem_id="ph-tabs"):

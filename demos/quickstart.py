@@ -123,6 +123,7 @@ def get_model(cfg: RunConfig, root: Path) -> Any:
 @functools.lru_cache(maxsize=4)
 def _examples(cfg: RunConfig) -> tuple[tuple[str, np.ndarray, np.ndarray], ...]:
     """``(label, source [S, S], target [S, S])`` in [0, 1] for the first test items."""
+    import medgen.data  # noqa: F401 -- fills DATASETS
     from medgen.registry import DATASETS, lookup
 
     dataset = lookup(DATASETS, cfg.data.dataset)(cfg.data, "test")

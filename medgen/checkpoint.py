@@ -361,6 +361,9 @@ def load_translator(path: str | os.PathLike, *, device: str | torch.device = "cp
     """
     ckpt = resolve_checkpoint(path)
     cfg = check_config(ckpt, config) if config is not None else read_config(ckpt)
+    # Here, not at the top: reading or exporting a config must not import every method.
+    import medgen.methods  # noqa: F401 -- fills METHODS
+
     try:
         factory = registry.lookup(registry.METHODS, cfg.method)
     except registry.UnknownNameError as err:

@@ -187,6 +187,8 @@ def resolve_checkpoint_config(args: argparse.Namespace, allowed: Sequence[str]) 
 
 def validate_names(cfg: RunConfig) -> None:
     """Fail early, in one line, on an unknown method or dataset name."""
+    import medgen.data  # noqa: F401 -- fills DATASETS
+    import medgen.methods  # noqa: F401 -- fills METHODS
     from medgen.registry import DATASETS, METHODS, lookup
 
     lookup(METHODS, cfg.method)
@@ -258,6 +260,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(to_json(cfg))
         return 0
+    import medgen.data  # noqa: F401 -- fills DATASETS
     from medgen.checkpoint import load_translator
     from medgen.commands import evaluation_frame
     from medgen.evaluate import summarize
@@ -280,6 +283,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Export the sampling weights of a checkpoint (fp16 by default), verified on test images."""
+    import medgen.data  # noqa: F401 -- fills DATASETS
     from medgen.checkpoint import export_checkpoint, read_config, resolve_checkpoint
     from medgen.data.batch import collate
     from medgen.registry import DATASETS, lookup
@@ -348,13 +352,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_phantoms(args: argparse.Namespace) -> int:
     """Write ``--n`` subjects of a phantom (or pairs of a registered dataset) with a ``manifest.csv``."""
-    from medgen.registry import DATASETS, PHANTOMS, _ensure_loaded, lookup
+    from medgen.registry import DATASETS, PHANTOMS, lookup
 
     if args.n < 1:
         raise ConfigError(f"--n must be at least 1, got {args.n}")
     if args.anatomy and args.dataset and args.anatomy != args.dataset:
         raise ConfigError(f"anatomy '{args.anatomy}' and --dataset '{args.dataset}' disagree: give one")
-    _ensure_loaded()
+    import medgen.data  # noqa: F401 -- fills DATASETS and PHANTOMS (after the cheap argument checks)
     name = args.anatomy or args.dataset
     if name in PHANTOMS or (name and name not in DATASETS and not args.dataset):
         return _write_phantom(args, lookup(PHANTOMS, name))

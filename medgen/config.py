@@ -318,12 +318,16 @@ def register_presets(task: str, presets: Mapping[str, RunConfig]) -> None:
     _PRESETS[task] = {name: replace(cfg, preset=name, name=task) for name, cfg in presets.items()}
 
 
+# The paper preset modules; each calls :func:`register_presets` for its tasks when imported.
+# They are imported by name (importlib), never by a module-level import: they import this module.
+PRESET_MODULES = ("medgen.presets.mri_to_ct", "medgen.presets.lung_us")
+
+
 def _load_preset_modules() -> None:
-    """Import the paper preset modules (``medgen.presets.MODULES``) once; they register their tasks."""
+    """Import the paper preset modules (:data:`PRESET_MODULES`) once; they register their tasks."""
     import importlib
 
-    from medgen import presets
-    for name in presets.MODULES:
+    for name in PRESET_MODULES:
         importlib.import_module(name)
 
 

@@ -3,6 +3,13 @@
 Modules register themselves on import with the decorators below; :func:`lookup` gives a
 one-line error that names the unknown entry and suggests the closest known one.
 
+This module is a leaf: it imports nothing from medgen, so the tables are filled only by
+importing the packages that register into them. A caller imports what it looks up::
+
+    import medgen.methods  # noqa: F401 -- fills METHODS
+    import medgen.data  # noqa: F401 -- fills DATASETS and PHANTOMS (medgen.data.phantoms: PHANTOMS only)
+    import medgen.metrics  # noqa: F401 -- fills METRICS
+
 >>> from medgen import registry
 >>> @registry.register(registry.METRICS, "my_metric")
 ... def my_metric(pred, target, *, data_range, mask=None): ...
@@ -43,8 +50,11 @@ def register(table: dict[str, Any], name: str) -> Callable[[T], T]:
 
 
 def lookup(table: dict[str, Any], name: str) -> Any:
-    """``table[name]`` with a helpful one-line error for unknown names."""
-    _ensure_loaded()
+    """``table[name]`` with a helpful one-line error for unknown names.
+
+    The caller must have imported the package that fills ``table`` (see the module docstring);
+    an empty table gives the same one-line error, listing ``known: none``.
+    """
     if name in table:
         return table[name]
     kind = _TABLE_NAMES.get(id(table), "entry")
@@ -52,9 +62,3 @@ def lookup(table: dict[str, Any], name: str) -> Any:
     hint = f"; did you mean '{close[0]}'?" if close else ""
     raise UnknownNameError(f"unknown {kind} '{name}' (known: {', '.join(sorted(table)) or 'none'}){hint}")
 
-
-def _ensure_loaded() -> None:
-    """Import the packages whose modules register entries."""
-    import medgen.data  # noqa: F401
-    import medgen.methods  # noqa: F401
-    import medgen.metrics  # noqa: F401

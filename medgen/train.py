@@ -59,6 +59,8 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
+import medgen.data  # noqa: F401 -- fills DATASETS
+import medgen.methods  # noqa: F401 -- fills METHODS
 from medgen import registry
 from medgen.checkpoint import (CHECKPOINTS_DIR, LATEST, CheckpointError, check_config, checkpoint_name,
                                latest_checkpoint, load_training_state, load_translator, load_weights,

@@ -162,6 +162,7 @@ def test_phantoms_writes_pairs_and_manifest(capsys: pytest.CaptureFixture[str], 
 
 
 def test_phantoms_anatomy_writes_the_real_data_format(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    import medgen.data  # noqa: F401 -- fills DATASETS and PHANTOMS
     from medgen.config import DataConfig
     from medgen.data.manifest import read_manifest
     from medgen.registry import DATASETS, PHANTOMS

@@ -263,6 +263,7 @@ def test_phantom_explorer_knee_renders_both_modalities_and_follows_the_grade(cli
 
 @pytest.mark.parametrize("name", ["spine_coronal", "spine_sagittal", "lung"])
 def test_phantom_explorer_other_anatomies(client: Any, name: str) -> None:
+    import medgen.data.phantoms  # noqa: F401 -- fills PHANTOMS
     from demos.phantoms import N_PANELS, VIEW_OPTIONS
     from medgen.registry import PHANTOMS
 

@@ -89,11 +89,11 @@ def _psnr(x: np.ndarray, y: np.ndarray) -> float:
 # phantom -> measurement -> reconstruction
 # ------------------------------------------------------------------------------------------
 def test_phantom_input_and_measurement_match_the_phantom(tab: Any, lus: Any) -> None:
+    import medgen.data.phantoms  # noqa: F401 -- fills PHANTOMS
     from medgen.data.phantoms.base import TEST_OFFSET, Sizes
     from medgen.data.phantoms.lung import CT
-    from medgen.registry import PHANTOMS, _ensure_loaded
+    from medgen.registry import PHANTOMS
 
-    _ensure_loaded()
     rec = PHANTOMS["lung"]([TEST_OFFSET + 3], seed=0, sizes=Sizes(SIZE, SIZE, 0))
     image, status = tab.on_input(None, 3)
     assert status.startswith(f"Input: **lung test subject 3** at 32x32 px (aeration {rec['aeration'][0]:.3f})")

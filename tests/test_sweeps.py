@@ -2,6 +2,8 @@
 import pandas as pd
 import pytest
 
+import medgen.data  # noqa: F401 -- fills DATASETS
+import medgen.methods  # noqa: F401 -- fills METHODS
 from medgen.config import get_preset
 from medgen.experiments import quickstart
 from medgen.registry import DATASETS, METHODS, lookup

@@ -30,6 +30,8 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import Dataset  # noqa: E402
 
+import medgen.data  # noqa: E402, F401 -- fills DATASETS
+import medgen.methods  # noqa: E402, F401 -- fills METHODS
 from medgen import registry  # noqa: E402
 from medgen.config import DataConfig, RunConfig, TrainConfig, UNetConfig  # noqa: E402
 from medgen.data.batch import Batch  # noqa: E402

@@ -93,6 +93,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+import medgen.data.phantoms  # noqa: F401 -- fills PHANTOMS
 from medgen.config import DataConfig
 from medgen.data.phantoms.base import TEST_OFFSET, Modality, PhantomError, PhantomSpec, Sizes
 from medgen.data.splits import patient_split

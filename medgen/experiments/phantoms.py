@@ -27,8 +27,9 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
+import medgen.data.phantoms  # noqa: F401 -- fills PHANTOMS
 from medgen.data.phantoms.base import PRESETS, TEST_OFFSET
-from medgen.registry import PHANTOMS, _ensure_loaded, lookup
+from medgen.registry import PHANTOMS, lookup
 
 __all__ = ["N_SUBJECTS", "KL_SUBJECTS", "render_sets", "overview_table", "label_table", "gallery_figure",
            "distribution_figure", "checks", "ANATOMIES"]
@@ -55,7 +56,6 @@ def render_sets(preset: str, *, n: int | None = None, seed: int = 0,
     :data:`N_SUBJECTS`), plus ``"knee_by_grade"``: :data:`KL_SUBJECTS` knees per fixed KL grade at
     :data:`KL_SIZE`, and
     ``"sagittal_registration"``: :data:`REGISTRATION_SUBJECTS` sagittal spines at the paper size."""
-    _ensure_loaded()
     n = N_SUBJECTS[preset] if n is None else n
     numbers = np.arange(TEST_OFFSET, TEST_OFFSET + n)
     sets = {name: lookup(PHANTOMS, name)(numbers, seed=seed, sizes=preset) for name in anatomies}
@@ -73,7 +73,6 @@ def render_sets(preset: str, *, n: int | None = None, seed: int = 0,
 
 def overview_table() -> pd.DataFrame:
     """One row per (phantom, image): unit, the fixed range mapped to [-1, 1], and the size per preset."""
-    _ensure_loaded()
     rows = []
     for name in ANATOMIES:
         spec = PHANTOMS[name]

@@ -154,6 +154,8 @@ class UnconditionalDDPM(Method):
 
     def operator(self, name: str = "us_linear", **options: Any) -> torch.nn.Module:
         """The :func:`medgen.inverse.make_operator` ``name`` at this model's image size (on its device)."""
+        # Imported here, not at the top: medgen.inverse (DPS, operators) depends on the lung phantom and the
+        # metrics; a module-level import would tie the methods package to them for every method.
         from medgen.inverse import make_operator
 
         return make_operator(name, size=self.image_shape[1:], **options).to(self._device())
@@ -169,7 +171,7 @@ class UnconditionalDDPM(Method):
         :func:`medgen.inverse.dps_reconstruct` for the step size. Gradients are enabled
         only inside the guidance (which differentiates through the network).
         """
-        from medgen.inverse import dps_reconstruct
+        from medgen.inverse import dps_reconstruct  # lazy, as in operator()
 
         o = self.sampling_options({"sampler": DPS_SAMPLER, **options}, DPS_OPTIONS)
         op = o["operator"]

@@ -356,6 +356,7 @@ def _registered() -> list[str]:
 
 @pytest.mark.parametrize("name", _registered() or ["(none registered)"])
 def test_registered_phantom_roundtrip_at_ci_size(name: str, tmp_path: Path) -> None:
+    import medgen.data.phantoms  # noqa: F401 -- fills PHANTOMS
     from medgen.registry import PHANTOMS
 
     if name not in PHANTOMS:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import medgen.data  # noqa: F401 -- fills DATASETS
 from medgen.config import DataConfig
 from medgen.experiments.spine_dice import (COLUMNS, MEASURER_NOTE, ceiling, dice_tables, posterior_map, summarize,
                                            vertebra_map)

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+import medgen.data  # noqa: F401 -- fills DATASETS
 from medgen.config import ConfigError, get_preset
 from medgen.data.batch import Batch, collate
 from medgen.methods.ddpm import DPS_DEFAULTS, DPS_SAMPLER, UnconditionalDDPM

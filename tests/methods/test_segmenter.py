@@ -9,6 +9,7 @@ import dataclasses
 import pytest
 import torch
 
+import medgen.data  # noqa: F401 -- fills DATASETS
 from medgen.config import ConfigError, get_preset
 from medgen.data.batch import Batch, collate
 from medgen.experiments.spine_dice import ceiling, summarize

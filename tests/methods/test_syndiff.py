@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import medgen.data  # noqa: F401 -- fills DATASETS
 from medgen.config import ConfigError, GANConfig, TrainConfig, get_preset
 from medgen.data.batch import Batch, collate
 from medgen.methods.syndiff import (LATENT_DIM, R1_GAMMA, DiffusionDiscriminator, DiffusiveGenerator,

@@ -2,6 +2,8 @@
 import pytest
 import torch
 
+import medgen.data  # noqa: F401 -- fills DATASETS
+import medgen.methods  # noqa: F401 -- fills METHODS
 from medgen.config import ConfigError, get_preset, tasks
 from medgen.nn.unet import UNet
 from medgen.presets import lung_us as p

@@ -24,6 +24,7 @@ import time
 import pytest
 import torch
 
+import medgen.methods  # noqa: F401 -- fills METHODS
 from medgen.config import get_preset
 from medgen.data.batch import Batch
 from medgen.presets import lung_us as presets

@@ -36,6 +36,7 @@ import pytest
 import torch
 from torch import nn
 
+import medgen.methods  # noqa: F401 -- fills METHODS
 from medgen.config import RunConfig, get_preset
 from medgen.data.batch import Batch
 from medgen.methods.base import Method

@@ -24,6 +24,7 @@ import numpy as np
 from skimage.draw import disk, line
 from skimage.segmentation import find_boundaries
 
+import medgen.data.phantoms  # noqa: F401 -- fills PHANTOMS
 from medgen.registry import PHANTOMS, lookup
 
 __all__ = ["panels", "gray", "VIEWERS", "COLORS"]
