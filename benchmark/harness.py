@@ -15,6 +15,8 @@ Also here, for the benchmarks that time untrained networks: :func:`randomize_zer
 """
 from __future__ import annotations
 
+import argparse
+
 import math
 import os
 import platform
@@ -73,6 +75,13 @@ def write_report(rows: Sequence[Row], out_dir: Path, header: str, *, name: str, 
     to_frame(rows).to_csv(csv_path, index=False, float_format="%.6g")
     md_path.write_text(f"# {title}\n\n{header}\n\n{to_markdown(rows)}")
     return csv_path, md_path
+
+
+def add_output_options(p: argparse.ArgumentParser, *, threads: int = 2) -> argparse.ArgumentParser:
+    """``--threads`` (torch threads) and ``--out`` (report folder): the options every benchmark shares."""
+    p.add_argument("--threads", type=int, default=threads, help=f"torch threads (default: {threads})")
+    p.add_argument("--out", default="reports/benchmark", help="output folder (default: reports/benchmark)")
+    return p
 
 
 def logger(name: str) -> Callable[[str], None]:

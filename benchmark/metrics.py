@@ -61,7 +61,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from benchmark.harness import Row, goal_row, interleave, logger, ratio_rows, write_report
+from benchmark.harness import Row, add_output_options, goal_row, interleave, logger, ratio_rows, write_report
 from medgen.reports import resolve_reports_root
 
 TIME_GOAL = 1.5        # medgen may take at most this many times the reference's time
@@ -232,9 +232,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--fid-sizes", default="64,256", help="comma-separated FID image sides (default 64,256)")
     p.add_argument("--ssim-batch", type=int, default=None, help="SSIM / MS-SSIM batch (default 64; --quick 8)")
     p.add_argument("--rounds", type=int, default=None, help="timed rounds (default: FID 1, SSIM 5)")
-    p.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
-    p.add_argument("--out", default="reports/benchmark", help="output folder (default: reports/benchmark)")
-    return p.parse_args(argv)
+    return add_output_options(p).parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -39,7 +39,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from benchmark.harness import Row, goal_row, logger, write_report
+from benchmark.harness import Row, add_output_options, goal_row, logger, write_report
 import medgen.data.phantoms  # noqa: F401 -- fills PHANTOMS
 from medgen.config import get_preset
 from medgen.diffusion.losses import diffusion_loss
@@ -157,9 +157,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--presets", default=",".join(PRESETS), help="comma-separated presets (default: smoke,cpu,paper)")
     p.add_argument("--phantoms", default="", help="comma-separated phantoms (default: all registered)")
     p.add_argument("--rounds", type=int, default=5, help="timed rounds per phantom and preset (default: 5)")
-    p.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
-    p.add_argument("--out", default="reports/benchmark", help="output folder (default: reports/benchmark)")
-    return p.parse_args(argv)
+    return add_output_options(p).parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
