@@ -46,6 +46,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -61,7 +63,7 @@ from medgen.diffusion.samplers import sample
 from medgen.diffusion.schedules import respace
 from medgen.metrics.image import psnr, ssim
 
-__all__ = ["OPERATORS", "InverseError", "make_operator", "measure", "tikhonov", "tikhonov_auto",
+__all__ = ["OPERATORS", "InverseError", "make_operator", "measure", "read_measurement", "tikhonov", "tikhonov_auto",
            "residual_norm", "dps_reconstruct", "unguided", "effective_zeta", "reconstruction_metrics", "mean_sd_maps",
            "residual_metric", "aeration_error_metric",
            "UltrasoundOperator", "GaussianBlur", "Inpaint"]
@@ -283,6 +285,37 @@ def measure(operator: nn.Module, x: torch.Tensor, noise_std: float | None = None
     device = generator.device if generator is not None else y.device
     noise = torch.randn(y.shape, generator=generator, device=device, dtype=y.dtype).to(y.device)
     return y + std * noise * operator.measurement_mask.to(y)
+
+
+def read_measurement(path: str | os.PathLike, operator: nn.Module, *, max_bytes: int = 50 << 20,
+                     max_elements: int = 1 << 22) -> torch.Tensor:
+    """A measurement of ``operator`` from a ``.npy`` file -> ``y`` ``[1, 1, H', W']`` float32.
+
+    The array must have the operator's output shape ``[H', W']`` (leading 1s accepted), a real
+    numeric dtype, at most ``max_elements`` entries and finite values; the file at most
+    ``max_bytes`` (checked before reading). Anything else is a one-line :class:`InverseError`
+    naming the file.
+    """
+    p = Path(path)
+    want = tuple(operator.measurement_mask.shape[-2:])
+    if p.suffix.lower() != ".npy":
+        raise InverseError(f"{p.name}: a measurement must be a .npy array of shape {want[0]}x{want[1]}")
+    if p.stat().st_size > max_bytes:
+        raise InverseError(f"{p.name}: file too large ({p.stat().st_size / 2**20:.1f} MB; limit {max_bytes >> 20} MB)")
+    try:
+        arr = np.load(p, allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001 -- any unreadable file is one line
+        raise InverseError(f"{p.name}: not a readable .npy array ({' '.join(str(exc).split())})") from None
+    if arr.dtype.kind not in "fiu" or arr.size > max_elements:
+        raise InverseError(f"{p.name}: need a real numeric array of at most {max_elements} entries, "
+                           f"got dtype {arr.dtype} with {arr.size} entries")
+    squeezed = arr.reshape(arr.shape[-2:]) if arr.ndim >= 2 and all(d == 1 for d in arr.shape[:-2]) else arr
+    if squeezed.shape != want:
+        raise InverseError(f"{p.name}: measurement shape {tuple(arr.shape)} does not match the "
+                           f"{operator.name} operator's output {want[0]}x{want[1]}")
+    if not np.isfinite(squeezed).all():
+        raise InverseError(f"{p.name}: measurement contains NaN or infinite values")
+    return torch.from_numpy(np.ascontiguousarray(squeezed, np.float32))[None, None]
 
 
 # ----------------------------------------------------------------------------------------------

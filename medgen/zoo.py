@@ -45,8 +45,11 @@ def checkpoints_root(root: str | os.PathLike | None = None) -> Path:
     return Path(root if root is not None else repo_root()) / "checkpoints"
 
 
-def runs_root(root: str | os.PathLike | None = None) -> Path:
-    """Where trained runs are cached: ``$MEDGEN_RUNS``, else ``<root>/runs`` (default root: the repository)."""
+def runs_root(root: str | os.PathLike | None = None, runs: str | os.PathLike | None = None) -> Path:
+    """Where trained runs are cached: ``runs`` when given (a demo's own runs folder), else
+    ``$MEDGEN_RUNS``, else ``<root>/runs`` (default root: the repository)."""
+    if runs is not None:
+        return Path(runs)
     if root is None and os.environ.get("MEDGEN_RUNS"):
         return Path(os.environ["MEDGEN_RUNS"])
     from medgen.reports import repo_root
@@ -105,14 +108,15 @@ def shipped(cfg: RunConfig, root: str | os.PathLike | None = None) -> Path | Non
     return None
 
 
-def _key(cfg: RunConfig, root: str | os.PathLike | None, retrain: bool) -> tuple[str, str]:
+def _key(cfg: RunConfig, root: str | os.PathLike | None, retrain: bool,
+         runs: str | os.PathLike | None = None) -> tuple[str, str]:
     folder = None if retrain else shipped(cfg, root)
-    return (str(folder) if folder is not None else str(runs_root(root).resolve()), config_hash(cfg))
+    return (str(folder) if folder is not None else str(runs_root(root, runs).resolve()), config_hash(cfg))
 
 
-def is_loaded(cfg: RunConfig, root: str | os.PathLike | None = None) -> bool:
-    """Whether :func:`resolve` with ``keep=True`` already holds this model in memory."""
-    return _key(cfg, root, retrain_requested()) in _MEMORY
+def is_loaded(cfg: RunConfig, root: str | os.PathLike | None = None, *, runs: str | os.PathLike | None = None) -> bool:
+    """Whether :func:`resolve` with ``keep=True`` (and the same ``root`` / ``runs``) already holds this model."""
+    return _key(cfg, root, retrain_requested(), runs) in _MEMORY
 
 
 def describe(cfg: RunConfig, root: str | os.PathLike | None = None) -> str:
@@ -140,20 +144,20 @@ def pick(*configs: RunConfig, root: str | os.PathLike | None = None) -> RunConfi
 
 def resolve(cfg: RunConfig, *, root: str | os.PathLike | None = None, progress: bool = True,
             retrain: bool | None = None, keep: bool = False, label: str | None = None,
-            report: Progress | None = None) -> Any:
+            report: Progress | None = None, runs: str | os.PathLike | None = None) -> Any:
     """The trained model of ``cfg`` in eval mode: shipped checkpoint, else cached or trained run.
 
     ``root``: the folder holding ``checkpoints/`` and ``runs/`` (default: the repository;
-    ``$MEDGEN_RUNS`` moves the runs). ``retrain``: ignore shipped checkpoints (default:
-    :func:`retrain_requested`). ``keep``: hold the model in memory for later calls (demos).
-    ``label`` names the model in the progress line; ``report(fraction, desc=...)`` (a Gradio
-    progress) hears that line too.
+    ``$MEDGEN_RUNS`` moves the runs); ``runs``: the runs folder itself (a demo's ``runs_root``).
+    ``retrain``: ignore shipped checkpoints (default: :func:`retrain_requested`). ``keep``: hold
+    the model in memory for later calls (demos). ``label`` names the model in the progress line;
+    ``report(fraction, desc=...)`` (a Gradio progress) hears that line too.
     """
     from medgen.checkpoint import load_translator
     from medgen.train import run_dir_for, train_or_load
 
     retrain = retrain_requested() if retrain is None else bool(retrain)
-    key = _key(cfg, root, retrain)
+    key = _key(cfg, root, retrain, runs)
     with _LOCK:
         if key in _MEMORY:
             return _MEMORY[key]
@@ -161,7 +165,7 @@ def resolve(cfg: RunConfig, *, root: str | os.PathLike | None = None, progress: 
         if folder is not None:
             model = load_translator(folder, config=cfg)
         else:
-            runs = runs_root(root)
+            runs = runs_root(root, runs)
             cached = (run_dir_for(cfg, runs) / "latest").exists()
             what = f"{'loading' if cached else 'training'} {label or cfg.name} at `{cfg.preset}`"
             if not cached:

@@ -331,3 +331,29 @@ def test_mean_sd_maps() -> None:
     np.testing.assert_allclose(sd.numpy(), s.numpy().std(0), rtol=1e-5, atol=1e-6)
     with pytest.raises(InverseError, match=r"\[N, B, C, H, W\]"):
         mean_sd_maps(s[0])
+
+
+def test_read_measurement_checks_shape_dtype_values_and_size(tmp_path):
+    from medgen.inverse import InverseError, make_operator, read_measurement
+
+    op = make_operator("us_linear", size=32)  # output 32x16
+    y = np.random.default_rng(0).standard_normal((32, 16)).astype(np.float32)
+    for shape in [(32, 16), (1, 32, 16), (1, 1, 32, 16)]:
+        np.save(tmp_path / "y.npy", y.reshape(shape))
+        got = read_measurement(tmp_path / "y.npy", op)
+        assert got.shape == (1, 1, 32, 16) and got.dtype == torch.float32 and np.array_equal(got[0, 0].numpy(), y)
+    bad = y.copy()
+    bad[2, 3] = np.inf
+    cases = {"square.npy": (np.zeros((32, 32)), "measurement shape (32, 32) does not match the us_linear operator's "
+                                                "output 32x16"),
+             "inf.npy": (bad, "inf.npy: measurement contains NaN or infinite values"),
+             "text.npy": (np.array(["a"] * 512).reshape(32, 16), "need a real numeric array")}
+    for name, (arr, message) in cases.items():
+        np.save(tmp_path / name, arr)
+        with pytest.raises(InverseError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            read_measurement(tmp_path / name, op)
+    (tmp_path / "y.txt").write_text("1 2 3")
+    with pytest.raises(InverseError, match="y.txt: a measurement must be a .npy array of shape 32x16"):
+        read_measurement(tmp_path / "y.txt", op)
+    with pytest.raises(InverseError, match=r"file too large \(0.0 MB; limit 0 MB\)"):
+        read_measurement(tmp_path / "inf.npy", op, max_bytes=10)

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 __all__ = ["MemorizationAudit", "MemorizationInputError", "Calibration", "Screening", "audit", "audit_images",
-           "calibrate", "screen", "closest_pairs", "nearest_neighbours", "plot_distance_histograms",
+           "calibrate", "screen", "calibrate_images", "screen_images", "closest_pairs", "nearest_neighbours", "plot_distance_histograms",
            "plot_closest_pairs", "ALL"]
 
 ALL = "all"                  # the single stratum label used when no strata are given
@@ -330,6 +330,29 @@ def audit_images(train_images: torch.Tensor, heldout_images: torch.Tensor, gener
              for x in (train_images, heldout_images, generated_images)]
     return audit(*feats, train_strata=train_strata, heldout_strata=heldout_strata,
                  generated_strata=generated_strata, percentile=percentile, feature_space=info)
+
+
+def calibrate_images(train_images: torch.Tensor, heldout_images: torch.Tensor, *, space: str = "inception",
+                     weights=None, train_strata: Sequence | None = None, heldout_strata: Sequence | None = None,
+                     percentile: float = 1.0, batch_size: int = 32) -> Calibration:
+    """:func:`calibrate` on features of images ``[n, 1|3, H, W]`` in [-1, 1] in feature space ``space``
+    (as :func:`audit_images`); the calibration records the space's card, which :func:`screen_images` reuses."""
+    from medgen.metrics.features import feature_space_info, features
+    info = feature_space_info(space, weights)
+    feats = [features(x, space, batch_size=batch_size, weights=weights) for x in (train_images, heldout_images)]
+    return calibrate(*feats, train_strata=train_strata, heldout_strata=heldout_strata, percentile=percentile,
+                     feature_space=info)
+
+
+def screen_images(calibration: Calibration, generated_images: torch.Tensor, generated_strata: Sequence | None = None,
+                  *, weights=None, batch_size: int = 32) -> Screening:
+    """:func:`screen` of images ``[G, 1|3, H, W]`` in [-1, 1], embedded in the calibration's feature space
+    (from :func:`calibrate_images`)."""
+    from medgen.metrics.features import features
+    if calibration.feature_space is None:
+        raise MemorizationInputError("screen_images: the calibration has no feature space (use calibrate_images)")
+    feats = features(generated_images, calibration.feature_space.name, batch_size=batch_size, weights=weights)
+    return screen(calibration, feats, generated_strata)
 
 
 def closest_pairs(result: MemorizationAudit, k: int = 1, per_stratum: bool = True

@@ -150,6 +150,14 @@ def test_pixels_feature_space_is_the_flattened_image():
     assert feature_space_info("pixels").name == "pixels"
     res = mem.audit_images(x, x[:2] + 0.5, x[:1], space="pixels")       # a copy of a training image
     assert res.flagged.all() and res.generated_distance[0] == 0.0 and res.feature_space.name == "pixels"
+    cal = mem.calibrate_images(x, x[:2] + 0.5, space="pixels", train_strata=[0, 0, 1], heldout_strata=[0, 1])
+    assert cal.feature_space.name == "pixels"
+    assert cal.thresholds == mem.calibrate(x.flatten(1), (x[:2] + 0.5).flatten(1), train_strata=[0, 0, 1],
+                                           heldout_strata=[0, 1]).thresholds
+    scr = mem.screen_images(cal, x[2:], [1])
+    assert scr.nearest[0] == 2 and scr.flagged[0]
+    with pytest.raises(ValueError, match="no feature space"):
+        mem.screen_images(mem.calibrate(x.flatten(1), x.flatten(1)), x)
 
 
 def test_errors():
