@@ -19,14 +19,14 @@ already display-referred in [0, 1] and keep the fixed ``2 x - 1``. Every input i
 (antialiased bilinear) to the model's ``image_size`` (64 px for the shipped checkpoints),
 and the page says so.
 
-Models: the shipped ``cpu`` checkpoints ``checkpoints/mri_to_ct/<method>-<contrast>`` (DDIM in
-image mode, Pix2Pix with the UNet generator; whichever exist) and ``.../segmenter``, loaded by
-:func:`medgen.checkpoint.load_translator` on the first Run. A missing checkpoint is trained by
-:func:`medgen.train.train_or_load` at the ``smoke`` preset (``ci`` when the demo runs at
-``ci``), with a progress bar, and cached under the runs folder.
+Models, found by :mod:`medgen.zoo` (``zoo.pick`` then ``zoo.resolve(..., keep=True)`` on the first
+Run): the shipped ``cpu`` checkpoints of DDIM in image mode and Pix2Pix with the UNet generator
+(whichever are shipped, per contrast) and of the CT segmenter, each used only when its saved
+config equals the ``cpu`` preset's; otherwise that model is trained at ``smoke`` (``ci`` when the
+demo runs at ``ci``), with a progress bar, and cached under the runs folder.
 
 Outputs: the synthesized CT (first sample) in the bone and soft-tissue windows
-(:data:`medgen.data.io.WINDOWS`; HU = model output x 1000), the mean and the standard deviation
+(:data:`medgen.data.io.WINDOWS`; HU by the phantom's ``ct`` modality, ``Modality.from_model``), the mean and the standard deviation
 (HU) over the samples (the uncertainty of the stochastic DDIM sampler; Pix2Pix is
 deterministic), the CT segmenter's label map on the synthesized CT over it, and -- when a
 reference exists -- per-vertebra Dice (:func:`medgen.experiments.spine_dice.dice_tables`,
@@ -50,10 +50,10 @@ from typing import Any, Callable, Iterator
 import gradio as gr
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from demos import models
-from demos.quickstart import _error_status, _md, _one_line, out_dir, resolve_runs_root
+from demos import ui
+from demos.ui import DemoError, error_status, one_line
+from medgen import zoo
 from medgen.data.io import DICOM_SUFFIXES, MAX_BYTES, SUFFIXES, ImageReadError, window
 
 LOG = logging.getLogger(__name__)
@@ -62,24 +62,18 @@ STOCHASTIC = ("ddim_image",)  # methods whose samples differ (the others ignore 
 CONTRASTS = {"t1w": "T1w", "t2w": "T2w"}
 SEGMENTS = ("cervical", "thoracic", "lumbar")  # spine_sagittal's `segment` control 0, 1, 2
 PHANTOM = "spine_sagittal"
-HU_PER_UNIT = 1000.0  # model range -> HU (the phantom's ct map: HU / 1000 clipped to [-1, 1])
 MAX_SAMPLES = 8
 MAX_STEPS = 100
 MAX_GUIDANCE = 5.0  # upper end of the w slider (the paper's ablation: w in {0, 0.5, 1, 2})
 MAX_SUBJECT = 99_999
 SD_MAX_HU = 300.0  # the SD map's colour scale: 0 .. SD_MAX_HU HU (clipped above)
 UPLOAD_MAX_VOXELS = 1 << 25  # largest uploaded volume (voxels)
-DISPLAY_PX = 256  # images are enlarged (nearest neighbour) to about this size
 OVERLAY_ALPHA = 0.5
 UPLOAD_TYPES = list(SUFFIXES) + list(DICOM_SUFFIXES) + [".nii", ".gz"]
 UPLOAD_CLEARED = "Upload cleared: the phantom is the input again."
 OOD_NOTE = ("**Outside the training distribution:** the models were trained on simulated phantoms only; a real "
             "MRI differs from them, so the synthesized CT shows what the phantom-trained model makes of it, not a "
             "trustworthy CT.")
-
-
-class DemoError(ValueError):
-    """A one-line problem to show the user (bad settings, model unavailable)."""
 
 
 @dataclass
@@ -97,68 +91,40 @@ class SpineInput:
 
 
 # --------------------------------------------------------------------------------------
-# Models (loaded once, lazily; trained at smoke when no checkpoint is shipped)
+# Models (medgen.zoo: the shipped cpu checkpoint, else trained at smoke / ci on first use)
 # --------------------------------------------------------------------------------------
-def default_checkpoints() -> Path:
-    """``<repo>/checkpoints/mri_to_ct`` (the shipped ``cpu`` checkpoints)."""
-    return models.checkpoints_root("mri_to_ct")
+def preset_config(preset: str, model: str, contrast: str | None = None) -> Any:
+    """The ``preset`` config of ``model`` for ``contrast`` (``None``: the segmenter)."""
+    from medgen.config import get_preset
+    from medgen.presets.mri_to_ct import for_contrast, task
+
+    cfg = get_preset(preset, task(model))
+    return cfg if contrast is None else for_contrast(cfg, contrast)
 
 
-def _folder(ckpts: Path, model: str, contrast: str | None) -> Path:
-    return ckpts / (model if contrast is None else f"{model}-{contrast}")
+def model_config(preset: str, model: str, contrast: str | None = None, root: Any = None) -> Any:
+    """The config of the model the tab uses: ``cpu`` when that checkpoint is shipped under ``root``
+    (default: the repository), else :func:`demos.ui.train_preset`'s (``zoo.pick``); cheap."""
+    return zoo.pick(preset_config("cpu", model, contrast), preset_config(ui.train_preset(preset), model, contrast),
+                    root=root)
 
 
-def is_shipped(ckpts: Path, model: str, contrast: str | None = None) -> bool:
-    """Whether ``ckpts`` holds the checkpoint of ``model`` (and ``contrast``; None: the segmenter)."""
-    return models.is_shipped(_folder(ckpts, model, contrast))
-
-
-def available_methods(ckpts: Path) -> list[str]:
+def available_methods(root: Any = None) -> list[str]:
     """Methods with a shipped checkpoint (any contrast); all of :data:`METHODS` when none is shipped."""
-    shipped = [m for m in METHODS if any(is_shipped(ckpts, m, c) for c in CONTRASTS)]
+    shipped = [m for m in METHODS if any(zoo.shipped(preset_config("cpu", m, c), root) for c in CONTRASTS)]
     return shipped or list(METHODS)
 
 
-def _train_config(preset: str, model: str, contrast: str | None) -> Callable[[], Any]:
-    """``() -> config`` a missing ``model`` / ``contrast`` is trained with (:func:`demos.models.train_preset`)."""
-    def build() -> Any:
-        from medgen.config import get_preset
-        from medgen.presets.mri_to_ct import for_contrast, task
+def ct_modality() -> Any:
+    """The spine phantom's ``ct`` modality: model range <-> HU for the translators and the segmenter."""
+    import medgen.data.phantoms  # noqa: F401 -- fills PHANTOMS
+    from medgen.registry import PHANTOMS, lookup
 
-        cfg = get_preset(models.train_preset(preset), task(model))
-        return cfg if contrast is None else for_contrast(cfg, contrast)
-    return build
-
-
-def model_config(preset: str, ckpts: Path, model: str, contrast: str | None = None) -> Any:
-    """The config of the model the demo uses (shipped checkpoint, else the training preset); cheap."""
-    return models.model_config(_folder(ckpts, model, contrast), _train_config(preset, model, contrast))
-
-
-def model_size(preset: str, ckpts: Path, model: str, contrast: str) -> int:
-    """The image size of the translator ``model`` / ``contrast`` (inputs are resized to it)."""
-    return int(model_config(preset, ckpts, model, contrast).data.image_size)
-
-
-def describe_model(preset: str, ckpts: Path, model: str, contrast: str | None = None) -> str:
-    """``"shipped `cpu` checkpoint, 64 px"`` or ``"trained at `smoke` on first use, 32 px"`` (one phrase)."""
-    return models.describe(_folder(ckpts, model, contrast), _train_config(preset, model, contrast))
-
-
-def is_loaded(preset: str, ckpts: Path, runs: Path, model: str, contrast: str | None = None) -> bool:
-    """Whether the model is already in memory."""
-    return models.is_loaded(_folder(ckpts, model, contrast), _train_config(preset, model, contrast), runs)
-
-
-def get_model(preset: str, ckpts: Path, runs: Path, model: str, contrast: str | None = None,
-              progress: Callable[..., Any] | None = None) -> Any:
-    """The model (a Translator in eval mode; ``contrast=None`` for the segmenter), loaded once by
-    :func:`demos.models.get_model`: the shipped checkpoint, else trained at smoke with a progress bar."""
-    return models.get_model(_folder(ckpts, model, contrast), _train_config(preset, model, contrast), runs,
-                            label=model, progress=progress)
+    return lookup(PHANTOMS, PHANTOM).modalities["ct"]
 
 
 # --------------------------------------------------------------------------------------
+# Inputs# --------------------------------------------------------------------------------------
 # Inputs
 # --------------------------------------------------------------------------------------
 def load_upload(path: str | os.PathLike, size: int) -> SpineInput:
@@ -287,25 +253,14 @@ def translate(model: Any, mri: np.ndarray, s: Settings, progress: Callable[..., 
     callback = report if progress is not None and s.method in STOCHASTIC else None
     with torch.inference_mode():
         out = model.translate(source, generator=torch.Generator().manual_seed(s.seed), callback=callback, **options)
-    return (out[:, 0].float().clamp(-1.0, 1.0) * HU_PER_UNIT).cpu().numpy()
+    return ct_modality().from_model(out[:, 0].float().clamp(-1.0, 1.0).cpu().numpy())
 
 
 def segment_ct(segmenter: Any, ct_hu: np.ndarray) -> np.ndarray:
-    """Label maps ``[n, S, S]`` (int64, ``10 * (v + 1) + sub``) of CTs ``[n, S, S]`` in HU.
-
-    The CT enters in model range (``HU / 1000`` clipped), resized (bilinear) to the segmenter's own
-    size when that differs; the labels come back at ``S`` (nearest neighbour).
-    """
-    x = torch.from_numpy(np.clip(ct_hu / HU_PER_UNIT, -1.0, 1.0).astype(np.float32))[:, None]
-    size = int(segmenter.config.data.image_size)
-    shape = tuple(x.shape[-2:])
-    if shape != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    with torch.inference_mode():
-        labels = segmenter.segment(x).float()[:, None]
-    if tuple(labels.shape[-2:]) != shape:
-        labels = F.interpolate(labels, size=shape, mode="nearest")
-    return labels[:, 0].long().numpy()
+    """Label maps ``[n, S, S]`` (int64, ``10 * (v + 1) + sub``) of CTs ``[n, S, S]`` in HU: the CT in
+    model range by the ``ct`` modality, through ``Segmenter.segment(..., resize=True)`` (any size)."""
+    x = torch.from_numpy(ct_modality().to_model(ct_hu))[:, None]
+    return segmenter.segment(x, resize=True).cpu().numpy()
 
 
 def dice_markdown(pred: np.ndarray, inp: SpineInput, ceiling_pred: np.ndarray | None) -> str:
@@ -347,32 +302,9 @@ def _stat(table: Any, level: str, v: int, col: str) -> str:
 # --------------------------------------------------------------------------------------
 # Display
 # --------------------------------------------------------------------------------------
-def _enlarge(img: np.ndarray) -> np.ndarray:
-    """``[S, S]`` or ``[S, S, 3]`` enlarged by an integer factor to about :data:`DISPLAY_PX` (nearest)."""
-    k = max(1, DISPLAY_PX // max(img.shape[:2]))
-    return np.repeat(np.repeat(img, k, axis=0), k, axis=1)
-
-
-def _u8(img01: np.ndarray) -> np.ndarray:
-    return np.round(np.clip(img01, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
 def show_window(ct_hu: np.ndarray, name: str) -> np.ndarray:
     """``[S, S]`` HU -> enlarged uint8 gray image in window ``name`` (``bone`` / ``soft_tissue``)."""
-    return _enlarge(_u8(window(ct_hu, name)))
-
-
-def show_mri(mri: np.ndarray) -> np.ndarray:
-    """``[S, S]`` model range -> enlarged uint8 gray image."""
-    return _enlarge(_u8((mri + 1.0) / 2.0))
-
-
-def show_sd(sd_hu: np.ndarray) -> np.ndarray:
-    """``[S, S]`` SD in HU -> enlarged RGB uint8 (magma, 0 .. :data:`SD_MAX_HU`)."""
-    from matplotlib import colormaps
-
-    rgb = colormaps["magma"](np.clip(sd_hu / SD_MAX_HU, 0.0, 1.0))[..., :3]
-    return _enlarge(_u8(rgb))
+    return ui.enlarge(ui.to_u8(window(ct_hu, name)))
 
 
 def show_overlay(ct_hu: np.ndarray, labels: np.ndarray, reference: np.ndarray | None) -> np.ndarray:
@@ -381,24 +313,13 @@ def show_overlay(ct_hu: np.ndarray, labels: np.ndarray, reference: np.ndarray | 
     from matplotlib import colormaps
     from skimage.segmentation import find_boundaries
 
-    gray = _enlarge(window(ct_hu, "bone"))[..., None].repeat(3, axis=2)
-    vert = _enlarge(labels // 10)  # 1..10, 0 background
+    gray = ui.enlarge(window(ct_hu, "bone"))[..., None].repeat(3, axis=2)
+    vert = ui.enlarge(labels // 10)  # 1..10, 0 background
     colours = np.concatenate([np.zeros((1, 3)), colormaps["tab10"](np.arange(10))[:, :3]])
     rgb = np.where(vert[..., None] > 0, (1 - OVERLAY_ALPHA) * gray + OVERLAY_ALPHA * colours[vert], gray)
     if reference is not None:
-        rgb[find_boundaries(_enlarge(reference // 10), mode="inner")] = 1.0
-    return _u8(rgb)
-
-
-def _out_dir() -> Path:
-    return out_dir("mri-to-ct")
-
-
-def _save_samples(ct_hu: np.ndarray, s: Settings) -> str:
-    """The synthesized CTs ``[n, S, S]`` (HU, float32) as ``.npy``; returns the path."""
-    path = _out_dir() / f"synthesized_ct_{s.method}_{s.contrast}_seed{s.seed}_{time.time_ns()}.npy"
-    np.save(path, ct_hu.astype(np.float32))
-    return str(path)
+        rgb[find_boundaries(ui.enlarge(reference // 10), mode="inner")] = 1.0
+    return ui.to_u8(rgb)
 
 
 # --------------------------------------------------------------------------------------
@@ -407,26 +328,37 @@ def _save_samples(ct_hu: np.ndarray, s: Settings) -> str:
 def _input_status(inp: SpineInput, size: int) -> str:
     """Markdown: the input, the out-of-distribution warning for uploads, one line per note."""
     ref = "with reference CT and labels" if inp.phantom else "no reference CT (Dice needs a phantom)"
-    paragraphs = [f"Input: **{_md(inp.label)}** at {size}x{size} px, {ref}."]
-    if not inp.phantom:
-        paragraphs.append(OOD_NOTE)
-    notes = "\n".join(f"- Note: {_md(n)}" for n in inp.notes)
-    return "\n\n".join(paragraphs + ([notes] if notes else []))  # blank lines: separate Markdown paragraphs
+    return ui.input_status(inp.label, size, f", {ref}", inp.notes, None if inp.phantom else OOD_NOTE)
 
 
 class Tab:
-    """The tab's state: preset, checkpoint and runs folders, offered methods; the handlers."""
+    """The tab's state: preset, zoo root (the folder holding ``checkpoints/``; default the repository),
+    runs folder, offered methods; the handlers."""
 
     def __init__(self, preset: str, runs_root: str | os.PathLike | None = None,
-                 checkpoints: str | os.PathLike | None = None) -> None:
-        self.preset = preset
-        self.runs = resolve_runs_root(runs_root)
-        self.ckpts = Path(checkpoints) if checkpoints is not None else default_checkpoints()
-        self.methods = available_methods(self.ckpts)
+                 root: str | os.PathLike | None = None) -> None:
+        self.preset, self.runs, self.root = preset, runs_root, root
+        self.methods = available_methods(root)
+
+    def config(self, model: str, contrast: str | None = None) -> Any:
+        return model_config(self.preset, model, contrast, self.root)
+
+    def describe(self, model: str, contrast: str | None = None) -> str:
+        """``"shipped `cpu` checkpoint, 64 px"`` or ``"trained at `smoke` on first use, 32 px"``."""
+        return zoo.describe(self.config(model, contrast), self.root)
+
+    def is_loaded(self, model: str, contrast: str | None = None) -> bool:
+        return zoo.is_loaded(self.config(model, contrast), self.root, runs=self.runs)
+
+    def model(self, model: str, contrast: str | None = None, progress: Callable[..., Any] | None = None) -> Any:
+        """The model in eval mode (``contrast=None``: the segmenter), loaded or trained once (``zoo.resolve``)."""
+        return zoo.resolve(self.config(model, contrast), root=self.root, runs=self.runs, keep=True, label=model,
+                           report=progress)
 
     def size(self, method: str, contrast: str) -> int:
-        return model_size(self.preset, self.ckpts, method if method in self.methods else self.methods[0],
-                          contrast if contrast in CONTRASTS else "t2w")
+        """The image size of the translator ``method`` / ``contrast`` (inputs are resized to it)."""
+        return int(self.config(method if method in self.methods else self.methods[0],
+                               contrast if contrast in CONTRASTS else "t2w").data.image_size)
 
     def on_upload(self, path: str | None, method: str, contrast: str) -> tuple[Any, Any, str]:
         """Upload handler -> (input preview, reference (none for uploads), status)."""
@@ -436,8 +368,8 @@ class Tab:
             size = self.size(method, contrast)
             inp = load_upload(path, size)
         except (ImageReadError, DemoError) as exc:
-            return None, None, _error_status(_one_line(exc))
-        return show_mri(inp.mri), None, _input_status(inp, size)
+            return None, None, error_status(one_line(exc))
+        return ui.show_model(inp.mri), None, _input_status(inp, size)
 
     def on_phantom(self, subject: Any, segment: Any, contrast: str, method: str) -> tuple[Any, Any, Any, str]:
         """Phantom handler -> (upload (cleared: the phantom becomes the input), input preview,
@@ -446,13 +378,13 @@ class Tab:
             size = self.size(method, contrast)
             inp = load_phantom(subject, segment, contrast, size)
         except (ValueError, KeyError) as exc:  # DemoError, PhantomError, RegistrationError
-            return gr.skip(), None, None, _error_status(_one_line(exc))
-        return None, show_mri(inp.mri), show_window(inp.reference_ct, "bone"), _input_status(inp, size)
+            return gr.skip(), None, None, error_status(one_line(exc))
+        return None, ui.show_model(inp.mri), show_window(inp.reference_ct, "bone"), _input_status(inp, size)
 
     def status(self) -> str:
         """The models' one-line status (shown when the page loads)."""
-        parts = [f"{METHODS[m]}: {describe_model(self.preset, self.ckpts, m, 't2w')}" for m in self.methods]
-        seg = describe_model(self.preset, self.ckpts, "segmenter")
+        parts = [f"{METHODS[m]}: {self.describe(m, 't2w')}" for m in self.methods]
+        seg = self.describe("segmenter")
         return "Models: " + "; ".join(parts) + f"; CT segmenter: {seg}. Pick a phantom or upload an MRI slice."
 
     def run(self, upload: str | None, subject: Any, segment: Any, contrast: Any, method: Any, steps: Any,
@@ -463,19 +395,16 @@ class Tab:
         empty = (None,) * 5 + ("", None, None, None)
         try:
             s = check_settings(self.methods, method, contrast, steps, eta, guidance, n_samples, seed)
-            size = model_size(self.preset, self.ckpts, s.method, s.contrast)
+            size = self.size(s.method, s.contrast)
             inp = resolve_input(upload, subject, segment, s.contrast, size)
         except (ValueError, KeyError) as exc:  # DemoError, ImageReadError, PhantomError, RegistrationError
-            yield (_error_status(_one_line(exc)), *empty)
+            yield (error_status(one_line(exc)), *empty)
             return
-        loaded = all(is_loaded(self.preset, self.ckpts, self.runs, m, c)
-                     for m, c in ((s.method, s.contrast), ("segmenter", None)))
-        if not loaded:
-            yield (f"Loading the models ({describe_model(self.preset, self.ckpts, s.method, s.contrast)})...",
-                   *([gr.skip()] * 9))
+        if not (self.is_loaded(s.method, s.contrast) and self.is_loaded("segmenter")):
+            yield (f"Loading the models ({self.describe(s.method, s.contrast)})...", *([gr.skip()] * 9))
         try:
-            model = get_model(self.preset, self.ckpts, self.runs, s.method, s.contrast, progress)
-            segmenter = get_model(self.preset, self.ckpts, self.runs, "segmenter", None, progress)
+            model = self.model(s.method, s.contrast, progress)
+            segmenter = self.model("segmenter", None, progress)
             start = time.perf_counter()
             ct = translate(model, inp.mri, s, progress)
             seconds = time.perf_counter() - start  # the translation alone (not loading / training)
@@ -484,13 +413,15 @@ class Tab:
             dice = dice_markdown(labels, inp, ceiling)
         except Exception as exc:  # report, never a traceback in the page
             LOG.exception("mri_to_ct run failed")
-            yield (_error_status(f"the model failed: {_one_line(exc)}"), *empty)
+            yield (error_status(f"the model failed: {one_line(exc)}"), *empty)
             return
-        yield (self._done_status(s, inp, size, len(ct), seconds, ct), show_mri(inp.mri), show_window(ct[0], "bone"),
+        yield (self._done_status(s, inp, size, len(ct), seconds, ct), ui.show_model(inp.mri),
+               show_window(ct[0], "bone"),
                show_window(ct[0], "soft_tissue"),
                show_window(inp.reference_ct, "bone") if inp.reference_ct is not None else None,
                show_overlay(ct[0], labels[0], inp.labels_mri), dice, show_window(ct.mean(0), "bone"),
-               show_sd(ct.std(0, ddof=1) if len(ct) > 1 else np.zeros_like(ct[0])), _save_samples(ct, s))
+               ui.show_sd(ct.std(0, ddof=1) if len(ct) > 1 else np.zeros_like(ct[0]), SD_MAX_HU),
+               ui.save_array("mri-to-ct", f"synthesized_ct_{s.method}_{s.contrast}_seed{s.seed}", ct))
 
     def _done_status(self, s: Settings, inp: SpineInput, size: int, n: int, seconds: float, ct: np.ndarray) -> str:
         if s.method in STOCHASTIC:
@@ -499,26 +430,21 @@ class Tab:
             how = "deterministic (steps, eta, w and seed do not apply; one output, SD 0)"
         sd = f" Max SD over the samples: {ct.std(0, ddof=1).max():.0f} HU." if n > 1 else ""
         head = (f"Done: {METHODS[s.method]} from {CONTRASTS[s.contrast]}, {how}, in {seconds:.1f} s "
-                f"({describe_model(self.preset, self.ckpts, s.method, s.contrast)}).{sd}")
+                f"({self.describe(s.method, s.contrast)}).{sd}")
         return head + "\n\n" + _input_status(inp, size)
 
 
 # --------------------------------------------------------------------------------------
 # Layout
 # --------------------------------------------------------------------------------------
-def _image(label: str, elem_id: str) -> gr.Image:
-    return gr.Image(label=label, format="png", interactive=False, buttons=["download", "fullscreen"], height=260,
-                    elem_id=elem_id)
-
-
 def build_tab(preset: str, *, runs_root: str | os.PathLike | None = None,
-              checkpoints: str | os.PathLike | None = None) -> None:
+              root: str | os.PathLike | None = None) -> None:
     """Lay out the "Spine MRI -> CT" tab inside the current ``gr.Tab`` and wire its events.
 
-    ``checkpoints`` is the folder of shipped checkpoints (default ``<repo>/checkpoints/mri_to_ct``);
-    models missing there are trained into ``runs_root`` on the first Run.
+    ``root`` holds the shipped ``checkpoints/`` (default: the repository); models not shipped there
+    are trained into ``runs_root`` (default ``$MEDGEN_RUNS`` or ``<repo>/runs``) on the first Run.
     """
-    tab = Tab(preset, runs_root, checkpoints)
+    tab = Tab(preset, runs_root, root)
     gr.Markdown(
         "### Spine MRI -> CT (DDIM image mode / Pix2Pix)\n"
         "Translate a sagittal spine MRI slice into a CT. Pick a `spine_sagittal` phantom (it comes with its "
@@ -552,14 +478,14 @@ def build_tab(preset: str, *, runs_root: str | os.PathLike | None = None,
             seed = gr.Number(0, precision=0, minimum=0, label="Seed", elem_id="m2c-seed")
             run_btn = gr.Button("Translate", variant="primary", elem_id="m2c-run")
     with gr.Row():
-        preview = _image("MRI input (model size)", "m2c-input")
-        ct_bone = _image("Synthesized CT, bone window (W 1800 / L 400)", "m2c-ct-bone")
-        ct_soft = _image("Synthesized CT, soft-tissue window (W 400 / L 40)", "m2c-ct-soft")
-        reference = _image("Reference: registered phantom CT (bone window)", "m2c-reference")
+        preview = ui.image_component("MRI input (model size)", "m2c-input")
+        ct_bone = ui.image_component("Synthesized CT, bone window (W 1800 / L 400)", "m2c-ct-bone")
+        ct_soft = ui.image_component("Synthesized CT, soft-tissue window (W 400 / L 40)", "m2c-ct-soft")
+        reference = ui.image_component("Reference: registered phantom CT (bone window)", "m2c-reference")
     with gr.Row():
-        overlay = _image("Segmentation of the synthesized CT (reference outlines white)", "m2c-overlay")
-        mean = _image("Mean over samples (bone window)", "m2c-mean")
-        sd = _image(f"SD over samples (0-{SD_MAX_HU:.0f} HU, magma)", "m2c-sd")
+        overlay = ui.image_component("Segmentation of the synthesized CT (reference outlines white)", "m2c-overlay")
+        mean = ui.image_component("Mean over samples (bone window)", "m2c-mean")
+        sd = ui.image_component(f"SD over samples (0-{SD_MAX_HU:.0f} HU, magma)", "m2c-sd")
     with gr.Row():
         dice = gr.Markdown("", elem_id="m2c-dice")
         raw = gr.File(label="Synthesized CTs [n, S, S] in HU (.npy)", interactive=False, elem_id="m2c-download")

@@ -18,8 +18,8 @@ from typing import Any, Sequence
 import gradio as gr
 import numpy as np
 
-from demos.quickstart import _one_line
 import medgen.data.phantoms  # noqa: F401 -- fills PHANTOMS
+from demos.ui import DemoError, error_status, image_component, one_line
 from medgen.data.phantoms.base import PRESETS, TEST_OFFSET
 from medgen.data.phantoms.views import panels
 from medgen.registry import PHANTOMS
@@ -41,10 +41,6 @@ VIEW_OPTIONS: dict[str, list[tuple[str, str, Any]]] = {  # anatomy -> (view opti
 }
 N_PANELS = {"lung": 3}  # images per anatomy (default 2)
 MAX_SUBJECT = 99_999  # subject numbers offered (test-split subjects TEST_OFFSET + k)
-
-
-class DemoError(ValueError):
-    """A bad request from the page; shown as one line."""
 
 
 def demo_sizes(spec: Any, preset: str) -> Any:
@@ -114,7 +110,7 @@ def _handler(name: str, preset: str, control_names: Sequence[str], view_names: S
         try:
             status, views = render(name, preset, subject, controls, view)
         except (ValueError, IndexError, KeyError) as exc:
-            return (f"**Error:** {_one_line(exc)}",) + (gr.update(value=None),) * n_panels
+            return (error_status(one_line(exc)),) + (gr.update(value=None),) * n_panels
         images = [gr.update(value=img, label=title) for title, img in views[:n_panels]]
         return (status,) + tuple(images)
 
@@ -145,9 +141,7 @@ def _anatomy_tab(name: str, preset: str) -> None:
         with gr.Column(scale=3):
             status = gr.Markdown("", elem_id=f"ph-{name}-status")
             with gr.Row():
-                images = [gr.Image(label=f"panel {i + 1}", format="png", interactive=False, height=420,
-                                   buttons=["download", "fullscreen"], elem_id=f"ph-{name}-panel{i}")
-                          for i in range(n_panels)]
+                images = [image_component(f"panel {i + 1}", f"ph-{name}-panel{i}", 420) for i in range(n_panels)]
     fn = _handler(name, preset, list(spec.controls), [v[0] for v in VIEW_OPTIONS.get(name, [])], n_panels)
     inputs, outputs = [subject, *sliders, *views], [status, *images]
     button.click(fn, inputs, outputs, api_name=f"phantom_{name}")

@@ -1,13 +1,14 @@
 """Quickstart tab: a conditional DDPM restores blurred, speckled toy shapes.
 
-The model is the quickstart task's preset (``medgen.config.get_preset(preset, "quickstart")``),
-loaded -- or trained once and cached -- by ``medgen.train.train_or_load`` under the runs
-folder (``$MEDGEN_RUNS`` or ``<repo>/runs``) on the first Run, then kept in this module.
+The model is found by :mod:`medgen.zoo`: the shipped ``cpu`` quickstart checkpoint when there is
+one, else the ``smoke`` preset (``ci`` for a ``ci`` demo) loaded -- or trained once -- from the
+runs folder (``runs_root``, ``$MEDGEN_RUNS`` or ``<repo>/runs``) on the first Run, then kept in
+memory (``zoo.resolve(..., keep=True)``).
 
 Inputs are an uploaded PNG / TIFF / JPEG / ``.npy`` image (read by
 :func:`medgen.data.io.read_image`: 16-bit and colour images are accepted with a note, bad
 files are refused with a one-line message) or one of the toy_shapes *test* examples, which
-come with their ground truth. Every input is resized to the preset's ``image_size``.
+come with their ground truth. Every input is resized to the model's ``image_size``.
 
 The handlers (:func:`on_upload`, :func:`on_example`, :func:`run`) are plain functions of
 the component values, so the gradio client (API names ``quickstart_load_upload``,
@@ -19,8 +20,6 @@ import functools
 import logging
 import os
 import re
-import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,9 @@ import gradio as gr
 import numpy as np
 import torch
 
-from medgen.config import ConfigError, RunConfig, config_hash, get_preset
+from demos.ui import DemoError, error_status, gray, image_component, input_status, md, one_line, out_dir, train_preset
+from medgen import zoo
+from medgen.config import ConfigError, RunConfig, get_preset
 from medgen.data.io import SUFFIXES, ImageReadError, from_model_range, read_image, to_model_range, write_image
 
 LOG = logging.getLogger(__name__)
@@ -39,13 +40,8 @@ SAMPLERS = {"ddpm": "DDPM (ancestral)", "ddim": "DDIM", "dpmpp": "DPM-Solver++ 2
 N_EXAMPLES = 4  # example inputs drawn from the toy_shapes test split
 N_SNAPSHOTS = 6  # predicted-x0 frames kept for the step-by-step gallery
 MAX_STEPS = 250  # upper end of the steps slider (never above the training T)
-DISPLAY_PX = 256  # images are enlarged (nearest neighbour) to about this size for display
 DATA_RANGE = 2.0  # metrics on model range [-1, 1]
 NO_INPUT = "Pick an example or upload an image first."
-
-
-class DemoError(ValueError):
-    """A one-line problem to show the user (bad settings, no input, model unavailable)."""
 
 
 @dataclass
@@ -59,67 +55,8 @@ class InputImage:
 
 
 # --------------------------------------------------------------------------------------
-# Model (loaded once, lazily) and examples
+# Examples
 # --------------------------------------------------------------------------------------
-_MODELS: dict[tuple[str, str], Any] = {}
-_MODEL_LOCK = threading.Lock()
-
-
-@functools.cache
-def out_dir(tab: str = "quickstart") -> Path:
-    """Private folder of one tab (under ``$GRADIO_TEMP_DIR`` when set) for its downloadable raw outputs."""
-    return Path(tempfile.mkdtemp(prefix=f"medgen-{tab}-", dir=os.environ.get("GRADIO_TEMP_DIR") or None))
-
-
-def _out_dir() -> Path:
-    return out_dir("quickstart")
-
-
-def resolve_runs_root(runs_root: str | os.PathLike | None = None) -> Path:
-    """``runs_root`` if given, else ``$MEDGEN_RUNS``, else ``<repo>/runs``."""
-    if runs_root is not None:
-        return Path(runs_root)
-    if os.environ.get("MEDGEN_RUNS"):
-        return Path(os.environ["MEDGEN_RUNS"])
-    from medgen.reports import repo_root
-
-    return repo_root() / "runs"
-
-
-def _model_key(cfg: RunConfig, root: Path) -> tuple[str, str]:
-    return config_hash(cfg), str(root.resolve())
-
-
-def is_loaded(cfg: RunConfig, root: Path) -> bool:
-    """Whether the model of ``cfg`` is already in memory."""
-    return _model_key(cfg, root) in _MODELS
-
-
-def is_cached(cfg: RunConfig, root: Path) -> bool:
-    """Whether a fully trained checkpoint of ``cfg`` is on disk under ``root`` (no training needed)."""
-    try:
-        from medgen.checkpoint import latest_checkpoint, read_manifest
-        from medgen.train import run_dir_for
-
-        run_dir = run_dir_for(cfg, root)
-        ckpt = latest_checkpoint(run_dir) if run_dir.is_dir() else None
-        return ckpt is not None and int(read_manifest(ckpt).get("step", -1)) >= cfg.train.steps
-    except Exception:  # an unreadable cache is retrained by train_or_load; say "not trained"
-        return False
-
-
-def get_model(cfg: RunConfig, root: Path) -> Any:
-    """The trained quickstart :class:`~medgen.methods.base.Method` (trained and cached on first use)."""
-    key = _model_key(cfg, root)
-    with _MODEL_LOCK:
-        if key not in _MODELS:
-            from medgen.train import train_or_load
-
-            model = train_or_load(cfg, root=root, progress=True)
-            _MODELS[key] = model.eval() if hasattr(model, "eval") else model
-        return _MODELS[key]
-
-
 @functools.lru_cache(maxsize=4)
 def _examples(cfg: RunConfig) -> tuple[tuple[str, np.ndarray, np.ndarray], ...]:
     """``(label, source [S, S], target [S, S])`` in [0, 1] for the first test items."""
@@ -179,29 +116,7 @@ def resolve_input(cfg: RunConfig, upload: str | None, example: str | None) -> In
 def _input_status(inp: InputImage, size: int) -> str:
     """Status Markdown for a loaded input: what it is plus one line per conversion note."""
     truth = "with ground truth" if inp.target is not None else "no ground truth (metrics need an example)"
-    lines = [f"Input: **{_md(inp.label)}** at {size}x{size} px, {truth}."]
-    lines += [f"- Note: {_md(n)}" for n in inp.notes]
-    return "\n".join(lines)
-
-
-def _md(text: str) -> str:
-    """Escape Markdown control characters in user-provided text (file names)."""
-    return re.sub(r"([\\`*_{}\[\]<>#|])", r"\\\1", text)
-
-
-def _error_status(message: str) -> str:
-    """One-line error for the status Markdown (and a toast)."""
-    gr.Warning(message)
-    return f"**Error:** {_md(message)}"
-
-
-def _display(img: np.ndarray | None) -> np.ndarray | None:
-    """``[S, S]`` in [0, 1] -> uint8 ``[S*k, S*k]``, enlarged by an integer k (nearest neighbour)."""
-    if img is None:
-        return None
-    k = max(1, DISPLAY_PX // max(img.shape))
-    u8 = np.round(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)
-    return np.kron(u8, np.ones((k, k), dtype=np.uint8))
+    return input_status(inp.label, size, f", {truth}", inp.notes)
 
 
 def on_upload(cfg: RunConfig, path: str | None) -> tuple[Any, Any, Any, str]:
@@ -211,8 +126,8 @@ def on_upload(cfg: RunConfig, path: str | None) -> tuple[Any, Any, Any, str]:
     try:
         inp = load_upload(cfg, path)
     except (ImageReadError, DemoError) as exc:
-        return None, None, None, _error_status(str(exc))
-    return None, _display(inp.source), None, _input_status(inp, cfg.data.image_size)
+        return None, None, None, error_status(str(exc))
+    return None, gray(inp.source), None, _input_status(inp, cfg.data.image_size)
 
 
 def on_example(cfg: RunConfig, label: str | None) -> tuple[Any, Any, Any, str]:
@@ -222,13 +137,8 @@ def on_example(cfg: RunConfig, label: str | None) -> tuple[Any, Any, Any, str]:
     try:
         inp = load_example(cfg, label)
     except Exception as exc:  # an unknown label, or the dataset itself is unavailable
-        return gr.skip(), None, None, _error_status(_one_line(exc))
-    return None, _display(inp.source), _display(inp.target), _input_status(inp, cfg.data.image_size)
-
-
-def _one_line(exc: BaseException) -> str:
-    """An exception as one line of text, whitespace collapsed (the UI never shows a traceback)."""
-    return " ".join(str(exc).split()) or type(exc).__name__
+        return gr.skip(), None, None, error_status(one_line(exc))
+    return None, gray(inp.source), gray(inp.target), _input_status(inp, cfg.data.image_size)
 
 
 # --------------------------------------------------------------------------------------
@@ -266,7 +176,7 @@ def _sampling_callback(n: int, frames: list[tuple[np.ndarray, str]],
         i, total = int(info.get("i", 0)), int(info.get("n", n))
         progress((min(i + 1, total), total), desc=f"sampling step {min(i + 1, total)} of {total}")
         if i in keep and info.get("x0") is not None:
-            frames.append((_display(from_model_range(info["x0"][:1])), f"step {i + 1}/{total}: predicted x0"))
+            frames.append((gray(from_model_range(info["x0"][:1])), f"step {i + 1}/{total}: predicted x0"))
 
     return callback
 
@@ -309,30 +219,22 @@ def metrics_markdown(pred: torch.Tensor, inp: InputImage) -> str:
 def _save_raw(out01: np.ndarray, inp: InputImage, sampler: str, steps: int, seed: int) -> str:
     """Write the output at model resolution as a 16-bit PNG; returns its path."""
     stem = re.sub(r"[^A-Za-z0-9]+", "_", Path(inp.label).stem).strip("_")[:40] or "input"
-    path = _out_dir() / f"{stem}_{sampler}{steps}_seed{seed}_{time.time_ns()}.png"
+    path = out_dir("quickstart") / f"{stem}_{sampler}{steps}_seed{seed}_{time.time_ns()}.png"
     return str(write_image(path, out01, bits=16))
 
 
-def _model_status(cfg: RunConfig, root: Path) -> str:
+def _model_status(cfg: RunConfig, runs: Path | None) -> str:
     """One-line status of the model (shown when the page loads)."""
-    name = f"Model: quickstart `{cfg.preset}` preset"
-    if is_loaded(cfg, root):
+    name = f"Model: quickstart, {zoo.describe(cfg)}"
+    if zoo.is_loaded(cfg, runs=runs):
         return f"{name}, loaded. {NO_INPUT}"
-    if is_cached(cfg, root):
-        return f"{name}, cached in `{_md(str(root))}`; it loads on the first Run. {NO_INPUT}"
-    return (f"{name}, **not trained yet**: the first Run trains it ({cfg.train.steps} steps) and caches it in "
-            f"`{_md(str(root))}` (`make reproduce` caches it beforehand). {NO_INPUT}")
+    if zoo.shipped(cfg) is not None:
+        return f"{name}; it loads on the first Run. {NO_INPUT}"
+    return (f"{name}: the first Run loads it from `{md(str(zoo.runs_root(None, runs)))}`, or trains it there "
+            f"({cfg.train.steps} steps, once; `make reproduce` caches it beforehand). {NO_INPUT}")
 
 
-def _loading_status(cfg: RunConfig, root: Path) -> str:
-    """Status while the first Run loads or trains the model."""
-    if is_cached(cfg, root):
-        return f"Loading the cached quickstart `{cfg.preset}` model from `{_md(str(root))}`..."
-    return (f"Training the quickstart `{cfg.preset}` model ({cfg.train.steps} steps; not trained yet, this "
-            f"happens once and is cached in `{_md(str(root))}`; `make reproduce` caches it beforehand)...")
-
-
-def run(cfg: RunConfig, root: Path, upload: str | None, example: str | None, sampler: str, steps: Any,
+def run(cfg: RunConfig, runs: Path | None, upload: str | None, example: str | None, sampler: str, steps: Any,
         eta: Any, seed: Any, progress: Callable[..., Any]) -> Iterator[tuple[Any, ...]]:
     """Run handler (a generator) -> (status, output, gallery, ground truth, metrics, raw file).
 
@@ -343,21 +245,22 @@ def run(cfg: RunConfig, root: Path, upload: str | None, example: str | None, sam
         settings = check_settings(cfg, sampler, steps, eta, seed)
         inp = resolve_input(cfg, upload, example)
     except (ImageReadError, DemoError) as exc:
-        yield (_error_status(str(exc)), *empty)
+        yield (error_status(str(exc)), *empty)
         return
-    if not is_loaded(cfg, root):
-        yield (_loading_status(cfg, root), *([gr.skip()] * 5))
+    if not zoo.is_loaded(cfg, runs=runs):
+        yield (f"Loading the quickstart model ({zoo.describe(cfg)}; trained once if it is not cached yet)...",
+               *([gr.skip()] * 5))
     try:
-        model = get_model(cfg, root)
+        model = zoo.resolve(cfg, runs=runs, keep=True, label="the quickstart model", report=progress)
         pred, frames = translate(model, inp, *settings, progress=progress)
     except Exception as exc:  # report, never show a traceback in the page
         LOG.exception("quickstart run failed")
-        yield (_error_status(f"the model failed: {_one_line(exc)}"), *empty)
+        yield (error_status(f"the model failed: {one_line(exc)}"), *empty)
         return
     out01 = from_model_range(pred[:1])
     status = _input_status(inp, cfg.data.image_size).splitlines()
     status[0] = f"Done: {SAMPLERS[settings[0]]}, {settings[1]} steps, seed {settings[3]}. " + status[0]
-    yield ("\n".join(status), _display(out01), frames, _display(inp.target), metrics_markdown(pred[:1], inp),
+    yield ("\n".join(status), gray(out01), frames, gray(inp.target), metrics_markdown(pred[:1], inp),
            _save_raw(out01, inp, settings[0], settings[1], settings[3]))
 
 
@@ -387,28 +290,28 @@ class _Components:
 def build_tab(preset: str, *, runs_root: str | os.PathLike | None = None) -> None:
     """Lay out the quickstart tab inside the current ``gr.Tab`` and wire its events."""
     cfg = _config(preset)
-    root = resolve_runs_root(runs_root)
+    runs = Path(runs_root) if runs_root is not None else None
     size = cfg.data.image_size
     gr.Markdown(
         "### Conditional DDPM: restore blurred, speckled toy shapes\n"
         f"The source is a degraded *toy_shapes* phantom; the model predicts the clean target. "
-        f"**Inputs are resized to {size}x{size} px** (the `{preset}` preset's image size) and shown enlarged.",
+        f"**Inputs are resized to {size}x{size} px** (the model's image size) and shown enlarged.",
         elem_id="qs-intro")
-    status = gr.Markdown(functools.partial(_model_status, cfg, root), elem_id="qs-status")
+    status = gr.Markdown(functools.partial(_model_status, cfg, runs), elem_id="qs-status")
     with gr.Row(elem_id="qs-controls"):
         example, upload = _input_controls(cfg)
         sampler, steps, eta, seed, run_btn = _settings(cfg)
     with gr.Row(elem_id="qs-images"):
-        preview = _image(f"Model input ({size}x{size})", "qs-input")
-        truth = _image("Ground truth (examples only)", "qs-truth")
-        output = _image(f"Output ({size}x{size})", "qs-output")
+        preview = image_component(f"Model input ({size}x{size})", "qs-input", 280)
+        truth = image_component("Ground truth (examples only)", "qs-truth", 280)
+        output = image_component(f"Output ({size}x{size})", "qs-output", 280)
     with gr.Row(elem_id="qs-results"):
         metrics = gr.Markdown("", elem_id="qs-metrics")
         raw = gr.File(label=f"Output at {size}x{size} (16-bit PNG)", interactive=False, elem_id="qs-download")
     gallery = gr.Gallery(label="Predicted x0 during sampling (denoising progress)", columns=N_SNAPSHOTS, rows=1,
                          height="auto", format="png", buttons=["fullscreen"], interactive=False,
                          elem_id="qs-gallery")  # "auto": the row of square tiles is never cut off
-    _wire(cfg, root, _Components(status, example, upload, sampler, steps, eta, seed, run_btn, preview, truth,
+    _wire(cfg, runs, _Components(status, example, upload, sampler, steps, eta, seed, run_btn, preview, truth,
                                  output, metrics, raw, gallery))
 
 
@@ -440,20 +343,16 @@ def _settings(cfg: RunConfig) -> tuple[gr.Dropdown, gr.Slider, gr.Slider, gr.Num
     return sampler, steps, eta, seed, run_btn
 
 
-def _image(label: str, elem_id: str) -> gr.Image:
-    """A read-only PNG image view (enlarged pixels, no share button)."""
-    return gr.Image(label=label, format="png", interactive=False, buttons=["download", "fullscreen"],
-                    height=280, elem_id=elem_id)
-
-
 def _config(preset: str) -> RunConfig:
-    """The quickstart preset; a bad name is a one-line ConfigError."""
+    """The quickstart model's config: the shipped ``cpu`` one, else the ``smoke`` (``ci``) preset to train.
+    A bad preset name is a one-line ConfigError."""
     try:
-        return get_preset(preset, TASK)
+        get_preset(preset, TASK)  # the demo's own preset must exist
+        return zoo.pick(get_preset("cpu", TASK), get_preset(train_preset(preset), TASK))
     except ConfigError:
         raise
     except Exception as exc:
-        raise ConfigError(f"quickstart preset '{preset}': {_one_line(exc)}") from None
+        raise ConfigError(f"quickstart preset '{preset}': {one_line(exc)}") from None
 
 
 def _clear_outputs() -> tuple[None, list, str, None]:
@@ -461,8 +360,8 @@ def _clear_outputs() -> tuple[None, list, str, None]:
     return None, [], "", None
 
 
-def _wire(cfg: RunConfig, root: Path, c: _Components) -> None:
-    """Connect the events (each handler gets ``cfg`` / ``root`` bound)."""
+def _wire(cfg: RunConfig, runs: Path | None, c: _Components) -> None:
+    """Connect the events (each handler gets ``cfg`` / ``runs`` bound)."""
 
     def upload_fn(path: str | None) -> tuple[Any, Any, Any, str]:
         return on_upload(cfg, path)
@@ -472,7 +371,7 @@ def _wire(cfg: RunConfig, root: Path, c: _Components) -> None:
 
     def run_fn(upload_path: str | None, label: str | None, sampler_name: str, n_steps: float, eta_value: float,
                seed_value: float, progress: gr.Progress = gr.Progress(track_tqdm=True)) -> Iterator[tuple[Any, ...]]:
-        yield from run(cfg, root, upload_path, label, sampler_name, n_steps, eta_value, seed_value, progress)
+        yield from run(cfg, runs, upload_path, label, sampler_name, n_steps, eta_value, seed_value, progress)
 
     results = [c.output, c.gallery, c.metrics, c.raw]
     c.upload.upload(upload_fn, [c.upload], [c.example, c.preview, c.truth, c.status],

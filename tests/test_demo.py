@@ -330,26 +330,65 @@ def test_main_rejects_unknown_preset(capsys: pytest.CaptureFixture[str]) -> None
     assert "unknown preset 'smok'" in err and "did you mean 'smoke'?" in err
 
 
-def test_demo_models_cache_trains_once_and_prefers_a_shipped_checkpoint(tmp_path):
-    """demos.models: a missing checkpoint trains once (cached in memory by config and runs folder);
-    a folder with a checkpoint is loaded instead and described as shipped."""
+def test_tabs_find_models_through_the_zoo_with_their_own_runs_folder(tmp_path, monkeypatch):
+    """A tab's model: ``zoo.pick(cpu, train preset)``, then ``zoo.resolve(..., runs=runs_root, keep=True)``
+    trains once into the tab's runs folder (not ``<root>/runs``) and keeps the model in memory; a
+    shipped checkpoint under the zoo root whose config matches is picked and loaded instead."""
     import dataclasses
 
-    from demos import models
+    from demos import ui
+    from medgen import zoo
     from medgen.checkpoint import export_checkpoint
     from medgen.config import get_preset
     from medgen.train import run_dir_for
 
-    cfg = get_preset("ci")
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=1, num_threads=1))
-    folder, runs = tmp_path / "ckpts" / "quick", tmp_path / "runs"
-    assert models.train_preset("ci") == "ci" and models.train_preset("cpu") == "smoke"
-    assert not models.is_shipped(folder) and not models.is_loaded(folder, lambda: cfg, runs)
-    assert models.describe(folder, lambda: cfg) == f"trained at `ci` on first use, {cfg.data.image_size} px"
-    first = models.get_model(folder, lambda: cfg, runs, label="quick")
-    assert models.is_loaded(folder, lambda: cfg, runs)
-    assert models.get_model(folder, lambda: cfg, runs, label="quick") is first      # not retrained
-    export_checkpoint(run_dir_for(cfg, runs), folder)
-    assert models.is_shipped(folder) and models.describe(folder, lambda: cfg).startswith("shipped `ci` checkpoint")
-    shipped = models.get_model(folder, lambda: cfg, runs, label="quick")
+    monkeypatch.delenv("RETRAIN", raising=False)
+    short = lambda c: dataclasses.replace(c, train=dataclasses.replace(c.train, steps=1, num_threads=1))  # noqa: E731
+    cpu, ci = short(get_preset("cpu", "quickstart")), short(get_preset(ui.train_preset("ci"), "quickstart"))
+    assert ui.train_preset("ci") == "ci" and ui.train_preset("cpu") == ui.train_preset("smoke") == "smoke"
+    root, runs = tmp_path / "root", tmp_path / "runs"
+    assert zoo.pick(cpu, ci, root=root) is ci and zoo.runs_root(root, runs) == runs
+    assert zoo.describe(ci, root) == f"trained at `ci` on first use, {ci.data.image_size} px"
+    assert not zoo.is_loaded(ci, root, runs=runs)
+    first = zoo.resolve(ci, root=root, runs=runs, keep=True, progress=False)
+    assert zoo.is_loaded(ci, root, runs=runs) and not zoo.is_loaded(ci, root, runs=tmp_path / "other")
+    assert (run_dir_for(ci, runs) / "latest").exists() and not (root / "runs").exists()
+    assert zoo.resolve(ci, root=root, runs=runs, keep=True) is first      # not retrained, not reloaded
+    export_checkpoint(run_dir_for(ci, runs), root / "checkpoints" / "quickstart" / "model")
+    assert zoo.describe(ci, root).startswith("shipped `ci` checkpoint")
+    shipped = zoo.resolve(ci, root=root, runs=runs, keep=True)
     assert shipped is not first and not shipped.training
+
+
+def test_ui_display_helpers():
+    """demos.ui: one-line errors, Markdown escaping, integer enlargement (stretched for a non-square
+    measurement), the SD colour map, and the worker stream (frames in order, then the result or the error)."""
+    from demos import ui
+
+    assert ui.one_line(ValueError("a\n  b")) == "a b" and ui.one_line(KeyError()) == "KeyError"
+    assert ui.md("x_1*[y]") == "x\\_1\\*\\[y\\]"
+    img = np.arange(6, dtype=np.uint8).reshape(2, 3)
+    assert ui.enlarge(img).shape == (170, 255) and ui.enlarge(img, stretch=True).shape == (256, 255)
+    np.testing.assert_array_equal(ui.enlarge(img)[::85, ::85], img)
+    assert ui.gray(None) is None and ui.show_model(np.zeros((16, 16))).max() == 128
+    assert ui.show_sd(np.zeros((16, 16)), 100.0).shape == (256, 256, 3)
+    status = ui.input_status("a_b.png", 16, ", no truth", ["resized"], "**OOD**")
+    assert status == "Input: **a\\_b.png** at 16x16 px, no truth.\n\n**OOD**\n\n- Note: resized"
+    with pytest.raises(ui.DemoError, match=r"steps must be an integer in \[1, 5\], got 1.5"):
+        ui.number(1.5, "steps", 1, 5, integer=True)
+
+    def work(emit):
+        for i in range(3):
+            emit(i)
+        return "done"
+
+    assert list(ui.stream(work)) == [("frame", 0), ("frame", 1), ("frame", 2), ("done", "done")]
+
+    def broken(emit):
+        emit(0)
+        raise RuntimeError("diverged")
+
+    items = ui.stream(broken)
+    assert next(items) == ("frame", 0)
+    with pytest.raises(RuntimeError, match="diverged"):
+        next(items)

@@ -3,7 +3,7 @@ reconstruction, image and measurement uploads, bad inputs, generate + memorizati
 and the hub through gradio_client.
 
 The prior is trained once at ``ci`` (2 steps, 32 px) into a temporary runs folder, with an
-empty checkpoint folder, so the tests never depend on the shipped ``cpu`` prior; it is
+empty zoo root (no ``checkpoints/``), so the tests never depend on the shipped ``cpu`` prior; it is
 untrained, so the tests check the plumbing and the numbers' definitions, not image quality.
 """
 from __future__ import annotations
@@ -43,7 +43,7 @@ def lus() -> Any:
 @pytest.fixture(scope="module")
 def tab(lus: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
     empty = tmp_path_factory.mktemp("no_checkpoints")
-    return lus.Tab("ci", runs_root=tmp_path_factory.mktemp("runs"), checkpoints=empty)
+    return lus.Tab("ci", runs_root=tmp_path_factory.mktemp("runs"), root=empty)
 
 
 @pytest.fixture(scope="module")
@@ -293,38 +293,57 @@ def test_bad_settings_are_one_line(tab: Any, kwargs: dict, message: str) -> None
 # generate + memorization readout
 # ------------------------------------------------------------------------------------------
 def test_generate_with_pixel_memorization_readout(tab: Any, lus: Any) -> None:
-    from medgen.experiments.lung_us import real_sections
+    from medgen.experiments.lung_us import generated_sections, real_sections
 
     status, gen, near, table = tab.generate(3, 2, 1, lus.PIXEL_SPACE)
     assert status.startswith("Done: 3 images from the prior (ddpm, 2 steps, seed 1)"), status
-    assert len(gen) == 3 and len(near) == 3
-    model = lus.get_model(tab.preset, tab.ckpts, tab.runs)
-    images = model.generate(3, generator=torch.Generator().manual_seed(1), steps=2)[:, 0].numpy()
+    assert len(gen) == 3
+    model = tab.model()
+    images = model.generate(3, generator=torch.Generator().manual_seed(1), steps=2)[:, :1].float()
+    cats = generated_sections(images).category
     train = real_sections(model.config, "train")
     rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| ") and line[2].isdigit()]
-    assert len(rows) == 3
+    assert [int(r[2]) for r in rows] == list(cats)
+    shown = 0
     for i, row in enumerate(rows):
-        cat = int(row[2])
-        pool = np.flatnonzero(train.category == cat) if "all categories" not in row[3] else np.arange(len(train))
-        d = np.linalg.norm(train.images[pool, 0].numpy().reshape(len(pool), -1) - images[i].reshape(1, -1), axis=1)
+        pool = np.flatnonzero(train.category == cats[i])  # the nearest training image of the same category
+        if not len(pool):
+            assert row[3].startswith("none: no training image") and row[6] == "not calibrated |"
+            continue
+        d = np.linalg.norm(train.images[pool, 0].numpy().reshape(len(pool), -1) - images[i, 0].numpy().reshape(1, -1),
+                           axis=1)
         j = pool[int(np.argmin(d))]
         assert row[3].startswith(f"#{j} (") and abs(float(row[4]) - d.min()) < 1e-3 * d.min()
-        np.testing.assert_array_equal(near[i][0], lus.show_image(train.images[j, 0].numpy()))  # its picture
+        np.testing.assert_array_equal(near[shown][0], lus.show_image(train.images[j, 0].numpy()))  # its picture
+        shown += 1
+    assert len(near) == shown
     assert "pixel space" in table and "held-out images' nearest-training distances" in table
 
 
-def test_a_training_image_is_flagged_as_a_copy(tab: Any, lus: Any) -> None:
-    from medgen.experiments.lung_us import real_sections
+def test_memorization_readout_is_the_notebooks_audit(tab: Any, lus: Any) -> None:
+    """The tab's calibration and flags are the notebook's audit (``memorization`` -> ``audit``) on the same
+    training / held-out / generated images in the same (pixel) space: same thresholds, same flags."""
+    from medgen.experiments.lung_us import FLAG_PERCENTILE, generated_sections, memorization, real_sections
+    from medgen.metrics.features import features
 
-    model = lus.get_model(tab.preset, tab.ckpts, tab.runs)
+    model = tab.model()
     ref = lus.reference_set(model.config, lus.PIXEL_SPACE)
-    train = real_sections(model.config, "train")
-    held = real_sections(model.config, "test")
-    [copy] = lus.memorization_readout(train.images[5:6], ref)
-    assert copy["nearest"] == 5 and copy["distance"] < 1e-9 and copy["flagged"]
-    fresh = lus.memorization_readout(held.images, ref)  # held-out images: the calibration set itself
-    assert np.mean([r["flagged"] for r in fresh]) <= 0.25  # 1st percentile: at most one per small category
-    assert all(r["threshold"] > 0 for r in fresh)
+    train, held = real_sections(model.config, "train"), real_sections(model.config, "test")
+    images = torch.cat([train.images[5:6], held.images, model.generate(4, generator=torch.Generator().manual_seed(0),
+                                                                       steps=2)[:, :1].float()])
+    gen, scr = lus.memorization_readout(images, ref)
+    feats = {"train": features(train.images, "pixels"), "heldout": features(held.images, "pixels"),
+             "generated": features(images, "pixels")}
+    notebook = memorization(feats, train, held, generated_sections(images), space="pixels")
+    assert notebook.audit.thresholds == ref.calibration.thresholds and ref.calibration.percentile == FLAG_PERCENTILE
+    kept = notebook.generated_index  # the images the notebook can calibrate; the tab says the others are not
+    np.testing.assert_array_equal(scr.flagged[kept], notebook.audit.flagged)
+    np.testing.assert_array_equal(scr.distance[kept], notebook.audit.generated_distance)
+    assert scr.calibrated[kept].all() and not scr.calibrated[np.setdiff1d(np.arange(len(images)), kept)].any()
+    # a copy of training image 5 is its own nearest neighbour and flagged (when its category is calibrated)
+    assert scr.nearest[0] == 5 and scr.distance[0] < 1e-9 and scr.flagged[0] == scr.calibrated[0]
+    fresh = scr.flagged[1:1 + len(held)][scr.calibrated[1:1 + len(held)]]  # the calibration set itself
+    assert fresh.mean() <= 0.25  # 1st percentile: at most one per small category
 
 
 def test_generate_bad_settings(tab: Any) -> None:

@@ -115,7 +115,7 @@ def test_phantom_ddim_gives_windows_overlay_dice_and_uncertainty(tab: Any, m2c: 
 
 @pytest.mark.slow
 def test_same_seed_same_samples_and_guidance_changes_them(tab: Any, m2c: Any) -> None:
-    model = m2c.get_model(tab.preset, tab.ckpts, tab.runs, "ddim_image", "t2w")
+    model = tab.model("ddim_image", "t2w")
     mri = m2c.load_phantom(1, 2, "t2w", 64).mri
 
     def sample(seed: int, w: float = 0.0) -> np.ndarray:
@@ -125,6 +125,28 @@ def test_same_seed_same_samples_and_guidance_changes_them(tab: Any, m2c: Any) ->
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
     assert not np.array_equal(a, sample(7, w=1.0))  # w reaches the sampler
+
+
+def test_hu_and_segmenter_input_come_from_the_phantoms_ct_modality(m2c: Any) -> None:
+    """Model range <-> HU is the spine phantom's ``ct`` modality (no constant of the tab's own), and the
+    segmenter gets the CT in model range through ``Segmenter.segment(..., resize=True)``."""
+    import medgen.data.phantoms  # noqa: F401 -- fills PHANTOMS
+    from medgen.registry import PHANTOMS, lookup
+    from types import SimpleNamespace
+
+    ct = lookup(PHANTOMS, "spine_sagittal").modalities["ct"]
+    assert m2c.ct_modality() is ct
+    np.testing.assert_allclose(ct.from_model(np.array([-1.0, 0.0, 1.0])), [-1000.0, 0.0, 1000.0])
+    seen = {}
+
+    def segment(x: Any, *, resize: bool = False) -> Any:
+        seen.update(x=x, resize=resize)
+        return x[:, 0].long()
+
+    hu = np.array([[[-1500.0, -1000.0], [0.0, 2500.0]]], np.float32)
+    m2c.segment_ct(SimpleNamespace(segment=segment), hu)
+    np.testing.assert_allclose(seen["x"].numpy()[:, 0], ct.to_model(hu))
+    assert seen["resize"] and seen["x"].numpy().min() == -1.0 and seen["x"].numpy().max() == 1.0  # clipped
 
 
 def test_pix2pix_is_deterministic_and_runs_once(tab: Any) -> None:
@@ -201,10 +223,10 @@ def test_bad_settings_are_one_line(tab: Any, kwargs: dict, message: str) -> None
 
 @pytest.mark.slow
 def test_missing_checkpoint_is_trained_with_a_progress_bar(m2c: Any, tmp_path: Path) -> None:
-    """An empty checkpoint folder at ``ci``: both models are trained (ci preset) on the first Run."""
+    """A zoo root without checkpoints at ``ci``: both models are trained (ci preset) on the first Run."""
     empty, runs = tmp_path / "no_checkpoints", tmp_path / "runs"
     empty.mkdir()
-    tab = m2c.Tab("ci", runs_root=runs, checkpoints=empty)
+    tab = m2c.Tab("ci", runs_root=runs, root=empty)
     assert tab.methods == list(m2c.METHODS)  # nothing shipped: every method is offered, trained on demand
     assert "trained at `ci` on first use, 32 px" in tab.status()
     calls: list[tuple[Any, dict]] = []

@@ -1,0 +1,168 @@
+"""What every demo tab shows the same way: one-line errors, escaped Markdown, status lines,
+enlarged images, read-only image components, downloadable outputs, and the preset a missing
+model is trained at. A tab is layout plus calls into medgen and into this module.
+
+Models come from :mod:`medgen.zoo` (``zoo.pick(cpu_config, train_config)``, then
+``zoo.resolve(cfg, keep=True, ...)``); :func:`train_preset` names the second config's preset.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+import queue
+import re
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import gradio as gr
+import numpy as np
+
+__all__ = ["DemoError", "DISPLAY_PX", "one_line", "md", "error_status", "input_status", "number", "out_dir",
+           "save_array", "to_u8", "enlarge", "gray", "show_model", "show_sd", "image_component", "stream",
+           "train_preset"]
+
+DISPLAY_PX = 256  # images are enlarged (nearest neighbour, integer factor) to about this size
+
+
+class DemoError(ValueError):
+    """A one-line problem to show the user (bad settings, no input, model unavailable)."""
+
+
+# --------------------------------------------------------------------------------------
+# Text
+# --------------------------------------------------------------------------------------
+def one_line(exc: BaseException) -> str:
+    """An exception as one line of text, whitespace collapsed (the UI never shows a traceback)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def md(text: str) -> str:
+    """Escape Markdown control characters in user-provided text (file names)."""
+    return re.sub(r"([\\`*_{}\[\]<>#|])", r"\\\1", text)
+
+
+def error_status(message: str) -> str:
+    """One-line error for a status Markdown (and a toast)."""
+    gr.Warning(message)
+    return f"**Error:** {md(message)}"
+
+
+def input_status(label: str, size: int, detail: str, notes: Sequence[str] = (), warning: str | None = None) -> str:
+    """Status Markdown of a loaded input: ``Input: **label** at SxS px<detail>.``, then ``warning``
+    (e.g. out of the training distribution) and one ``- Note:`` line per conversion note."""
+    paragraphs = [f"Input: **{md(label)}** at {size}x{size} px{detail}."]
+    if warning:
+        paragraphs.append(warning)
+    if notes:
+        paragraphs.append("\n".join(f"- Note: {md(n)}" for n in notes))
+    return "\n\n".join(paragraphs)  # blank lines: separate Markdown paragraphs
+
+
+def number(value: Any, name: str, lo: float, hi: float, integer: bool = False) -> float:
+    """``value`` as a finite float in ``[lo, hi]`` (an integer when ``integer``). Raises DemoError."""
+    try:
+        v = float(0 if value is None else value)
+    except (TypeError, ValueError):
+        raise DemoError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(v) or not lo <= v <= hi or (integer and not v.is_integer()):
+        kind = "an integer" if integer else "a number"
+        raise DemoError(f"{name} must be {kind} in [{lo:g}, {hi:g}], got {value}")
+    return v
+
+
+# --------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------
+@functools.cache
+def out_dir(tab: str) -> Path:
+    """Private folder of one tab (under ``$GRADIO_TEMP_DIR`` when set) for its downloadable raw outputs."""
+    return Path(tempfile.mkdtemp(prefix=f"medgen-{tab}-", dir=os.environ.get("GRADIO_TEMP_DIR") or None))
+
+
+def save_array(tab: str, stem: str, arr: Any) -> str:
+    """``arr`` as float32 ``.npy`` in :func:`out_dir` of ``tab``, named ``<stem>_<ns>.npy``; returns the path."""
+    path = out_dir(tab) / f"{stem}_{time.time_ns()}.npy"
+    np.save(path, np.asarray(arr, np.float32))
+    return str(path)
+
+
+# --------------------------------------------------------------------------------------
+# Images
+# --------------------------------------------------------------------------------------
+def to_u8(img01: np.ndarray) -> np.ndarray:
+    """``[0, 1]`` (clipped) -> uint8."""
+    return np.round(np.clip(img01, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def enlarge(img: np.ndarray, *, stretch: bool = False) -> np.ndarray:
+    """``[h, w]`` or ``[h, w, 3]`` enlarged by an integer factor (nearest) to about :data:`DISPLAY_PX`;
+    ``stretch``: rows and columns by their own factors (a non-square measurement shown square-ish)."""
+    k = max(1, DISPLAY_PX // max(img.shape[:2]))
+    kx = max(1, DISPLAY_PX // img.shape[1]) if stretch else k
+    k = max(1, DISPLAY_PX // img.shape[0]) if stretch else k
+    return np.repeat(np.repeat(img, k, axis=0), kx, axis=1)
+
+
+def gray(img01: np.ndarray | None) -> np.ndarray | None:
+    """``[h, w]`` in [0, 1] -> enlarged uint8 gray image (None stays None)."""
+    return None if img01 is None else enlarge(to_u8(img01))
+
+
+def show_model(x: np.ndarray) -> np.ndarray:
+    """``[h, w]`` in model range ``[-1, 1]`` -> enlarged uint8 gray image."""
+    return enlarge(to_u8((np.asarray(x) + 1.0) / 2.0))
+
+
+def show_sd(sd: np.ndarray, vmax: float) -> np.ndarray:
+    """An SD map ``[h, w]`` -> enlarged RGB uint8 (magma, 0 .. ``vmax``, clipped above)."""
+    from matplotlib import colormaps
+
+    return enlarge(to_u8(colormaps["magma"](np.clip(np.asarray(sd) / vmax, 0.0, 1.0))[..., :3]))
+
+
+def image_component(label: str, elem_id: str, height: int = 260) -> gr.Image:
+    """A read-only PNG image view (enlarged pixels; download and fullscreen, no share button)."""
+    return gr.Image(label=label, format="png", interactive=False, buttons=["download", "fullscreen"], height=height,
+                    elem_id=elem_id)
+
+
+# --------------------------------------------------------------------------------------
+# Streaming
+# --------------------------------------------------------------------------------------
+def stream(work: Callable[[Callable[[Any], None]], Any]) -> Iterator[tuple[str, Any]]:
+    """Run ``work(emit)`` in a worker thread; yield ``("frame", x)`` for every ``emit(x)`` as it comes,
+    then ``("done", work's result)``; re-raise work's exception. A sampler's callback cannot yield to
+    Gradio itself: it emits into a queue that this generator (the handler) drains."""
+    items: queue.Queue = queue.Queue()
+
+    def run() -> None:
+        try:
+            items.put(("done", work(lambda x: items.put(("frame", x)))))
+        except BaseException as exc:  # noqa: BLE001 -- re-raised in the consumer
+            items.put(("error", exc))
+
+    worker = threading.Thread(target=run, name="demo-stream", daemon=True)
+    worker.start()
+    while True:
+        kind, value = items.get()
+        if kind == "frame":
+            yield kind, value
+            continue
+        worker.join()
+        if kind == "error":
+            raise value
+        yield kind, value
+        return
+
+
+# --------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------
+def train_preset(preset: str) -> str:
+    """The preset a tab trains a model at when no ``cpu`` checkpoint is shipped: ``ci`` for a ``ci``
+    demo, else ``smoke`` (``zoo.pick(cpu_config, config_at(train_preset(preset)))``)."""
+    return "ci" if preset == "ci" else "smoke"
