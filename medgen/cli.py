@@ -8,6 +8,7 @@ Examples
     medgen train --preset ci --dry-run                         # the resolved config as JSON
     medgen sample --checkpoint runs/<run> --input in.png --output out.png --steps 20
     medgen evaluate --checkpoint runs/<run> --out eval.csv
+    medgen evaluate --task mri_to_ct/ddim_image --preset cpu --steps 20   # the shipped model, via medgen.zoo
     medgen reproduce --preset smoke --papers spine,knee
     medgen demo --preset smoke --port 7860
     medgen phantoms knee --n 8 --out phantoms/knee --control kl_grade=3
@@ -27,7 +28,7 @@ import re
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, NoReturn, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 from medgen import __version__
 from medgen.commands import sample_options, translate_image
@@ -83,6 +84,16 @@ def _preset_options(task: bool = True) -> _Parser:
     return parent
 
 
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    """The model of ``sample`` / ``evaluate``: a ``--checkpoint`` folder, or ``--task`` + ``--preset`` found by
+    :func:`medgen.zoo.resolve` (the shipped checkpoint when its config matches, else cached or trained)."""
+    parser.add_argument("--checkpoint", help="checkpoint (or run) folder printed by 'medgen train'")
+    parser.add_argument("--task", help="instead of --checkpoint: the task whose preset model to use "
+                                       "(shipped checkpoint, cached run, or trained now), e.g. mri_to_ct/ddim_image")
+    parser.add_argument("--preset", default=_default_preset(),
+                        help="with --task: ci | smoke | cpu | paper (default: $MEDGEN_PRESET or smoke)")
+
+
 def _sampling_options(parser: argparse.ArgumentParser) -> None:
     """``--sampler --steps --eta --guidance --seed`` (override the checkpoint's sample config)."""
     parser.add_argument("--sampler", choices=("ddpm", "ddim", "dpmpp"), help="sampler (default: the checkpoint's)")
@@ -106,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="retrain even if this config's run is cached")
 
     p = sub.add_parser("sample", parents=[cfg_opts], help="translate one image with a trained checkpoint")
-    p.add_argument("--checkpoint", required=True, help="checkpoint (or run) folder printed by 'medgen train'")
+    _model_options(p)
     p.add_argument("--input", required=True,
                    help="source image: 2D .png, .tif, .jpg or .npy, or a NIfTI / DICOM file or DICOM "
                         "folder (3D: the middle sagittal slice)")
@@ -114,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     _sampling_options(p)
 
     p = sub.add_parser("evaluate", parents=[cfg_opts], help="evaluate a checkpoint on its dataset's test split")
-    p.add_argument("--checkpoint", required=True, help="checkpoint (or run) folder printed by 'medgen train'")
+    _model_options(p)
     p.add_argument("--out", default="evaluation.csv", help="CSV of per-sample rows (default: ./evaluation.csv)")
     p.add_argument("--metrics", default="psnr,ssim", help="comma-separated metric names (default: psnr,ssim)")
     p.add_argument("--batch-size", type=int, default=16, help="images per translate() call (default: 16)")
@@ -169,17 +180,50 @@ def resolve_preset_config(args: argparse.Namespace) -> RunConfig:
     return apply_overrides(cfg, args.overrides)
 
 
+def _section(override: str) -> str:
+    return override.partition("=")[0].strip().partition(".")[0]
+
+
+def resolve_model_config(args: argparse.Namespace, allowed: Sequence[str]) -> tuple[RunConfig, Callable[[], Any]]:
+    """``(config to run with, loader of the model)`` for ``sample`` / ``evaluate``.
+
+    ``--checkpoint``: the checkpoint's config; ``--set`` may only touch ``allowed`` sections.
+    ``--task``: the task's preset with every ``--set`` outside ``allowed`` (these define the model,
+    found by :func:`medgen.zoo.resolve`); the ``allowed`` ones and the sampling flags only change the run.
+    """
+    if bool(args.checkpoint) == bool(args.task):
+        raise ConfigError(f"{args.command} needs exactly one of --checkpoint FOLDER or --task TASK "
+                          f"(got {'both' if args.checkpoint else 'neither'})")
+    if args.checkpoint:
+        from medgen.checkpoint import load_translator
+
+        model_cfg, load = None, (lambda: load_translator(args.checkpoint))
+        cfg = resolve_checkpoint_config(args, allowed)
+    else:
+        from medgen import zoo
+
+        model_cfg = apply_overrides(get_preset(args.preset, task=args.task),
+                                    [o for o in args.overrides if _section(o) not in allowed])
+        cfg = _with_sample_flags(apply_overrides(model_cfg, [o for o in args.overrides if _section(o) in allowed]),
+                                 args)
+        load = (lambda: zoo.resolve(model_cfg))
+    return cfg, load
+
+
 def resolve_checkpoint_config(args: argparse.Namespace, allowed: Sequence[str]) -> RunConfig:
     """The checkpoint's config + ``--set`` (only ``allowed`` sections) + sampling flags."""
     from medgen.checkpoint import read_config
 
     cfg = read_config(args.checkpoint)
     for text in args.overrides:
-        section = text.partition("=")[0].strip().partition(".")[0]
-        if section not in allowed:
+        if _section(text) not in allowed:
             raise ConfigError(f"'{text}': {args.command} only accepts overrides of "
                               f"{', '.join(s + '.*' for s in allowed)} (the checkpoint fixes the rest)")
-    cfg = apply_overrides(cfg, args.overrides)
+    return _with_sample_flags(apply_overrides(cfg, args.overrides), args)
+
+
+def _with_sample_flags(cfg: RunConfig, args: argparse.Namespace) -> RunConfig:
+    """``cfg`` with ``--sampler --steps --eta --guidance`` applied to its sample section."""
     flags = {f"sample.{key}": getattr(args, flag) for flag, key in SAMPLE_OPTIONS
              if getattr(args, flag, None) is not None}
     return apply_overrides(cfg, flags)
@@ -222,11 +266,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     """Translate one image file with a checkpoint."""
-    cfg = resolve_checkpoint_config(args, allowed=("sample",))
+    cfg, load_model = resolve_model_config(args, allowed=("sample",))
     if args.dry_run:
         print(to_json(cfg))
         return 0
-    from medgen.checkpoint import load_translator
     from medgen.data.io import read_sample_input, write_image
 
     out = Path(args.output)
@@ -236,7 +279,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     image = read_sample_input(args.input, notes=notes)
     for note in notes:
         print(f"{PROG}: note: {note}", file=sys.stderr)
-    translator = load_translator(args.checkpoint)
+    translator = load_model()
     resize_notes: list[str] = []
     result = translate_image(translator, image, cfg, seed=args.seed, name=Path(args.input).name, notes=resize_notes)
     for note in resize_notes:
@@ -256,18 +299,17 @@ def _metric_names(text: str) -> tuple[str, ...]:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate a checkpoint on the test split of its dataset; write the rows as CSV."""
-    cfg = resolve_checkpoint_config(args, allowed=("sample", "data"))
+    cfg, load_model = resolve_model_config(args, allowed=("sample", "data"))
     if args.dry_run:
         print(to_json(cfg))
         return 0
     import medgen.data  # noqa: F401 -- fills DATASETS
-    from medgen.checkpoint import load_translator
     from medgen.commands import evaluation_frame
     from medgen.evaluate import summarize
     from medgen.registry import DATASETS, lookup
 
     metrics = _metric_names(args.metrics)
-    translator = load_translator(args.checkpoint)
+    translator = load_model()
     dataset = lookup(DATASETS, cfg.data.dataset)(cfg.data, "test")
     rows = evaluation_frame(translator, dataset, metrics, options=sample_options(cfg), seed=args.seed,
                             batch_size=args.batch_size, baseline=not args.no_baseline)

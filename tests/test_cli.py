@@ -384,3 +384,27 @@ def test_sample_real_mr_dicom_and_nifti_with_the_shipped_checkpoint(capsys: pyte
     assert "middle sagittal slice" in err and "resized" in err
     with Image.open(tmp_path / "ct.png") as im:
         assert im.size == (48, 40)  # written back at the slice's own size
+
+
+def test_sample_and_evaluate_find_a_task_model_through_the_zoo(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--task`` + ``--preset`` instead of ``--checkpoint``: medgen.zoo.resolve finds (here: trains once, then
+    loads) the preset's model; ``--set data.*`` / sampling flags change the run, not the model."""
+    monkeypatch.setenv("MEDGEN_RUNS", str(tmp_path / "runs"))
+    monkeypatch.delenv("RETRAIN", raising=False)
+    csv = tmp_path / "eval.csv"
+    args = ("--task", "quickstart", "--preset", "ci", "--set", "train.steps=2")
+    code, out, err = run(capsys, "evaluate", *args, "--set", "data.n_test=3", "--out", str(csv), "--steps", "2")
+    assert code == 0, err
+    assert "training quickstart at `ci`" in err
+    assert len(pd.read_csv(csv)) == 2 * 2 * 3
+    size = get_preset("ci").data.image_size
+    src = tmp_path / "in.png"
+    Image.fromarray(np.full((size, size), 128, np.uint8)).save(src)
+    code, out, err = run(capsys, "sample", *args, "--input", str(src), "--output", str(tmp_path / "o.png"))
+    assert code == 0, err
+    assert "loading quickstart at `ci`" in err and (tmp_path / "o.png").is_file()
+    code, _, err = run(capsys, "sample", "--input", str(src), "--output", str(tmp_path / "o.png"))
+    assert_one_line_error(code, err, "needs exactly one of --checkpoint FOLDER or --task TASK (got neither)")
+    code, _, err = run(capsys, "evaluate", "--checkpoint", str(tmp_path), *args)
+    assert_one_line_error(code, err, "(got both)")
