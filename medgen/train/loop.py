@@ -1,4 +1,4 @@
-"""One training loop for every method: :func:`fit` and the config-hash cache :func:`train_or_load`.
+"""The one training loop for every method: :func:`fit` (tensors ``[B, C, *S]`` from ``collate``).
 
 Each optimiser step, for every group of ``method.param_groups()`` in order (one group for
 diffusion models; generator then discriminator for GANs), :func:`fit` runs
@@ -12,7 +12,7 @@ CUDA: on the reference CPU bf16 autocast is about 50x slower.
 
 Exact resume. Data order and randomness are pure functions of ``(seed, step)``: global batch
 ``s`` holds samples ``s*B .. s*B+B-1`` of the stream of per-epoch permutations (epoch ``e``
-permuted by a generator seeded with ``(seed, e)``, :func:`step_indices`); micro-batch ``m`` of
+permuted by a generator seeded with ``(seed, e)``, :mod:`medgen.train.order`); micro-batch ``m`` of
 group ``g`` gets a ``torch.Generator`` seeded with ``(seed, step, g, global micro-batch index)``;
 the global torch RNG (dropout) is re-seeded with ``(seed, step, rank)`` every step. With
 optimiser, scheduler and EMA states in the checkpoint, a resumed run ends with bit-identical
@@ -25,7 +25,7 @@ random init. Non-float buffers are copied, not averaged. ``ema_decay=0`` disable
 
 Multi-GPU / multi-node. ``torch.distributed`` directly (gloo on CPU, nccl on CUDA), launched by
 torchrun (``torchrun --nproc_per_node 2 -m medgen.cli train ...``); ``fit`` calls
-``init_process_group`` itself when ``WORLD_SIZE > 1``. Every rank loads its slice
+``init_process_group`` itself (:mod:`medgen.train.distributed`) when ``WORLD_SIZE > 1``. Every rank loads its slice
 ``[r*B/W, (r+1)*B/W)`` of the global batch (``batch_size`` divisible by ``world_size *
 grad_accum``); a group's gradients are averaged with one flat ``all_reduce`` per dtype (not DDP:
 docs/paper_notes.md#train). Rank 0 writes checkpoints, logs and sample grids; ``out_dir`` must be
@@ -48,35 +48,28 @@ import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
-from PIL import Image
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-import medgen.data  # noqa: F401 -- fills DATASETS
-import medgen.methods  # noqa: F401 -- fills METHODS
-from medgen import registry
 from medgen.checkpoint import (CHECKPOINTS_DIR, LATEST, CheckpointError, check_config, checkpoint_name,
-                               latest_checkpoint, load_training_state, load_translator, load_weights,
-                               make_manifest, read_manifest, save_checkpoint)
-from medgen.config import RunConfig, TrainConfig, config_hash
+                               latest_checkpoint, load_training_state, load_weights, make_manifest,
+                               save_checkpoint)
+from medgen.config import RunConfig, TrainConfig
 from medgen.data.batch import Batch, collate
-from medgen.data.splits import check_disjoint
 from medgen.methods.base import Method
-from medgen.utils import atomic_write_text, default_device, derive_seed, seed_everything
+from medgen.train.distributed import DistContext
+from medgen.train.order import StepBatchSampler
+from medgen.train.samples import save_sample_grid
+from medgen.utils import atomic_write_text, derive_seed
 
 LOG_FILE = "log.jsonl"
 SAMPLES_DIR = "samples"
-
-
-class SplitOverlapError(ValueError):
-    """Train and test splits share patients; training on them would leak the test set."""
 
 
 @dataclass
@@ -90,53 +83,6 @@ class FitResult:
     wall_time: float  # training seconds summed over every resumed segment
     losses: dict[str, float] = field(default_factory=dict)  # last logged means, "<group>/<key>"
     log_path: Path | None = None
-
-
-# --------------------------------------------------------------------------------------
-# Data order: a pure function of (seed, step)
-# --------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=8)
-def _epoch_permutation(n: int, seed: int, epoch: int) -> tuple[int, ...]:
-    gen = torch.Generator().manual_seed(derive_seed(seed, "epoch", epoch))
-    return tuple(torch.randperm(n, generator=gen).tolist())
-
-
-def step_indices(n: int, seed: int, step: int, batch_size: int) -> list[int]:
-    """Dataset indices of global batch ``step``: items ``step*B ..`` of the per-epoch permutation stream."""
-    out = []
-    for k in range(step * batch_size, (step + 1) * batch_size):
-        epoch, pos = divmod(k, n)
-        out.append(_epoch_permutation(n, seed, epoch)[pos])
-    return out
-
-
-class StepIndices(list):
-    """A batch of dataset indices that also carries ``augment_key = (step, rank)``: datasets with
-    augmentation reseed it from this key, so augmented batches are a function of the step and a
-    resumed run draws exactly what the uninterrupted one drew."""
-
-    augment_key: tuple[int, int] = (0, 0)
-
-
-class StepBatchSampler(Sampler[list[int]]):
-    """Yields this rank's slice of global batches ``start .. stop-1`` (see :func:`step_indices`),
-    as :class:`StepIndices` keyed by ``(step, rank)``."""
-
-    def __init__(self, n: int, batch_size: int, seed: int, start: int, stop: int, rank: int = 0,
-                 world_size: int = 1) -> None:
-        self.n, self.batch_size, self.seed = n, batch_size, seed
-        self.start, self.stop, self.rank, self.world_size = start, stop, rank, world_size
-
-    def __len__(self) -> int:
-        return max(0, self.stop - self.start)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        per_rank = self.batch_size // self.world_size
-        for step in range(self.start, self.stop):
-            idx = step_indices(self.n, self.seed, step, self.batch_size)
-            batch = StepIndices(idx[self.rank * per_rank:(self.rank + 1) * per_rank])
-            batch.augment_key = (step, self.rank)
-            yield batch
 
 
 # --------------------------------------------------------------------------------------
@@ -187,117 +133,6 @@ def validate_train_config(cfg: TrainConfig, world_size: int = 1) -> None:
     for name in ("warmup_steps", "log_every", "sample_every", "ckpt_every", "num_threads"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"train.{name} must be >= 0, got {getattr(cfg, name)}")
-
-
-# --------------------------------------------------------------------------------------
-# Distributed context
-# --------------------------------------------------------------------------------------
-@dataclass
-class DistContext:
-    """Rank, world size and device of this process; owns the process group if it created it."""
-
-    rank: int = 0
-    world_size: int = 1
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    owns_group: bool = False
-
-    @classmethod
-    def setup(cls, device: str | torch.device | None = None) -> "DistContext":
-        """Join the torchrun process group (creating it when ``WORLD_SIZE > 1``) and pick the device."""
-        owns = False
-        if not (dist.is_available() and dist.is_initialized()) and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            use_cuda = torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda")
-            dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-            owns = True
-        active = dist.is_available() and dist.is_initialized()
-        rank, world = (dist.get_rank(), dist.get_world_size()) if active else (0, 1)
-        dev = torch.device(device) if device is not None else default_device()
-        if dev.type == "cuda" and dev.index is None:
-            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        if dev.type == "cuda":
-            torch.cuda.set_device(dev)
-        return cls(rank, world, dev, owns)
-
-    @property
-    def is_main(self) -> bool:
-        """True on rank 0, which writes files."""
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        """Wait for every rank (no-op in one process)."""
-        if self.world_size > 1:
-            dist.barrier()
-
-    def all_mean_(self, tensors: Sequence[torch.Tensor]) -> None:
-        """Average ``tensors`` in place over ranks: one flat all_reduce per dtype."""
-        if self.world_size == 1 or not tensors:
-            return
-        by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
-        for t in tensors:
-            by_dtype.setdefault(t.dtype, []).append(t)
-        for group in by_dtype.values():
-            flat = torch.cat([t.reshape(-1) for t in group])
-            dist.all_reduce(flat)
-            flat /= self.world_size
-            for t, chunk in zip(group, flat.split([t.numel() for t in group])):
-                t.copy_(chunk.view_as(t))
-
-    def broadcast_module(self, module: nn.Module) -> None:
-        """Copy rank 0's parameters and buffers to every rank."""
-        if self.world_size > 1:
-            for tensor in module.state_dict().values():
-                dist.broadcast(tensor, src=0)
-
-    def same_on_all_ranks(self, value: Any, what: str) -> None:
-        """Raise if ``value`` differs between ranks."""
-        if self.world_size == 1:
-            return
-        values: list[Any] = [None] * self.world_size
-        dist.all_gather_object(values, value)
-        if len(set(map(str, values))) > 1:
-            raise RuntimeError(f"ranks disagree on {what}: {values}; out_dir must be on a file system all ranks share")
-
-    def close(self) -> None:
-        """Destroy the process group if :meth:`setup` created it."""
-        if self.owns_group and dist.is_initialized():
-            dist.destroy_process_group()
-
-
-# --------------------------------------------------------------------------------------
-# Sample grids
-# --------------------------------------------------------------------------------------
-def _to_rgb(x: torch.Tensor) -> np.ndarray:
-    """``[C, *S]`` model-range image (middle slice of 3D) -> ``[H, W, 3]`` uint8."""
-    x = x.detach().float().cpu()
-    if x.dim() == 4:
-        x = x[:, x.shape[1] // 2]
-    x = x if x.shape[0] == 3 else x[:1].expand(3, -1, -1)
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
-
-
-def save_sample_grid(path: str | os.PathLike, source: torch.Tensor, prediction: torch.Tensor,
-                     target: torch.Tensor | None = None, *, min_size: int = 64, gap: int = 2) -> Path:
-    """Save a PNG grid, one row per sample: source | prediction | target.
-
-    source ``[B, C_s, *S]``, prediction ``[B, C_t, *S]``, target ``[B, C_t, *S]`` or None, model
-    range ``[-1, 1]``; 3D volumes show their middle slice; tiles are enlarged (nearest) to at
-    least ``min_size`` pixels. Returns the path.
-    """
-    columns = [source, prediction] + ([target] if target is not None else [])
-    tiles = [[_to_rgb(col[i]) for col in columns] for i in range(source.shape[0])]
-    h, w = tiles[0][0].shape[:2]
-    scale = max(1, math.ceil(min_size / max(h, w)))
-    th, tw = h * scale, w * scale
-    grid = np.full((len(tiles) * (th + gap) - gap, len(columns) * (tw + gap) - gap, 3), 255, np.uint8)
-    for r, row in enumerate(tiles):
-        for c, tile in enumerate(row):
-            big = tile.repeat(scale, axis=0).repeat(scale, axis=1)
-            grid[r * (th + gap):r * (th + gap) + th, c * (tw + gap):c * (tw + gap) + tw] = big
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid).save(path)
-    return path
-
 
 # --------------------------------------------------------------------------------------
 # The loop
@@ -611,86 +446,3 @@ def _run_loop(tr: _Trainer, stop: int, progress: bool, sample_batch: Batch | Non
     if ctx.is_main and saved is None and (latest is None or latest.name != checkpoint_name(tr.step)):
         saved = tr.save(tr.wall_time)  # nothing was trained (baseline, steps=0): still leave a checkpoint
     return saved
-
-
-# --------------------------------------------------------------------------------------
-# Config-hash cache
-# --------------------------------------------------------------------------------------
-def run_dir_for(cfg: RunConfig, root: str | os.PathLike = "runs") -> Path:
-    """Where :func:`train_or_load` keeps the model of ``cfg``: ``root/<name>/<config_hash>``."""
-    return Path(root) / cfg.name / config_hash(cfg)
-
-
-def check_patient_overlap(train_dataset: Any, test_dataset: Any, name: str = "dataset") -> None:
-    """Raise :class:`SplitOverlapError` if both datasets expose ``patient_ids`` and they intersect."""
-    train_ids, test_ids = _dataset_attr(train_dataset, "patient_ids"), _dataset_attr(test_dataset, "patient_ids")
-    if train_ids is None or test_ids is None:
-        return
-    try:
-        check_disjoint(list(train_ids), list(test_ids))
-    except ValueError as err:
-        raise SplitOverlapError(f"{name}: {err}; refusing to train on a split that overlaps test") from None
-
-
-@contextlib.contextmanager
-def run_lock(run_dir: Path) -> Iterator[None]:
-    """Exclusive lock on a cached run (``.<hash>.lock`` beside it), so that two processes asking
-    for one config train it once: the second waits, then loads. No-op where ``fcntl`` is missing."""
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        yield
-        return
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    with open(run_dir.parent / f".{run_dir.name}.lock", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _cached_checkpoint(run_dir: Path, cfg: RunConfig) -> Path | None:
-    """The complete final checkpoint of ``cfg`` in ``run_dir``, or None."""
-    ckpt = latest_checkpoint(run_dir) if run_dir.is_dir() else None
-    if ckpt is None or int(read_manifest(ckpt).get("step", -1)) < cfg.train.steps:
-        return None
-    return ckpt
-
-
-def train_or_load(cfg: RunConfig, *, root: str | os.PathLike = "runs", progress: bool = True, force: bool = False,
-                  device: str | torch.device | None = None) -> Method:
-    """The trained model of ``cfg`` (EMA weights, eval mode), trained only if not cached.
-
-    Looks in ``root/<cfg.name>/<config_hash(cfg)>/``: a complete final checkpoint is loaded,
-    a partial one is resumed, otherwise the method is trained from scratch (``force=True``
-    deletes the cached run first). Refuses (:class:`SplitOverlapError`) to train when the
-    train and test datasets both expose ``patient_ids`` and share any. Concurrent callers
-    for one config are serialised by :func:`run_lock`: the first trains, the others load.
-    """
-    run_dir = run_dir_for(cfg, root)
-    ctx = DistContext.setup(device)
-    try:
-        with run_lock(run_dir) if ctx.is_main else contextlib.nullcontext():  # rank 0 locks for the job
-            if force and ctx.is_main:
-                shutil.rmtree(run_dir, ignore_errors=True)
-            ctx.barrier()
-            cached = _cached_checkpoint(run_dir, cfg)
-            if cached is not None:
-                return load_translator(cached, device=ctx.device, config=cfg)
-            return _train_cached(cfg, run_dir, progress, ctx)
-    finally:
-        ctx.close()
-
-
-def _train_cached(cfg: RunConfig, run_dir: Path, progress: bool, ctx: DistContext) -> Method:
-    """Build the datasets and method of ``cfg``, check the split, and fit (resuming) into ``run_dir``."""
-    make_dataset = registry.lookup(registry.DATASETS, cfg.data.dataset)
-    train_ds = make_dataset(cfg.data, "train")
-    if _dataset_attr(train_ds, "patient_ids") is not None:
-        check_patient_overlap(train_ds, make_dataset(cfg.data, "test"), f"dataset '{cfg.data.dataset}'")
-    seed_everything(cfg.seed)
-    method = registry.lookup(registry.METHODS, cfg.method)(cfg)
-    fit(method, train_ds, cfg.train, out_dir=run_dir, run_config=cfg, seed=cfg.seed, resume=True,
-        progress=progress, device=ctx.device)
-    return method

@@ -1,0 +1,122 @@
+"""Training: the loop :func:`fit` and the config-hash cache :func:`train_or_load` (defined here).
+
+- :mod:`medgen.train.loop`: :func:`fit` (``collate``-d batches ``[B, C, *S]``), :class:`FitResult`,
+  LR schedule (:func:`lr_factor`), EMA (:func:`ema_update_fn`), :func:`validate_train_config`.
+- :mod:`medgen.train.order`: the data order, a pure function of ``(seed, step)`` (:func:`step_indices`,
+  :class:`StepBatchSampler`), which makes resumed runs exact.
+- :mod:`medgen.train.distributed`: :class:`DistContext` (torchrun ranks, gradient all-reduce).
+- :mod:`medgen.train.samples`: :func:`save_sample_grid` (source | prediction | target PNGs).
+
+:func:`train_or_load` keeps each config's model in ``root/<cfg.name>/<config_hash(cfg)>/``; it
+looks up ``_train_cached`` and ``fit`` in this module at call time (tests replace them here).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+import medgen.data  # noqa: F401 -- fills DATASETS
+import medgen.methods  # noqa: F401 -- fills METHODS
+from medgen import registry
+from medgen.checkpoint import latest_checkpoint, load_translator, read_manifest
+from medgen.config import RunConfig, config_hash
+from medgen.data.splits import check_disjoint
+from medgen.methods.base import Method
+from medgen.train.distributed import DistContext
+from medgen.train.loop import (LOG_FILE, SAMPLES_DIR, FitResult, _dataset_attr, ema_update_fn, fit,  # noqa: F401
+                               lr_factor, validate_train_config)
+from medgen.train.order import StepBatchSampler, StepIndices, step_indices  # noqa: F401
+from medgen.train.samples import save_sample_grid  # noqa: F401
+from medgen.utils import seed_everything
+
+
+class SplitOverlapError(ValueError):
+    """Train and test splits share patients; training on them would leak the test set."""
+
+
+# --------------------------------------------------------------------------------------
+# Config-hash cache
+# --------------------------------------------------------------------------------------
+def run_dir_for(cfg: RunConfig, root: str | os.PathLike = "runs") -> Path:
+    """Where :func:`train_or_load` keeps the model of ``cfg``: ``root/<name>/<config_hash>``."""
+    return Path(root) / cfg.name / config_hash(cfg)
+
+
+def check_patient_overlap(train_dataset: Any, test_dataset: Any, name: str = "dataset") -> None:
+    """Raise :class:`SplitOverlapError` if both datasets expose ``patient_ids`` and they intersect."""
+    train_ids, test_ids = _dataset_attr(train_dataset, "patient_ids"), _dataset_attr(test_dataset, "patient_ids")
+    if train_ids is None or test_ids is None:
+        return
+    try:
+        check_disjoint(list(train_ids), list(test_ids))
+    except ValueError as err:
+        raise SplitOverlapError(f"{name}: {err}; refusing to train on a split that overlaps test") from None
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Exclusive lock on a cached run (``.<hash>.lock`` beside it), so that two processes asking
+    for one config train it once: the second waits, then loads. No-op where ``fcntl`` is missing."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(run_dir.parent / f".{run_dir.name}.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _cached_checkpoint(run_dir: Path, cfg: RunConfig) -> Path | None:
+    """The complete final checkpoint of ``cfg`` in ``run_dir``, or None."""
+    ckpt = latest_checkpoint(run_dir) if run_dir.is_dir() else None
+    if ckpt is None or int(read_manifest(ckpt).get("step", -1)) < cfg.train.steps:
+        return None
+    return ckpt
+
+
+def train_or_load(cfg: RunConfig, *, root: str | os.PathLike = "runs", progress: bool = True, force: bool = False,
+                  device: str | torch.device | None = None) -> Method:
+    """The trained model of ``cfg`` (EMA weights, eval mode), trained only if not cached.
+
+    Looks in ``root/<cfg.name>/<config_hash(cfg)>/``: a complete final checkpoint is loaded,
+    a partial one is resumed, otherwise the method is trained from scratch (``force=True``
+    deletes the cached run first). Refuses (:class:`SplitOverlapError`) to train when the
+    train and test datasets both expose ``patient_ids`` and share any. Concurrent callers
+    for one config are serialised by :func:`run_lock`: the first trains, the others load.
+    """
+    run_dir = run_dir_for(cfg, root)
+    ctx = DistContext.setup(device)
+    try:
+        with run_lock(run_dir) if ctx.is_main else contextlib.nullcontext():  # rank 0 locks for the job
+            if force and ctx.is_main:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            ctx.barrier()
+            cached = _cached_checkpoint(run_dir, cfg)
+            if cached is not None:
+                return load_translator(cached, device=ctx.device, config=cfg)
+            return _train_cached(cfg, run_dir, progress, ctx)
+    finally:
+        ctx.close()
+
+
+def _train_cached(cfg: RunConfig, run_dir: Path, progress: bool, ctx: DistContext) -> Method:
+    """Build the datasets and method of ``cfg``, check the split, and fit (resuming) into ``run_dir``."""
+    make_dataset = registry.lookup(registry.DATASETS, cfg.data.dataset)
+    train_ds = make_dataset(cfg.data, "train")
+    if _dataset_attr(train_ds, "patient_ids") is not None:
+        check_patient_overlap(train_ds, make_dataset(cfg.data, "test"), f"dataset '{cfg.data.dataset}'")
+    seed_everything(cfg.seed)
+    method = registry.lookup(registry.METHODS, cfg.method)(cfg)
+    fit(method, train_ds, cfg.train, out_dir=run_dir, run_config=cfg, seed=cfg.seed, resume=True,
+        progress=progress, device=ctx.device)
+    return method
