@@ -1,9 +1,8 @@
 """Demo tab "Lung ultrasound": guided reconstruction of lung sections and prior samples with a
 memorization readout (lung_us_diffusion paper, issue 6 section 5).
 
-Model: the unconditional DDPM prior ``lung_us/prior``, found by :mod:`medgen.zoo` -- the shipped
-``cpu`` checkpoint (64 px) when its config equals the preset's, else trained at ``smoke`` (``ci``
-for a ``ci`` demo) on first use, with a progress bar -- and kept in memory.
+Model: the DDPM prior ``lung_us/prior`` from :mod:`medgen.zoo` (shipped ``cpu`` checkpoint, else
+trained at ``smoke`` / ``ci`` on first use), kept in memory.
 
 Reconstruction: a truth (a ``lung`` phantom test subject, or an upload read by
 :func:`medgen.data.io.read_sample_input` as a CT section in the phantom's window: a picture's gray
@@ -17,14 +16,11 @@ sampling with the notebook's sampler and steps (:data:`medgen.experiments.lung_u
 sample, mean and SD (HU) maps, and aeration / PSNR / SSIM / RMS residual
 (:func:`medgen.inverse.reconstruction_metrics`; shown by :mod:`demos.lung_us_display`).
 
-Generate: ``n`` prior samples, each with its aeration category
-(:func:`medgen.data.phantoms.lung.aeration_from_model`) and the notebook's memorization check
+Generate: ``n`` prior samples with their aeration category and the notebook's memorization check
 (:func:`medgen.metrics.memorization.calibrate_images` of the prior's training set on its held-out
-split per category at ``FLAG_PERCENTILE``, then ``screen_images``): nearest training image of the
-same category, distance, flag. Distances are L2 in the ``pixels`` space by default; the
-notebook's feature space (:func:`medgen.experiments.lung_us.memorization_space`, ~7 images/s on
-one thread: ~11 minutes for the ``cpu`` prior's 4,500 training images) is an option; each
-calibration is computed once.
+split per category, then ``screen_images``), in the ``pixels`` space by default or the notebook's
+feature space (:func:`medgen.experiments.lung_us.memorization_space`; ~7 images/s on one thread,
+~11 minutes for the ``cpu`` prior's 4,500 training images); each calibration is computed once.
 
 The handlers are methods of :class:`Tab` (API names ``lung_us_input``, ``lung_us_simulate``,
 ``lung_us_reconstruct``, ``lung_us_generate``). Every problem ends as a one-line status message.
@@ -45,15 +41,15 @@ import numpy as np
 import torch
 
 from demos import ui
-from demos.lung_us_display import OOD_NOTE, galleries, input_status, metrics_markdown, readout_markdown
-from demos.lung_us_display import show_measurement
+from demos.lung_us_display import OOD_NOTE, done_status, galleries, input_status, metrics_markdown
+from demos.lung_us_display import readout_markdown, show_measurement
 from demos.ui import DemoError, error_status, md, one_line
 from medgen import zoo
 from medgen.data.io import DICOM_SUFFIXES, MAX_BYTES, SUFFIXES
 
 __all__ = ["Tab", "build_tab", "LungInput", "Measurement", "load_phantom", "load_upload", "load_measurement",
            "simulate_measurement", "stream_dps", "check_reconstruct", "check_generate", "prior_config",
-           "reference_set", "memorization_readout", "OPERATOR_LABELS", "PIXEL_SPACE"]
+           "reference_set", "memorization_readout", "OPERATOR_LABELS", "PIXEL_SPACE", "OOD_NOTE"]
 
 LOG = logging.getLogger(__name__)
 TAB = "lung-us"  # output folder name (demos.ui.out_dir)
@@ -73,6 +69,7 @@ MEASUREMENT_MAX_ELEMENTS = 1 << 22  # largest uploaded measurement (entries)
 PIXEL_SPACE = "pixels"  # medgen.metrics.features' pixel space: the image itself
 UPLOAD_TYPES = list(SUFFIXES) + list(DICOM_SUFFIXES) + [".nii", ".gz"]
 HU_NOTE = "CT in HU mapped by the phantoms' fixed CT map"  # read_sample_input's note for HU volumes
+show_image = ui.show_model  # [S, S] model range -> enlarged uint8 gray (the lung window [-1000, 600] HU)
 
 
 @dataclass
@@ -297,12 +294,6 @@ def memorization_readout(images: torch.Tensor, ref: Reference) -> tuple[Any, Any
 
 
 # --------------------------------------------------------------------------------------
-# Display
-# --------------------------------------------------------------------------------------
-show_image = ui.show_model  # [S, S] model range -> enlarged uint8 gray (the lung window [-1000, 600] HU)
-
-
-# --------------------------------------------------------------------------------------
 # Handlers
 # --------------------------------------------------------------------------------------
 class Tab:
@@ -429,14 +420,10 @@ class Tab:
 
         x = samples[:, 0, 0].numpy()  # [N, H, W]
         sd_hu = CT.from_model(x).std(0)  # HU by the lung ct modality; population SD, as medgen.inverse.mean_sd_maps
-        status = (f"Done: DPS with {m.operator.name}, scale {s.scale:g}, {s.steps} {dps_sampler()} steps, "
-                  f"{len(x)} sample{'s' if len(x) > 1 else ''}, seed {s.seed} (noise seed {s.seed}, "
-                  f"sampling seed {s.seed + 1}), in {seconds:.1f} s ({self.describe()}). Max SD {sd_hu.max():.0f} HU."
-                  f"\n\nMeasurement: {md(m.label)}.")
-        if m.truth is not None and not m.truth.phantom:
-            status += "\n\n" + OOD_NOTE
-        yield (status, *shown, show_image(x[0]), show_image(x[0]), show_image(x.mean(0)), ui.show_sd(sd_hu, SD_MAX_HU),
-               table, ui.save_array(TAB, f"reconstruction_{m.operator.name}_seed{s.seed}", x))
+        how = f"scale {s.scale:g}, {s.steps} {dps_sampler()} steps, {len(x)} sample{'s' if len(x) > 1 else ''}"
+        yield (done_status(m, how, s.seed, seconds, self.describe(), float(sd_hu.max())), *shown, show_image(x[0]),
+               show_image(x[0]), show_image(x.mean(0)), ui.show_sd(sd_hu, SD_MAX_HU), table,
+               ui.save_array(TAB, f"reconstruction_{m.operator.name}_seed{s.seed}", x))
 
     def generate(self, n: Any, steps: Any, seed: Any, space: Any = PIXEL_SPACE,
                  progress: Callable[..., Any] | None = None) -> tuple[Any, ...]:
