@@ -80,10 +80,9 @@ def real_sections(cfg: RunConfig, split: str, n: int | None = None) -> LungSet:
 
 
 def aeration_of(images: torch.Tensor) -> np.ndarray:
-    """Aeration ``[n]`` of sections ``[n, 1, H, W]`` in model range: HU by the ``ct`` modality's
-    inverse map, lung estimated below the fitted pleural line (:func:`lung.aeration_from_ct`)."""
-    hu = lung.CT.from_model(images[:, 0].detach().float().cpu().numpy())
-    return lung.aeration_from_ct(hu)
+    """Aeration ``[n]`` of sections ``[n, 1, H, W]`` in model range (:func:`lung.aeration_from_model`,
+    the readout the demo and the reconstruction metrics use too)."""
+    return lung.aeration_from_model(images)
 
 
 def generated_sections(images: torch.Tensor) -> LungSet:
