@@ -16,21 +16,8 @@ and, optionally, a ``dataset.json`` sidecar beside it::
 * Label columns: numbers are parsed, strings kept; a label column may also hold paths to
   per-subject ``.npy`` arrays (landmarks), declared in the sidecar with type ``"array"``.
 
-The sidecar (every key optional)::
-
-    {"phantom": "knee" | null,
-     "modalities": {"target": {"unit": "HU", "low": -1024, "high": 3071, "description": "...",
-                               "png_range": [low, high]}},      # optional, see below
-     "labels": {"cobb": "Cobb angle [deg]",                     # meaning, type inferred
-                "kl": {"meaning": "KL grade", "type": "int"}},  # float | int | bool | str | array
-     "label_maps": ["seg"],                                      # integer label-image columns
-     "split": {"test_fraction": 0.2, "seed": 0}}                 # defaults of Manifest.split
-
-``modalities`` gives each image column's :class:`~medgen.data.phantoms.base.Modality`, the
-*fixed* map of its physical range ``[low, high]`` onto the model range. ``png_range``
-says that the column's 8/16-bit pictures store ``(value - low) / (high - low)`` rather
-than the value itself (``write_phantom_dataset`` does this for modalities whose range is not
-[0, 1]); :meth:`Manifest.load` undoes it. Other keys (``seed``, ``sizes`` ...) are kept.
+The sidecar's keys (modalities with their fixed maps and ``png_range``, label meanings and
+types, label maps, split defaults) and how undescribed columns are classified: :mod:`medgen.data.sidecar`.
 
 Without a sidecar entry a column holding only image paths is an image column and its
 modality is inferred from the files of the first rows:
@@ -43,10 +30,6 @@ modality is inferred from the files of the first rows:
   of the first ``SCALE_ROWS`` rows (each image subsampled to at most ``SCALE_SAMPLES`` values).
   Never per image: every image of the column shares the map, and :meth:`Manifest.split`
   and :func:`write_split_manifests` carry the same map to both sides.
-
-Label maps must be declared (they look like images). Other columns are labels whose type
-is inferred: ``int`` when every non-empty cell is an integer, else ``float`` when every one
-is a number, else ``str``; an empty cell is a missing label (``None``).
 
 Checks and errors
 -----------------
@@ -73,11 +56,7 @@ from __future__ import annotations
 
 import csv
 import io as _stdio
-import json
-import math
 import os
-import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -86,65 +65,21 @@ import numpy as np
 from medgen.data import io
 from medgen.data.io import ImageReadError
 from medgen.data.phantoms.base import Modality
+from medgen.data.sidecar import (LABEL_TYPES, PATIENT, SEP, SIDECAR_NAME, ManifestError, _build_schema,  # noqa: F401
+                                 _first_line, _read_sidecar, _Schema, _sidecar_dict, split_cell)
 from medgen.data.splits import check_disjoint, patient_split, split_hash
 
 __all__ = ["ManifestError", "Manifest", "read_manifest", "split_cell", "MANIFEST_NAME", "SIDECAR_NAME", "SPLIT_NAME",
            "SEP", "HU_RANGE", "LABEL_TYPES"]
 
 MANIFEST_NAME = "manifest.csv"  # CSV name written by write_phantom_dataset (and looked for in a folder)
-SIDECAR_NAME = "dataset.json"  # sidecar beside the CSV
 SPLIT_NAME = "split.json"  # split record written by write_split_manifests
-PATIENT = "patient_id"  # the required column
-SEP = "|"  # joins several files in one cell (stacked along a new first axis); every writer uses it
 SCALE_ROWS = 8  # rows read to infer the fixed a.u. scale of a column without a sidecar entry
 SCALE_PERCENTILE = 99.5  # percentile of those rows' values used as the a.u. column's "high"
 SCALE_SAMPLES = 1 << 18  # at most this many values per image enter the percentile (strided)
 HU_RANGE = (-1024.0, 3071.0)  # full 12-bit CT range in HU (inferred CT columns)
 DEFAULT_SPLIT = {"test_fraction": 0.2, "seed": 0}  # Manifest.split defaults without a sidecar "split"
-LABEL_TYPES = ("float", "int", "bool", "str", "array")
-_MODALITY_KEYS = ("unit", "low", "high", "description", "png_range")  # other keys are kept as written
-_INT = re.compile(r"[+-]?\d+")
 _TRUE, _FALSE = {"1", "true", "yes"}, {"0", "false", "no"}
-
-
-class ManifestError(ValueError):
-    """A manifest, sidecar or referenced file that cannot be used; one line naming file and row / column."""
-
-
-# --------------------------------------------------------------------------------------
-# The schema: what every column means (shared by a manifest and its subsets)
-# --------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _Schema:
-    path: Path  # the CSV
-    columns: tuple[str, ...]  # every CSV column, in file order
-    modalities: Mapping[str, Modality]  # image column -> fixed map (declared or inferred)
-    png_ranges: Mapping[str, tuple[float, float]]  # image column -> (low, high) its pictures are scaled by
-    label_maps: tuple[str, ...]  # integer label-image columns
-    label_types: Mapping[str, str]  # label column -> one of LABEL_TYPES
-    meanings: Mapping[str, str]  # label column -> meaning
-    extra: Mapping[str, Any]  # other sidecar keys (phantom, seed, sizes, split ...)
-    modality_notes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # other keys per modality
-
-    @property
-    def root(self) -> Path:
-        return self.path.parent
-
-    def kind(self, column: str) -> str:
-        """"image", "label_map", "array", "label" or "id"."""
-        if column in self.modalities:
-            return "image"
-        if column in self.label_maps:
-            return "label_map"
-        if column in self.label_types:
-            return "array" if self.label_types[column] == "array" else "label"
-        if column == PATIENT:
-            return "id"
-        raise KeyError(column)
-
-    def path_columns(self) -> list[str]:
-        """Columns whose cells are file paths (images, label maps, arrays)."""
-        return [c for c in self.columns if c != PATIENT and self.kind(c) in ("image", "label_map", "array")]
 
 
 # --------------------------------------------------------------------------------------
@@ -376,21 +311,11 @@ def _shape_text(shape: Sequence[int]) -> str:
     return "x".join(str(int(n)) for n in shape)
 
 
-def split_cell(text: str) -> list[str]:
-    """The file paths of one cell: ``"a.png|b.png"`` -> ``["a.png", "b.png"]`` (split on :data:`SEP`)."""
-    return [part.strip() for part in text.split(SEP) if part.strip()]
-
-
 def _rel(path: Path, root: Path) -> str:
     try:
         return path.relative_to(root).as_posix()
     except ValueError:
         return str(path)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 def _load_npy_array(path: Path) -> np.ndarray:
@@ -486,103 +411,6 @@ def _read_csv(path: Path) -> tuple[tuple[str, ...], list[dict[str, str]], list[i
     return tuple(header), rows, lines
 
 
-def _read_sidecar(path: Path, columns: Sequence[str], csv_name: str) -> dict[str, Any]:
-    """The sidecar as a checked dict ({} when absent)."""
-    if not path.exists():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ManifestError(f"{path.name}: unreadable JSON ({_first_line(exc)})") from None
-    if not isinstance(data, dict):
-        raise ManifestError(f"{path.name}: expected a JSON object, got {type(data).__name__}")
-
-    def need(ok: bool, text: str) -> None:
-        if not ok:
-            raise ManifestError(f"{path.name}: {text}")
-
-    for key, kind in (("modalities", dict), ("labels", dict), ("label_maps", list)):
-        need(isinstance(data.get(key, kind()), kind), f"'{key}' must be a JSON {kind.__name__}")
-    need(data.get("split") is None or isinstance(data["split"], dict), "'split' must be an object or null")
-    named = [*data.get("modalities", {}), *data.get("labels", {}), *data.get("label_maps", [])]
-    for column in named:
-        need(column in columns, f"column '{column}' is not in {csv_name} (columns: {', '.join(columns)})")
-        need(column != PATIENT and named.count(column) == 1,
-             f"column '{column}' is listed more than once (modalities / labels / label_maps)")
-    for column, entry in data.get("modalities", {}).items():
-        need(isinstance(entry, dict) and isinstance(entry.get("unit"), str),
-             f"modality '{column}' needs an object with 'unit', 'low' and 'high'")
-        low, high = entry.get("low"), entry.get("high")
-        need(_is_number(low) and _is_number(high) and float(high) > float(low),
-             f"modality '{column}': 'low' and 'high' must be numbers with high > low, got {low!r}, {high!r}")
-        rng = entry.get("png_range")
-        need(rng is None or (isinstance(rng, list) and len(rng) == 2 and all(map(_is_number, rng))
-                             and float(rng[1]) > float(rng[0])),
-             f"modality '{column}': 'png_range' must be [low, high] with high > low")
-    for column, entry in data.get("labels", {}).items():
-        kind = entry.get("type") if isinstance(entry, dict) else None
-        need(isinstance(entry, (str, dict)) and (kind is None or kind in LABEL_TYPES),
-             f"label '{column}': expected a meaning string or {{'meaning', 'type'}} with type in "
-             f"{', '.join(LABEL_TYPES)}")
-    return data
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _looks_like_path(part: str, root: Path) -> bool:
-    """A cell part names an image file (by extension) or a folder (a DICOM series)."""
-    low = part.lower()
-    return low.endswith(io.VOLUME_SUFFIXES) or (root / part).is_dir()
-
-
-def _build_schema(path: Path, columns: Sequence[str], rows: list[dict[str, str]], lines: list[int],
-                  sidecar: dict[str, Any]) -> _Schema:
-    """Column kinds from the sidecar, the rest inferred (images by path-like cells, labels by type)."""
-    modalities: dict[str, Modality] = {}
-    png_ranges: dict[str, tuple[float, float]] = {}
-    notes: dict[str, dict[str, Any]] = {}
-    for column, entry in sidecar.get("modalities", {}).items():
-        modalities[column] = Modality(column, entry["unit"], float(entry["low"]), float(entry["high"]),
-                                      str(entry.get("description", "")))
-        notes[column] = {k: v for k, v in entry.items() if k not in _MODALITY_KEYS}
-        if entry.get("png_range") is not None:
-            png_ranges[column] = (float(entry["png_range"][0]), float(entry["png_range"][1]))
-    label_maps = tuple(c for c in columns if c in sidecar.get("label_maps", []))
-    label_types: dict[str, str] = {}
-    meanings: dict[str, str] = {}
-    for column, entry in sidecar.get("labels", {}).items():
-        meanings[column] = entry if isinstance(entry, str) else str(entry.get("meaning", ""))
-        if isinstance(entry, dict) and entry.get("type"):
-            label_types[column] = entry["type"]
-    for column in columns:
-        if column == PATIENT or column in modalities or column in label_maps or column in label_types:
-            continue
-        cells = [r[column] for r in rows if r[column]]
-        paths = bool(cells) and all(_looks_like_path(p, path.parent) for c in cells for p in split_cell(c))
-        if paths and column in meanings:
-            label_types[column] = "array"  # a declared label holding per-subject files
-        elif paths:
-            modalities[column] = Modality(column, "?", 0.0, 1.0)  # placeholder, inferred from the files
-        else:
-            label_types[column] = _infer_label_type(cells)
-    label_types = {c: label_types[c] for c in columns if c in label_types}
-    extra = {k: v for k, v in sidecar.items() if k not in ("modalities", "labels", "label_maps")}
-    return _Schema(path, tuple(columns), modalities, png_ranges, label_maps, label_types, meanings, extra, notes)
-
-
-def _infer_label_type(cells: Sequence[str]) -> str:
-    """int when every non-empty cell is an integer, float when every one is a number, else str."""
-    if cells and all(_INT.fullmatch(c) for c in cells):
-        return "int"
-    try:
-        [float(c) for c in cells]
-    except ValueError:
-        return "str"
-    return "float" if cells else "str"
-
-
 def _check_paths(manifest: Manifest) -> None:
     """Every referenced file exists (row, column and path named otherwise)."""
     schema = manifest._schema
@@ -648,25 +476,6 @@ def _infer_modality(manifest: Manifest, column: str) -> Modality:
     return Modality(column, "a.u.", low, high,
                     f"inferred: fixed per-dataset scale, {SCALE_PERCENTILE:g}th percentile of rows "
                     f"0-{rows[-1] if rows else 0}")
-
-
-# --------------------------------------------------------------------------------------
-# The resolved sidecar (written beside split manifests by medgen.data.writers)
-# --------------------------------------------------------------------------------------
-def _sidecar_dict(schema: _Schema) -> dict[str, Any]:
-    """The sidecar describing ``schema`` (declared and inferred entries; extra keys kept)."""
-    modalities = {}
-    for column, m in schema.modalities.items():
-        entry: dict[str, Any] = {"unit": m.unit, "low": m.low, "high": m.high, "description": m.description}
-        if column in schema.png_ranges:
-            entry["png_range"] = list(schema.png_ranges[column])
-        entry.update(schema.modality_notes.get(column, {}))
-        modalities[column] = entry
-    labels = {c: {"meaning": schema.meanings.get(c, ""), "type": t} for c, t in schema.label_types.items()}
-    out = {"phantom": schema.extra.get("phantom"), "modalities": modalities, "labels": labels,
-           "label_maps": list(schema.label_maps)}
-    out.update({k: v for k, v in schema.extra.items() if k not in out})
-    return out
 
 
 def __getattr__(name: str) -> Any:
