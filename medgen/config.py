@@ -33,6 +33,12 @@ class ConfigError(ValueError):
     """A configuration problem; the message is one line that names the offending key."""
 
 
+# Field metadata of a field added after runs were cached and checkpoints shipped: config_hash leaves
+# it out while it holds its default, so earlier configs keep their hash. Use as
+# ``name: int = field(default=0, metadata=OMIT_AT_DEFAULT)``; tests/test_config.py pins old hashes.
+OMIT_AT_DEFAULT = {"omit_at_default": True}
+
+
 # --------------------------------------------------------------------------------------
 # Sections
 # --------------------------------------------------------------------------------------
@@ -57,6 +63,7 @@ class UNetConfig:
     skip_mode: str = "concat"  # decoder skips: "concat" (ADM) or "add" (1x1-projected sum; the spine paper's 3D net, less memory)
     position_ramps: bool = False  # concatenate coordinate ramps 0..1 [B, spatial_dims, *S] to the input (the spine paper's 3D net)
     mid_attention: str = "auto"  # self-attention in the middle block: "auto" (iff the deepest level has it), "on", "off"
+    time_embedding: bool = field(default=True, metadata=OMIT_AT_DEFAULT)  # False: no timestep embedding, forward(x, None, cond) (a segmentation / feature-extractor UNet)
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,7 @@ class DiffusionConfig:
     clip_x0: bool = True  # clamp predicted x0 to [-1, 1] while sampling
     learn_sigma: bool = False  # network also outputs the variance interpolation v (improved-diffusion; model.out_channels = 2 x image channels)
     vlb_weight: float = 0.001  # lambda of L_hybrid = L_simple + lambda L_vlb (Nichol & Dhariwal); used only with learn_sigma
+    conditions: tuple[str, ...] = field(default=(), metadata=OMIT_AT_DEFAULT)  # per-sample scalar label keys (e.g. ("uca",)) the model is conditioned on: read from the item labels, embedded into model.cond_vector_dim, dropped with the image for CFG; translate(cond={key: [B]})
 
 
 @dataclass(frozen=True)
@@ -138,7 +146,7 @@ class DataConfig:
     """Which data set, its size and its patient-level split."""
 
     dataset: str = "toy_shapes"  # registry.DATASETS kind: toy_shapes, paired, unpaired, multi_depth, volume_slices, volume
-    image_size: int = 32  # side length in pixels of the (square) model input
+    image_size: int = 32  # width in pixels of the model input (its height: image_height)
     n_train: int = 512  # training samples (phantoms are generated on the fly from seeds)
     n_test: int = 64  # held-out test samples (disjoint seeds / patients)
     manifest: str = ""  # CSV manifest of real data (patient_id, source, target, ...); "" for phantoms
@@ -152,6 +160,7 @@ class DataConfig:
     augment: str = ""  # augmentation recipe names joined by "+" ("flip", "mri_jitter", "elastic3d"); "" none
     source_resize: bool = False  # resize every source image to the target's grid (bilinear; e.g. ultrasound on a subsampled scan-line grid)
     registration: str = ""  # rigid landmark registration of the target onto the source frame: "" none, "one" / "two" landmarks per vertebra (medgen.registration)
+    image_height: int = field(default=0, metadata=OMIT_AT_DEFAULT)  # rows of the model input (width: image_size); 0: the data's own aspect ratio (toy_shapes square, a phantom's paper aspect, a manifest's first row)
 
 
 @dataclass(frozen=True)
@@ -183,9 +192,41 @@ def to_json(cfg: Any) -> str:
     return json.dumps(to_dict(cfg), indent=2, sort_keys=True)
 
 
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return dataclasses.MISSING
+
+
+def hash_dict(cfg: Any) -> Any:
+    """:func:`to_dict` of ``cfg`` without the fields marked :data:`OMIT_AT_DEFAULT` that hold their default.
+
+    What :func:`config_hash` hashes: a field added after runs were cached and checkpoints shipped
+    is marked ``field(default=..., metadata=OMIT_AT_DEFAULT)``, so every earlier config keeps its hash.
+    """
+    if is_dataclass(cfg) and not isinstance(cfg, type):
+        out = {}
+        for f in fields(cfg):
+            value = getattr(cfg, f.name)
+            if f.metadata.get("omit_at_default") and value == _field_default(f):
+                continue
+            out[f.name] = hash_dict(value)
+        return out
+    if isinstance(cfg, (list, tuple)):
+        return [hash_dict(v) for v in cfg]
+    if isinstance(cfg, Mapping):
+        return {k: hash_dict(v) for k, v in cfg.items()}
+    return cfg
+
+
 def config_hash(cfg: Any, length: int = 12) -> str:
-    """Stable short hash of a config (used to cache trained models by config)."""
-    text = json.dumps(to_dict(cfg), sort_keys=True, separators=(",", ":"))
+    """Stable short hash of a config (used to cache trained models by config).
+
+    Hashes :func:`hash_dict`: fields marked :data:`OMIT_AT_DEFAULT` count only when changed.
+    """
+    text = json.dumps(hash_dict(cfg), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 

@@ -91,6 +91,17 @@ def test_hash_changes_with_any_field() -> None:
     assert len(C.config_hash(cfg)) == 12
 
 
+def test_fields_omitted_at_default_keep_old_hashes() -> None:
+    """Fields marked OMIT_AT_DEFAULT (added after checkpoints shipped) change the hash only when set;
+    the literals are the hashes these configs had before any such field existed."""
+    cfg = C.get_preset("ci")
+    assert C.config_hash(C.RunConfig()) == "3b7f59243a53"
+    assert C.config_hash(cfg) == "42bf47e23997"
+    assert "time_embedding" in C.to_dict(cfg)["model"] and "time_embedding" not in C.hash_dict(cfg)["model"]
+    for override in ("model.time_embedding=false", "data.image_height=32"):
+        assert C.config_hash(C.apply_overrides(cfg, [override])) != C.config_hash(cfg)
+
+
 def test_from_dict_rejects_unknown_nested_key() -> None:
     data = C.to_dict(C.get_preset("ci"))
     data["train"]["learning_rate"] = 0.1
