@@ -112,18 +112,19 @@ class ResBlock(nn.Module):
         super().__init__()
         self.norm1 = nn.GroupNorm(norm_groups, in_channels)
         self.conv1 = conv_nd(spatial_dims, in_channels, out_channels)
-        self.emb_proj = nn.Linear(emb_dim, out_channels)
+        self.emb_proj = nn.Linear(emb_dim, out_channels) if emb_dim else None  # emb_dim 0: no embedding
         self.norm2 = nn.GroupNorm(norm_groups, out_channels)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.conv2 = conv_nd(spatial_dims, out_channels, out_channels)
         self.skip = nn.Identity() if in_channels == out_channels else conv_nd(spatial_dims, in_channels, out_channels, 1)
         self._emb_view = (-1, out_channels) + (1,) * spatial_dims
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        """``x [B, C_in, *S]``, ``emb [B, E]`` (already activated) -> ``[B, C_out, *S]``."""
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None) -> torch.Tensor:
+        """``x [B, C_in, *S]``, ``emb [B, E]`` (already activated; None when ``emb_dim`` is 0) -> ``[B, C_out, *S]``."""
         h = self.conv1(F.silu(self.norm1(x)))
         # In-place adds are safe: convolution backward does not need its own output.
-        h.add_(self.emb_proj(emb).view(self._emb_view))  # [B, C_out] -> [B, C_out, 1, 1(, 1)]
+        if self.emb_proj is not None:
+            h.add_(self.emb_proj(emb).view(self._emb_view))  # [B, C_out] -> [B, C_out, 1, 1(, 1)]
         h = self.conv2(self.dropout(F.silu(self.norm2(h))))
         return h.add_(self.skip(x))
 

@@ -1,6 +1,6 @@
 """The medgen denoising / translation UNet: one class for 2D and 3D with five condition inputs.
 
-``UNet(cfg: UNetConfig)(x [B, in, *S], t [B], cond: Condition | None) -> [B, out, *S]`` where
+``UNet(cfg: UNetConfig)(x [B, in, *S], t [B] | None, cond: Condition | None) -> [B, out, *S]`` where
 ``*S`` is ``H, W`` (``spatial_dims=2``) or ``D, H, W`` (``spatial_dims=3``).
 
 Layout (the DDPM / ADM UNet, as in diffusers' ``UNet2DModel`` and MONAI's ``DiffusionModelUNet``):
@@ -10,6 +10,13 @@ Layout (the DDPM / ADM UNet, as in diffusers' ``UNet2DModel`` and MONAI's ``Diff
 ``layers_per_block + 1`` residual blocks, each on ``Concat([h, skip])``, (+ attention), a
 nearest-x2 + conv upsample -> GroupNorm, SiLU, ``conv_out``. The time embedding is
 sinusoidal -> MLP of width ``4 * channels[0]`` and enters every residual block.
+
+``UNetConfig.time_embedding=False`` builds the UNet without a time embedding (``t`` is None; a
+segmentation network / feature extractor, as the enhancement paper's, "excluding the layer of
+timestep embedding"); its residual blocks then take only the vector / stage embeddings, or none.
+``forward(..., return_features=True)`` also returns the encoder's skip features and every decoder
+block's output (:meth:`UNet.feature_shapes`), for a feature extractor whose features feed another
+network (e.g. a tuner computing another UNet's ``skip_residuals``).
 
 ``conv_out`` is zero-initialised (as in ADM / improved-diffusion and MONAI): the untrained
 network predicts exactly 0; on the very first backward pass only ``conv_out`` gets a gradient.
@@ -167,8 +174,9 @@ class UNet(nn.Module):
         validate_config(cfg)
         self.config = cfg
         sd, ch, n = cfg.spatial_dims, tuple(cfg.channels), len(cfg.channels)
-        self.emb_dim = emb = 4 * ch[0]
-        self.time_embed = TimeEmbedding(ch[0], emb)
+        # no embedding at all (emb_dim 0: the residual blocks get none) only without time, vector and stage
+        self.emb_dim = emb = 4 * ch[0] if cfg.time_embedding or cfg.cond_vector_dim or cfg.stage_embedding_dim else 0
+        self.time_embed = TimeEmbedding(ch[0], emb) if cfg.time_embedding else None
         self.vector_embed = VectorEmbedding(cfg.cond_vector_dim, emb) if cfg.cond_vector_dim else None
         d_stage = cfg.stage_embedding_dim
         self.stage_down = StageEmbedding(d_stage, n, emb) if d_stage else None
@@ -181,6 +189,7 @@ class UNet(nn.Module):
         self.mid = _Level([self._res(ch[-1], ch[-1]), self._res(ch[-1], ch[-1])],
                           [self._attn(ch[-1])] if mid_attn else [], None)
         skip_channels = [c for c, _ in self._skip_plan]
+        self._decoder_plan: list[tuple[int, int]] = []  # (channels, downsampling factor) of every decoder block
         self.up = nn.ModuleList(self._up_level(i, skip_channels) for i in reversed(range(n)))
         self.norm_out = nn.GroupNorm(cfg.norm_groups, ch[0])
         self.conv_out = conv_nd(sd, ch[0], cfg.out_channels)
@@ -209,6 +218,7 @@ class UNet(nn.Module):
         cfg, c = self.config, self.config.channels[i]
         c_prev = cfg.channels[min(i + 1, len(cfg.channels) - 1)]
         blocks, projs = [], []
+        self._decoder_plan += [(c, 2**i)] * (cfg.layers_per_block + 1)
         for j in range(cfg.layers_per_block + 1):
             c_h, c_skip = (c_prev if j == 0 else c), skip_channels.pop()
             if cfg.skip_mode == "add":  # h + proj(skip): the block sees c_h channels
@@ -229,12 +239,30 @@ class UNet(nn.Module):
         self._check_spatial(spatial, "spatial_shape")
         return [(c, *(s // f for s in spatial)) for c, f in self._skip_plan]
 
+    def feature_shapes(self, spatial_shape: Sequence[int]) -> dict[str, list[tuple[int, ...]]]:
+        """``(C_i, *S_i)`` of the features ``forward(..., return_features=True)`` returns.
+
+        ``{"encoder": skip_shapes(spatial_shape), "decoder": [...]}``: decoder feature ``j`` is the
+        output of the decoder block that took encoder skip ``len - 1 - j`` (same count).
+        """
+        spatial = tuple(int(s) for s in spatial_shape)
+        return {"encoder": self.skip_shapes(spatial),
+                "decoder": [(c, *(s // f for s in spatial)) for c, f in self._decoder_plan]}
+
     # ---------------------------------------------------------------- forward
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Condition | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None, cond: Condition | None = None, *,
+                return_features: bool = False
+                ) -> torch.Tensor | tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
         """Predict ``[B, out_channels, *S]`` from ``x [B, in_channels, *S]`` at timesteps ``t [B]``.
 
         ``t`` holds integer timestep indices (LongTensor) or float times; a 0-d tensor is
-        broadcast over the batch. ``cond`` carries the conditions the config enables.
+        broadcast over the batch; it must be None when ``UNetConfig.time_embedding`` is False
+        (and given otherwise). ``cond`` carries the conditions the config enables.
+
+        ``return_features=True`` returns ``(out, {"encoder": [...], "decoder": [...]})`` with
+        tensors ``[B, C_i, *S_i]`` of the shapes :meth:`feature_shapes` gives: the encoder's skip
+        features in encoder order (before ``cond.skip_residuals`` are added) and every decoder
+        block's output (after its attention, before the level's upsample), deepest first.
         """
         cond = cond if cond is not None else Condition()
         self._check_input(x)
@@ -251,19 +279,22 @@ class UNet(nn.Module):
             if level.resample is not None:
                 h = level.resample(h)
                 skips.append(h)
+        encoder = list(skips) if return_features else None
         skips = self._add_skip_residuals(skips, cond.skip_residuals)
         h = self._run_mid(h, emb_down[-1], cond.tokens)
+        decoder: list[torch.Tensor] | None = [] if return_features else None
         for level, emb in zip(self.up, reversed(emb_up)):
-            h = self._run_level(level, h, emb, cond.tokens, skips_in=skips)
+            h = self._run_level(level, h, emb, cond.tokens, skips_in=skips, skips_out=decoder)
             if level.resample is not None:
                 h = level.resample(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        out = self.conv_out(F.silu(self.norm_out(h)))
+        return (out, {"encoder": encoder, "decoder": decoder}) if return_features else out
 
     @staticmethod
     def _run_level(level: _Level, h: torch.Tensor, emb: torch.Tensor, tokens: torch.Tensor | None,
                    skips_out: list[torch.Tensor] | None = None, skips_in: list[torch.Tensor] | None = None
                    ) -> torch.Tensor:
-        """Residual blocks (+ attention) of one level; pushes to ``skips_out`` or pops ``skips_in``."""
+        """Residual blocks (+ attention) of one level; pops ``skips_in``, pushes every output to ``skips_out``."""
         for j, block in enumerate(level.blocks):
             if skips_in is not None:
                 skip = skips_in.pop()
@@ -275,24 +306,28 @@ class UNet(nn.Module):
                 skips_out.append(h)
         return h
 
-    def _run_mid(self, h: torch.Tensor, emb: torch.Tensor, tokens: torch.Tensor | None) -> torch.Tensor:
+    def _run_mid(self, h: torch.Tensor, emb: torch.Tensor | None, tokens: torch.Tensor | None) -> torch.Tensor:
         h = self.mid.blocks[0](h, emb)
         if self.mid.attns:
             h = self.mid.attns[0](h, tokens)
         return self.mid.blocks[1](h, emb)
 
-    def _embeddings(self, t: torch.Tensor, cond: Condition) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Activated (SiLU) embeddings ``[B, E]`` for every down level and every up level."""
-        emb = self.time_embed(t)  # [B, E]
+    def _embeddings(self, t: torch.Tensor | None, cond: Condition
+                    ) -> tuple[list[torch.Tensor | None], list[torch.Tensor | None]]:
+        """Activated (SiLU) embeddings ``[B, E]`` for every down level and every up level
+        (all None for a UNet without time, vector and stage embeddings)."""
+        emb = self.time_embed(t) if self.time_embed is not None else None  # [B, E]
         if self.vector_embed is not None:
-            emb = emb + self.vector_embed(cond.vector)
+            vec = self.vector_embed(cond.vector)
+            emb = vec if emb is None else emb + vec
         n = len(self.config.channels)
         if self.stage_down is None:
-            act = F.silu(emb)
+            act = F.silu(emb) if emb is not None else None
             return [act] * n, [act] * n
         s_down, s_up = cond.stage if isinstance(cond.stage, (tuple, list)) else (cond.stage, cond.stage)
-        down = F.silu(emb[:, None] + self.stage_down(s_down))  # [B, n, E]
-        up = F.silu(emb[:, None] + self.stage_up(s_up))  # [B, n, E]
+        base = emb[:, None] if emb is not None else 0.0
+        down = F.silu(base + self.stage_down(s_down))  # [B, n, E]
+        up = F.silu(base + self.stage_up(s_up))  # [B, n, E]
         return list(down.unbind(1)), list(up.unbind(1))
 
     def _add_skip_residuals(self, skips: list[torch.Tensor], residuals: SkipResiduals | None) -> list[torch.Tensor]:
@@ -322,8 +357,13 @@ class UNet(nn.Module):
             raise ValueError(f"x has {x.shape[1]} channels but UNetConfig.in_channels={cfg.in_channels}")
         self._check_spatial(tuple(x.shape[2:]), "x spatial size")
 
-    @staticmethod
-    def _check_t(t: torch.Tensor | float | int, x: torch.Tensor) -> torch.Tensor:
+    def _check_t(self, t: torch.Tensor | float | int | None, x: torch.Tensor) -> torch.Tensor | None:
+        if not self.config.time_embedding:
+            if t is not None:
+                raise ValueError("t was given but UNetConfig.time_embedding=False (pass t=None)")
+            return None
+        if t is None:
+            raise ValueError("UNetConfig.time_embedding=True requires t [B] (timesteps)")
         t = torch.as_tensor(t, device=x.device)
         if t.dim() == 0:
             return t.expand(x.shape[0])

@@ -361,3 +361,63 @@ def test_mid_attention_errors_name_the_field() -> None:
         UNet(UNetConfig(channels=(8,), attention_levels=(False,), norm_groups=4, mid_attention="always"))
     with pytest.raises(ConfigError, match="mid_attention='on'"):
         UNet(UNetConfig(channels=(6,), attention_levels=(False,), norm_groups=3, num_heads=4, mid_attention="on"))
+
+
+# ------------------------------------------------------------------------------ features, no time embedding, H != W
+@pytest.mark.parametrize("dims, shape", [(2, (16, 16)), (2, (16, 8)), (3, (8, 8, 8))])
+def test_return_features_shapes_and_same_output(dims, shape):
+    net = make(dims, layers_per_block=2, skip_residuals=True)
+    g = torch.Generator().manual_seed(3)
+    x, t = torch.randn(B, 1, *shape, generator=g), torch.tensor([3, 90])
+    res = [torch.randn(B, *sh, generator=g) for sh in net.skip_shapes(shape)]
+    out, feats = net(x, t, Condition(skip_residuals=res), return_features=True)
+    assert torch.equal(out, net(x, t, Condition(skip_residuals=res)))
+    expected = net.feature_shapes(shape)
+    assert expected["encoder"] == net.skip_shapes(shape)
+    assert len(expected["decoder"]) == len(expected["encoder"])
+    for key in ("encoder", "decoder"):
+        assert [tuple(f.shape) for f in feats[key]] == [(B, *s) for s in expected[key]]
+    # encoder features are the skips before the residuals are added (what a tuner callable receives)
+    seen = []
+    net(x, t, Condition(skip_residuals=lambda skips: seen.extend(skips) or res))
+    assert all(torch.equal(a, b) for a, b in zip(seen, feats["encoder"]))
+    # decoder feature j has the channels of the skip it consumed mirrored: the last is at full size
+    assert expected["decoder"][-1] == (net.config.channels[0], *shape)
+
+
+def test_feature_extractor_without_time_embedding_feeds_a_tuner():
+    """A segmentation UNet (no time embedding, t=None) whose encoder features drive another UNet's
+    skip residuals through a 1x1 tuner; the gradient reaches the tuner only (both nets frozen)."""
+    extractor = make(2, time_embedding=False, out_channels=3).requires_grad_(False)
+    assert extractor.time_embed is None and extractor.emb_dim == 0
+    assert not any("emb" in name for name, _ in extractor.named_parameters())
+    denoiser = make(2, skip_residuals=True).requires_grad_(False)
+    x, t = inputs(2)
+    logits, feats = extractor(x, None, return_features=True)
+    assert logits.shape == (B, 3, 16, 16)
+    tuner = torch.nn.ModuleList(torch.nn.Conv2d(c, c, 1) for c, *_ in extractor.skip_shapes((16, 16)))
+    cond = Condition(skip_residuals=lambda skips: [m(f) for m, f in zip(tuner, feats["encoder"])])
+    denoiser(x, t, cond).square().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().max() > 0 for p in tuner.parameters())
+    with pytest.raises(ValueError, match="time_embedding=False"):
+        extractor(x, t)
+    with pytest.raises(ValueError, match="time_embedding=True requires t"):
+        denoiser(x, None, make_cond(denoiser))
+
+
+def test_no_time_embedding_with_vector_and_stage_conditions():
+    net = make(2, time_embedding=False, cond_vector_dim=3, stage_embedding_dim=4)
+    assert net.time_embed is None and net.emb_dim == 4 * TINY["channels"][0]
+    x, _ = inputs(2)
+    y1, y2 = net(x, cond=make_cond(net, seed=1)), net(x, cond=make_cond(net, seed=5))
+    assert y1.shape == (B, 1, 16, 16) and (y1 - y2).abs().max() > 1e-4
+
+
+def test_non_square_input_with_position_ramps():
+    net = make(2, position_ramps=True, cond_image_channels=1)
+    g = torch.Generator().manual_seed(0)
+    x, img = torch.randn(B, 1, 32, 16, generator=g), torch.randn(B, 1, 32, 16, generator=g)
+    assert net(x, torch.tensor([1, 2]), Condition(image=img)).shape == (B, 1, 32, 16)
+    assert net.skip_shapes((32, 16))[-1] == (16, 16, 8)
+    with pytest.raises(ValueError, match=r"\(32, 15\) is not divisible"):
+        net(torch.randn(B, 1, 32, 15), torch.tensor([1, 2]), Condition(image=torch.randn(B, 1, 32, 15)))
