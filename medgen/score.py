@@ -12,6 +12,10 @@ metric (averages inside the mask); ``"zero"`` sets the pixels outside it to ``fi
 prediction and target and scores the whole image (the MRI->CT paper's "setting them to zero";
 the constant pixels inflate PSNR/SSIM, which is why the two modes differ); ``"ignore"`` scores
 the whole image unmasked.
+
+A metric function with a ``row_notes(pred [b, C, *S]) -> {column: value}`` attribute adds those
+columns to its own rows (empty in the other metrics' rows): ``ms_ssim`` records the number of
+scales it used, ``ms_ssim_scales`` (fewer than 5 on images under 176 px).
 """
 from __future__ import annotations
 
@@ -85,7 +89,11 @@ def score(pred: torch.Tensor | Predictions, target: torch.Tensor, metrics: str |
         m = None if mask is None else mask[start:stop]
         p, t, m = apply_mask(pred[start:stop].detach().float(), target[start:stop].float(), m, mask_mode, float(fill))
         _score_chunk(fns, p, t, m, data_range, ids[start:stop], index[start:stop], rows)
-    df = pd.DataFrame(rows).assign(data_range=float(data_range))
+    total = len(rows["sample"])
+    notes = {k: pd.array(col + [None] * (total - len(col))) for k, col in rows.items() if k not in ROW_COLUMNS}
+    df = pd.DataFrame({k: col for k, col in rows.items() if k in ROW_COLUMNS}).assign(data_range=float(data_range))
+    for key, col in notes.items():
+        df[key] = col
     if method is not None:
         df["method"] = method
     return df
@@ -100,6 +108,10 @@ def _score_chunk(fns: list[tuple[str, MetricFn]], pred: torch.Tensor, target: to
         values = fn(pred, target, data_range=data_range, mask=mask)
         if tuple(values.shape) != (b,):
             raise ValueError(f"score: metric '{name}' returned shape {tuple(values.shape)}, expected ({b},)")
+        notes = getattr(fn, "row_notes", None)
+        for key, value in (notes(pred) if notes is not None else {}).items():  # e.g. ms_ssim_scales
+            col = rows.setdefault(key, [])
+            col += [None] * (len(rows["sample"]) - len(col)) + [value] * b
         rows["sample"] += index
         rows["patient_id"] += ids
         rows["metric"] += [name] * b

@@ -5,7 +5,8 @@
   (the knee phantom's ``rssim_mask``).
 * :func:`spine_mask` - the MRI->CT spine paper's evaluation mask: pixels farther than 10 px
   from the segmented spine are dropped (set to zero there).
-* :func:`ms_ssim` - multi-scale SSIM (Wang et al. 2003) via ``monai.metrics.MultiScaleSSIMMetric``.
+* :func:`ms_ssim` - multi-scale SSIM (Wang et al. 2003), MONAI's per-scale SSIM; fewer scales with
+  renormalised weights on images under 176 px (:func:`ms_ssim_scales`, :func:`ms_ssim_weights`).
 * :func:`vifp` - pixel-domain visual information fidelity (Sheikh & Bovik 2006), reported by the
   MRI->CT spine paper, via ``torchmetrics.functional.image.visual_information_fidelity``.
 
@@ -16,7 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from monai.metrics import MultiScaleSSIMMetric
+import torch.nn.functional as F
+from monai.metrics.regression import compute_ssim_and_cs
 from scipy import ndimage
 from skimage.feature import canny
 from torchmetrics.functional.image import visual_information_fidelity
@@ -24,7 +26,7 @@ from torchmetrics.functional.image import visual_information_fidelity
 from medgen.metrics.image import check_inputs, ssim
 from medgen.registry import METRICS, register
 
-__all__ = ["rssim", "spine_mask", "ms_ssim", "RSSIM_SIGMA", "SPINE_DISTANCE_PX", "MS_SSIM_WEIGHTS", "vifp"]
+__all__ = ["rssim", "spine_mask", "ms_ssim", "ms_ssim_scales", "ms_ssim_weights", "RSSIM_SIGMA", "SPINE_DISTANCE_PX", "MS_SSIM_WEIGHTS", "vifp"]
 
 RSSIM_SIGMA = 3.0          # Canny Gaussian sigma used by Xray2MRI for bone edges
 SPINE_DISTANCE_PX = 10     # MRI->CT paper: pixels farther than this from the spine are masked
@@ -101,27 +103,77 @@ def spine_mask(labels: torch.Tensor, distance_px: float = SPINE_DISTANCE_PX) -> 
     return torch.from_numpy(out).unsqueeze(1).to(labels.device)
 
 
+def ms_ssim_scales(spatial_shape: tuple[int, ...] | torch.Size) -> int:
+    """Scales :func:`ms_ssim` uses for images of spatial size ``spatial_shape`` (``(H, W)`` or ``(D, H, W)``).
+
+    The most scales, up to 5, whose coarsest image (every side halved ``scales - 1`` times, floored,
+    as the 2x average pooling does) still holds the 11-px window: ``min(S) // 2**(scales-1) >= 11``.
+    5 scales need every side >= 176, 4 >= 88, 3 >= 44, 2 >= 22, 1 >= 11. A side below 11 is a
+    one-line ``ValueError`` naming the size and the minimum.
+    """
+    spatial = tuple(int(s) for s in spatial_shape)
+    side = min(spatial) if spatial else 0
+    if side < MS_SSIM_KERNEL:
+        raise ValueError(f"ms_ssim: image size {spatial} is smaller than the {MS_SSIM_KERNEL}-px window "
+                         f"(every side must be >= {MS_SSIM_KERNEL}; 5 scales need >= {MS_SSIM_KERNEL * 16})")
+    scales = 1
+    while scales < len(MS_SSIM_WEIGHTS) and side // 2 ** scales >= MS_SSIM_KERNEL:
+        scales += 1
+    return scales
+
+
+def ms_ssim_weights(scales: int) -> tuple[float, ...]:
+    """The scale weights for ``scales`` scales: Wang et al.'s 5 (:data:`MS_SSIM_WEIGHTS`, as published,
+    summing to 1.0001) at 5 scales; fewer: the first ``scales`` of them divided by their sum."""
+    if not 1 <= scales <= len(MS_SSIM_WEIGHTS):
+        raise ValueError(f"ms_ssim: scales must be in 1..{len(MS_SSIM_WEIGHTS)}, got {scales}")
+    if scales == len(MS_SSIM_WEIGHTS):
+        return MS_SSIM_WEIGHTS
+    head = MS_SSIM_WEIGHTS[:scales]
+    return tuple(w / sum(head) for w in head)
+
+
 def ms_ssim(pred: torch.Tensor, target: torch.Tensor, *, data_range: float,
             mask: torch.Tensor | None = None) -> torch.Tensor:
     """Multi-scale SSIM per sample ``[B]`` (float64), ``[B, C, H, W]`` or ``[B, C, D, H, W]``.
 
-    ``monai.metrics.MultiScaleSSIMMetric``: Gaussian window 11, sigma 1.5, the 5 weights of
-    Wang et al. 2003, 2x average-pool between scales, "valid" filtering (no padding). Every
-    spatial size must exceed ``(11 - 1) * 2**4 = 160``. ``mask`` is not supported (must be None).
-    torchmetrics' version differs (~1e-3): it reflect-pads and averages the last-scale SSIM
-    map over the padded borders too.
+    Wang et al. 2003: Gaussian window 11, sigma 1.5, "valid" filtering (no padding), 2x average
+    pooling between scales; ``prod_j cs_j ** w_j`` over the scales with the last scale's full SSIM
+    (each term clamped at 0). Scales: :func:`ms_ssim_scales` of the image size -- 5 from 176 px
+    on (then equal to ``monai.metrics.MultiScaleSSIMMetric``), fewer on smaller images with the
+    weights truncated and renormalised (:func:`ms_ssim_weights`); 1 scale is the mean SSIM. An
+    image with a side below 11 px is an error. The count is not in the ``[B]`` values: it is
+    ``ms_ssim_scales(pred.shape[2:])``, and :func:`medgen.score.score` records it in the
+    ``ms_ssim_scales`` column of the ms_ssim rows (:attr:`ms_ssim.row_notes`). ``mask`` is not
+    supported (must be None). torchmetrics' version differs (~1e-3): it reflect-pads and averages
+    the last-scale SSIM map over the padded borders too.
+
+    The loop over scales is MONAI's ``compute_ms_ssim`` with MONAI's per-scale SSIM and CS
+    (``compute_ssim_and_cs``); it is not called directly because its size check, ``side //
+    (n_weights - 1)**2 > 10``, is the right rule only for 1, 3 and 5 weights.
     """
     check_inputs(pred, target, data_range, None, "ms_ssim")
     if mask is not None:
         raise ValueError("ms_ssim: masks are not supported")
-    need = (MS_SSIM_KERNEL - 1) * 2 ** (len(MS_SSIM_WEIGHTS) - 1)
-    spatial = tuple(pred.shape[2:])
-    if min(spatial) <= need:
-        raise ValueError(f"ms_ssim: image size {spatial} too small for 5 scales (every side must be > {need})")
-    metric = MultiScaleSSIMMetric(spatial_dims=len(spatial), data_range=float(data_range),
-                                  kernel_type="gaussian", kernel_size=MS_SSIM_KERNEL,
-                                  kernel_sigma=MS_SSIM_SIGMA, weights=MS_SSIM_WEIGHTS, reduction="none")
-    return metric(pred.double(), target.double()).double().flatten(1).mean(1)
+    spatial_dims = pred.ndim - 2
+    weights = ms_ssim_weights(ms_ssim_scales(pred.shape[2:]))
+    x, y = pred.double(), target.double()
+    pool = (F.avg_pool2d, F.avg_pool3d)[spatial_dims - 2]
+    terms = []
+    for j in range(len(weights)):
+        if j:
+            x, y = pool(x, kernel_size=2), pool(y, kernel_size=2)
+        ssim_map, cs_map = compute_ssim_and_cs(x, y, spatial_dims, kernel_size=(MS_SSIM_KERNEL,) * spatial_dims,
+                                               kernel_sigma=(MS_SSIM_SIGMA,) * spatial_dims,
+                                               data_range=float(data_range), kernel_type="gaussian")
+        last = j == len(weights) - 1
+        terms.append(torch.relu((ssim_map if last else cs_map).flatten(1).mean(1)))
+    # float32 weights, as MONAI's compute_ms_ssim: 5 scales equal MultiScaleSSIMMetric to the bit
+    w = torch.tensor(weights, dtype=torch.float, device=x.device).view(-1, 1)
+    return torch.prod(torch.stack(terms) ** w, dim=0).double()
+
+
+ms_ssim.row_notes = lambda pred: {"ms_ssim_scales": ms_ssim_scales(pred.shape[2:])}  # type: ignore[attr-defined]
 
 
 def vifp(pred: torch.Tensor, target: torch.Tensor, *, data_range: float,

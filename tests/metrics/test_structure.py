@@ -5,7 +5,7 @@ import torch
 from skimage.feature import canny
 from skimage.metrics import structural_similarity
 
-from medgen.metrics.structure import ms_ssim, rssim, spine_mask
+from medgen.metrics.structure import MS_SSIM_WEIGHTS, ms_ssim, ms_ssim_scales, ms_ssim_weights, rssim, spine_mask
 from medgen.registry import METRICS, lookup
 
 
@@ -109,10 +109,68 @@ def test_ms_ssim_close_to_torchmetrics():
     assert torch.allclose(ms_ssim(p, t, data_range=1.0), ref, atol=3e-3)
 
 
-def test_ms_ssim_too_small():
-    x = torch.rand(1, 1, 160, 192)
-    with pytest.raises(ValueError, match="too small"):
+def _pair(shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    t = torch.rand(2, 1, *shape, generator=g, dtype=torch.float64)
+    return (t + 0.3 * torch.rand(2, 1, *shape, generator=g, dtype=torch.float64)).clamp(0, 1), t
+
+
+@pytest.mark.parametrize("shape, scales", [((176, 400), 5), ((175, 400), 4), ((160, 192), 4), ((88, 88), 4),
+                                           ((87, 200), 3), ((44, 44), 3), ((43, 64), 2), ((22, 30), 2),
+                                           ((21, 64), 1), ((11, 11), 1), ((16, 32, 32), 1)])
+def test_ms_ssim_scales_rule(shape, scales):
+    # the coarsest image (sides halved scales-1 times, floored) must hold the 11-px window
+    assert ms_ssim_scales(shape) == scales
+    assert min(shape) // 2 ** (scales - 1) >= 11 and (scales == 5 or min(shape) // 2 ** scales < 11)
+
+
+def test_ms_ssim_weights_truncated_and_renormalised():
+    assert ms_ssim_weights(5) == MS_SSIM_WEIGHTS  # as published (they sum to 1.0001)
+    for k in range(1, 5):
+        w = ms_ssim_weights(k)
+        assert len(w) == k and sum(w) == pytest.approx(1.0, abs=1e-15)
+        assert w == pytest.approx([x / sum(MS_SSIM_WEIGHTS[:k]) for x in MS_SSIM_WEIGHTS[:k]], abs=0)
+    with pytest.raises(ValueError, match="1..5"):
+        ms_ssim_weights(6)
+
+
+@pytest.mark.parametrize("shape", [(100, 120), (64, 100), (48, 64), (24, 40)])
+def test_ms_ssim_small_images_equal_monai_with_renormalised_weights(shape):
+    from monai.metrics import MultiScaleSSIMMetric
+    p, t = _pair(shape)
+    k = ms_ssim_scales(shape)
+    assert k < 5
+    out = ms_ssim(p, t, data_range=1.0)
+    ref = MultiScaleSSIMMetric(spatial_dims=2, data_range=1.0, kernel_size=11, kernel_sigma=1.5,
+                               weights=ms_ssim_weights(k), reduction="none")(p, t).flatten().double()
+    assert torch.equal(out, ref)
+    assert ms_ssim(t, t, data_range=1.0).allclose(torch.ones(2, dtype=torch.float64), atol=1e-12)
+    assert (out < 1).all()
+
+
+def test_ms_ssim_one_scale_is_mean_ssim():
+    # skimage's Gaussian SSIM averages the map over the valid centre (crop (11 - 1) / 2 = 5 px per side)
+    p, t = _pair((16, 32))
+    _, smap = structural_similarity(t[0, 0].numpy(), p[0, 0].numpy(), data_range=1.0, gaussian_weights=True,
+                                    sigma=1.5, use_sample_covariance=False, full=True)
+    # 4e-8 apart: MONAI builds its Gaussian window in float32
+    assert ms_ssim(p, t, data_range=1.0)[0].item() == pytest.approx(smap[5:-5, 5:-5].mean(), abs=1e-6)
+
+
+def test_ms_ssim_too_small_names_size_and_minimum():
+    x = torch.rand(1, 1, 10, 64)
+    with pytest.raises(ValueError, match=r"ms_ssim: image size \(10, 64\) is smaller than the 11-px window "
+                                         r"\(every side must be >= 11"):
         ms_ssim(x, x, data_range=1.0)
+
+
+def test_score_rows_record_ms_ssim_scales():
+    from medgen.score import score
+    p, t = _pair((48, 24))
+    df = score(p.float() * 2 - 1, t.float() * 2 - 1, ["psnr", "ms_ssim"], data_range=2.0)
+    ms = df[df.metric == "ms_ssim"]
+    assert ms["ms_ssim_scales"].tolist() == [2, 2] and df[df.metric == "psnr"]["ms_ssim_scales"].isna().all()
+    assert "ms_ssim_scales" not in score(p, t, ["psnr"], data_range=1.0).columns
 
 
 def _vifp_reference(ref, dist, sigma_n_sq=2.0):
