@@ -4,6 +4,9 @@ model is trained at. A tab is layout plus calls into medgen and into this module
 
 Models come from :mod:`medgen.zoo` (``zoo.pick(cpu_config, train_config)``, then
 ``zoo.resolve(cfg, keep=True, ...)``); :func:`train_preset` names the second config's preset.
+A model with per-sample conditions (``model.condition_keys``) gets one input each from
+:func:`condition_inputs` and ``translate(cond=condition_values(...))``; a model whose source
+has several channels (the five ultrasound depths) takes its uploads through :func:`read_stack`.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ import numpy as np
 
 __all__ = ["DemoError", "DISPLAY_PX", "one_line", "md", "error_status", "input_status", "number", "out_dir",
            "save_array", "to_u8", "enlarge", "gray", "show_model", "show_sd", "image_component", "stream",
-           "train_preset"]
+           "train_preset", "condition_inputs", "condition_values", "read_stack"]
 
 DISPLAY_PX = 256  # images are enlarged (nearest neighbour, integer factor) to about this size
 
@@ -166,3 +169,74 @@ def train_preset(preset: str) -> str:
     """The preset a tab trains a model at when no ``cpu`` checkpoint is shipped: ``ci`` for a ``ci``
     demo, else ``smoke`` (``zoo.pick(cpu_config, config_at(train_preset(preset)))``)."""
     return "ci" if preset == "ci" else "smoke"
+
+
+# --------------------------------------------------------------------------------------
+# Per-sample conditions and multi-channel inputs
+# --------------------------------------------------------------------------------------
+def _condition_meta(key: str, phantom: str) -> tuple[Any, str]:
+    """``(Control or None, label text)`` of condition ``key`` from phantom ``phantom``'s spec ("" : none)."""
+    if not phantom:
+        return None, key
+    import medgen.data  # noqa: F401 -- fills PHANTOMS
+    from medgen.registry import PHANTOMS, lookup
+
+    spec = lookup(PHANTOMS, phantom)
+    control = spec.controls.get(key)
+    meaning = control.description if control is not None and control.description else spec.labels.get(key, "")
+    meaning = re.sub(r"\s*\([^()]*\[n[^()]*\)\s*$", "", meaning)  # drop the "(float32 [n])" array note
+    return control, f"{key}: {meaning}" if meaning else key
+
+
+def condition_inputs(keys: Sequence[str], phantom: str = "") -> list[Any]:
+    """One input per condition key of a model (``model.condition_keys``), in order, for a tab's layout
+    (call inside ``gr.Blocks``): a ``gr.Slider`` over the range of the phantom's control of that name
+    (e.g. ``spine_coronal``'s ``cobb``, 0-60 degrees), else a ``gr.Number`` labelled with the phantom's
+    label description (e.g. ``uca``). Pass their values to :func:`condition_values`."""
+    inputs: list[Any] = []
+    for key in keys:
+        control, label = _condition_meta(key, phantom)
+        if control is None:
+            inputs.append(gr.Number(label=label, value=0.0, elem_id=f"cond-{key}"))
+        else:
+            inputs.append(gr.Slider(minimum=control.low, maximum=control.high, step=control.step or None,
+                                    value=control.default, label=label, elem_id=f"cond-{key}"))
+    return inputs
+
+
+def condition_values(keys: Sequence[str], values: Sequence[Any], phantom: str = "") -> dict[str, float]:
+    """``{key: value}`` for ``translate(cond=...)`` from the inputs' values (same order as ``keys``):
+    each a finite number, within the phantom control's range where there is one. Raises DemoError."""
+    if len(values) != len(keys):
+        raise DemoError(f"{len(values)} condition value(s) for {len(keys)} condition(s) ({', '.join(keys)})")
+    out = {}
+    for key, value in zip(keys, values):
+        control, _ = _condition_meta(key, phantom)
+        lo, hi = (control.low, control.high) if control is not None else (-math.inf, math.inf)
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            raise DemoError(f"{key} must be a number, got {value!r}") from None
+        if not math.isfinite(v):
+            raise DemoError(f"{key} must be a finite number, got {value!r}")
+        out[key] = number(v, key, lo, hi, integer=control is not None and control.step == 1)
+    return out
+
+
+def read_stack(files: Any, channels: int) -> tuple[np.ndarray, list[str]]:
+    """Uploaded files (paths or Gradio file objects, in channel order) -> ``([channels, H, W]`` in [0, 1],
+    conversion notes): one file per channel, or one ``.npy`` ``[channels, H, W]``
+    (:func:`medgen.data.io.read_sample_stack`). A count that differs from ``channels`` (or any
+    unreadable file) is a one-line DemoError naming both numbers."""
+    from medgen.data.io import ImageReadError, read_sample_stack
+
+    items = [] if files is None else [files] if isinstance(files, (str, os.PathLike)) else list(files)
+    paths = [os.fspath(f) if isinstance(f, (str, os.PathLike)) else str(getattr(f, "path", None) or f.name)
+             for f in items]
+    if not paths:
+        raise DemoError(f"no input: upload {channels} image(s), one per channel, or one .npy [{channels}, H, W]")
+    notes: list[str] = []
+    try:
+        return read_sample_stack(paths, channels, notes=notes), notes
+    except (ImageReadError, ValueError) as exc:
+        raise DemoError(one_line(exc)) from None

@@ -387,7 +387,7 @@ def _output_psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: str = "float16",
                       verify_source: torch.Tensor | None = None, min_psnr_db: float = 40.0,
-                      seed: int = 0) -> Path:
+                      seed: int = 0, verify_meta: dict[str, Any] | None = None) -> Path:
     """A slim, shippable copy of a trained checkpoint: sampling weights only, cast to ``dtype``.
 
     Writes ``dst/`` (atomically: a temporary folder renamed) with the weights the checkpoint
@@ -398,7 +398,8 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: 
     dropped. ``verify_source`` ``[B, C_s, *S]``: translate it with the original and the
     exported weights (same seed) and refuse the export (one-line :class:`CheckpointError`)
     if the outputs differ by less than ``min_psnr_db`` PSNR -- "fp16 where it keeps the
-    metrics"; export in float32 then.
+    metrics"; export in float32 then. ``verify_meta``: the labels of ``verify_source``'s items
+    (a collated ``Batch.meta``), where a method with per-sample conditions takes them from.
     """
     if dtype not in EXPORT_DTYPES:
         raise CheckpointError(f"export: unknown dtype '{dtype}' (choose from {', '.join(EXPORT_DTYPES)})")
@@ -415,7 +416,10 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: 
         save_model(slim, str(tmp / (EMA_FILE if use_ema else WEIGHTS_FILE)), metadata={"format": "pt"})
         (tmp / CONFIG_FILE).write_text(to_json(cfg) + "\n")
         if verify_source is not None:
-            psnr = _verify_export(method, tmp, verify_source, seed)
+            from medgen.data.batch import Batch
+
+            cond = method.batch_conditions(Batch(verify_source, meta=dict(verify_meta or {})))
+            psnr = _verify_export(method, tmp, verify_source, seed, cond)
             manifest["export"]["output_psnr_db"] = psnr
             if psnr < min_psnr_db:
                 raise CheckpointError(f"export: {dtype} weights change the output too much ({psnr:.1f} dB < "
@@ -441,10 +445,11 @@ def copy_module_as(module: nn.Module, dtype: torch.dtype) -> nn.Module:
     return copy.deepcopy(module).to(dtype=dtype)
 
 
-def _verify_export(original: "Method", folder: Path, source: torch.Tensor, seed: int) -> float:
-    """PSNR (dB) between the original's and the exported weights' outputs on ``source``, same seed."""
+def _verify_export(original: "Method", folder: Path, source: torch.Tensor, seed: int,
+                   cond: dict[str, torch.Tensor] | None = None) -> float:
+    """PSNR (dB) between the original's and the exported weights' outputs on ``source`` (and ``cond``), same seed."""
     exported = load_translator(folder)
     with torch.no_grad():
-        a = original.outputs_for(source, generator=torch.Generator().manual_seed(seed))
-        b = exported.outputs_for(source, generator=torch.Generator().manual_seed(seed))
+        a = original.outputs_for(source, generator=torch.Generator().manual_seed(seed), cond=cond)
+        b = exported.outputs_for(source, generator=torch.Generator().manual_seed(seed), cond=cond)
     return round(_output_psnr(a, b), 2)

@@ -7,6 +7,7 @@ Examples
     medgen train --preset smoke --set train.steps=100          # prints the checkpoint folder
     medgen train --preset ci --dry-run                         # the resolved config as JSON
     medgen sample --checkpoint runs/<run> --input in.png --output out.png --steps 20
+    medgen sample --checkpoint runs/<run> --input d0.png ... --input d4.png --cond uca=32.5 --output out.png
     medgen evaluate --checkpoint runs/<run> --out eval.csv
     medgen evaluate --task mri_to_ct/ddim_image --preset cpu --steps 20   # the shipped model, via medgen.zoo
     medgen reproduce --preset smoke --papers spine,knee
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
 
 from medgen import __version__
-from medgen.commands import sample_options, translate_image
+from medgen.commands import sample_options, source_channels, translate_image
 from medgen.config import ConfigError, RunConfig, apply_overrides, get_preset, to_json
 from medgen.registry import UnknownNameError
 
@@ -118,9 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", parents=[cfg_opts], help="translate one image with a trained checkpoint")
     _model_options(p)
-    p.add_argument("--input", required=True,
+    p.add_argument("--input", required=True, action="append",
                    help="source image: 2D .png, .tif, .jpg or .npy, or a NIfTI / DICOM file or DICOM "
-                        "folder (3D: the middle sagittal slice)")
+                        "folder (3D: the middle sagittal slice); repeat it once per channel for a model whose "
+                        "source has several (e.g. the five ultrasound depths), or give one .npy [K, H, W]")
+    p.add_argument("--cond", action="append", default=[], metavar="NAME=NUMBER",
+                   help="a per-sample condition of the model, e.g. --cond uca=32.5 (repeatable; the model "
+                        "says which it needs)")
     p.add_argument("--output", required=True, help="where to write the translated image (.png or .npy)")
     _sampling_options(p)
 
@@ -270,23 +275,47 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(to_json(cfg))
         return 0
-    from medgen.data.io import read_sample_input, write_image
+    from medgen.data.io import read_sample_input, read_sample_stack, write_image
 
     out = Path(args.output)
     if out.suffix.lower() not in (".png", ".npy"):
         raise ValueError(f"{out.name}: cannot write '{out.suffix or '(none)'}' (use .png or .npy)")
+    cond = _parse_conditions(args.cond)
     notes: list[str] = []
-    image = read_sample_input(args.input, notes=notes)
+    channels = source_channels(cfg)
+    if channels == 1 and len(args.input) == 1:
+        image = read_sample_input(args.input[0], notes=notes)
+    else:
+        image = read_sample_stack(args.input, channels, notes=notes)
     for note in notes:
         print(f"{PROG}: note: {note}", file=sys.stderr)
     translator = load_model()
     resize_notes: list[str] = []
-    result = translate_image(translator, image, cfg, seed=args.seed, name=Path(args.input).name, notes=resize_notes)
+    result = translate_image(translator, image, cfg, seed=args.seed, name=Path(args.input[0]).name,
+                             notes=resize_notes, cond=cond)
     for note in resize_notes:
         print(f"{PROG}: note: {note}", file=sys.stderr)
     write_image(out, result)
     print(out)
     return 0
+
+
+def _parse_conditions(items: Sequence[str]) -> dict[str, float]:
+    """``--cond uca=32.5`` (repeatable) -> ``{"uca": 32.5}``; checked against the model by translate_image."""
+    cond: dict[str, float] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        try:
+            number = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not key:
+            raise ConfigError(f"--cond must look like NAME=NUMBER, got '{item}'")
+        if key in cond:
+            raise ConfigError(f"--cond {key} given twice")
+        cond[key] = number
+    return cond
 
 
 def _metric_names(text: str) -> tuple[str, ...]:
@@ -332,12 +361,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if args.verify < 0:
         raise ValueError(f"--verify must be >= 0, got {args.verify}")
-    source = None
+    source, meta = None, None
     if args.verify:
         cfg = read_config(resolve_checkpoint(args.checkpoint))
         dataset = lookup(DATASETS, cfg.data.dataset)(cfg.data, "test")
-        source = collate([dataset[i] for i in range(min(args.verify, len(dataset)))]).source
-    out = export_checkpoint(args.checkpoint, args.out, dtype=args.dtype, verify_source=source)
+        batch = collate([dataset[i] for i in range(min(args.verify, len(dataset)))])
+        source, meta = batch.source, batch.meta  # meta: the labels a conditional model takes
+    out = export_checkpoint(args.checkpoint, args.out, dtype=args.dtype, verify_source=source, verify_meta=meta)
     size = sum(f.stat().st_size for f in out.iterdir()) / 2**20
     print(f"exported {args.checkpoint} -> {out} ({args.dtype}, {size:.1f} MiB)")
     return 0

@@ -1,8 +1,10 @@
 """What the ``medgen`` commands do beyond parsing their arguments (:mod:`medgen.cli` parses and dispatches).
 
 * :func:`sample_options` -- ``translate()`` keyword options from a config's ``sample`` section.
-* :func:`translate_image` -- ``medgen sample``: one ``[H, W]`` image in [0, 1] translated at the
-  model's size and resized back.
+* :func:`translate_image` -- ``medgen sample``: one ``[H, W]`` image (or a ``[K, H, W]`` stack for a
+  source of ``K`` channels) in [0, 1] translated at the model's size, with the model's per-sample
+  conditions (``--cond uca=32.5``), and resized back; :func:`source_channels` says how many
+  images the model's source takes.
 * :func:`evaluation_frame` -- ``medgen evaluate``: :func:`medgen.evaluate.evaluate` rows of the
   model and of the identity baseline (DESIGN.md: every table carries a trivial baseline row).
 
@@ -19,7 +21,7 @@ from medgen.config import RunConfig
 if TYPE_CHECKING:  # numpy, torch and pandas load with the command that needs them, not with the CLI
     import numpy as np
 
-__all__ = ["sample_options", "translate_image", "evaluation_frame", "identity_baseline"]
+__all__ = ["sample_options", "source_channels", "translate_image", "evaluation_frame", "identity_baseline"]
 
 
 def sample_options(cfg: RunConfig) -> dict[str, Any]:
@@ -28,33 +30,52 @@ def sample_options(cfg: RunConfig) -> dict[str, Any]:
     return {"sampler": s.sampler, "steps": s.steps, "eta": s.eta, "guidance_scale": s.guidance_scale}
 
 
+def source_channels(cfg: RunConfig) -> int:
+    """How many images the model's source takes (``model.cond_image_channels``; 1 for a model without
+    an image condition): the number of ``--input`` files of ``medgen sample``."""
+    return max(1, int(cfg.model.cond_image_channels))
+
+
 def translate_image(translator: Any, image: np.ndarray, cfg: RunConfig, *, seed: int = 0, name: str = "image",
-                    notes: list[str] | None = None) -> np.ndarray:
-    """Translate ``image`` ``[H, W]`` in [0, 1] at the model's size; returns ``[H, W]`` in [0, 1].
+                    notes: list[str] | None = None, cond: Mapping[str, float] | None = None) -> np.ndarray:
+    """Translate ``image`` ``[H, W]`` (or a ``[K, H, W]`` stack, one image per source channel) in [0, 1]
+    at the model's size; returns ``[H, W]`` in [0, 1].
 
     An image of another size is resized to the model's ``data.image_size`` square (antialiased
     bilinear, :func:`~medgen.data.io.to_model_range`) and the result resized back, with a note
     (appended to ``notes``, or warned when ``notes`` is None). ``seed`` seeds the sampling noise;
-    ``cfg.sample`` gives the sampler options.
+    ``cfg.sample`` gives the sampler options. ``cond``: the model's per-sample conditions
+    ``{key: value}`` (its ``condition_keys``); a missing or unknown key is a one-line ``ValueError``.
     """
     import torch
 
     from medgen.data.io import from_model_range, to_model_range
 
     size = translator.config.data.image_size
-    if image.shape != (size, size):
-        note = (f"{name} is {image.shape[0]}x{image.shape[1]}; the model works at {size}x{size}, "
+    hw = tuple(image.shape[-2:])
+    if hw != (size, size):
+        note = (f"{name} is {hw[0]}x{hw[1]}; the model works at {size}x{size}, "
                 "so the image is resized in and the result resized back")
         if notes is None:
             warnings.warn(note, stacklevel=2)
         else:
             notes.append(note)
+    if image.ndim == 3:
+        channels = source_channels(translator.config)
+        if image.shape[0] != channels:
+            raise ValueError(f"{name}: a stack of {image.shape[0]} images but the model's source has {channels} channels")
+        source = torch.cat([to_model_range(channel, size) for channel in image], dim=1)  # [1, K, size, size]
+    else:
+        source = to_model_range(image, size)
+    values = {k: float(v) for k, v in (cond or {}).items()}
+    if hasattr(translator, "check_conditions"):
+        translator.check_conditions(values, 1)  # a missing / unknown key fails before sampling
     generator = torch.Generator().manual_seed(seed)
     with torch.inference_mode():
-        pred = translator.translate(to_model_range(image, size), generator=generator, **sample_options(cfg))
+        pred = translator.translate(source, generator=generator, cond=values or None, **sample_options(cfg))
     result = from_model_range(pred[:1, :1])
-    if result.shape != image.shape:
-        result = from_model_range(to_model_range(result, image.shape))
+    if result.shape != hw:
+        result = from_model_range(to_model_range(result, hw))
     return result
 
 

@@ -6,7 +6,9 @@ in a figure, or saved, without translating twice. :func:`medgen.evaluate.evaluat
 composition of the two.
 
 Batches are taken in dataset order and one ``generator`` is shared by all of them, so a fixed
-seed gives every model the same sequence of ``x_T`` draws.
+seed gives every model the same sequence of ``x_T`` draws. A model that declares per-sample
+conditions (``model.condition_keys``, e.g. ``("uca",)``) gets each item's label of that name
+as ``translate(..., cond={"uca": tensor [B]})``; an item without it is a one-line error.
 
 >>> from medgen.predict import predict
 >>> preds = predict(model, test_set, seed=0, steps=20)      # doctest: +SKIP
@@ -21,8 +23,9 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 
 from medgen.data.batch import Batch, collate
+from medgen.methods.base import conditions_from_meta
 
-__all__ = ["Predictions", "predict", "batches", "stack"]
+__all__ = ["Predictions", "predict", "batches", "stack", "conditions"]
 
 
 @dataclass
@@ -66,18 +69,45 @@ def _device_of(model: Any) -> torch.device | None:
     return None
 
 
+def conditions(model: Any, batch: Batch, dataset: Any = None, start: int = 0) -> dict[str, torch.Tensor] | None:
+    """``{key: float32 [B]}``: the labels of ``batch`` (dataset items ``start ..``) named by
+    ``model.condition_keys``; None when the model declares none. An item without such a label
+    (or with a non-numeric one) is a one-line ``ValueError`` naming the key and the item."""
+    keys = tuple(getattr(model, "condition_keys", ()) or ())
+    if not keys:
+        return None
+    n = len(batch)
+    pids = batch.meta.get("patient_id")
+    names = [f"{start + i}" + (f" ({pids[i]})" if pids is not None and len(pids) == n else "") for i in range(n)]
+    method = getattr(getattr(model, "config", None), "method", None) or type(model).__name__
+    for key in keys:
+        if len(batch.meta.get(key, ())) != n:
+            first = next((i for i in range(n) if dataset is not None and key not in dataset[start + i]), 0)
+            raise ValueError(f"predict: dataset item {names[first]} has no label '{key}', a condition of method "
+                             f"'{method}' (its conditions: {', '.join(keys)})")
+    return conditions_from_meta(keys, batch.meta, n, method=method, ids=names)
+
+
 def _translate(model: Any, source: torch.Tensor, slicewise: bool, batch_size: int,
-               generator: torch.Generator | None, options: Mapping[str, Any]) -> torch.Tensor:
-    """``model.translate`` of ``source [B, C, *S]``; with ``slicewise`` a 2D model runs on every sagittal
-    slice of each volume ``[C, D, H, W]`` (``batch_size`` slices at a time) -> ``[B, C_t, D, H, W]``."""
+               generator: torch.Generator | None, options: Mapping[str, Any],
+               cond: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """``model.translate`` of ``source [B, C, *S]`` (with ``cond`` ``{key: [B]}`` when given); with
+    ``slicewise`` a 2D model runs on every sagittal slice of each volume ``[C, D, H, W]`` (``batch_size``
+    slices at a time, each with its volume's conditions) -> ``[B, C_t, D, H, W]``."""
     if not slicewise:
-        return model.translate(source, generator=generator, **options)
+        extra = {} if cond is None else {"cond": {k: v.to(source.device) for k, v in cond.items()}}
+        return model.translate(source, generator=generator, **extra, **options)
     if source.ndim != 5:
         raise ValueError(f"predict: slicewise needs volumes [B, C, D, H, W], got {tuple(source.shape)}")
     out = []
-    for volume in source:
+    for b, volume in enumerate(source):
         slices = volume.permute(1, 0, 2, 3)  # [D, C, H, W]
-        parts = [model.translate(slices[s:s + batch_size], generator=generator, **options).float().cpu()
+
+        def extra(n: int) -> dict[str, Any]:
+            return {} if cond is None else {"cond": {k: v[b].expand(n).to(source.device) for k, v in cond.items()}}
+
+        parts = [model.translate(slices[s:s + batch_size], generator=generator,
+                                 **extra(len(slices[s:s + batch_size])), **options).float().cpu()
                  for s in range(0, len(slices), batch_size)]
         out.append(torch.cat(parts).permute(1, 0, 2, 3))  # [C_t, D, H, W]
     return torch.stack(out)
@@ -89,7 +119,9 @@ def predict(model: Any, dataset: Any, *, batch_size: int = 16, generator: torch.
     """Translate every item of ``dataset`` with ``model`` (eval mode during the call).
 
     ``dataset[i]`` is a dict with ``source`` ``[C_s, *S]`` and optionally ``patient_id``;
-    ``model.translate(source [B, C_s, *S], generator=, **options) -> [B, C_t, *S]``.
+    ``model.translate(source [B, C_s, *S], generator=, **options) -> [B, C_t, *S]``; a model with
+    ``condition_keys`` also gets ``cond={key: [B]}`` from the items' labels of those names
+    (:func:`conditions`; a missing label is a one-line error naming the key and the item).
     ``generator`` (or ``seed``, which makes one) is shared by all batches. ``slicewise=True``
     runs a 2D model on every sagittal slice of volume items ``[C_s, D, H, W]`` (one volume per
     batch, ``batch_size`` slices at a time). ``options`` (sampler, steps, eta, guidance_scale)
@@ -110,7 +142,8 @@ def predict(model: Any, dataset: Any, *, batch_size: int = 16, generator: torch.
     try:
         for start, batch in it:
             batch = batch if device is None else batch.to(device)
-            pred = _translate(model, batch.source, slicewise, batch_size, generator, options)
+            cond = conditions(model, batch, dataset, start)
+            pred = _translate(model, batch.source, slicewise, batch_size, generator, options, cond)
             outputs.append(pred.detach().float().cpu())
             n = len(batch)
             ids += [str(p) for p in batch.meta.get("patient_id", [str(start + i) for i in range(n)])]

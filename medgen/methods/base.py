@@ -11,7 +11,9 @@ back-propagates the returned ``"loss"`` into that group's parameters only.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Iterable
+import functools
+import inspect
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -34,10 +36,117 @@ def reject_unknown_options(method: str, options: Iterable[str], valid: Iterable[
                          f"ignored: {', '.join(IGNORED_OPTIONS)})")
 
 
+# --------------------------------------------------------------------------------------
+# Per-sample conditions (translate(source, cond={key: values [B]}))
+# --------------------------------------------------------------------------------------
+Conditions = Mapping[str, Any]  # condition key -> per-sample values: a tensor [B], a sequence of B numbers, or one number
+
+
+def _keys_text(keys: Sequence[str]) -> str:
+    return f"its conditions: {', '.join(keys)}" if keys else "it takes no conditions"
+
+
+def check_conditions(keys: Sequence[str], cond: Conditions | None, batch_size: int, *,
+                     method: str = "method") -> dict[str, torch.Tensor]:
+    """``cond`` checked against a method's condition ``keys``: ``{key: float32 tensor [B]}`` in ``keys`` order.
+
+    Each value is a tensor ``[B]`` (kept on its device), a sequence of ``batch_size`` numbers, or
+    one number used for every sample. ``None`` or ``{}`` is what a method without keys takes.
+    A missing or unknown key, a wrong length or a non-finite value is a one-line ``ValueError``
+    naming the key and the method's keys.
+    """
+    cond = {} if cond is None else cond
+    if not isinstance(cond, Mapping):
+        raise ValueError(f"cond of method '{method}' must map condition names to values [B], "
+                         f"got {type(cond).__name__} ({_keys_text(keys)})")
+    unknown = [k for k in cond if k not in keys]
+    if unknown:
+        raise ValueError(f"unknown condition '{unknown[0]}' for method '{method}' ({_keys_text(keys)})")
+    missing = [k for k in keys if k not in cond]
+    if missing:
+        raise ValueError(f"missing condition '{missing[0]}' for method '{method}' ({_keys_text(keys)}); "
+                         f"pass cond={{'{missing[0]}': values [B]}}")
+    out = {}
+    for key in keys:
+        try:
+            value = torch.as_tensor(cond[key], dtype=torch.float32)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"condition '{key}' of method '{method}' is not numeric: {cond[key]!r}") from None
+        if value.ndim == 0:
+            value = value.expand(batch_size)
+        if tuple(value.shape) != (batch_size,):
+            raise ValueError(f"condition '{key}' of method '{method}' has shape {tuple(value.shape)}; "
+                             f"expected [B] = [{batch_size}]")
+        if not torch.isfinite(value).all():
+            raise ValueError(f"condition '{key}' of method '{method}' has non-finite values: {value.tolist()}")
+        out[key] = value
+    return out
+
+
+def conditions_from_meta(keys: Sequence[str], meta: Mapping[str, Any], batch_size: int, *,
+                         method: str = "method", ids: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+    """The condition values of a batch: each key's label ``meta[key]`` (the dataset items' label of that
+    name, collated into ``Batch.meta``) as float32 ``[B]``, checked by :func:`check_conditions`.
+
+    A label the items lack (or hold as None / NaN / a non-scalar) is a one-line ``ValueError``
+    naming the key and the item (``ids``: one name per sample, default ``meta["patient_id"]``).
+    """
+    names = [str(i) for i in (ids if ids is not None else meta.get("patient_id", range(batch_size)))]
+    out: dict[str, Any] = {}
+    for key in keys:
+        values = meta.get(key)
+        if values is None or len(values) != batch_size:
+            have = [k for k in meta if k != "patient_id"]
+            which = names[0] if values is None else f"one of {', '.join(names)}"
+            raise ValueError(f"item {which} has no label '{key}', a condition of method '{method}' "
+                             f"({_keys_text(keys)}; the items' labels: {', '.join(have) or 'none'})")
+        for name, value in zip(names, values):
+            try:
+                number = None if value is None or isinstance(value, str) else torch.as_tensor(value, dtype=torch.float32)
+            except (TypeError, ValueError, RuntimeError):
+                number = None
+            if number is None or number.numel() != 1 or not torch.isfinite(number).all():
+                raise ValueError(f"item {name}: label '{key}' (a condition of method '{method}') is {value!r}, "
+                                 "not one finite number")
+        out[key] = [float(torch.as_tensor(v)) for v in values]
+    return check_conditions(keys, out, batch_size, method=method)
+
+
+def _taking_cond(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn(self, source, ...)`` (a translate / outputs_for without ``cond``) that also takes ``cond``:
+    ``None`` or ``{}`` only (anything else: the one-line error of :meth:`Method.check_conditions`)."""
+    @functools.wraps(fn)
+    def call(self: "Method", source: torch.Tensor, *args: Any, cond: Conditions | None = None, **kwargs: Any) -> Any:
+        if cond or self.condition_keys:
+            self.check_conditions(cond, source.shape[0])
+            if self.condition_keys:
+                raise ValueError(f"{type(self).__name__}.{fn.__name__} does not take cond, but the method declares "
+                                 f"conditions ({', '.join(self.condition_keys)})")
+        return fn(self, source, *args, **kwargs)
+
+    return call
+
+
 class Method(nn.Module):
-    """Base class. Subclasses set ``self.config`` and implement the three methods below."""
+    """Base class. Subclasses set ``self.config`` and implement the three methods below.
+
+    Per-sample conditions: a method that needs labels beside the source image (a curve angle,
+    a slice depth) lists them in ``condition_keys``; :meth:`translate` then takes
+    ``cond={key: values [B]}`` (checked by :meth:`check_conditions`) and training reads the
+    same keys from ``batch.meta`` (:meth:`batch_conditions`). A subclass whose ``translate`` /
+    ``outputs_for`` has no ``cond`` parameter is given one that accepts only ``None`` or ``{}``,
+    so every method takes the same call and those without conditions are unchanged.
+    """
 
     config: RunConfig
+    condition_keys: tuple[str, ...] = ()  # per-sample conditions translate(cond=) needs, e.g. ("uca",); () = none
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in ("translate", "outputs_for"):
+            fn = cls.__dict__.get(name)
+            if callable(fn) and "cond" not in inspect.signature(fn).parameters:
+                setattr(cls, name, _taking_cond(fn))
 
     def __init__(self, config: RunConfig) -> None:
         super().__init__()
@@ -51,28 +160,47 @@ class Method(nn.Module):
         """Losses for optimiser group ``group`` on ``batch``; must contain the scalar ``"loss"``."""
         raise NotImplementedError
 
+    def check_conditions(self, cond: Conditions | None, batch_size: int) -> dict[str, torch.Tensor]:
+        """``cond`` checked against :attr:`condition_keys` (:func:`check_conditions`): ``{key: float32 [B]}``."""
+        return check_conditions(self.condition_keys, cond, batch_size, method=self._method_name())
+
+    def batch_conditions(self, batch: Batch, ids: Sequence[str] | None = None) -> dict[str, torch.Tensor] | None:
+        """The conditions of a dataset batch, from its labels (``batch.meta``) with the
+        :attr:`condition_keys` names (:func:`conditions_from_meta`); None for a method without keys."""
+        if not self.condition_keys:
+            return None
+        return conditions_from_meta(self.condition_keys, batch.meta, len(batch), method=self._method_name(), ids=ids)
+
+    def _method_name(self) -> str:
+        return getattr(getattr(self, "config", None), "method", None) or type(self).__name__
+
     @torch.no_grad()
-    def outputs_for(self, source: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+    def outputs_for(self, source: torch.Tensor, *, generator: torch.Generator | None = None,
+                    cond: Conditions | None = None) -> torch.Tensor:
         """What the method produces for a dataset batch ``source [B, C_s, *S]``: ``[B, C_t, *S]``.
 
-        Translators translate it (the default); an unconditional generator ignores the values
-        and generates ``B`` images. Used by the training loop's sample grids and by the
-        fp16-export check, which must not care which kind of method they hold.
+        Translators translate it (the default; ``cond`` as for :meth:`translate`); an
+        unconditional generator ignores the values and generates ``B`` images. Used by the
+        training loop's sample grids and by the fp16-export check, which must not care which
+        kind of method they hold.
         """
-        return self.translate(source, generator=generator)
+        return self.translate(source, generator=generator, cond=cond)
 
     @torch.no_grad()
     def translate(
         self,
         source: torch.Tensor,
         *,
+        cond: Conditions | None = None,
         generator: torch.Generator | None = None,
         callback: Callable[[dict], None] | None = None,
         **options,
     ) -> torch.Tensor:
         """Map a source batch ``[B, C_s, *S]`` (model range) to a target batch ``[B, C_t, *S]``.
 
-        ``options`` override the sampling config for this call (``sampler``, ``steps``, ``eta``,
-        ``guidance_scale``); ``callback`` receives a dict per sampling step.
+        ``cond``: ``{key: values [B]}`` for every key of :attr:`condition_keys` (see
+        :meth:`check_conditions`; None for a method without keys). ``options`` override the
+        sampling config for this call (``sampler``, ``steps``, ``eta``, ``guidance_scale``);
+        ``callback`` receives a dict per sampling step.
         """
         raise NotImplementedError

@@ -12,14 +12,25 @@ over respaced timesteps; with ``guidance_scale != 0`` the denoiser is wrapped in
 :class:`~medgen.diffusion.guidance.CFGDenoiser`. Works for 2D (``[B, C, H, W]``) and 3D
 (``[B, C, D, H, W]``) as set by ``cfg.model.spatial_dims``.
 
+Scalar conditions (``cfg.diffusion.conditions``, e.g. ``("uca",)``): the method's
+``condition_keys``. Training takes each key from the items' labels (``batch.meta``);
+``translate(source, cond={"uca": tensor [B]})`` needs every key (a missing or unknown one is
+a one-line error). Each scalar becomes ``model.cond_vector_dim / len(keys)`` sinusoidal
+features (:func:`embed_scalars`), concatenated into the UNet's vector condition
+(``Condition(vector=...)``, whose MLP adds it to the time embedding). The null condition of
+classifier-free guidance (training dropout and CFG sampling) blanks the image and zeroes
+the vector (an all-zero vector is no scalar's embedding).
+
 This file only wires the shared pieces together; every algorithm lives in ``medgen.diffusion``.
 """
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
+from diffusers.models.embeddings import get_timestep_embedding
 
 from medgen.config import ConfigError, RunConfig
 from medgen.data.batch import Batch
@@ -28,13 +39,34 @@ from medgen.diffusion.losses import diffusion_loss
 from medgen.diffusion.parameterization import Denoiser
 from medgen.diffusion.samplers import sample
 from medgen.diffusion.schedules import noise_like
-from medgen.methods.base import Method
+from medgen.methods.base import Conditions, Method
 from medgen.nn.unet import Condition, UNet
 from medgen.registry import METHODS, register
 
-__all__ = ["ConditionalDDPM", "OPTIONS"]
+__all__ = ["ConditionalDDPM", "OPTIONS", "embed_scalars", "SCALAR_FREQUENCIES"]
 
 OPTIONS = ("sampler", "steps", "eta", "guidance_scale", "spacing")  # translate() overrides of cfg.sample
+# Angular frequencies (rad per label unit) of the scalar-condition features, geometric from the first to
+# the second: they tell apart values from about 1e-3 (a slice depth in [0, 1]) to about 60 units (degrees).
+SCALAR_FREQUENCIES = (1000.0, 0.1)
+
+
+def embed_scalars(values: dict[str, torch.Tensor], keys: Sequence[str], dim: int) -> torch.Tensor:
+    """Scalar conditions ``{key: [B]}`` -> features ``[B, dim]``: per key (in ``keys`` order)
+    ``dim // len(keys)`` sinusoids (diffusers' ``get_timestep_embedding``, cos first) at the
+    :data:`SCALAR_FREQUENCIES`, concatenated. ``dim`` must be a multiple of ``2 * len(keys)``."""
+    width = dim // len(keys)
+    high, low = SCALAR_FREQUENCIES
+    return torch.cat([get_timestep_embedding(values[k], width, flip_sin_to_cos=True, downscale_freq_shift=0,
+                                             scale=high, max_period=high / low) for k in keys], dim=1)
+
+
+def null_condition_with_vector(cond: Condition, null_value: float = -1.0) -> Condition:
+    """The CFG null condition: the image filled with ``null_value`` and the vector (if any) zeroed."""
+    null = null_condition(cond, null_value=null_value)
+    if cond.vector is None:
+        return null
+    return dataclasses.replace(null, vector=torch.zeros_like(cond.vector))
 
 
 @register(METHODS, "cddpm")
@@ -48,8 +80,10 @@ class ConditionalDDPM(Method):
         super().__init__(config)
         if config.model.cond_image_channels <= 0:
             raise ConfigError("cddpm needs model.cond_image_channels > 0 (the number of source channels)")
+        self.condition_keys = tuple(config.diffusion.conditions)
+        _check_scalar_conditions(self.condition_keys, config.model.cond_vector_dim)
         self.denoiser = Denoiser.from_config(UNet(config.model), config.diffusion)
-        self._null = partial(null_condition, null_value=config.diffusion.null_value)
+        self._null = partial(null_condition_with_vector, null_value=config.diffusion.null_value)
 
     @property
     def net(self) -> UNet:
@@ -60,8 +94,10 @@ class ConditionalDDPM(Method):
         """One optimiser group, ``"model"``: the UNet's parameters."""
         return {"model": [p for p in self.net.parameters() if p.requires_grad]}
 
-    def condition(self, source: torch.Tensor) -> Condition:
-        """``Condition(image=source)`` for a source ``[B, cond_image_channels, *S]`` (checked)."""
+    def condition(self, source: torch.Tensor, cond: Conditions | None = None) -> Condition:
+        """``Condition(image=source, vector=embed_scalars(cond))`` for a source ``[B, cond_image_channels, *S]``
+        and the scalar conditions ``cond`` ``{key: [B]}`` (both checked; ``vector`` None without keys)."""
+        values = self.check_conditions(cond, source.shape[0])
         m = self.config.model
         if source.ndim != m.spatial_dims + 2:
             raise ValueError(f"cddpm: source {tuple(source.shape)} must have {m.spatial_dims} spatial dims "
@@ -69,11 +105,16 @@ class ConditionalDDPM(Method):
         if source.shape[1] != m.cond_image_channels:
             raise ValueError(f"cddpm: source has {source.shape[1]} channels but model.cond_image_channels="
                              f"{m.cond_image_channels}")
-        return Condition(image=source)
+        if not self.condition_keys:
+            return Condition(image=source)
+        values = {k: v.to(device=source.device, dtype=torch.float32) for k, v in values.items()}
+        vector = embed_scalars(values, self.condition_keys, m.cond_vector_dim).to(source.dtype)
+        return Condition(image=source, vector=vector)
 
     def training_step(self, batch: Batch, group: str = "model",
                       generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """Diffusion loss on ``batch.target`` ``[B, C_t, *S]`` given ``batch.source`` ``[B, C_s, *S]``.
+        """Diffusion loss on ``batch.target`` ``[B, C_t, *S]`` given ``batch.source`` ``[B, C_s, *S]``
+        (and the items' labels named by ``condition_keys``, from ``batch.meta``).
 
         Returns ``{"loss", "diffusion", "x0"}`` (see :func:`diffusion_loss`). Condition dropout
         draws from ``generator`` before the loss draws ``t`` and the noise.
@@ -83,7 +124,8 @@ class ConditionalDDPM(Method):
         if batch.target is None:
             raise ValueError("cddpm: training needs paired batches (batch.target is None)")
         d = self.config.diffusion
-        cond = drop_condition(self.condition(batch.source), d.cond_drop_prob, self._null, generator)
+        cond = drop_condition(self.condition(batch.source, self.batch_conditions(batch)), d.cond_drop_prob,
+                              self._null, generator)
         return diffusion_loss(self.denoiser, batch.target, cond, generator=generator, loss=d.loss,
                               x0_weight=d.x0_loss_weight, mask=batch.mask)
 
@@ -103,20 +145,35 @@ class ConditionalDDPM(Method):
         return opts
 
     @torch.no_grad()
-    def translate(self, source: torch.Tensor, *, generator: torch.Generator | None = None,
-                  callback: Callable[[dict], None] | None = None, **options: Any) -> torch.Tensor:
+    def translate(self, source: torch.Tensor, *, cond: Conditions | None = None,
+                  generator: torch.Generator | None = None, callback: Callable[[dict], None] | None = None,
+                  **options: Any) -> torch.Tensor:
         """Sample targets ``[B, model.out_channels, *S]`` for a source ``[B, C_s, *S]`` (model range).
 
+        ``cond``: ``{key: values [B]}`` for every key of ``condition_keys`` (``cfg.diffusion.conditions``);
+        None without conditions. A missing or unknown key is a one-line ``ValueError``.
         ``options``: ``sampler`` ("ddpm", "ddim", "dpmpp"), ``steps``, ``eta`` (ddim),
         ``guidance_scale`` (CFG w; 0 = plain conditional), ``spacing``; defaults from ``cfg.sample``.
         ``x_T`` and any sampler noise come from ``generator`` (a fixed seed gives a fixed result).
         """
         opts = self.sampling_options(options)
-        cond = self.condition(source)
+        condition = self.condition(source, cond)
         denoiser: Any = self.denoiser
         if opts["guidance_scale"] != 0:
             denoiser = CFGDenoiser(self.denoiser, opts["guidance_scale"], self._null)
         template = source.new_empty((source.shape[0], self.config.model.out_channels, *source.shape[2:]))
         x_T = noise_like(template, generator)
-        return sample(opts["sampler"], denoiser, x_T, int(opts["steps"]), cond, spacing=opts["spacing"],
+        return sample(opts["sampler"], denoiser, x_T, int(opts["steps"]), condition, spacing=opts["spacing"],
                       generator=generator, callback=callback, eta=float(opts["eta"]))
+
+
+def _check_scalar_conditions(keys: tuple[str, ...], vector_dim: int) -> None:
+    """``diffusion.conditions`` against ``model.cond_vector_dim`` (one-line ConfigError)."""
+    if len(set(keys)) != len(keys) or not all(isinstance(k, str) and k for k in keys):
+        raise ConfigError(f"diffusion.conditions must be distinct label names, got {list(keys)}")
+    if keys and (vector_dim <= 0 or vector_dim % (2 * len(keys))):
+        raise ConfigError(f"cddpm: diffusion.conditions={list(keys)} need model.cond_vector_dim > 0 and a multiple of "
+                          f"2 x {len(keys)} (sin and cos features per condition), got {vector_dim}")
+    if vector_dim and not keys:
+        raise ConfigError(f"cddpm: model.cond_vector_dim={vector_dim} needs diffusion.conditions (the scalar labels "
+                          "it embeds)")

@@ -294,7 +294,8 @@ class _Trainer:
         model.eval()
         gen = torch.Generator(device=self.ctx.device).manual_seed(derive_seed(self.seed, "samples"))
         with torch.no_grad():
-            pred = model.outputs_for(sample_batch.source.to(self.ctx.device), generator=gen)
+            pred = model.outputs_for(sample_batch.source.to(self.ctx.device), generator=gen,
+                                     cond=model.batch_conditions(sample_batch))  # the items' labels, if it has conditions
         model.train(was_training)
         path = self.out_dir / SAMPLES_DIR / f"step_{self.step:08d}.png"
         return save_sample_grid(path, sample_batch.source, pred, sample_batch.target)

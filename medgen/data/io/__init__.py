@@ -16,7 +16,8 @@ One package, one module per kind (every public name is re-exported here, so
 * :mod:`~medgen.data.io.windows` -- :data:`WINDOWS` ``(width, level)`` presets in HU and
   :func:`window` (HU -> [0, 1], clipped).
 * :mod:`~medgen.data.io.sample_input` -- :func:`read_sample_input`: one ``[H, W]`` image in [0, 1]
-  from any of the above (the middle sagittal slice of a volume, in the phantoms' view).
+  from any of the above (the middle sagittal slice of a volume, in the phantoms' view);
+  :func:`read_sample_stack`: ``[K, H, W]`` for a source of ``K`` channels (``K`` files or one ``.npy``).
 * :mod:`~medgen.data.io.common` -- what they share: :class:`ImageReadError` (a ``ValueError``
   whose message is one line naming the file and the problem), :class:`ImageConversionWarning`,
   :class:`Volume`, the size limits and extensions, and :func:`atomic_path`.
@@ -30,7 +31,7 @@ from medgen.data.io.common import (DICOM_SUFFIXES, MAX_BYTES, MAX_PIXELS, MAX_VO
                                    ImageConversionWarning, ImageReadError, Volume, atomic_path)
 from medgen.data.io.images import from_model_range, read_image, to_model_range, validate_array, write_image
 from medgen.data.io.labels import read_labels, write_labels
-from medgen.data.io.sample_input import PLANES, read_sample_input, sagittal_view
+from medgen.data.io.sample_input import PLANES, read_sample_input, read_sample_stack, sagittal_view
 from medgen.data.io.volumes import read_volume, write_volume
 from medgen.data.io.windows import WINDOWS, window
 
@@ -38,7 +39,7 @@ __all__ = [
     "ImageReadError", "ImageConversionWarning", "Volume", "atomic_path",
     "read_image", "validate_array", "to_model_range", "from_model_range", "write_image",
     "read_volume", "write_volume", "read_labels", "write_labels", "WINDOWS", "window",
-    "read_sample_input", "sagittal_view", "PLANES",
+    "read_sample_input", "read_sample_stack", "sagittal_view", "PLANES",
     "MAX_PIXELS", "MAX_BYTES", "MAX_VOXELS", "MAX_VOLUME_BYTES", "UNITS",
     "SUFFIXES", "PIL_SUFFIXES", "NPY_SUFFIXES", "NIFTI_SUFFIXES", "DICOM_SUFFIXES", "VOLUME_SUFFIXES",
 ]

@@ -3,15 +3,19 @@
 2D pictures are read as they are; NIfTI / DICOM go through :func:`~medgen.data.io.read_volume`,
 a 3D volume gives its middle sagittal slice turned to the phantoms' view, and physical units
 are mapped onto [0, 1] by fixed rules (HU) or the paper's MRI rescale (arbitrary units).
+:func:`read_sample_stack` reads the ``[K, H, W]`` input of a model whose source has ``K``
+channels (the five ultrasound depths): ``K`` files, or one ``.npy`` stack.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
-from medgen.data.io.common import MAX_BYTES, MAX_VOLUME_BYTES, MAX_VOXELS, SUFFIXES, ImageReadError, Volume
+from medgen.data.io.common import (MAX_BYTES, MAX_PIXELS, MAX_VOLUME_BYTES, MAX_VOXELS, NPY_SUFFIXES, SUFFIXES,
+                                   ImageReadError, Volume, _check_file, _npy_header)
 from medgen.data.io.images import read_image, validate_array
 from medgen.data.io.volumes import read_volume
 
@@ -42,6 +46,59 @@ def read_sample_input(path: str | os.PathLike, *, notes: list[str],
                       notes=notes)
     image = sagittal_view(vol, path.name, notes)
     return validate_array(_unit_range(image, vol, path.name, notes), path.name, notes=notes)
+
+
+def read_sample_stack(paths: str | os.PathLike | Sequence[str | os.PathLike], channels: int, *, notes: list[str],
+                      max_bytes: int | None = None, max_voxels: int | None = None) -> np.ndarray:
+    """The input of a model whose source has ``channels`` channels: float32 ``[channels, H, W]`` in [0, 1].
+
+    ``paths``: ``channels`` files, one per channel in order, each read by :func:`read_sample_input`
+    (any format it takes; all the same size); or one ``.npy`` file holding a ``[channels, H, W]``
+    stack (uint8, uint16 or float in [0, 1]; every slice checked like a 2D image). A number of
+    images that differs from ``channels`` is a one-line :class:`~medgen.data.io.ImageReadError`
+    naming both numbers, as is a stack of images of different sizes.
+    """
+    paths = [Path(paths)] if isinstance(paths, (str, os.PathLike)) else [Path(p) for p in paths]
+    if channels < 1:
+        raise ValueError(f"read_sample_stack: channels must be >= 1, got {channels}")
+    if not paths:
+        raise ImageReadError(f"no source image given; the model's source has {channels} channel(s)")
+    if len(paths) == 1 and paths[0].suffix.lower() in NPY_SUFFIXES and paths[0].is_file():
+        stack = _npy_stack(paths[0], channels, max_bytes or MAX_BYTES, notes)
+        if stack is not None:
+            return stack
+    if len(paths) != channels:
+        names = ", ".join(p.name for p in paths)
+        raise ImageReadError(f"got {len(paths)} source image(s) ({names}) but the model's source has {channels} "
+                             f"channels; give one image per channel, in order, or one .npy [{channels}, H, W]")
+    images = [read_sample_input(p, notes=notes, max_bytes=max_bytes, max_voxels=max_voxels) for p in paths]
+    for p, image in zip(paths[1:], images[1:]):
+        if image.shape != images[0].shape:
+            raise ImageReadError(f"{p.name} is {image.shape[0]}x{image.shape[1]} but {paths[0].name} is "
+                                 f"{images[0].shape[0]}x{images[0].shape[1]}; the images of a stack must have one size")
+    return np.stack(images).astype(np.float32)
+
+
+def _npy_stack(path: Path, channels: int, max_bytes: int, notes: list[str]) -> np.ndarray | None:
+    """``[K, H, W]`` of a ``.npy`` stack with ``K == channels > 1``; None for a 2D image (read it as
+    one); a one-line error for a stack of another ``K``."""
+    _check_file(path, max_bytes, NPY_SUFFIXES)
+    shape, dtype = _npy_header(path)
+    is_stack = len(shape) == 3 and shape[0] > 1 and not (shape[-1] in (1, 3, 4) and shape[0] != channels)
+    if not is_stack:
+        return None
+    if shape[0] != channels:
+        raise ImageReadError(f"{path.name} holds a stack of {shape[0]} images {list(shape)} but the model's source "
+                             f"has {channels} channels")
+    if dtype.hasobject:
+        raise ImageReadError(f"{path.name}: object arrays are not supported (no pickles)")
+    if shape[1] * shape[2] > MAX_PIXELS:
+        raise ImageReadError(f"{path.name}: images too large ({shape[2]}x{shape[1]}; limit {MAX_PIXELS:,} pixels)")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ImageReadError(f"{path.name}: unreadable or truncated .npy file ({' '.join(str(exc).split())})") from None
+    return np.stack([validate_array(a, f"{path.name}[{i}]", notes=notes) for i, a in enumerate(arr)])
 
 
 def _axis_directions(vol: Volume) -> list[np.ndarray | None]:
