@@ -12,7 +12,9 @@ Dataset card
   the valid range.
 * **Range**: both images are float32 ``[1, H, W]`` in model range ``[-1, 1]``
   (``-1`` is black); ``mask`` is all ones. Metrics use ``data_range=2``.
-* **Size**: ``H = W = DataConfig.image_size``; ``n_train`` / ``n_test`` samples.
+* **Size**: ``W = DataConfig.image_size``, ``H = DataConfig.image_height`` or ``W`` (square); the
+  shapes are drawn in coordinates normalised per axis, so a non-square image stretches them;
+  ``n_train`` / ``n_test`` samples.
 * **Subjects**: one sample per subject; subject ``k`` has ``patient_id`` ``"toy-{k:06d}"``.
   Train subjects are ``k = 0 .. n_train-1``; test subjects start at ``TEST_OFFSET``, so the
   splits are disjoint for any ``n_train`` and the test set does not change when the
@@ -89,48 +91,58 @@ def _shape_masks(params: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray
     return np.where(kind == 0, ellipse, np.where(kind == 1, rect, triangle))
 
 
-def _render(params: np.ndarray, size: int) -> np.ndarray:
+def _hw(size: int | tuple[int, int]) -> tuple[int, int]:
+    """``(H, W)`` of a size given as one side (square) or as ``(H, W)``."""
+    return (size, size) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
+
+
+def _render(params: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     """Clean phantoms ``[n, H, W]`` on the ``[0, 1]`` scale from ``[n, 1+MAX_ORGANS, 8]`` params."""
-    coords = ((np.arange(size) + 0.5) / size * 2.0 - 1.0).astype(np.float32)
-    y, x = np.meshgrid(coords, coords, indexing="ij")
-    img = np.full((params.shape[0], size, size), BACKGROUND)
+    h, w = _hw(size)
+    ys, xs = (((np.arange(s) + 0.5) / s * 2.0 - 1.0).astype(np.float32) for s in (h, w))
+    y, x = np.meshgrid(ys, xs, indexing="ij")
+    img = np.full((params.shape[0], h, w), BACKGROUND)
     for k in range(params.shape[1]):
         inside = _shape_masks(params[:, k], x[None], y[None]) & (params[:, k, 0:1, None] > 0)
         img = np.where(inside, params[:, k, 7, None, None], img)
     return img
 
 
-def _speckle(rngs: list[np.random.Generator], size: int) -> np.ndarray:
+def _speckle(rngs: list[np.random.Generator], size: int | tuple[int, int]) -> np.ndarray:
     """Unit-mean, spatially correlated speckle intensity ``[n, H, W]``.
 
     Each look is ``|h * z|^2`` for complex white Gaussian noise ``z`` and a Gaussian grain
     kernel ``h`` (fully developed speckle: exponential marginal); ``SPECKLE_LOOKS`` looks are
     averaged (Gamma marginal, relative std ``1 / sqrt(looks)``).
     """
-    grain = SPECKLE_GRAIN_PX * size / 32.0
-    z = np.stack([rng.standard_normal((SPECKLE_LOOKS, 2, size, size), dtype=np.float32) for rng in rngs])
+    h, w = _hw(size)
+    grain = SPECKLE_GRAIN_PX * w / 32.0
+    z = np.stack([rng.standard_normal((SPECKLE_LOOKS, 2, h, w), dtype=np.float32) for rng in rngs])
     z = gaussian_filter(z, sigma=(0, 0, 0, grain, grain), mode="wrap")
-    delta = np.zeros((size, size))
+    delta = np.zeros((h, w))
     delta[0, 0] = 1.0
     energy = float((gaussian_filter(delta, grain, mode="wrap") ** 2).sum())  # E|h * z|^2 / 2
     return (z**2).sum(axis=2).mean(axis=1) / (2.0 * energy)
 
 
-def make_pairs(numbers: np.ndarray | list[int], size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Render subjects ``numbers`` at ``size`` px.
+def make_pairs(numbers: np.ndarray | list[int], size: int | tuple[int, int],
+               seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Render subjects ``numbers`` at ``size`` px (one side: square; or ``(H, W)``).
 
-    Returns ``(source, target)``, each float32 ``[n, 1, size, size]`` in model range ``[-1, 1]``.
+    Returns ``(source, target)``, each float32 ``[n, 1, H, W]`` in model range ``[-1, 1]``. Blur
+    and speckle grain scale with the width ``W``.
     """
     numbers = np.asarray(numbers, dtype=np.int64)
+    h, w = _hw(size)
     if numbers.size == 0:
-        empty = np.zeros((0, 1, size, size), dtype=np.float32)
+        empty = np.zeros((0, 1, h, w), dtype=np.float32)
         return empty, empty.copy()
     rngs = [np.random.default_rng([seed, int(k)]) for k in numbers]
     target = _render(np.stack([_draw_params(rng) for rng in rngs]), size)
-    sigma = BLUR_SIGMA_PX * size / 32.0
+    sigma = BLUR_SIGMA_PX * w / 32.0
     blurred = gaussian_filter(target, sigma=(0.0, sigma, sigma), mode="nearest")
     speckle = _speckle(rngs, size)
-    noise = np.stack([rng.normal(0.0, ADDITIVE_NOISE_STD, (size, size)) for rng in rngs])
+    noise = np.stack([rng.normal(0.0, ADDITIVE_NOISE_STD, (h, w)) for rng in rngs])
     source = np.clip(blurred * speckle + noise, 0.0, 1.0)
     to_model = lambda a: (a[:, None] * 2.0 - 1.0).astype(np.float32)  # noqa: E731
     return to_model(source), to_model(target)
@@ -157,14 +169,17 @@ class ToyShapes(Dataset):
         self.patient_ids = [patient_id(int(k)) for k in self.numbers]
         self.split_hash = _split_hash(self.patient_ids) if n else ""
         self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
-        if n * self.size**2 <= PRECOMPUTE_PIXELS:
+        self.shape = (cfg.image_height or cfg.image_size, cfg.image_size)  # (H, W) of every image
+        if self.shape[0] < 8:
+            raise ValueError(f"toy_shapes needs data.image_height 0 or >= 8, got {cfg.image_height}")
+        if n * self.shape[0] * self.shape[1] <= PRECOMPUTE_PIXELS:
             self._cache = self._generate(self.numbers)
 
     def _generate(self, numbers: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """``(source, target)`` tensors ``[n, 1, H, W]``, rendered in chunks of ``CHUNK``."""
-        parts = [make_pairs(numbers[i:i + CHUNK], self.size, self.seed) for i in range(0, len(numbers), CHUNK)]
+        parts = [make_pairs(numbers[i:i + CHUNK], self.shape, self.seed) for i in range(0, len(numbers), CHUNK)]
         if not parts:
-            parts = [make_pairs([], self.size, self.seed)]
+            parts = [make_pairs([], self.shape, self.seed)]
         return (torch.from_numpy(np.concatenate([p[0] for p in parts])),
                 torch.from_numpy(np.concatenate([p[1] for p in parts])))
 

@@ -11,9 +11,10 @@ prediction, clipping and -- when ``cfg.diffusion.learn_sigma`` is honoured by
   target, else ``batch.source``. So the prior trains on a single-image dataset
   (``source="ct", target=""``: the lung prior's data) and equally on the target half of a
   paired dataset (e.g. ``us_linear -> ct``), never on a measurement.
-* Generation (:meth:`UnconditionalDDPM.generate`): ``n`` images ``[n, C, H, W]`` of side
-  ``cfg.data.image_size`` from ``x_T ~ N(0, I)`` drawn from the caller's generator, in chunks
-  of ``batch_size``, with one of the shared samplers (options as ``cfg.sample``).
+* Generation (:meth:`UnconditionalDDPM.generate`): ``n`` images ``[n, C, H, W]`` at the
+  training data's size (:attr:`~UnconditionalDDPM.image_shape`; ``H != W`` allowed) from
+  ``x_T ~ N(0, I)`` drawn from the caller's generator, in chunks of ``batch_size``, with one of
+  the shared samplers (options as ``cfg.sample``).
 * Reconstruction (:meth:`UnconditionalDDPM.translate` / :meth:`~UnconditionalDDPM.reconstruct`):
   a measurement ``y = A(x) + noise`` -> images by diffusion posterior sampling,
   :func:`medgen.inverse.dps_reconstruct` with the operator ``make_operator(operator, size=...)``.
@@ -78,9 +79,13 @@ class UnconditionalDDPM(Method):
 
     @property
     def image_shape(self) -> tuple[int, ...]:
-        """``(C, H, W)`` of one generated image: ``model.in_channels`` and ``data.image_size``."""
-        m, size = self.config.model, self.config.data.image_size
-        return (m.in_channels, *([size] * m.spatial_dims))
+        """``(C, *S)`` of one generated image: ``model.in_channels`` and the data's spatial size
+        (:func:`medgen.data.datasets.spatial_shape`: ``(H, W)``, ``H`` = ``data.image_height``, the
+        phantom's aspect ratio or ``data.image_size``; ``W`` = ``data.image_size``)."""
+        from medgen.data.datasets import spatial_shape  # lazy: the datasets need the phantoms
+
+        m = self.config.model
+        return (m.in_channels, *spatial_shape(self.config.data, m.spatial_dims))
 
     def param_groups(self) -> dict[str, list[torch.nn.Parameter]]:
         """One optimiser group, ``"model"``: the UNet's parameters."""

@@ -156,9 +156,11 @@ class Segmenter(Method):
     # ---- inference -------------------------------------------------------------------------
     @property
     def size(self) -> tuple[int, ...]:
-        """The spatial size the segmenter was trained at: ``(H, W)``, or ``(D, H, W)`` in 3D."""
-        d = self.config.data
-        return (d.image_size,) * 2 if self.spatial_dims == 2 else (d.depth, d.image_size, d.image_size)
+        """The spatial size the segmenter was trained at: ``(H, W)``, or ``(D, H, W)`` in 3D
+        (:func:`medgen.data.datasets.spatial_shape` of ``data``; ``H != W`` allowed)."""
+        from medgen.data.datasets import spatial_shape  # lazy: the datasets need the phantoms
+
+        return spatial_shape(self.config.data, self.spatial_dims)
 
     @torch.no_grad()
     def segment(self, ct: torch.Tensor, *, resize: bool = False) -> torch.Tensor:

@@ -289,7 +289,9 @@ class SynDiff(Method):
         self.dnd_source = build_discriminator(g, in_channels=cs, spatial_dims=2)
         self.g_target = DiffusiveGenerator(m, ct, cs)
         self.g_source = DiffusiveGenerator(m, cs, ct)
-        downs = disc_downs(config.data.image_size)
+        from medgen.data.datasets import spatial_shape  # lazy: the datasets need the phantoms
+
+        downs = disc_downs(min(spatial_shape(config.data)))  # the shorter side (H != W allowed)
         self.d_target = DiffusionDiscriminator(ct, g.disc_channels, downs)
         self.d_source = DiffusionDiscriminator(cs, g.disc_channels, downs)
 

@@ -18,15 +18,15 @@ manifest row), so every kind works on phantoms and on real data alike.
   splits are disjoint and the test set does not change when the training set grows; patient
   ids are ``"<phantom>-000123"``. Subjects are rendered on the fly, up to ``CHUNK`` per vectorised
   call (fewer for large volumes: ``CHUNK_VOXELS``), at ``spec.sizes_at(cfg.image_size, cfg.depth)``
-  for the 3D kinds and at the same height x width with ``depth = 0`` (the phantom's 2D images)
+  (height ``cfg.image_height`` instead of the paper aspect ratio when that is set) for the 3D kinds and at the same height x width with ``depth = 0`` (the phantom's 2D images)
   for the 2D kinds. Subject ``k`` depends only on
   ``(seed, k)``, so items do not depend on the chunking or the access order.
 * :class:`ManifestSource` -- ``cfg.manifest`` is a CSV read by :func:`medgen.data.manifest.
   read_manifest`, split by patient with ``cfg.test_fraction`` / ``cfg.split_seed``; ``n_train`` /
   ``n_test`` cap the rows taken from each split (its first rows in CSV order). Images of
   another size are resized (scikit-image ``resize``: antialiased linear for images, nearest
-  for label maps and masks) to width ``cfg.image_size`` and the aspect ratio of the
-  manifest's first row (its first source image); volumes keep that row's number of slices
+  for label maps and masks) to width ``cfg.image_size`` and height ``cfg.image_height``, or
+  when that is 0 the aspect ratio of the manifest's first row (its first source image); volumes keep that row's number of slices
   unless ``cfg.depth`` is set; ``[K, H, W]`` stacks are resized in-plane only. Landmark arrays
   (float arrays ``[..., 2|3]``) are rescaled with the image.
 
@@ -74,6 +74,9 @@ scan-line grid (``ultrasound.STRIDE = (1, 2)``) pair with the ``[H, W]`` CT for
 channel-concatenated conditioning. Leading axes (a stack's K, a volume's D) must still match.
 It needs a target (``DatasetError`` otherwise); the resized record is what the LRU caches.
 
+:func:`spatial_shape` ``(cfg, spatial_dims=2)`` gives the items' ``S`` without building a dataset
+(what ``ddpm.generate`` and the segmenter need).
+
 ``.patient_ids`` lists the item patients in index order (for ``unpaired`` train: every patient
 the split uses, source patients then target patients), ``.split_hash`` fingerprints them
 (:func:`splits.split_hash`), so :func:`medgen.train.train_or_load` can refuse an overlapping split.
@@ -88,7 +91,7 @@ for the kind (naming key, shape and kind), a window without an HU modality.
 """
 from __future__ import annotations
 
-from medgen.data.datasets.base import _RecordDataset  # noqa: F401
+from medgen.data.datasets.base import _RecordDataset, spatial_shape  # noqa: F401
 from medgen.data.datasets.common import (CACHE_BYTES, CHUNK, CHUNK_VOXELS, KINDS, MRI_KEYS,  # noqa: F401
                                          REGISTRATIONS, SPLITS, UNPAIRED_SEED_SALT, DatasetError, is_mri,
                                          phantom_patient_id, resize_source)
@@ -99,4 +102,4 @@ from medgen.data.phantoms.base import TEST_OFFSET  # noqa: F401
 
 __all__ = ["DatasetError", "PhantomSource", "ManifestSource", "PairedDataset", "UnpairedDataset",
            "MultiDepthDataset", "VolumeSlicesDataset", "VolumeDataset", "KINDS", "TEST_OFFSET",
-           "phantom_patient_id", "is_mri", "resize_source"]
+           "phantom_patient_id", "is_mri", "resize_source", "spatial_shape"]

@@ -35,6 +35,39 @@ def _meta_value(value: Any) -> Any:
     return value
 
 
+def _manifest_size(first_shape: Sequence[int], cfg: DataConfig) -> tuple[int, int]:
+    """``(H, W)`` of a manifest's items: width ``cfg.image_size``, height ``cfg.image_height`` or the
+    aspect ratio of the first row's image (``first_shape``, ``[..., H0, W0]``)."""
+    h0, w0 = first_shape[-2:]
+    return (cfg.image_height or max(8, int(round(cfg.image_size * h0 / w0))), cfg.image_size)
+
+
+def spatial_shape(cfg: DataConfig, spatial_dims: int = 2) -> tuple[int, ...]:
+    """The spatial size ``S`` of the items a dataset built from ``cfg`` serves, without rendering any.
+
+    ``(H, W)`` for ``spatial_dims=2``, ``(D, H, W)`` for 3. ``W = cfg.image_size``; ``H =
+    cfg.image_height`` when set, else the phantom's paper aspect ratio (``PhantomSpec.sizes_at``),
+    the manifest's first row (one image is read) or ``W`` (``toy_shapes`` and other square data);
+    ``D = cfg.depth`` when set, else the phantom's scaled paper depth or the manifest's first
+    source volume's slices, else ``W``. What a model that
+    makes images from nothing (``ddpm.generate``) or resizes its input (``segmenter``) needs to know.
+    """
+    w, h, depth = cfg.image_size, cfg.image_size, cfg.depth
+    phantom, manifest = cfg.phantom.strip(), cfg.manifest.strip()
+    if phantom:
+        sizes = lookup(PHANTOMS, phantom).sizes_at(w, cfg.depth)
+        h, depth = sizes.height, depth or sizes.depth
+    elif manifest:
+        from medgen.data.manifest import read_manifest
+
+        full = read_manifest(manifest)
+        if len(full.patient_ids):
+            first = np.shape(full.load(0, _split_key(_parse_keys(cfg.source)[0])[0]))
+            h, depth = _manifest_size(first, cfg)[0], depth or (first[0] if len(first) == 3 else 0)
+    h = cfg.image_height or h
+    return (h, w) if spatial_dims == 2 else (depth or w, h, w)
+
+
 class _RecordDataset(Dataset):
     """Shared machinery of the dataset kinds (see :mod:`medgen.data.datasets`); subclasses set the kind's rules."""
 
@@ -93,6 +126,8 @@ class _RecordDataset(Dataset):
         self._check_keys(tuple(spec.modalities), f"phantom '{name}'")
         try:
             sizes = spec.sizes_at(self.cfg.image_size, self.cfg.depth)
+            if self.cfg.image_height > 0:  # an explicit height instead of the paper's aspect ratio
+                sizes = replace(sizes, height=self.cfg.image_height)
             if not self.volumes:
                 sizes = replace(sizes, depth=0)  # 2D kinds: the phantom's 2D images
             elif sizes.depth == 0 and self.cfg.depth > 0:  # a 2D-sized phantom that also renders volumes
@@ -111,10 +146,9 @@ class _RecordDataset(Dataset):
         part = train if self.split == "train" else test
         size, depth = None, self.cfg.depth or None
         if len(full.patient_ids):
-            # the aspect ratio (and depth) of the manifest's first row
+            # the aspect ratio (and depth) of the manifest's first row, unless data.image_height is set
             first = np.asarray(full.load(0, self._keyspec[self.source_keys[0]][0]))
-            h0, w0 = first.shape[-2:]
-            size = (max(8, int(round(self.cfg.image_size * h0 / w0))), self.cfg.image_size)
+            size = _manifest_size(first.shape, self.cfg)
             if self.volumes and depth is None:
                 vol_key = self._keyspec[self.target_key or self.source_keys[0]][0]
                 vol = first if first.ndim == 3 else np.asarray(full.load(0, vol_key))
