@@ -41,7 +41,8 @@ def translate_image(translator: Any, image: np.ndarray, cfg: RunConfig, *, seed:
     """Translate ``image`` ``[H, W]`` (or a ``[K, H, W]`` stack, one image per source channel) in [0, 1]
     at the model's size; returns ``[H, W]`` in [0, 1].
 
-    An image of another size is resized to the model's ``data.image_size`` square (antialiased
+    An image of another size is resized to the model's ``(H, W)`` (``spatial_shape(data)``:
+    ``data.image_size`` wide, ``data.image_height`` or the data's aspect ratio high; antialiased
     bilinear, :func:`~medgen.data.io.to_model_range`) and the result resized back, with a note
     (appended to ``notes``, or warned when ``notes`` is None). ``seed`` seeds the sampling noise;
     ``cfg.sample`` gives the sampler options. ``cond``: the model's per-sample conditions
@@ -49,12 +50,13 @@ def translate_image(translator: Any, image: np.ndarray, cfg: RunConfig, *, seed:
     """
     import torch
 
+    from medgen.data.datasets import spatial_shape
     from medgen.data.io import from_model_range, to_model_range
 
-    size = translator.config.data.image_size
+    size = spatial_shape(translator.config.data)  # (H, W): may be non-square (the coronal spine's 2:1)
     hw = tuple(image.shape[-2:])
-    if hw != (size, size):
-        note = (f"{name} is {hw[0]}x{hw[1]}; the model works at {size}x{size}, "
+    if hw != size:
+        note = (f"{name} is {hw[0]}x{hw[1]}; the model works at {size[0]}x{size[1]}, "
                 "so the image is resized in and the result resized back")
         if notes is None:
             warnings.warn(note, stacklevel=2)
@@ -64,7 +66,7 @@ def translate_image(translator: Any, image: np.ndarray, cfg: RunConfig, *, seed:
         channels = source_channels(translator.config)
         if image.shape[0] != channels:
             raise ValueError(f"{name}: a stack of {image.shape[0]} images but the model's source has {channels} channels")
-        source = torch.cat([to_model_range(channel, size) for channel in image], dim=1)  # [1, K, size, size]
+        source = torch.cat([to_model_range(channel, size) for channel in image], dim=1)  # [1, K, H, W]
     else:
         source = to_model_range(image, size)
     values = {k: float(v) for k, v in (cond or {}).items()}

@@ -94,3 +94,19 @@ def test_spatial_shape_rules():
     assert spatial_shape(dataclasses.replace(knee, depth=6, image_height=24), 3) == (6, 24, 16)
     assert DATASETS["volume"](dataclasses.replace(knee, depth=6, image_height=24, n_test=1), "test").spatial_shape \
         == (6, 24, 16)
+
+
+def test_sample_command_resizes_to_the_models_non_square_size():
+    """``medgen sample`` (commands.translate_image) feeds the model at its (H, W) = (32, 16), not a square."""
+    import numpy as np
+
+    from medgen.commands import translate_image
+
+    cfg = _config("identity", CORONAL)
+    model = METHODS["identity"](cfg)
+    notes: list[str] = []
+    assert translate_image(model, np.full((32, 16), 0.5, np.float32), cfg, notes=notes).shape == (32, 16)
+    assert notes == []
+    out = translate_image(model, np.full((64, 40), 0.5, np.float32), cfg, notes=notes)
+    assert out.shape == (64, 40) and np.allclose(out, 0.5, atol=1e-6)
+    assert notes and "the model works at 32x16" in notes[0]
