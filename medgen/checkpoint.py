@@ -90,6 +90,8 @@ def make_manifest(config: RunConfig | None, *, step: int, total_steps: int, seed
         "wall_time_s": round(float(wall_time), 3),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    if config is not None and config.parents:  # a staged method: the parent runs it was trained on
+        manifest["parents"] = {name: config_hash(parent) for name, parent in sorted(config.parents.items())}
     manifest.update(extra)
     return manifest
 
@@ -351,13 +353,19 @@ def check_config(checkpoint: str | os.PathLike, expected: RunConfig) -> RunConfi
 # Translators
 # --------------------------------------------------------------------------------------
 def load_translator(path: str | os.PathLike, *, device: str | torch.device = "cpu", ema: bool = True,
-                    config: RunConfig | None = None) -> "Method":
+                    config: RunConfig | None = None, parents: "dict[str, Method] | None" = None,
+                    runs: str | os.PathLike | None = None) -> "Method":
     """Rebuild the method a checkpoint names, load its (EMA) weights, and return it in eval mode.
 
     ``path`` is a checkpoint folder or a run folder (its ``latest`` checkpoint is used).
     ``ema=False`` loads the raw weights; a run trained with ``ema_decay=0`` has only those.
     ``config``, when given, must equal the saved config (else a one-line error names the
     differing keys). Errors are :class:`CheckpointError` naming the file at fault.
+
+    A staged method (its saved config names ``parents``) gets them attached, frozen: ``parents``
+    when given (already resolved), else :func:`medgen.zoo.resolve_parents` finds each one
+    (shipped, cached under ``runs`` / ``$MEDGEN_RUNS`` / ``runs/``, or trained); one that cannot
+    be had is a one-line :class:`~medgen.methods.base.ParentError` naming it.
     """
     ckpt = resolve_checkpoint(path)
     cfg = check_config(ckpt, config) if config is not None else read_config(ckpt)
@@ -368,8 +376,15 @@ def load_translator(path: str | os.PathLike, *, device: str | torch.device = "cp
         factory = registry.lookup(registry.METHODS, cfg.method)
     except registry.UnknownNameError as err:
         raise CheckpointError(f"{ckpt / CONFIG_FILE}: {err}") from None
+    staged = bool(cfg.parents) or bool(getattr(factory, "parent_names", ()))
+    if staged and parents is None:
+        from medgen.zoo import resolve_parents
+
+        parents = resolve_parents(cfg, runs=runs)
     method = factory(cfg).to(device)
     load_weights(ckpt, method, ema=ema and cfg.train.ema_decay > 0)
+    if staged:
+        method.attach_parents(parents)
     return method.eval()
 
 

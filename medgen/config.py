@@ -177,6 +177,14 @@ class RunConfig:
     sample: SampleConfig = field(default_factory=SampleConfig)  # sampling at evaluation time
     train: TrainConfig = field(default_factory=TrainConfig)  # optimisation
     gan: GANConfig = field(default_factory=GANConfig)  # GAN translators only (pix2pix, cut, syndiff)
+    # Staged methods: name -> the full config of a parent run this method is trained on top of
+    # (frozen; e.g. {"autoencoder": <its RunConfig>}). The names are the method's parent_names;
+    # zoo.resolve_parents finds each (shipped, cached or trained) and train_or_load /
+    # load_translator attach them. Part of config_hash (omitted only while empty).
+    parents: dict[str, RunConfig] = field(default_factory=dict, metadata=OMIT_AT_DEFAULT)
+
+    def __hash__(self) -> int:  # `parents` is a dict; a config hashes by its content
+        return hash(config_hash(self))
 
 
 # --------------------------------------------------------------------------------------
@@ -237,6 +245,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: expected an object for {tp.__name__}, got {value!r}")
         return from_dict(value, tp, prefix=key + ".")
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected an object, got {value!r}")
+        value_tp = typing.get_args(tp)[1]
+        return {str(k): _coerce(v, value_tp, f"{key}.{k}") for k, v in value.items()}
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")

@@ -7,6 +7,9 @@
 2. else the run cached under ``runs/<task>/<config_hash>/`` is loaded, resumed or trained by
    :func:`medgen.train.train_or_load` (with a progress bar and one line saying what trains).
 
+A staged config (``cfg.parents``) gets its parents first, each found the same way
+(:func:`resolve_parents`), and attached frozen to the model before it is loaded or trained.
+
 A shipped checkpoint of the same task, preset and source whose config no longer matches is
 never used silently: one line names it and the first differing keys (once per folder), and
 the model is trained instead. ``retrain=True`` (``RETRAIN=1`` in the environment) ignores the
@@ -30,7 +33,8 @@ from typing import Any, Callable
 
 from medgen.config import RunConfig, config_hash
 
-__all__ = ["resolve", "shipped", "describe", "is_loaded", "pick", "checkpoints_root", "runs_root", "retrain_requested"]
+__all__ = ["resolve", "resolve_parents", "shipped", "describe", "is_loaded", "pick", "checkpoints_root", "runs_root",
+           "retrain_requested"]
 
 _MEMORY: dict[tuple[str, str], Any] = {}
 _LOCK = threading.RLock()
@@ -162,8 +166,10 @@ def resolve(cfg: RunConfig, *, root: str | os.PathLike | None = None, progress: 
         if key in _MEMORY:
             return _MEMORY[key]
         folder = None if retrain else shipped(cfg, root)
+        parents = (resolve_parents(cfg, root=root, runs=runs, progress=progress, retrain=retrain)
+                   if _is_staged(cfg) else None)
         if folder is not None:
-            model = load_translator(folder, config=cfg)
+            model = load_translator(folder, config=cfg, parents=parents)
         else:
             runs = runs_root(root, runs)
             cached = (run_dir_for(cfg, runs) / "latest").exists()
@@ -174,7 +180,53 @@ def resolve(cfg: RunConfig, *, root: str | os.PathLike | None = None, progress: 
                 print(f"medgen: {what}", file=sys.stderr, flush=True)
             if report is not None:
                 report(0.0, desc=what)
-            model = train_or_load(cfg, root=runs, progress=progress).eval()
+            model = train_or_load(cfg, root=runs, progress=progress, parents=parents).eval()
         if keep:
             _MEMORY[key] = model
         return model
+
+
+def _is_staged(cfg: RunConfig) -> bool:
+    """Whether ``cfg`` names parents or its method needs some (an unknown method: only ``cfg.parents``)."""
+    if cfg.parents:
+        return True
+    import medgen.methods  # noqa: F401 -- fills METHODS
+    from medgen import registry
+
+    return bool(getattr(registry.METHODS.get(cfg.method), "parent_names", ()))
+
+
+def resolve_parents(cfg: RunConfig, *, root: str | os.PathLike | None = None, progress: bool = True,
+                    runs: str | os.PathLike | None = None, retrain: bool | None = None) -> dict[str, Any]:
+    """The parents of a staged config: ``{name: trained Method}`` (eval mode), one per ``cfg.parents``.
+
+    Each parent is found like any model, by :func:`resolve` (shipped checkpoint, else cached or
+    trained under ``runs``), so a parent's own parents are resolved the same way, recursively.
+    Their names are checked against the method's ``parent_names`` first, before anything
+    trains (one-line :class:`~medgen.methods.base.ParentError` naming the missing / unknown
+    ones); a parent that cannot be loaded or trained is a one-line ``ParentError`` naming it
+    (and the chain of parents above it). Returns ``{}`` for a config without parents.
+    """
+    import medgen.methods  # noqa: F401 -- fills METHODS
+    from medgen import registry
+    from medgen.methods.base import ParentError, check_parent_names
+
+    factory = registry.METHODS.get(cfg.method)
+    if factory is not None:
+        check_parent_names(cfg.method, getattr(factory, "parent_names", ()), cfg.parents)
+    out: dict[str, Any] = {}
+    for name, parent in cfg.parents.items():
+        if not isinstance(parent, RunConfig):
+            raise ParentError(f"{cfg.name} ({cfg.method}): parent '{name}' is a {type(parent).__name__}, "
+                              "not a RunConfig")
+        try:
+            out[name] = resolve(parent, root=root, runs=runs, progress=progress, retrain=retrain,
+                                label=f"parent '{name}' ({parent.name}/{parent.method}) of {cfg.name}")
+        except ParentError as err:
+            raise ParentError(f"{cfg.name} ({cfg.method}): parent '{name}': {err}") from err
+        except Exception as err:  # noqa: BLE001 -- any failure becomes one line naming the parent
+            text = str(err).strip().splitlines()
+            raise ParentError(f"{cfg.name} ({cfg.method}): parent '{name}' ({parent.name}/{parent.method} at "
+                              f"`{parent.preset}`, config {config_hash(parent)}) could not be loaded or trained: "
+                              f"{type(err).__name__}: {text[0] if text else ''}") from err
+    return out

@@ -127,6 +127,63 @@ def _taking_cond(fn: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
+# --------------------------------------------------------------------------------------
+# Staged methods: parents (frozen models a method is trained on top of)
+# --------------------------------------------------------------------------------------
+class ParentError(ValueError):
+    """A staged method's parents do not match its ``parent_names`` or one cannot be had; one line naming it."""
+
+
+class Parents(Mapping[str, "Method"]):
+    """The read-only ``name -> Method`` map a staged method holds as ``self.parents``.
+
+    Not an ``nn.Module``, so the parents stay outside the child's module tree: not in its
+    ``state_dict()`` / ``parameters()`` / checkpoint, untouched by ``.train()``. ``copy.deepcopy``
+    (the training loop's EMA copy, an export's cast copy) shares them instead of copying:
+    they are frozen. A missing name is a ``KeyError`` saying how parents get attached.
+    """
+
+    def __init__(self, parents: Mapping[str, "Method"] | None = None, owner: str = "method") -> None:
+        self._parents = dict(parents or {})
+        self._owner = owner
+
+    def __getitem__(self, name: str) -> "Method":
+        try:
+            return self._parents[name]
+        except KeyError:
+            attached = ", ".join(self._parents) or "none"
+            raise KeyError(f"{self._owner} has no parent '{name}' attached (attached: {attached}); "
+                           "zoo.resolve / train_or_load / load_translator attach cfg.parents, "
+                           "or call attach_parents") from None
+
+    def __iter__(self):
+        return iter(self._parents)
+
+    def __len__(self) -> int:
+        return len(self._parents)
+
+    def __repr__(self) -> str:
+        return f"Parents({', '.join(f'{k}={type(v).__name__}' for k, v in self._parents.items())})"
+
+    def __deepcopy__(self, memo: dict) -> "Parents":
+        return self
+
+    def __copy__(self) -> "Parents":
+        return self
+
+
+def check_parent_names(method: str, needed: Sequence[str], given: Iterable[str]) -> None:
+    """One-line :class:`ParentError` unless ``given`` (cfg.parents' names) equals ``needed`` (parent_names)."""
+    given = list(given)
+    missing = [n for n in needed if n not in given]
+    unknown = [n for n in given if n not in needed]
+    if missing or unknown:
+        parts = ([f"missing parent {', '.join(repr(n) for n in missing)}"] if missing else []) + \
+                ([f"unknown parent {', '.join(repr(n) for n in unknown)}"] if unknown else [])
+        raise ParentError(f"method '{method}': {'; '.join(parts)} (its parents: "
+                          f"{', '.join(needed) or 'none'}; set cfg.parents = {{name: parent RunConfig}})")
+
+
 class Method(nn.Module):
     """Base class. Subclasses set ``self.config`` and implement the three methods below.
 
@@ -140,6 +197,8 @@ class Method(nn.Module):
 
     config: RunConfig
     condition_keys: tuple[str, ...] = ()  # per-sample conditions translate(cond=) needs, e.g. ("uca",); () = none
+    parent_names: tuple[str, ...] = ()  # staged methods: the frozen parent runs it needs (cfg.parents' keys); () = none
+    parents: Parents = Parents()  # the attached parents (attach_parents); outside the module tree
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -173,6 +232,40 @@ class Method(nn.Module):
 
     def _method_name(self) -> str:
         return getattr(getattr(self, "config", None), "method", None) or type(self).__name__
+
+    def attach_parents(self, parents: Mapping[str, "Method"]) -> None:
+        """Hold ``parents`` (``name -> trained Method``, names exactly :attr:`parent_names`) frozen as ``self.parents``.
+
+        Each parent is put in eval mode with ``requires_grad=False`` (gradients still flow
+        *through* it into this method's own parameters) and kept outside the module tree (see
+        :class:`Parents`). The parents are moved to this method's device now and on every later
+        ``.to()`` / ``.cuda()`` / ``.cpu()`` (:meth:`_apply`); they keep their own dtype. A name
+        missing or unknown is a one-line :class:`ParentError`. ``zoo.resolve``, ``train_or_load``
+        and ``load_translator`` call this with the parents they resolved from ``cfg.parents``.
+        """
+        name = getattr(getattr(self, "config", None), "method", None) or type(self).__name__
+        check_parent_names(name, self.parent_names, parents)
+        for parent in parents.values():
+            parent.eval()
+            parent.requires_grad_(False)
+        self.parents = Parents({n: parents[n] for n in self.parent_names}, owner=f"method '{name}'")
+        self._move_parents()
+
+    def _move_parents(self) -> None:
+        """Move the parents to the device of this method's own first parameter / buffer (if it has any)."""
+        if not self.parents:
+            return
+        own = next(iter(self.parameters()), None)
+        own = own if own is not None else next(iter(self.buffers()), None)
+        if own is not None:
+            for parent in self.parents.values():
+                parent.to(own.device)
+
+    def _apply(self, fn: Callable[..., Any], recurse: bool = True) -> "Method":
+        """``nn.Module._apply`` (behind ``.to()``, ``.cuda()``, ``.half()`` ...), then the parents follow the device."""
+        out = super()._apply(fn, recurse)
+        self._move_parents()
+        return out
 
     @torch.no_grad()
     def outputs_for(self, source: torch.Tensor, *, generator: torch.Generator | None = None,

@@ -85,7 +85,7 @@ def _cached_checkpoint(run_dir: Path, cfg: RunConfig) -> Path | None:
 
 
 def train_or_load(cfg: RunConfig, *, root: str | os.PathLike = "runs", progress: bool = True, force: bool = False,
-                  device: str | torch.device | None = None) -> Method:
+                  device: str | torch.device | None = None, parents: dict[str, Method] | None = None) -> Method:
     """The trained model of ``cfg`` (EMA weights, eval mode), trained only if not cached.
 
     Looks in ``root/<cfg.name>/<config_hash(cfg)>/``: a complete final checkpoint is loaded,
@@ -93,8 +93,17 @@ def train_or_load(cfg: RunConfig, *, root: str | os.PathLike = "runs", progress:
     deletes the cached run first). Refuses (:class:`SplitOverlapError`) to train when the
     train and test datasets both expose ``patient_ids`` and share any. Concurrent callers
     for one config are serialised by :func:`run_lock`: the first trains, the others load.
+
+    A staged method (``cfg.parents``) first gets its parents, each through the model finder
+    (:func:`medgen.zoo.resolve_parents`: shipped, cached under ``root`` or trained there), unless
+    ``parents`` hands them in already resolved; they are attached frozen before fitting or
+    loading. Their configs are part of ``config_hash(cfg)``: a changed parent retrains the child.
     """
     run_dir = run_dir_for(cfg, root)
+    if parents is None and (cfg.parents or getattr(registry.METHODS.get(cfg.method), "parent_names", ())):
+        from medgen.zoo import resolve_parents  # the model finder; it imports this module
+
+        parents = resolve_parents(cfg, runs=root, progress=progress)
     ctx = DistContext.setup(device)
     try:
         with run_lock(run_dir) if ctx.is_main else contextlib.nullcontext():  # rank 0 locks for the job
@@ -103,20 +112,24 @@ def train_or_load(cfg: RunConfig, *, root: str | os.PathLike = "runs", progress:
             ctx.barrier()
             cached = _cached_checkpoint(run_dir, cfg)
             if cached is not None:
-                return load_translator(cached, device=ctx.device, config=cfg)
-            return _train_cached(cfg, run_dir, progress, ctx)
+                return load_translator(cached, device=ctx.device, config=cfg, parents=parents)
+            return _train_cached(cfg, run_dir, progress, ctx, parents)
     finally:
         ctx.close()
 
 
-def _train_cached(cfg: RunConfig, run_dir: Path, progress: bool, ctx: DistContext) -> Method:
-    """Build the datasets and method of ``cfg``, check the split, and fit (resuming) into ``run_dir``."""
+def _train_cached(cfg: RunConfig, run_dir: Path, progress: bool, ctx: DistContext,
+                  parents: dict[str, Method] | None = None) -> Method:
+    """Build the datasets and method of ``cfg`` (with its frozen ``parents`` attached), check the split,
+    and fit (resuming) into ``run_dir``."""
     make_dataset = registry.lookup(registry.DATASETS, cfg.data.dataset)
     train_ds = make_dataset(cfg.data, "train")
     if _dataset_attr(train_ds, "patient_ids") is not None:
         check_patient_overlap(train_ds, make_dataset(cfg.data, "test"), f"dataset '{cfg.data.dataset}'")
     seed_everything(cfg.seed)
     method = registry.lookup(registry.METHODS, cfg.method)(cfg)
+    if parents is not None:
+        method.attach_parents(parents)
     fit(method, train_ds, cfg.train, out_dir=run_dir, run_config=cfg, seed=cfg.seed, resume=True,
         progress=progress, device=ctx.device)
     return method
