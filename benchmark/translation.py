@@ -112,7 +112,7 @@ def describe(cfg: RunConfig, method: Method) -> str:
         return f"{cfg.sample.sampler.upper()} t={cfg.sample.steps}"
     if cfg.method == "syndiff":
         return f"{method.schedule.steps}-step reverse chain"
-    return f"one {cfg.gan.generator} generator pass"
+    return f"one {cfg.options.generator} generator pass"
 
 
 def build(model: str, preset: str, seed: int = 0) -> Translator:

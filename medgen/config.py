@@ -23,10 +23,11 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import sys
 import types
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass, replace
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 
 class ConfigError(ValueError):
@@ -98,7 +99,14 @@ class SampleConfig:
 
 @dataclass(frozen=True)
 class GANConfig:
-    """Generator, discriminator and losses of the GAN translators (pix2pix, cut, syndiff)."""
+    """The legacy ``gan`` section: read from old ``config.json`` files only, never set any more.
+
+    Before each method had its own options (:class:`MethodOptions`, ``RunConfig.options``), the
+    GAN translators (pix2pix, cut, syndiff) shared this catch-all. :func:`from_dict` turns an old
+    file's ``gan`` section into the method's options (the fields they share), and
+    :func:`hash_dict` renders options back into this shape, so old runs and shipped checkpoints
+    keep their config hash. Its defaults are the legacy defaults; do not change them.
+    """
 
     generator: str = "unet"  # "unet" (pix2pix's UNet), "resnet" (CUT's ResNet), "sa_unet" (the model UNet with t fixed)
     gen_channels: int = 64  # base feature channels of the generator (ngf); sa_unet uses model.channels
@@ -118,6 +126,82 @@ class GANConfig:
     nce_patches: int = 256  # patches sampled per layer for PatchNCE
     lambda_cycle: float = 0.5  # SynDiff cycle-consistency (non-diffusive module) weight
     lr_d: float = 0.0  # discriminator learning rate (0: same as train.lr)
+
+
+@dataclass(frozen=True)
+class MethodOptions:
+    """Base of a method's own typed options, ``RunConfig.options`` (e.g. ``Pix2PixOptions``).
+
+    A method file defines a frozen dataclass of its settings (each field commented), derived
+    from this class, validates them in ``__post_init__`` with :meth:`check` (one-line
+    :class:`ConfigError` ``"<method>.<field>: ..."``) and registers it with
+    :func:`register_options`. ``--set options.<field>=value`` sets one field; JSON keeps them
+    under ``"options"``. ``legacy_gan``: for a method that once used the ``gan`` section, the
+    values its presets wrote there for fields it never read (hash compatibility only).
+    """
+
+    METHOD: ClassVar[str] = "options"  # the method name, set by register_options (error prefix)
+    legacy_gan: ClassVar[Mapping[str, Any]] = {}
+
+    def check(self, name: str, ok: bool, requirement: str) -> None:
+        """Raise ``ConfigError("<method>.<name>: <requirement>, got <value>")`` unless ``ok``."""
+        if not ok:
+            raise ConfigError(f"{self.METHOD}.{name}: {requirement}, got {getattr(self, name)!r}")
+
+
+_OPTIONS: dict[str, type[MethodOptions]] = {}  # method name -> its options class
+
+
+def register_options(method: str) -> Any:
+    """Class decorator: ``cls`` is the options class of ``method`` (``RunConfig.options``)."""
+
+    def deco(cls: type[MethodOptions]) -> type[MethodOptions]:
+        if not (isinstance(cls, type) and issubclass(cls, MethodOptions) and is_dataclass(cls)):
+            raise TypeError(f"register_options('{method}'): {cls!r} is not a MethodOptions dataclass")
+        if _OPTIONS.get(method, cls) is not cls:
+            raise ValueError(f"options of method '{method}' registered twice")
+        cls.METHOD = method
+        _OPTIONS[method] = cls
+        return cls
+
+    return deco
+
+
+def options_class(method: str) -> type[MethodOptions] | None:
+    """The options class registered for ``method`` (None: the method takes no options).
+
+    Imports ``medgen.methods`` (which registers the shipped methods' options) on first need.
+    """
+    if method not in _OPTIONS and "medgen.methods" not in sys.modules:
+        import importlib
+
+        importlib.import_module("medgen.methods")
+    return _OPTIONS.get(method)
+
+
+def method_options(cfg: RunConfig, cls: type[MethodOptions]) -> MethodOptions:
+    """``cfg.options`` checked to be a ``cls`` (``None``: ``cls()``, the defaults); else a one-line error."""
+    if cfg.options is None:
+        return cls()
+    if not isinstance(cfg.options, cls):
+        raise ConfigError(f"options: method '{cfg.method}' takes {cls.__name__}, got {type(cfg.options).__name__}")
+    return cfg.options
+
+
+def _from_legacy_gan(section: Mapping[str, Any], cls: type[MethodOptions], prefix: str) -> MethodOptions:
+    """An old ``gan`` section (missing keys: the legacy defaults) as ``cls``: the fields they share."""
+    legacy = from_dict(section, GANConfig, prefix=prefix)
+    names = {f.name for f in fields(GANConfig)}
+    return cls(**{f.name: getattr(legacy, f.name) for f in fields(cls) if f.name in names})
+
+
+def _legacy_gan_dict(options: MethodOptions | None) -> dict[str, Any]:
+    """``options`` rendered as the old ``gan`` section (what config hashes were computed from)."""
+    out = dataclasses.asdict(GANConfig())
+    if options is not None:
+        out.update(options.legacy_gan)
+        out.update({f.name: getattr(options, f.name) for f in fields(options) if f.name in out})
+    return hash_dict(out)
 
 
 @dataclass(frozen=True)
@@ -176,7 +260,9 @@ class RunConfig:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)  # forward process / loss
     sample: SampleConfig = field(default_factory=SampleConfig)  # sampling at evaluation time
     train: TrainConfig = field(default_factory=TrainConfig)  # optimisation
-    gan: GANConfig = field(default_factory=GANConfig)  # GAN translators only (pix2pix, cut, syndiff)
+    # The method's own typed options (its registered MethodOptions class, e.g. Pix2PixOptions;
+    # None: its defaults, or a method without options); --set options.<field>=value.
+    options: MethodOptions | None = None
     # Staged methods: name -> the full config of a parent run this method is trained on top of
     # (frozen; e.g. {"autoencoder": <its RunConfig>}). The names are the method's parent_names;
     # zoo.resolve_parents finds each (shipped, cached or trained) and train_or_load /
@@ -220,6 +306,9 @@ def hash_dict(cfg: Any) -> Any:
             value = getattr(cfg, f.name)
             if f.metadata.get("omit_at_default") and value == _field_default(f):
                 continue
+            if isinstance(cfg, RunConfig) and f.name == "options":
+                out.update(_options_hash_dict(cfg))
+                continue
             out[f.name] = hash_dict(value)
         return out
     if isinstance(cfg, (list, tuple)):
@@ -227,6 +316,22 @@ def hash_dict(cfg: Any) -> Any:
     if isinstance(cfg, Mapping):
         return {k: hash_dict(v) for k, v in cfg.items()}
     return cfg
+
+
+def _options_hash_dict(cfg: RunConfig) -> dict[str, Any]:
+    """The hash of ``cfg.options``: the legacy ``gan`` section they fill, plus ``"options"`` with any
+    field that section lacks (``None``: the method's defaults, so both hash alike)."""
+    options = cfg.options
+    if options is None:
+        cls = options_class(cfg.method)
+        options = cls() if cls is not None else None
+    out: dict[str, Any] = {"gan": _legacy_gan_dict(options)}
+    legacy = {f.name for f in fields(GANConfig)}
+    extra = {} if options is None else {f.name: hash_dict(getattr(options, f.name))
+                                        for f in fields(options) if f.name not in legacy}
+    if extra:
+        out["options"] = extra
+    return out
 
 
 def config_hash(cfg: Any, length: int = 12) -> str:
@@ -289,15 +394,47 @@ def _unknown_key(key: str, choices: Sequence[str], prefix: str) -> ConfigError:
 
 
 def from_dict(data: Mapping[str, Any], cls: type = RunConfig, prefix: str = "") -> Any:
-    """Rebuild a config dataclass from :func:`to_dict` output; unknown keys are errors."""
+    """Rebuild a config dataclass from :func:`to_dict` output; unknown keys are errors.
+
+    A RunConfig's ``options`` are built as the options class of its ``method`` (missing: its
+    defaults); an old file's ``gan`` section becomes those options (:class:`GANConfig`).
+    """
+    if cls is RunConfig:
+        data = _read_options(data, prefix)
     hints = typing.get_type_hints(cls)
     names = [f.name for f in fields(cls)]
     kwargs = {}
     for key, value in data.items():
         if key not in names:
             raise _unknown_key(key, names, prefix)
-        kwargs[key] = _coerce(value, hints[key], prefix + key)
+        kwargs[key] = value if cls is RunConfig and key == "options" else _coerce(value, hints[key], prefix + key)
     return cls(**kwargs)
+
+
+def _read_options(data: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """``data`` with ``"options"`` built for its method and a legacy ``"gan"`` section migrated into it."""
+    data = dict(data)
+    method = data.get("method", RunConfig.method)
+    cls = options_class(method) if isinstance(method, str) else None
+    legacy, raw = data.pop("gan", None), data.pop("options", None)
+    if legacy is not None and raw is not None:
+        raise ConfigError(f"{prefix}gan: an old 'gan' section and 'options' both given (keep 'options')")
+    if legacy is not None and not isinstance(legacy, Mapping):
+        raise ConfigError(f"{prefix}gan: expected an object, got {legacy!r}")
+    if raw is not None and not isinstance(raw, Mapping):
+        raise ConfigError(f"{prefix}options: expected an object, got {raw!r}")
+    if cls is None:
+        if raw:
+            raise ConfigError(f"{prefix}options: method '{method}' takes no options, got {', '.join(raw)}")
+        options = None  # a legacy gan section of a method that never read it is dropped
+    elif raw is not None:
+        options = from_dict(raw, cls, prefix=f"{prefix}options.")
+    elif legacy is not None:
+        options = _from_legacy_gan(legacy, cls, f"{prefix}gan.")
+    else:
+        options = cls()
+    data["options"] = options
+    return data
 
 
 def from_json(text: str) -> RunConfig:
@@ -325,6 +462,10 @@ def set_value(cfg: Any, dotted: str, value: Any, prefix: str = "") -> Any:
     """Return a copy of ``cfg`` with ``dotted`` (e.g. ``train.lr``) set to ``value``."""
     head, _, rest = dotted.partition(".")
     names = [f.name for f in fields(cfg)]
+    if isinstance(cfg, RunConfig):
+        special = _set_run_value(cfg, head, rest, value, prefix)
+        if special is not None:
+            return special
     if head not in names:
         raise _unknown_key(head, names, prefix)
     hints = typing.get_type_hints(type(cfg))
@@ -337,6 +478,28 @@ def set_value(cfg: Any, dotted: str, value: Any, prefix: str = "") -> Any:
     if is_dataclass(hints[head]):
         raise ConfigError(f"config key '{head}' is a section; set one of its fields, e.g. '{head}.<field>=...'")
     return replace(cfg, **{head: _coerce(value, hints[head], prefix + dotted)})
+
+
+def _set_run_value(cfg: RunConfig, head: str, rest: str, value: Any, prefix: str) -> RunConfig | None:
+    """``options.<field>`` (on the method's options; None: its defaults) and ``method`` (whose options
+    are reset to the new method's defaults when their class differs); None for every other key."""
+    if head == "gan":
+        raise ConfigError(f"config key '{prefix}gan' is gone: a method's settings are its typed options, "
+                          f"'{prefix}options.<field>' (e.g. options.lambda_l1)")
+    if head == "options":
+        cls = options_class(cfg.method)
+        if cls is None:
+            raise ConfigError(f"config key '{prefix}options': method '{cfg.method}' takes no options")
+        if not rest:
+            raise ConfigError(f"config key '{prefix}options' is a section; set one of its fields, "
+                              f"e.g. '{prefix}options.<field>=...'")
+        return replace(cfg, options=set_value(method_options(cfg, cls), rest, value, prefix=f"{prefix}options."))
+    if head == "method" and not rest:
+        method = _coerce(value, str, prefix + head)
+        cls = options_class(method)
+        keep = cls is not None and isinstance(cfg.options, cls)
+        return replace(cfg, method=method, options=cfg.options if keep else (cls() if cls is not None else None))
+    return None
 
 
 def apply_overrides(cfg: RunConfig, overrides: Sequence[str] | Mapping[str, Any] | None) -> RunConfig:

@@ -173,3 +173,101 @@ def test_override_type_errors(override: str, message: str) -> None:
 
 def test_config_error_is_value_error() -> None:
     assert issubclass(ConfigError, ValueError)
+
+
+# --------------------------------------------------------------------------------------
+# Typed method options (RunConfig.options) and the legacy `gan` section
+# --------------------------------------------------------------------------------------
+def _pix2pix() -> RunConfig:
+    return C.get_preset("cpu", task="mri_to_ct/pix2pix_unet")
+
+
+def test_each_gan_method_registers_its_options() -> None:
+    from medgen.methods.cut import CUTOptions
+    from medgen.methods.pix2pix import Pix2PixOptions
+    from medgen.methods.syndiff import SynDiffOptions
+
+    assert C.options_class("pix2pix") is Pix2PixOptions and C.options_class("cut") is CUTOptions
+    assert C.options_class("syndiff") is SynDiffOptions and C.options_class("cddpm") is None
+    assert isinstance(_pix2pix().options, Pix2PixOptions) and C.get_preset("ci").options is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        _pix2pix().options.lambda_l1 = 1.0  # type: ignore[misc]
+
+
+def test_old_config_json_with_a_gan_section_loads_into_the_options() -> None:
+    from pathlib import Path
+
+    old = json.loads((Path(__file__).parents[1] / "checkpoints/mri_to_ct/pix2pix_unet-t1w/config.json").read_text())
+    assert "gan" in old and "options" not in old
+    cfg = C.from_dict(old)
+    assert cfg == dataclasses.replace(_pix2pix(), data=dataclasses.replace(_pix2pix().data, source="t1w"))
+    assert "gan" not in C.to_dict(cfg) and C.to_dict(cfg)["options"]["lambda_l1"] == 10.0
+    legacy_cddpm = {**C.to_dict(C.get_preset("ci")), "gan": {"lambda_l1": 3.0}}
+    del legacy_cddpm["options"]
+    assert C.from_dict(legacy_cddpm) == C.get_preset("ci")  # a method that never read `gan`: dropped
+    with pytest.raises(ConfigError, match="gan: an old 'gan' section and 'options' both given"):
+        C.from_dict({**C.to_dict(_pix2pix()), "gan": {}})
+    with pytest.raises(ConfigError, match=r"gan\.lambda_l1: expected a number"):
+        C.from_dict({**{k: v for k, v in old.items()}, "gan": {**old["gan"], "lambda_l1": "x"}})
+
+
+def test_options_keep_the_old_config_hashes() -> None:
+    """The hash renders options as the old `gan` section: every preset, GAN or not, kept its hash
+    (the shipped checkpoints and every cached run still match)."""
+    assert C.config_hash(_pix2pix()) == "ff0c99b0e006"  # = before options existed (gan=GANConfig(...))
+    assert C.config_hash(C.get_preset("ci", task="mri_to_ct/cut_resnet")) == "9f221084e09f"
+    assert C.config_hash(C.get_preset("ci", task="mri_to_ct/syndiff")) == "c722db70eef9"
+    none = dataclasses.replace(_pix2pix(), options=None)  # None: the method's defaults
+    defaults = dataclasses.replace(_pix2pix(), options=type(_pix2pix().options)())
+    assert C.config_hash(none) == C.config_hash(defaults)
+    assert C.config_hash(C.apply_overrides(_pix2pix(), ["options.lr_d=1e-4"])) != C.config_hash(_pix2pix())
+
+
+def test_options_fields_outside_the_legacy_section_count_in_the_hash() -> None:
+    @C.register_options("test_options_only")
+    @dataclasses.dataclass(frozen=True)
+    class Extra(C.MethodOptions):
+        alpha: float = 1.0  # a setting the old `gan` section never had
+
+        def __post_init__(self) -> None:
+            self.check("alpha", self.alpha > 0, "must be > 0")
+
+    cfg = C.from_dict({"method": "test_options_only"})
+    assert cfg.options == Extra() and C.hash_dict(cfg)["options"] == {"alpha": 1.0}
+    assert C.config_hash(C.apply_overrides(cfg, ["options.alpha=2"])) != C.config_hash(cfg)
+    with pytest.raises(ConfigError, match=r"^test_options_only.alpha: must be > 0, got -1.0$"):
+        C.apply_overrides(cfg, ["options.alpha=-1"])
+    assert C.from_json(C.to_json(cfg)) == cfg
+
+
+def test_set_options_and_method() -> None:
+    cfg = C.apply_overrides(_pix2pix(), ["options.lambda_l1=2", "options.gan_loss=vanilla"])
+    assert (cfg.options.lambda_l1, cfg.options.gan_loss) == (2.0, "vanilla")
+    cut = C.apply_overrides(_pix2pix(), ["method=cut", "options.lambda_nce=2"])
+    assert type(cut.options).__name__ == "CUTOptions" and cut.options.lambda_nce == 2.0
+    assert C.apply_overrides(cut, ["method=cddpm"]).options is None
+    assert C.apply_overrides(C.get_preset("ci"), ["method=pix2pix"]).options == type(_pix2pix().options)()
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("options.lambda_l1=-1", r"^pix2pix\.lambda_l1: must be >= 0, got -1\.0$"),
+    ("options.lambda_l1=abc", r"options\.lambda_l1: expected a number, got 'abc'"),
+    ("options.lamda_l1=1", r"unknown config key 'options\.lamda_l1'; did you mean 'options\.lambda_l1'"),
+    ("options=3", r"'options' is a section"),
+    ("gan.lambda_l1=5", r"'gan' is gone.*options\.<field>"),
+])
+def test_options_override_errors_are_one_line(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        C.apply_overrides(_pix2pix(), [override])
+    assert "\n" not in str(info.value)
+
+
+def test_a_method_without_options_takes_none() -> None:
+    with pytest.raises(ConfigError, match="method 'cddpm' takes no options"):
+        C.apply_overrides(C.get_preset("ci"), ["options.lambda_l1=1"])
+    with pytest.raises(ConfigError, match="options: method 'cddpm' takes no options, got lambda_l1"):
+        C.from_dict({"method": "cddpm", "options": {"lambda_l1": 1.0}})
+    from medgen.methods.pix2pix import Pix2Pix
+
+    with pytest.raises(ConfigError, match="options: method 'pix2pix' takes Pix2PixOptions, got CUTOptions"):
+        Pix2Pix(dataclasses.replace(_pix2pix(), options=C.get_preset("ci", task="mri_to_ct/cut_resnet").options))

@@ -179,6 +179,67 @@ def test_gan_groups_stepped_in_order_and_isolated(tmp_path, monkeypatch):
     assert not torch.equal(method.state_dict()["disc.0.weight"], init.state_dict()["disc.0.weight"])
 
 
+def test_group_settings_lrs_betas_and_every_k(tmp_path):
+    cfg = th.tiny_config("test_multi", steps=4, ema_decay=0.0, grad_accum=2, log_every=4)
+    method, _ = _fit(cfg, tmp_path / "run")
+    assert [g for g, _ in method.seen] == ["main", "main", "aux", "aux", "main", "main"] * 2  # aux: steps 0, 2
+    state = ck.load_training_state(tmp_path / "run")["optimizers"]
+    main, aux = state["main"]["param_groups"][0], state["aux"]["param_groups"][0]
+    assert (main["lr"], tuple(main["betas"])) == (cfg.train.lr, cfg.train.betas)
+    assert (aux["lr"], tuple(aux["betas"])) == (0.5 * cfg.train.lr, (0.5, 0.9))
+    assert state["aux"]["state"][0]["step"] == 2 and state["main"]["state"][0]["step"] == 4
+    log = _log(tmp_path / "run")[0]
+    assert log["aux/lr"] == 0.5 * cfg.train.lr and "main/lr" not in log and {"main/loss", "aux/gap"} <= set(log)
+    # the aux head only moves on the steps aux runs: after steps 0-1 it is where step 0 left it
+    one, _ = _fit(replace(cfg, train=replace(cfg.train, steps=1)), tmp_path / "one")
+    two, _ = _fit(replace(cfg, train=replace(cfg.train, steps=2)), tmp_path / "two")
+    assert torch.equal(one.head_aux.weight, two.head_aux.weight)
+    assert not torch.equal(one.head_main.weight, two.head_main.weight)
+
+
+def test_begin_step_draws_are_shared_by_the_groups_and_per_micro_batch(tmp_path):
+    cfg = th.tiny_config("test_multi", steps=2, ema_decay=0.0, grad_accum=2)
+    method, _ = _fit(cfg, tmp_path)
+    (g0, a), (_, b), (g2, c), (_, d) = method.seen[:4]  # step 0: main on micro 0, 1; then aux on micro 0, 1
+    assert (g0, g2) == ("main", "aux") and torch.equal(a, c) and torch.equal(b, d) and not torch.equal(a, b)
+    assert not torch.equal(method.seen[4][1], a)  # step 1 draws anew
+    expected = torch.Generator().manual_seed(derive_seed(cfg.seed, "begin", 0, 0))
+    assert torch.equal(a, 0.1 * torch.randn(a.shape, generator=expected))
+
+
+def test_shared_trunk_is_stepped_by_both_groups_and_averaged_once(tmp_path, monkeypatch):
+    cfg = th.tiny_config("test_multi", steps=1, ema_decay=0.5)
+    init, _ = th.build(cfg)
+    stepped = []
+    real = torch.optim.AdamW.step
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **k: stepped.append(
+        [p.clone() for p in self.param_groups[0]["params"]]) or real(self, *a, **k))
+    method, _ = _fit(cfg, tmp_path)
+    # aux's optimiser saw the trunk as main's step left it: both groups update it in turn
+    assert len(stepped) == 2 and not torch.equal(stepped[1][0], init.trunk.weight)
+    monkeypatch.undo()
+    _fit(replace(cfg, train=replace(cfg.train, steps=2)), tmp_path / "two")
+    ema = _weights(tmp_path / "two", ema=True)
+    assert sorted(ema) == sorted(init.state_dict())  # one trunk, averaged once
+    raw1, raw2 = _weights(tmp_path)["trunk.weight"], _weights(tmp_path / "two")["trunk.weight"]
+    w = 1 - min(0.5, 2 / 11)  # the EMA copies step 1, then step 2 with decay min(0.5, (1 + 1) / (10 + 1))
+    torch.testing.assert_close(ema["trunk.weight"], torch.lerp(raw1, raw2, w), atol=1e-7, rtol=0)
+
+
+def test_shared_parameters_need_a_declaration_and_settings_a_known_group(tmp_path, monkeypatch):
+    from medgen.methods.base import GroupSettings
+
+    cfg = th.tiny_config("test_multi", steps=1)
+    monkeypatch.setattr(th.TinyMulti, "optim_settings", lambda self: {"aux": GroupSettings(every=2)})
+    with pytest.raises(ValueError, match=r"param_groups\(\)\['aux'\] shares parameters.*shared=True"):
+        _fit(cfg, tmp_path / "a")
+    monkeypatch.setattr(th.TinyMulti, "optim_settings", lambda self: {"critic": GroupSettings()})
+    with pytest.raises(ValueError, match="names group 'critic', which param_groups\\(\\) lacks"):
+        _fit(cfg, tmp_path / "b")
+    with pytest.raises(ValueError, match="every must be an integer >= 1"):
+        GroupSettings(every=0)
+
+
 def test_amp_never_used_on_cpu(tmp_path, monkeypatch):
     def no_autocast(*args, **kwargs):
         raise AssertionError("autocast used on CPU")
@@ -212,8 +273,9 @@ def test_sample_grids(tmp_path):
 # --------------------------------------------------------------------------------------
 # resume
 # --------------------------------------------------------------------------------------
-def test_resume_after_stop_is_exact(tmp_path):
-    cfg = th.tiny_config("test_gan", steps=6, ckpt_every=2, warmup_steps=2, lr_schedule="cosine")
+@pytest.mark.parametrize("method", ["test_gan", "test_multi"])
+def test_resume_after_stop_is_exact(tmp_path, method):
+    cfg = th.tiny_config(method, steps=6, ckpt_every=2, warmup_steps=2, lr_schedule="cosine")
     _fit(cfg, tmp_path / "full")
     _, first = _fit(cfg, tmp_path / "split", stop_at_step=3)
     assert first.step == 3 and ck.read_manifest(tmp_path / "split")["complete"] is False
@@ -227,10 +289,14 @@ def test_resume_after_stop_is_exact(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_is_exact(tmp_path):
+@pytest.mark.parametrize("method,cls", [("test_regressor", "TinyRegressor"), ("test_multi", "TinyMulti")])
+def test_resume_after_sigkill_is_exact(tmp_path, method, cls):
+    """test_multi: a trunk shared by two groups, one of them every 2nd step with its own lr and betas,
+    draws in begin_step; killed at step >= 6 with checkpoints every 3, so a resume may start on an
+    odd step, where the every-2 group does not run."""
     out = tmp_path / "killed"
     cmd = [sys.executable, str(HERE / "train_helpers.py"), str(out), "--steps", "12", "--ckpt-every", "3",
-           "--sleep", "0.1"]
+           "--sleep", "0.1", "--method", method, "--accum", "2"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         th.wait_for_step(out, 6)
@@ -241,8 +307,8 @@ def test_resume_after_sigkill_is_exact(tmp_path):
     assert proc.returncode == -signal.SIGKILL, output
     step = int(ck.read_manifest(out)["step"])
     assert 6 <= step < 12  # killed mid-run, latest still names a complete checkpoint
-    assert isinstance(ck.load_translator(out), th.TinyRegressor)
-    cfg = th.tiny_config(steps=12, ckpt_every=3)
+    assert type(ck.load_translator(out)).__name__ == cls
+    cfg = th.tiny_config(method, steps=12, ckpt_every=3, grad_accum=2)
     _, resumed = _fit(cfg, out)
     assert resumed.resumed_from == step
     assert [r["step"] for r in _log(out)] == list(range(1, 13))

@@ -1,9 +1,11 @@
 """Tiny test-only methods and data for the training / checkpoint tests, plus a script entry.
 
 Registered names (test-only): methods ``test_regressor`` (a 2-layer conv net regressing
-target from noisy source), ``test_regressor_det`` (the same without noise) and
-``test_gan`` (generator + discriminator groups), ``test_identity`` (no parameters); datasets ``test_pairs`` (disjoint
-train/test patients) and ``test_pairs_leaky`` (test patients overlap train).
+target from noisy source), ``test_regressor_det`` (the same without noise),
+``test_gan`` (generator + discriminator groups), ``test_multi`` (a trunk shared by two groups,
+one stepping every 2nd step with its own lr and betas, per-step draws in ``begin_step``) and
+``test_identity`` (no parameters); datasets ``test_pairs`` (disjoint train/test patients) and
+``test_pairs_leaky`` (test patients overlap train).
 
 Script entry, used by subprocess tests (SIGKILL resume, torchrun DDP)::
 
@@ -125,6 +127,57 @@ class TinyGAN(Method):
     @torch.no_grad()
     def translate(self, source: torch.Tensor, *, generator=None, callback=None, **options) -> torch.Tensor:
         return self.gen(source)
+
+
+@_register(registry.METHODS, "test_multi")
+class TinyMulti(Method):
+    """UXDiff-shaped groups: a ``shared`` trunk updated by two groups, per-step draws, every-k, own lrs.
+
+    ``"main"`` (trunk + ``head_main``, train.lr): ``head_main(trunk(x + noise))`` regresses the
+    target; ``"aux"`` (trunk + ``head_aux``, half the lr, betas (0.5, 0.9), every 2nd step,
+    ``shared=True``): ``head_aux(trunk(x + noise))`` matches the main prediction on the same
+    noisy input (a consistency loss). ``noise`` is drawn once per step in :meth:`begin_step`
+    and rides in the batch; every group also draws a little noise of its own from its
+    generator. ``seen`` records ``(group, noise)`` of every training_step call.
+    """
+
+    def __init__(self, config: RunConfig) -> None:
+        super().__init__(config)
+        m = config.model
+        self.trunk = nn.Conv2d(m.in_channels, m.channels[0], 3, padding=1)
+        self.head_main = nn.Conv2d(m.channels[0], m.out_channels, 3, padding=1)
+        self.head_aux = nn.Conv2d(m.channels[0], m.out_channels, 3, padding=1)
+        self.seen: list[tuple[str, torch.Tensor]] = []
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        trunk = list(self.trunk.parameters())
+        return {"main": trunk + list(self.head_main.parameters()), "aux": trunk + list(self.head_aux.parameters())}
+
+    def optim_settings(self) -> dict:
+        from medgen.methods.base import GroupSettings
+
+        return {"aux": GroupSettings(lr=0.5 * self.config.train.lr, betas=(0.5, 0.9), every=2, shared=True)}
+
+    def begin_step(self, batch: Batch, generator: torch.Generator | None = None) -> Batch:
+        noise = 0.1 * torch.randn(batch.source.shape, generator=generator, device=batch.source.device)
+        return replace(batch, meta={**batch.meta, "noise": noise})
+
+    def _features(self, batch: Batch, generator: torch.Generator | None) -> torch.Tensor:
+        jitter = 0.01 * torch.randn(batch.source.shape, generator=generator, device=batch.source.device)
+        return F.silu(self.trunk(batch.source + batch.meta["noise"] + jitter))
+
+    def training_step(self, batch: Batch, group: str, generator: torch.Generator | None = None) -> dict:
+        _sleep()
+        self.seen.append((group, batch.meta["noise"]))
+        h = self._features(batch, generator)
+        main = self.head_main(h)
+        if group == "main":
+            return {"loss": F.mse_loss(main, batch.target)}
+        return {"loss": F.mse_loss(self.head_aux(h), main.detach()), "gap": (self.head_aux(h) - main).abs().mean()}
+
+    @torch.no_grad()
+    def translate(self, source: torch.Tensor, *, generator=None, callback=None, **options) -> torch.Tensor:
+        return self.head_aux(F.silu(self.trunk(source)))
 
 
 @_register(registry.METHODS, "test_identity")

@@ -5,8 +5,11 @@
 
 A method owns one or more optimiser groups (``{"model": params}`` for diffusion,
 ``{"generator": ..., "discriminator": ...}`` for GANs). Each optimiser step, ``fit()``
-calls :meth:`training_step` once per group, in the order of :meth:`param_groups`, and
-back-propagates the returned ``"loss"`` into that group's parameters only.
+calls :meth:`begin_step` once per micro-batch (draws shared by every group), then
+:meth:`training_step` once per group and micro-batch, in the order of :meth:`param_groups`,
+and back-propagates the returned ``"loss"`` into that group's parameters only.
+:meth:`optim_settings` gives a group its own learning rate / betas / weight decay, a step
+rate (``every``) and permission to share parameters with an earlier group (``shared``).
 """
 from __future__ import annotations
 
@@ -24,6 +27,36 @@ from medgen.data.batch import Batch
 # The CLI and notebooks pass one set of sampling options (cfg.sample's fields) to every method;
 # methods that do not sample accept them with no effect.
 IGNORED_OPTIONS = tuple(f.name for f in dataclasses.fields(SampleConfig))
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupSettings:
+    """How ``fit()`` optimises one group of :meth:`Method.param_groups` (``None``: the train config's value).
+
+    A group's AdamW uses ``lr`` / ``betas`` / ``weight_decay`` (the LR schedule of ``cfg.train``
+    scales ``lr`` as it scales ``train.lr``). It steps on optimiser steps ``s`` (0-based) with
+    ``s % every == 0`` only (its LR schedule still follows the global step). ``shared=True``
+    lets the group hold parameters an earlier group also holds: each group's optimiser then
+    updates them in its own step, with its own moments (UXDiff's Algorithm 1: one angle
+    transformer updated with the main denoiser, then with the auxiliary one); without it a
+    shared parameter is an error. The EMA averages every parameter once, whatever its groups.
+    """
+
+    lr: float | None = None  # peak learning rate of this group (None: train.lr)
+    betas: tuple[float, float] | None = None  # AdamW betas (None: train.betas)
+    weight_decay: float | None = None  # AdamW weight decay (None: train.weight_decay)
+    every: int = 1  # step this group every k-th optimiser step (k >= 1; steps 0, k, 2k, ...)
+    shared: bool = False  # may hold parameters of an earlier group (stepped by both optimisers)
+
+    def __post_init__(self) -> None:
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"GroupSettings.lr must be > 0 or None, got {self.lr}")
+        if self.betas is not None and not (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas)):
+            raise ValueError(f"GroupSettings.betas must be two values in [0, 1) or None, got {self.betas}")
+        if self.weight_decay is not None and self.weight_decay < 0:
+            raise ValueError(f"GroupSettings.weight_decay must be >= 0 or None, got {self.weight_decay}")
+        if isinstance(self.every, bool) or not isinstance(self.every, int) or self.every < 1:
+            raise ValueError(f"GroupSettings.every must be an integer >= 1, got {self.every!r}")
 
 
 def reject_unknown_options(method: str, options: Iterable[str], valid: Iterable[str] = ()) -> None:
@@ -214,6 +247,25 @@ class Method(nn.Module):
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Optimiser groups, in the order they are stepped: name -> parameters."""
         return {"model": [p for p in self.parameters() if p.requires_grad]}
+
+    def optim_settings(self) -> dict[str, GroupSettings]:
+        """Per-group optimiser settings (:class:`GroupSettings`); a group left out uses ``cfg.train``'s."""
+        return {}
+
+    def begin_step(self, batch: Batch, generator: torch.Generator | None = None) -> Batch:
+        """Called by ``fit()`` once per optimiser step and micro-batch, before any group's training_step.
+
+        Return the batch every group's :meth:`training_step` then receives for this micro-batch.
+        A method that must draw once per step and use the draws in every group (UXDiff's
+        consistency loss compares two networks on the same ``t`` and ``x_t``) draws them here
+        from ``generator`` and returns them with the batch, e.g.
+        ``dataclasses.replace(batch, meta={**batch.meta, "t": t, "noise": noise})``, so several
+        micro-batches and ranks need no bookkeeping. ``generator`` is seeded by
+        ``(seed, step, micro-batch)`` only (a stream of its own, apart from the groups'), so the
+        draws are a pure function of the step and a resumed run repeats them exactly; keep
+        nothing across steps outside the weights. The default draws nothing and returns ``batch``.
+        """
+        return batch
 
     def training_step(self, batch: Batch, group: str, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """Losses for optimiser group ``group`` on ``batch``; must contain the scalar ``"loss"``."""

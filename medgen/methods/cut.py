@@ -1,6 +1,8 @@
 """``cut``: contrastive unpaired translation (Park et al. 2020, "CUT") with the spine paper's generators.
 
-Networks (``medgen.nn.gan``, built from ``cfg.gan``): the generator ``G: source -> target``,
+Options: :class:`CUTOptions` (``cfg.options``; ``--set options.<field>=...``).
+
+Networks (``medgen.nn.gan``, built from the options): the generator ``G: source -> target``,
 ``[B, cfg.model.cond_image_channels, H, W] -> [B, cfg.model.out_channels, H, W]`` (``"resnet"``:
 CUT's ResNet generator, the paper's setting ``gen_downs = 1, res_blocks = 8, dropout = 0``;
 ``"sa_unet"``: the medgen UNet of ``cfg.model`` at t = 0), an **unconditional** PatchGAN on
@@ -9,57 +11,91 @@ Linear(C_l, 256) -> ReLU -> Linear(256, 256), then L2 normalisation; CUT's ``Pat
 The heads are built at construction from a dry forward of G (CUT builds them lazily), so the
 optimiser and every checkpoint see them. 2D is what the paper trains and what is tested.
 
-Feature taps: ResNet -- the outputs of ``G.layers[k]`` for ``k`` in ``gan.nce_layers`` (the
+Feature taps: ResNet -- the outputs of ``G.layers[k]`` for ``k`` in ``nce_layers`` (the
 paper's ``0, 4, 8, 12, 16``); SA-UNet -- "after every down-convolution and the first
 up-convolution" (supplement): hooks on every encoder ``Downsample`` and on the deepest decoder
-``Upsample`` (:func:`sa_unet_taps`; ``gan.nce_layers`` unused). Hooks live for one call only.
+``Upsample`` (:func:`sa_unet_taps`; ``nce_layers`` unused). Hooks live for one call only.
 
 Losses (two optimiser groups, stepped by ``fit()`` in this order):
 
 * ``"generator"`` (G and the heads): ``lambda_gan * GAN(D(G(src)), real) + lambda_nce * NCE``
-  with ``NCE = PatchNCE(src, G(src))`` or, with ``gan.nce_idt``, ``0.5 * (PatchNCE(src, G(src))
-  + PatchNCE(tgt, G(tgt)))``. :func:`patch_nce_loss`: at every tap ``gan.nce_patches`` locations
+  with ``NCE = PatchNCE(src, G(src))`` or, with ``nce_idt``, ``0.5 * (PatchNCE(src, G(src))
+  + PatchNCE(tgt, G(tgt)))``. :func:`patch_nce_loss`: at every tap ``nce_patches`` locations
   (the same for ``x``, ``y`` and every image of the batch); each query from ``y = G(x)`` must
   pick its own key from ``x`` (detached) against the other sampled locations of the same image,
-  temperature ``gan.nce_temperature``. CUT's defaults, which the paper keeps: lambda_gan =
+  temperature ``nce_temperature``. CUT's defaults, which the paper keeps: lambda_gan =
   lambda_nce = 1, nce_idt on, tau = 0.07, 256 patches, LSGAN.
 * ``"discriminator"``: ``0.5 * (GAN(D(tgt), real) + GAN(D(G(src).detach()), fake))`` per patch
-  (``gan.gan_loss``); the fake is cached from the generator step of the same batch, as in
-  :mod:`medgen.methods.pix2pix`, else recomputed under ``no_grad``.
+  (``gan_loss``), at learning rate ``lr_d`` when it is > 0, else ``train.lr``; the fake is
+  cached from the generator step of the same batch, as in :mod:`medgen.methods.pix2pix`, else
+  recomputed under ``no_grad``.
 
 Training batches need ``target`` (the ``unpaired`` kind: another patient's CT); CUT never
-compares ``G(src)`` with ``tgt`` pixel-wise, so ``batch.mask``, ``gan.lambda_l1`` and
-``gan.lambda_ssim`` are unused. Every width follows the configured channels, so grayscale works
+compares ``G(src)`` with ``tgt`` pixel-wise, so ``batch.mask`` is unused (and CUT has no L1 or
+SSIM weights). Every width follows the configured channels, so grayscale works
 (the reference implementation fails on 1-channel input).
 
 ``translate(source)`` returns ``G(source)``, deterministic (eval mode), with pix2pix's option
 policy (the sampling options of ``cfg.sample`` ignored, any other a one-line error);
-``generator`` is unused; ``callback`` is called once. Not supported: ``gan.lr_d`` other than 0 /
-``train.lr``; ``gan.generator = "unet"`` (the paper runs CUT with the ResNet and the SA-UNet).
+``generator`` is unused; ``callback`` is called once. Not supported: ``generator = "unet"`` (the
+paper runs CUT with the ResNet and the SA-UNet).
 
 Paper-faithfulness notes (taps, single-channel images, sizes, timings): docs/paper_notes.md#cut
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medgen.config import ConfigError, RunConfig
+from medgen.config import ConfigError, RunConfig, method_options, register_options
 from medgen.data.batch import Batch
-from medgen.methods.adversarial import GeneratorTranslator
-from medgen.nn.gan import (GAN_LOSSES, INIT_STD, ResnetGenerator, SAUNetGenerator, build_discriminator,
-                           build_generator, gan_loss)
+from medgen.methods.adversarial import AdversarialOptions, GeneratorTranslator, discriminator_settings
+from medgen.methods.base import GroupSettings
+from medgen.nn.gan import INIT_STD, ResnetGenerator, SAUNetGenerator, build_discriminator, build_generator, gan_loss
 from medgen.nn.layers import Downsample, Upsample
 from medgen.registry import METHODS, register
 
-__all__ = ["CUT", "patch_nce_loss", "sample_patches", "sa_unet_taps", "NCE_DIM", "CUT_GENERATORS"]
+__all__ = ["CUT", "CUTOptions", "patch_nce_loss", "sample_patches", "sa_unet_taps", "NCE_DIM", "CUT_GENERATORS"]
 
 NCE_DIM = 256  # width of every MLP head (CUT's netF_nc; the paper keeps 256)
 L2_EPS = 1e-7  # added to the norm before L2 normalisation (as CUT's Normalize)
-CUT_GENERATORS = ("resnet", "sa_unet")  # gan.generator choices for cut
+CUT_GENERATORS = ("resnet", "sa_unet")  # CUTOptions.generator choices
+
+
+@register_options("cut")
+@dataclass(frozen=True)
+class CUTOptions(AdversarialOptions):
+    """CUT's options: generator / PatchGAN / GAN loss (:class:`AdversarialOptions`) and PatchNCE.
+
+    Defaults: the spine paper's CUT (ResNet with one down/up conv, 8 residual blocks, no
+    dropout, LSGAN) with CUT's PatchNCE defaults (lambda_nce 1, identity term on, tau 0.07,
+    256 patches, layers 0, 4, 8, 12, 16).
+    """
+
+    generator: str = "resnet"  # "resnet" (CUT's ResNet) or "sa_unet" (the model UNet with t fixed)
+    gen_downs: int = 1  # strided down convs of the ResNet generator
+    dropout: float = 0.0  # generator dropout
+    gan_loss: str = "lsgan"  # adversarial loss: "lsgan" (CUT's) or "vanilla"
+    lambda_nce: float = 1.0  # PatchNCE weight
+    nce_layers: tuple[int, ...] = (0, 4, 8, 12, 16)  # ResNet generator layers whose features enter PatchNCE
+    nce_idt: bool = True  # also PatchNCE on (target -> G(target)) identity pairs
+    nce_temperature: float = 0.07  # PatchNCE softmax temperature tau
+    nce_patches: int = 256  # patches sampled per layer for PatchNCE
+
+    legacy_gan = {"lambda_l1": 0.0, "lambda_ssim": 0.0}  # what the presets wrote in the old `gan` section
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.check("generator", self.generator in CUT_GENERATORS, f"must be {' or '.join(CUT_GENERATORS)}")
+        self.check("lambda_nce", self.lambda_nce >= 0, "must be >= 0")
+        self.check("nce_layers", len(self.nce_layers) > 0 and all(k >= 0 for k in self.nce_layers),
+                   "must be non-empty generator layer indices >= 0")
+        self.check("nce_temperature", self.nce_temperature > 0, "must be > 0")
+        self.check("nce_patches", self.nce_patches >= 1, "must be >= 1")
 
 
 # --------------------------------------------------------------------------------------
@@ -142,7 +178,7 @@ def sa_unet_taps(generator: SAUNetGenerator) -> list[nn.Module]:
     if isinstance(first_up, Upsample):
         taps.append(first_up)
     if not taps:
-        raise ConfigError("cut with gan.generator='sa_unet' needs model.channels with >= 2 levels (no down or up "
+        raise ConfigError("cut with options.generator='sa_unet' needs model.channels with >= 2 levels (no down or up "
                           "convolution to take NCE features from)")
     return taps
 
@@ -195,7 +231,8 @@ class CUT(GeneratorTranslator):
 
     def __init__(self, config: RunConfig) -> None:
         super().__init__(config)
-        m, g = config.model, config.gan
+        self.options = g = method_options(config, CUTOptions)
+        m = config.model
         _validate(config)
         self.source_channels, self.target_channels = m.cond_image_channels, m.out_channels
         self.net = build_generator(g, in_channels=m.cond_image_channels, out_channels=m.out_channels,
@@ -211,8 +248,8 @@ class CUT(GeneratorTranslator):
             n = len(self.net.layers)
             bad = [k for k in self.nce_layers if not 0 <= k < n]
             if bad or not self.nce_layers:
-                raise ConfigError(f"gan.nce_layers={self.nce_layers} must be non-empty indices of the ResNet "
-                                  f"generator's layers 0..{n - 1}")
+                raise ConfigError(f"cut.nce_layers: must be indices of the ResNet generator's layers 0..{n - 1}, "
+                                  f"got {self.nce_layers}")
             side = max(4, 2 ** (self.net.downs + 1))
         else:
             side = 2 ** (len(self.config.model.channels) - 1)
@@ -232,6 +269,10 @@ class CUT(GeneratorTranslator):
         return {"generator": [p for p in gen if p.requires_grad],
                 "discriminator": [p for p in self.discriminator.parameters() if p.requires_grad]}
 
+    def optim_settings(self) -> dict[str, GroupSettings]:
+        """The discriminator at ``options.lr_d`` when it is > 0 (else both groups at ``train.lr``)."""
+        return discriminator_settings(self.options)
+
     # ---- features and PatchNCE --------------------------------------------------------------
     def nce_features(self, x: torch.Tensor, encode_only: bool = False) -> tuple[torch.Tensor | None,
                                                                                  list[torch.Tensor]]:
@@ -250,11 +291,11 @@ class CUT(GeneratorTranslator):
         _, query_feats = self.nce_features(output, encode_only=True)
         losses = []
         for head, f_k, f_q in zip(self.heads, key_feats, query_feats):
-            ids = sample_patches(f_k, self.config.gan.nce_patches, generator)  # the same positions for q and k
+            ids = sample_patches(f_k, self.options.nce_patches, generator)  # the same positions for q and k
             with torch.no_grad():  # keys are detached in the loss anyway: skip their graph
                 k = _l2_normalise(head(_gather(f_k, ids)).float())  # [B, N, 256]
             q = _l2_normalise(head(_gather(f_q, ids)).float())  # [B, N, 256]
-            losses.append(patch_nce_loss(q, k, self.config.gan.nce_temperature).mean())
+            losses.append(patch_nce_loss(q, k, self.options.nce_temperature).mean())
         return torch.stack(losses).mean()
 
     # ---- training -------------------------------------------------------------------------
@@ -279,7 +320,7 @@ class CUT(GeneratorTranslator):
         """Losses of ``group`` on ``batch`` (source ``[B, C_s, *S]``, unpaired target ``[B, C_t, *S]``).
 
         ``"generator"`` -> ``{"loss", "adv", "nce", "nce_idt"}`` (each term only when its weight
-        is > 0, ``nce_idt`` only with ``gan.nce_idt``); ``"discriminator"`` -> ``{"loss", "real",
+        is > 0, ``nce_idt`` only with ``options.nce_idt``); ``"discriminator"`` -> ``{"loss", "real",
         "fake"}``. ``generator`` draws the NCE patch positions (the global RNG if ``None``).
         """
         self._check_batch(batch)
@@ -290,7 +331,7 @@ class CUT(GeneratorTranslator):
         raise ValueError(f"cut has optimiser groups 'generator' and 'discriminator', got '{group}'")
 
     def _generator_step(self, batch: Batch, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
-        g = self.config.gan
+        g = self.options
         fake, src_feats = self.nce_features(batch.source)  # G(src) [B, C_t, *S] and the key taps
         self._remember(batch.source, fake.detach())
         loss, out = fake.new_zeros(()), {}
@@ -311,7 +352,7 @@ class CUT(GeneratorTranslator):
         return {"loss": loss, **out}
 
     def _discriminator_step(self, batch: Batch) -> dict[str, torch.Tensor]:
-        kind = self.config.gan.gan_loss
+        kind = self.options.gan_loss
         fake = self._recall(batch.source)
         real = gan_loss(self.discriminator(batch.target), True, kind)
         fake_loss = gan_loss(self.discriminator(fake), False, kind)
@@ -319,27 +360,11 @@ class CUT(GeneratorTranslator):
 
 
 def _validate(config: RunConfig) -> None:
-    """One-line :class:`ConfigError` for settings CUT cannot run."""
-    m, g = config.model, config.gan
-    if g.generator not in CUT_GENERATORS:
-        raise ConfigError(f"cut supports gan.generator {' or '.join(CUT_GENERATORS)}, got '{g.generator}'")
+    """One-line :class:`ConfigError` for settings CUT cannot run (its options check themselves)."""
+    m, g = config.model, method_options(config, CUTOptions)
     if m.cond_image_channels <= 0:
         raise ConfigError("cut needs model.cond_image_channels > 0 (the number of source channels)")
     if g.lambda_nce > 0 and m.cond_image_channels != m.out_channels:
-        raise ConfigError(f"cut's PatchNCE feeds G(source) (and, with gan.nce_idt, target images) back into G, so "
-                          f"model.cond_image_channels={m.cond_image_channels} must equal model.out_channels="
+        raise ConfigError(f"cut's PatchNCE feeds G(source) (and, with options.nce_idt, target images) back into G, "
+                          f"so model.cond_image_channels={m.cond_image_channels} must equal model.out_channels="
                           f"{m.out_channels}")
-    if g.gan_loss not in GAN_LOSSES:
-        raise ConfigError(f"unknown gan.gan_loss '{g.gan_loss}' (choose from {', '.join(GAN_LOSSES)})")
-    for name in ("lambda_gan", "lambda_nce", "dropout"):
-        if getattr(g, name) < 0:
-            raise ConfigError(f"gan.{name} must be >= 0, got {getattr(g, name)}")
-    if not g.dropout < 1:
-        raise ConfigError(f"gan.dropout must be < 1, got {g.dropout}")
-    if g.nce_patches < 1:
-        raise ConfigError(f"gan.nce_patches must be >= 1, got {g.nce_patches}")
-    if not g.nce_temperature > 0:
-        raise ConfigError(f"gan.nce_temperature must be > 0, got {g.nce_temperature}")
-    if g.lr_d not in (0, config.train.lr):
-        raise ConfigError(f"gan.lr_d={g.lr_d} is not supported: fit() uses train.lr={config.train.lr} for every "
-                          "optimiser group (set gan.lr_d=0)")

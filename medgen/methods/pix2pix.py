@@ -1,8 +1,10 @@
 """``pix2pix``: paired adversarial translation (Isola et al. 2017) with the spine paper's SSIM term.
 
-Networks (``medgen.nn.gan``, built from ``cfg.gan``): the generator ``gan.generator``
+Options: :class:`Pix2PixOptions` (``cfg.options``; ``--set options.<field>=...``).
+
+Networks (``medgen.nn.gan``, built from the options): the generator ``generator``
 (``"unet"``: the pix2pix UNet with ``gen_downs`` down/up blocks and decoder dropout
-``gan.dropout``; ``"sa_unet"``: the medgen UNet of ``cfg.model`` at t = 0; ``"resnet"``: the
+``dropout``; ``"sa_unet"``: the medgen UNet of ``cfg.model`` at t = 0; ``"resnet"``: the
 CUT/CycleGAN ResNet generator) and the PatchGAN discriminator (``disc_layers`` stride-2 blocks,
 70x70 at 3) on the channel concatenation ``Concat([source, image])``. 2D or 3D as
 ``cfg.model.spatial_dims`` says. Channels: source = ``cfg.model.cond_image_channels`` (as for
@@ -19,7 +21,8 @@ Losses (two optimiser groups, stepped by ``fit()`` in this order):
   1, i.e. ``lambda_l1 = 10, lambda_ssim = 10, gan_loss = "lsgan"`` here; pix2pix's own
   defaults are ``lambda_l1 = 100`` with the vanilla GAN loss and no SSIM.
 * ``"discriminator"``: ``0.5 * (GAN(D(src, tgt), real) + GAN(D(src, G(src).detach()), fake))``
-  (``gan.gan_loss``: ``"vanilla"`` BCE with logits or ``"lsgan"``, per patch). The fake is
+  (``gan_loss``: ``"vanilla"`` BCE with logits or ``"lsgan"``, per patch), at learning rate
+  ``lr_d`` when it is > 0 (pix2pix's own setting is one rate for both, 2e-4), else ``train.lr``. The fake is
   the one the generator step of the same batch produced (cached, so G runs once per step, as
   in pix2pix and the reference); a discriminator step without a preceding generator step on
   the same source recomputes it under ``no_grad``.
@@ -33,24 +36,41 @@ none of its own; the sampling options of ``cfg.sample`` (``sampler``, ``steps``,
 CLI and notebooks pass one set of options to every method; any other option is a one-line
 error that names it.
 
-Not supported: ``gan.lr_d`` (a separate discriminator learning rate) — ``fit()`` builds one
-AdamW per group from ``cfg.train``, so a non-zero ``lr_d`` other than ``train.lr`` is a
-:class:`~medgen.config.ConfigError` instead of being silently ignored. pix2pix's Adam betas
-(0.5, 0.999) are ``train.betas`` in the preset.
+pix2pix's Adam betas (0.5, 0.999) are ``train.betas`` in the preset.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from medgen.config import ConfigError, RunConfig
+from medgen.config import ConfigError, RunConfig, method_options, register_options
 from medgen.data.batch import Batch
-from medgen.methods.adversarial import GeneratorTranslator
-from medgen.nn.gan import GAN_LOSSES, build_discriminator, build_generator, gan_loss, ssim_loss
+from medgen.methods.adversarial import AdversarialOptions, GeneratorTranslator, discriminator_settings
+from medgen.methods.base import GroupSettings
+from medgen.nn.gan import build_discriminator, build_generator, gan_loss, ssim_loss
 from medgen.registry import METHODS, register
 
-__all__ = ["Pix2Pix"]
+__all__ = ["Pix2Pix", "Pix2PixOptions"]
+
+
+@register_options("pix2pix")
+@dataclass(frozen=True)
+class Pix2PixOptions(AdversarialOptions):
+    """pix2pix's options: the generator / PatchGAN / GAN loss of :class:`AdversarialOptions`, plus the paired terms.
+
+    Defaults: pix2pix's L1 weight 100 with no SSIM term; the spine paper's reference code
+    uses ``lambda_l1 = lambda_ssim = 10`` with ``gan_loss = "lsgan"`` (its presets).
+    """
+
+    lambda_l1: float = 100.0  # weight of the (mask-weighted) L1 to the target
+    lambda_ssim: float = 0.0  # weight of the weighted-SSIM loss 1 - SSIM (the spine paper's added term; 0 = off)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("lambda_l1", "lambda_ssim"):
+            self.check(name, getattr(self, name) >= 0, "must be >= 0")
 
 
 
@@ -68,7 +88,8 @@ class Pix2Pix(GeneratorTranslator):
 
     def __init__(self, config: RunConfig) -> None:
         super().__init__(config)
-        m, g = config.model, config.gan
+        self.options = g = method_options(config, Pix2PixOptions)
+        m = config.model
         _validate(config)
         self.source_channels, self.target_channels = m.cond_image_channels, m.out_channels
         self.net = build_generator(g, in_channels=m.cond_image_channels, out_channels=m.out_channels,
@@ -80,6 +101,10 @@ class Pix2Pix(GeneratorTranslator):
         """``"generator"`` (G's parameters), then ``"discriminator"`` (D's)."""
         return {"generator": [p for p in self.net.parameters() if p.requires_grad],
                 "discriminator": [p for p in self.discriminator.parameters() if p.requires_grad]}
+
+    def optim_settings(self) -> dict[str, GroupSettings]:
+        """The discriminator at ``options.lr_d`` when it is > 0 (else both groups at ``train.lr``)."""
+        return discriminator_settings(self.options)
 
     def _check_batch(self, batch: Batch) -> None:
         if batch.target is None:
@@ -114,7 +139,7 @@ class Pix2Pix(GeneratorTranslator):
         raise ValueError(f"pix2pix has optimiser groups 'generator' and 'discriminator', got '{group}'")
 
     def _generator_step(self, batch: Batch) -> dict[str, torch.Tensor]:
-        g = self.config.gan
+        g = self.options
         fake = self.net(batch.source)  # [B, C_t, *S]
         self._remember(batch.source, fake.detach())
         # 1. adversarial: the discriminator should call (source, fake) real
@@ -130,7 +155,7 @@ class Pix2Pix(GeneratorTranslator):
         return {"loss": loss, **out}
 
     def _discriminator_step(self, batch: Batch) -> dict[str, torch.Tensor]:
-        kind = self.config.gan.gan_loss
+        kind = self.options.gan_loss
         fake = self._recall(batch.source)
         real = gan_loss(self.discriminator(torch.cat([batch.source, batch.target], dim=1)), True, kind)
         fake_loss = gan_loss(self.discriminator(torch.cat([batch.source, fake], dim=1)), False, kind)
@@ -138,17 +163,6 @@ class Pix2Pix(GeneratorTranslator):
 
 
 def _validate(config: RunConfig) -> None:
-    """One-line :class:`ConfigError` for settings pix2pix cannot run."""
-    m, g = config.model, config.gan
-    if m.cond_image_channels <= 0:
+    """One-line :class:`ConfigError` for settings pix2pix cannot run (its options check themselves)."""
+    if config.model.cond_image_channels <= 0:
         raise ConfigError("pix2pix needs model.cond_image_channels > 0 (the number of source channels)")
-    if g.gan_loss not in GAN_LOSSES:
-        raise ConfigError(f"unknown gan.gan_loss '{g.gan_loss}' (choose from {', '.join(GAN_LOSSES)})")
-    for name in ("lambda_gan", "lambda_l1", "lambda_ssim", "dropout"):
-        if getattr(g, name) < 0:
-            raise ConfigError(f"gan.{name} must be >= 0, got {getattr(g, name)}")
-    if not g.dropout < 1:
-        raise ConfigError(f"gan.dropout must be < 1, got {g.dropout}")
-    if g.lr_d not in (0, config.train.lr):
-        raise ConfigError(f"gan.lr_d={g.lr_d} is not supported: fit() uses train.lr={config.train.lr} for every "
-                          "optimiser group (set gan.lr_d=0)")

@@ -7,7 +7,7 @@ is the source (MRI, ``batch.source`` ``[B, model.cond_image_channels, H, W]``), 
 target (CT, ``batch.target`` ``[B, model.out_channels, H, W]``); both directions are trained.
 
 Networks (eight, 2D): a non-diffusive CycleGAN -- generators ``nd_s2t`` / ``nd_t2s``
-(:func:`medgen.nn.gan.build_generator`, ``cfg.gan``) and PatchGANs ``dnd_target`` /
+(:func:`medgen.nn.gan.build_generator`, options :class:`SynDiffOptions`) and PatchGANs ``dnd_target`` /
 ``dnd_source`` -- and a diffusive DDGAN per direction: ``g_target`` (:class:`DiffusiveGenerator`)
 predicts the clean target ``c0_hat = G(c_t, t, cond=s~, z)`` from the noisy target ``c_t``, the
 step ``t`` in 1..T, a source image ``s~`` (training: the non-diffusive estimate ``nd_t2s(c)``;
@@ -33,8 +33,9 @@ t = 4..1 ``x0_hat = g_target(x_t, t, source, z)``, ``x_{t-1} ~ q(x_{t-1} | x_t, 
 of ``cfg.sample`` are accepted and ignored.
 
 Ours vs the reference: the medgen UNet of ``cfg.model`` instead of NCSN++ (``z`` through the
-condition-vector MLP), R1 at gamma 0.1 every step instead of 1 every 10th, one AdamW and one
-learning rate per group, the EMA over every network, the non-saturating loss only.
+condition-vector MLP), R1 at gamma 0.1 every step instead of 1 every 10th, one AdamW per group
+(the discriminators at ``options.lr_d`` when it is > 0, else ``train.lr``; the reference's
+lr_d = 1e-4 with lr_g = 1.6e-4), the EMA over every network, the non-saturating loss only.
 Paper-faithfulness notes: docs/paper_notes.md#syndiff
 """
 from __future__ import annotations
@@ -47,16 +48,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medgen.config import ConfigError, RunConfig, UNetConfig
+from medgen.config import ConfigError, RunConfig, UNetConfig, method_options, register_options
 from medgen.data.batch import Batch
 from medgen.diffusion.schedules import noise_like
-from medgen.methods.base import Method, reject_unknown_options
+from medgen.methods.adversarial import AdversarialOptions, discriminator_settings
+from medgen.methods.base import GroupSettings, Method, reject_unknown_options
 from medgen.nn.gan import build_discriminator, build_generator, gan_loss
 from medgen.nn.layers import TimeEmbedding
 from medgen.nn.unet import Condition, UNet
 from medgen.registry import METHODS, register
 
-__all__ = ["SynDiff", "SynDiffSchedule", "DiffusiveGenerator", "DiffusionDiscriminator", "vp_alpha_bars",
+__all__ = ["SynDiff", "SynDiffOptions", "SynDiffSchedule", "DiffusiveGenerator", "DiffusionDiscriminator", "vp_alpha_bars",
            "vp_betas", "r1_penalty", "minibatch_stddev", "blur_downsample", "disc_downs", "NUM_STEPS",
            "BETA_MIN", "BETA_MAX", "T_EPS", "LATENT_DIM", "R1_GAMMA"]
 
@@ -264,6 +266,31 @@ def r1_penalty(logits: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------
 # The method
 # --------------------------------------------------------------------------------------
+@register_options("syndiff")
+@dataclasses.dataclass(frozen=True)
+class SynDiffOptions(AdversarialOptions):
+    """SynDiff's options: the non-diffusive CycleGAN's generators / PatchGANs (:class:`AdversarialOptions`;
+    ``disc_channels`` also widens the diffusive discriminators) and the loss weights.
+
+    Defaults: the reference code (``resnet_6blocks``: 2 down convs, 6 blocks, no dropout;
+    70x70 PatchGANs; non-saturating loss; cycle weight 0.5).
+    """
+
+    generator: str = "resnet"  # the non-diffusive generators: "resnet" (the reference's), "unet" or "sa_unet"
+    gen_downs: int = 2  # strided down convs of the ResNet generator (the reference's resnet_6blocks: 2)
+    res_blocks: int = 6  # residual blocks of the ResNet generator
+    dropout: float = 0.0  # generator dropout
+    lambda_cycle: float = 0.5  # weight of the cycle L1 and of the diffusive generators' L1 (reference lambda_l1_loss)
+
+    # what the presets wrote in the old `gan` section for fields SynDiff never read
+    legacy_gan = {"lambda_l1": 0.0, "lambda_ssim": 0.0, "lambda_nce": 0.0}
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.check("gan_loss", self.gan_loss == "vanilla", "must be 'vanilla' (the non-saturating loss with R1)")
+        self.check("lambda_cycle", self.lambda_cycle >= 0, "must be >= 0")
+
+
 @register(METHODS, "syndiff")
 class SynDiff(Method):
     """Unpaired adversarial diffusion translator (see the module docstring).
@@ -278,8 +305,9 @@ class SynDiff(Method):
 
     def __init__(self, config: RunConfig) -> None:
         super().__init__(config)
+        self.options = g = method_options(config, SynDiffOptions)
         _validate(config)
-        m, g = config.model, config.gan
+        m = config.model
         cs, ct = m.cond_image_channels, m.out_channels
         self.source_channels, self.target_channels = cs, ct
         self.schedule = SynDiffSchedule()
@@ -300,6 +328,10 @@ class SynDiff(Method):
         def params(names: tuple[str, ...]) -> list[nn.Parameter]:
             return [p for n in names for p in getattr(self, n).parameters() if p.requires_grad]
         return {"discriminator": params(self.DISCRIMINATORS), "generator": params(self.GENERATORS)}
+
+    def optim_settings(self) -> dict[str, GroupSettings]:
+        """The discriminators at ``options.lr_d`` when it is > 0 (else both groups at ``train.lr``)."""
+        return discriminator_settings(self.options)
 
     # ---- checks -------------------------------------------------------------------------
     def _check_image(self, x: torch.Tensor, channels: int, what: str) -> None:
@@ -374,7 +406,7 @@ class SynDiff(Method):
 
     def _generator_step(self, s: torch.Tensor, c: torch.Tensor,
                         generator: torch.Generator | None) -> dict[str, torch.Tensor]:
-        g = self.config.gan
+        g = self.options
         # 1. non-diffusive estimates and their cycles
         s_est, c_est = self.nd_t2s(c), self.nd_s2t(s)  # fake MRI of the real CT, fake CT of the real MRI
         cycle = (self.nd_s2t(s_est) - c).abs().mean() + (self.nd_t2s(c_est) - s).abs().mean()
@@ -431,18 +463,9 @@ class SynDiff(Method):
 
 
 def _validate(config: RunConfig) -> None:
-    """One-line :class:`ConfigError` for settings syndiff cannot run."""
-    m, g = config.model, config.gan
+    """One-line :class:`ConfigError` for settings syndiff cannot run (its options check themselves)."""
+    m = config.model
     if m.cond_image_channels <= 0:
         raise ConfigError("syndiff needs model.cond_image_channels > 0 (the number of source channels)")
     if m.spatial_dims != 2:
         raise ConfigError(f"syndiff is 2D only, got model.spatial_dims={m.spatial_dims}")
-    if g.gan_loss != "vanilla":
-        raise ConfigError(f"syndiff uses the non-saturating (vanilla) GAN loss with R1, "
-                          f"got gan.gan_loss='{g.gan_loss}'")
-    for name in ("lambda_gan", "lambda_cycle"):
-        if getattr(g, name) < 0:
-            raise ConfigError(f"gan.{name} must be >= 0, got {getattr(g, name)}")
-    if g.lr_d not in (0, config.train.lr):
-        raise ConfigError(f"gan.lr_d={g.lr_d} is not supported: fit() uses train.lr={config.train.lr} for every "
-                          "optimiser group (set gan.lr_d=0)")

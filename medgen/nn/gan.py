@@ -42,7 +42,7 @@ Paper-faithfulness notes (layer lists, the source of the SSIM term): docs/paper_
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -55,8 +55,8 @@ __all__ = ["GANShapeError", "UNetGenerator", "ResnetGenerator", "SAUNetGenerator
            "build_generator", "build_discriminator", "gan_loss", "ssim_loss", "init_weights",
            "patch_receptive_field", "GENERATORS", "GAN_LOSSES"]
 
-GENERATORS = ("unet", "resnet", "sa_unet")  # GANConfig.generator choices
-GAN_LOSSES = ("vanilla", "lsgan")  # GANConfig.gan_loss choices
+GENERATORS = ("unet", "resnet", "sa_unet")  # generator choices (AdversarialOptions.generator)
+GAN_LOSSES = ("vanilla", "lsgan")  # adversarial loss choices (AdversarialOptions.gan_loss)
 LEAK = 0.2  # LeakyReLU slope of the pix2pix encoder and discriminator
 INIT_STD = 0.02  # std of pix2pix's normal weight init
 SSIM_WINDOW = 11  # Gaussian SSIM window (torchmetrics / skimage / Wang et al. 2004 default)
@@ -326,7 +326,20 @@ class PatchDiscriminator(nn.Module):
 # --------------------------------------------------------------------------------------
 # Factories
 # --------------------------------------------------------------------------------------
-def build_generator(gan: GANConfig, *, in_channels: int, out_channels: int, spatial_dims: int,
+class NetworkOptions(Protocol):
+    """What the factories read: a method's options (``medgen.methods.adversarial.AdversarialOptions``)
+    or the legacy :class:`~medgen.config.GANConfig`."""
+
+    generator: str
+    gen_channels: int
+    gen_downs: int
+    res_blocks: int
+    dropout: float
+    disc_channels: int
+    disc_layers: int
+
+
+def build_generator(gan: NetworkOptions | GANConfig, *, in_channels: int, out_channels: int, spatial_dims: int,
                     model: UNetConfig | None = None) -> nn.Module:
     """The generator ``gan.generator`` names; ``model`` (with ``out_channels`` applied) for ``"sa_unet"``.
 
@@ -345,7 +358,7 @@ def build_generator(gan: GANConfig, *, in_channels: int, out_channels: int, spat
     raise ConfigError(f"unknown gan.generator '{gan.generator}' (choose from {', '.join(GENERATORS)})")
 
 
-def build_discriminator(gan: GANConfig, *, in_channels: int, spatial_dims: int) -> PatchDiscriminator:
+def build_discriminator(gan: NetworkOptions | GANConfig, *, in_channels: int, spatial_dims: int) -> PatchDiscriminator:
     """The PatchGAN of ``gan`` (``disc_channels``, ``disc_layers``), pix2pix-initialised."""
     return init_weights(PatchDiscriminator(in_channels, gan.disc_channels, gan.disc_layers, spatial_dims))
 

@@ -36,8 +36,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from medgen.config import (DataConfig, DiffusionConfig, GANConfig, RunConfig, SampleConfig, TrainConfig,
-                           UNetConfig, register_presets)
+from medgen.config import (DataConfig, DiffusionConfig, RunConfig, SampleConfig, TrainConfig, UNetConfig,
+                           register_presets)
+from medgen.methods.cut import CUTOptions
+from medgen.methods.pix2pix import Pix2PixOptions
+from medgen.methods.syndiff import SynDiffOptions
 
 __all__ = ["MODELS", "MEASURERS", "CONTRASTS", "task", "for_contrast"]
 
@@ -108,14 +111,14 @@ def _pix2pix(preset: str, generator: str, *, volume: bool = False) -> RunConfig:
     base = _ddim(preset, "x0", volume=volume)   # same data and SA-UNet widths as the diffusion models
     depth = _DEPTH_3D[preset] if volume else 0
     downs = 5 if not volume else min(5, (min(depth, base.data.image_size)).bit_length() - 1)
-    gan = GANConfig(generator=generator, gen_channels=_GEN_CHANNELS[preset], gen_downs=downs,
-                    dropout=0.2, disc_channels=_GEN_CHANNELS[preset],
-                    disc_layers=3 if not volume or depth >= 24 else 2, gan_loss="lsgan",
-                    lambda_gan=1.0, lambda_l1=10.0, lambda_ssim=10.0)
+    options = Pix2PixOptions(generator=generator, gen_channels=_GEN_CHANNELS[preset], gen_downs=downs,
+                             res_blocks=8, dropout=0.2, disc_channels=_GEN_CHANNELS[preset],
+                             disc_layers=3 if not volume or depth >= 24 else 2, gan_loss="lsgan",
+                             lambda_gan=1.0, lambda_l1=10.0, lambda_ssim=10.0, lr_d=0.0)
     train = replace(base.train, steps=_GAN_STEPS[preset] // (2 if volume and preset != "ci" else 1),
                     batch_size=2 if volume and preset == "paper" else _GAN_BATCH[preset],
                     lr=2e-4 if preset != "ci" else 2e-4, betas=(0.5, 0.999), ema_decay=0.0)
-    return replace(base, method="pix2pix", gan=gan, train=train)
+    return replace(base, method="pix2pix", options=options, train=train)
 
 
 def _cut(preset: str, generator: str) -> RunConfig:
@@ -126,10 +129,13 @@ def _cut(preset: str, generator: str) -> RunConfig:
     the test split stays paired (and registered) so it can be scored.
     """
     base = _pix2pix(preset, generator)
-    gan = replace(base.gan, gen_downs=1, res_blocks=8, dropout=0.0, nce_layers=(0, 4, 8, 12, 16),
-                  lambda_nce=1.0, nce_idt=True, lambda_l1=0.0, lambda_ssim=0.0)
+    p2p = base.options
+    options = CUTOptions(generator=generator, gen_channels=p2p.gen_channels, gen_downs=1, res_blocks=8, dropout=0.0,
+                         disc_channels=p2p.disc_channels, disc_layers=p2p.disc_layers, gan_loss="lsgan",
+                         lambda_gan=1.0, lr_d=0.0, lambda_nce=1.0, nce_layers=(0, 4, 8, 12, 16), nce_idt=True,
+                         nce_temperature=0.07, nce_patches=256)
     train = replace(base.train, batch_size=32 if preset == "paper" else base.train.batch_size)
-    return replace(base, method="cut", data=replace(base.data, dataset="unpaired"), gan=gan, train=train)
+    return replace(base, method="cut", data=replace(base.data, dataset="unpaired"), options=options, train=train)
 
 
 def _syndiff(preset: str) -> RunConfig:
@@ -139,11 +145,12 @@ def _syndiff(preset: str) -> RunConfig:
     clipping; unpaired train split. The diffusive generator is the SA-UNet of ``model``."""
     base = _cut(preset, "resnet")
     widths = {"ci": 8, "smoke": 16, "cpu": 16, "paper": 64}[preset]
-    gan = replace(base.gan, gen_channels=widths, disc_channels=widths, gen_downs=2, res_blocks=6, disc_layers=3,
-                  gan_loss="vanilla", lambda_gan=1.0, lambda_cycle=0.5, lambda_nce=0.0)
+    options = SynDiffOptions(generator="resnet", gen_channels=widths, gen_downs=2, res_blocks=6, dropout=0.0,
+                             disc_channels=widths, disc_layers=3, gan_loss="vanilla", lambda_gan=1.0, lr_d=0.0,
+                             lambda_cycle=0.5)
     train = replace(base.train, batch_size=4 if preset != "ci" else 2, betas=(0.5, 0.9), grad_clip=0.0,
                     lr=1.6e-4 if preset == "paper" else base.train.lr)
-    return replace(base, method="syndiff", gan=gan, train=train)
+    return replace(base, method="syndiff", options=options, train=train)
 
 
 _BUILDERS = {

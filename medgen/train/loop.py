@@ -1,8 +1,10 @@
 """The one training loop for every method: :func:`fit` (tensors ``[B, C, *S]`` from ``collate``).
 
-Each optimiser step, for every group of ``method.param_groups()`` in order (one group for
-diffusion models; generator then discriminator for GANs), :func:`fit` runs
-``method.training_step(micro_batch, group, generator)`` on ``grad_accum`` micro-batches,
+Each optimiser step, :func:`fit` first calls ``method.begin_step(micro_batch, generator)`` on
+each of the ``grad_accum`` micro-batches (the method's once-per-step draws, shared by every
+group; the default does nothing). Then, for every group of ``method.param_groups()`` in order
+(one group for diffusion models; generator then discriminator for GANs), it runs
+``method.training_step(micro_batch, group, generator)`` on the micro-batches,
 back-propagates ``loss / grad_accum`` into *that group's parameters only*
 (``torch.autograd.backward(..., inputs=params)``), clips the group's global gradient norm and
 steps its AdamW optimiser and LR schedule (linear warm-up, then constant or cosine). After
@@ -10,11 +12,24 @@ all groups an EMA of every float parameter and buffer is updated; the EMA weight
 what ``translate()`` uses after training. Mixed precision (bf16 autocast) is used only on
 CUDA: on the reference CPU bf16 autocast is about 50x slower.
 
+Several networks. ``method.optim_settings()`` (:class:`~medgen.methods.base.GroupSettings`)
+gives a group its own lr / betas / weight decay (``None``: ``cfg``'s), a rate ``every=k`` (the
+group steps on optimiser steps ``0, k, 2k, ...``; on the others it is not called, but its LR
+schedule still advances, so the LR is a function of the global step) and ``shared=True``
+(it may hold parameters an earlier group holds; each group's optimiser steps them, with its
+own moments; the EMA, over the module, counts each parameter once). Without settings every
+group optimises exactly as before.
+
+
 Exact resume. Data order and randomness are pure functions of ``(seed, step)``: global batch
 ``s`` holds samples ``s*B .. s*B+B-1`` of the stream of per-epoch permutations (epoch ``e``
 permuted by a generator seeded with ``(seed, e)``, :mod:`medgen.train.order`); micro-batch ``m`` of
-group ``g`` gets a ``torch.Generator`` seeded with ``(seed, step, g, global micro-batch index)``;
-the global torch RNG (dropout) is re-seeded with ``(seed, step, rank)`` every step. With
+group ``g`` (its index in ``param_groups()``, whether or not it steps this time) gets a
+``torch.Generator`` seeded with ``(seed, step, g, global micro-batch index)``; ``begin_step``
+gets one seeded with ``(seed, "begin", step, global micro-batch index)`` (a stream of its own:
+methods without ``begin_step`` draw exactly what they drew before it existed); the global
+torch RNG (dropout) is re-seeded with ``(seed, step, rank)`` every step, before ``begin_step``.
+Nothing a method draws survives its step, so no RNG state beyond the step counter is needed. With
 optimiser, scheduler and EMA states in the checkpoint, a resumed run ends with bit-identical
 weights on the CPU (on CUDA up to non-deterministic kernels; ``seed_everything(deterministic=True)``).
 RNG states are saved too, for the record.
@@ -62,7 +77,7 @@ from medgen.checkpoint import (CHECKPOINTS_DIR, LATEST, CheckpointError, check_c
                                save_checkpoint)
 from medgen.config import RunConfig, TrainConfig
 from medgen.data.batch import Batch, collate
-from medgen.methods.base import Method
+from medgen.methods.base import GroupSettings, Method
 from medgen.train.distributed import DistContext
 from medgen.train.order import StepBatchSampler
 from medgen.train.samples import save_sample_grid
@@ -143,20 +158,39 @@ def _dataset_attr(dataset: Any, name: str) -> Any:
     return value() if callable(value) else value
 
 
-def _param_groups(method: Method) -> dict[str, list[nn.Parameter]]:
-    """The method's optimiser groups, checked non-empty and disjoint ({} for untrainable baselines)."""
-    groups = dict(method.param_groups())
+def _param_groups(method: Method, settings: dict[str, GroupSettings] | None = None) -> dict[str, list[nn.Parameter]]:
+    """The method's optimiser groups, checked non-empty and disjoint ({} for untrainable baselines).
+
+    A group whose :class:`GroupSettings` say ``shared=True`` may hold parameters of earlier groups.
+    """
+    groups, settings = dict(method.param_groups()), settings or {}
     seen: set[int] = set()
     for name, params in groups.items():
         params = list(params)
         if not params:
             raise ValueError(f"{type(method).__name__}.param_groups()['{name}'] has no parameters")
-        if seen & {id(p) for p in params}:
+        ids = [id(p) for p in params]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"{type(method).__name__}.param_groups()['{name}'] lists a parameter twice")
+        if seen & set(ids) and not (name in settings and settings[name].shared):
             raise ValueError(f"{type(method).__name__}.param_groups()['{name}'] shares parameters "
-                             "with an earlier group")
-        seen |= {id(p) for p in params}
+                             "with an earlier group (declare GroupSettings(shared=True) in optim_settings())")
+        seen |= set(ids)
         groups[name] = params
     return groups
+
+
+def _group_settings(method: Method, names: list[str]) -> dict[str, GroupSettings]:
+    """``method.optim_settings()`` for every group (defaults where left out); unknown names are errors."""
+    declared = dict(method.optim_settings())
+    unknown = [n for n in declared if n not in names]
+    if unknown:
+        raise ValueError(f"{type(method).__name__}.optim_settings() names group '{unknown[0]}', which "
+                         f"param_groups() lacks (groups: {', '.join(names) or 'none'})")
+    bad = [n for n, v in declared.items() if not isinstance(v, GroupSettings)]
+    if bad:
+        raise TypeError(f"{type(method).__name__}.optim_settings()['{bad[0]}'] must be a GroupSettings")
+    return {n: declared.get(n, GroupSettings()) for n in names}
 
 
 def _rng_state() -> dict[str, Any]:
@@ -165,15 +199,19 @@ def _rng_state() -> dict[str, Any]:
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
-def _adamw(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW, fused (one kernel for all tensors) where every parameter is float32/16 on CPU or CUDA.
+def _adamw(params: list[nn.Parameter], cfg: TrainConfig, settings: GroupSettings | None = None) -> torch.optim.AdamW:
+    """AdamW (``settings`` override ``cfg``'s lr / betas / weight decay), fused (one kernel for
+    all tensors) where every parameter is float32/16 on CPU or CUDA.
 
     Fused AdamW took ~7 ms per step on the cpu-preset UNet vs ~30 ms for the default
     implementation on 2 cores (benchmark/speed.py, row (c)); it is deterministic, so exact
     resume is unaffected.
     """
     fusable = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
-    return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
+    s = settings or GroupSettings()
+    return torch.optim.AdamW(params, lr=cfg.lr if s.lr is None else s.lr,
+                             betas=tuple(cfg.betas if s.betas is None else s.betas),
+                             weight_decay=cfg.weight_decay if s.weight_decay is None else s.weight_decay,
                              fused=fusable or None)
 
 
@@ -184,8 +222,11 @@ class _Trainer:
                  out_dir: Path, seed: int, ctx: DistContext, keep_last: int | None) -> None:
         self.method, self.dataset, self.cfg, self.run_config = method, dataset, cfg, run_config
         self.out_dir, self.seed, self.ctx, self.keep_last = out_dir, seed, ctx, keep_last
-        self.groups = _param_groups(method)
-        self.optimizers = {n: _adamw(p, cfg) for n, p in self.groups.items()}
+        self.settings = _group_settings(method, list(method.param_groups()))
+        self.groups = _param_groups(method, self.settings)
+        self.optimizers = {n: _adamw(p, cfg, self.settings[n]) for n, p in self.groups.items()}
+        # begin_step is called only where a method overrides it (the default draws nothing)
+        self.has_begin = type(method).begin_step is not Method.begin_step
         # One group holding every trainable parameter: a plain backward() is the same and cheaper
         # than backward(inputs=...), which the GAN-style multi-group case needs.
         trainable = {id(p) for p in method.parameters() if p.requires_grad}
@@ -197,6 +238,7 @@ class _Trainer:
         self.amp = cfg.amp and ctx.device.type == "cuda"
         self.step, self.start_step, self.wall_time = 0, 0, 0.0
         self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}  # steps each summed loss was seen (a group with every=k: fewer)
         self.n_summed = 0
         self.last_losses: dict[str, float] = {}
 
@@ -220,19 +262,35 @@ class _Trainer:
 
     # ---- one optimiser step -----------------------------------------------------------
     def train_step(self, batch: Batch) -> None:
-        """All groups' updates for one global batch (this rank's shard), then the EMA."""
+        """begin_step on every micro-batch, the due groups' updates for one global batch (this
+        rank's shard), then the EMA."""
         torch.manual_seed(derive_seed(self.seed, "global", self.step, self.ctx.rank))
+        accum = self.cfg.grad_accum
+        size = len(batch) // accum
+        micros = [batch.slice(m * size, (m + 1) * size) for m in range(accum)]
+        if self.has_begin:
+            micros = [self._begin(micro, m) for m, micro in enumerate(micros)]
         for g, (name, params) in enumerate(self.groups.items()):
-            self._group_step(batch, g, name, params)
+            if self.step % self.settings[name].every == 0:
+                self._group_step(micros, g, name, params)
+            else:  # skipped this step; its LR schedule still follows the global step
+                self.schedulers[name].step()
         if self.ema is not None:
             self.ema.update_parameters(self.method)
 
-    def _group_step(self, batch: Batch, g: int, name: str, params: list[nn.Parameter]) -> None:
+    def _begin(self, micro: Batch, m: int) -> Batch:
+        gen = torch.Generator(device=self.ctx.device)
+        gen.manual_seed(derive_seed(self.seed, "begin", self.step, self.ctx.rank * self.cfg.grad_accum + m))
+        out = self.method.begin_step(micro, gen)
+        if not isinstance(out, Batch):
+            raise TypeError(f"{type(self.method).__name__}.begin_step() must return the Batch to train on, "
+                            f"got {type(out).__name__}")
+        return out
+
+    def _group_step(self, micros: list[Batch], g: int, name: str, params: list[nn.Parameter]) -> None:
         opt, accum = self.optimizers[name], self.cfg.grad_accum
         opt.zero_grad(set_to_none=True)
-        size = len(batch) // accum
-        for m in range(accum):
-            micro = batch.slice(m * size, (m + 1) * size)
+        for m, micro in enumerate(micros):
             gen = torch.Generator(device=self.ctx.device)
             gen.manual_seed(derive_seed(self.seed, "method", self.step, g, self.ctx.rank * accum + m))
             with torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else contextlib.nullcontext():
@@ -241,7 +299,7 @@ class _Trainer:
                 raise KeyError(f"{type(self.method).__name__}.training_step(group='{name}') returned no 'loss'")
             loss = out["loss"].float() / accum
             loss.backward() if self.plain_backward else torch.autograd.backward(loss, inputs=params)
-            self._accumulate(name, out, accum)
+            self._accumulate(name, out, accum, first=m == 0)
         self._finish_grads(params)
         opt.step()
         self.schedulers[name].step()
@@ -255,7 +313,7 @@ class _Trainer:
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
 
-    def _accumulate(self, group: str, out: dict[str, Any], accum: int) -> None:
+    def _accumulate(self, group: str, out: dict[str, Any], accum: int, first: bool = True) -> None:
         for key, value in out.items():
             if not isinstance(value, (torch.Tensor, float, int)):
                 continue
@@ -263,6 +321,8 @@ class _Trainer:
             if value.numel() == 1:
                 name = f"{group}/{key}"
                 self.sums[name] = self.sums.get(name, 0) + value.float().reshape(()) / accum
+                if first:  # once per step in which the group ran
+                    self.counts[name] = self.counts.get(name, 0) + 1
 
     # ---- logging, samples, checkpoints ------------------------------------------------
     def flush_log(self, bar: tqdm | None, elapsed: float) -> None:
@@ -270,17 +330,23 @@ class _Trainer:
         if not self.sums:
             return
         names = sorted(self.sums)
-        values = torch.stack([self.sums[n].to(self.ctx.device) for n in names]) / max(1, self.n_summed)
+        counts = [self.counts.get(n, 0) for n in names]
+        if all(c == self.n_summed for c in counts):  # every group ran every step (the usual case)
+            values = torch.stack([self.sums[n].to(self.ctx.device) for n in names]) / max(1, self.n_summed)
+        else:  # a group stepping every k-th step: its mean over the steps it ran
+            values = torch.stack([self.sums[n].to(self.ctx.device) / max(1, c) for n, c in zip(names, counts)])
         self.ctx.all_mean_([values])
         self.last_losses = dict(zip(names, values.tolist()))
-        self.sums, self.n_summed = {}, 0
+        self.sums, self.counts, self.n_summed = {}, {}, 0
         bad = [n for n, v in self.last_losses.items() if not math.isfinite(v)]
         if bad:
             raise FloatingPointError(f"step {self.step}: {bad[0]} is {self.last_losses[bad[0]]} "
                                      "(training diverged; lower train.lr or set train.grad_clip)")
         if self.ctx.is_main:
             lr = next(iter(self.schedulers.values())).get_last_lr()[0]
-            record = {"step": self.step, "lr": lr, "wall_time_s": round(elapsed, 3), **self.last_losses}
+            own = {f"{n}/lr": s.get_last_lr()[0] for n, s in self.schedulers.items()
+                   if self.settings[n].lr is not None}  # groups with a learning rate of their own
+            record = {"step": self.step, "lr": lr, "wall_time_s": round(elapsed, 3), **own, **self.last_losses}
             with open(self.out_dir / LOG_FILE, "a") as fh:
                 fh.write(json.dumps(record) + "\n")
         if bar is not None:

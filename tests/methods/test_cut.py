@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medgen.config import ConfigError, DataConfig, GANConfig, TrainConfig, get_preset
+from medgen.config import ConfigError, DataConfig, TrainConfig, get_preset
 from medgen.data.batch import Batch, collate
 from medgen.data.datasets import UnpairedDataset
-from medgen.methods.cut import CUT, patch_nce_loss, sa_unet_taps, sample_patches
+from medgen.methods.cut import CUT, CUTOptions, patch_nce_loss, sa_unet_taps, sample_patches
 from medgen.nn.gan import PatchDiscriminator, ResnetGenerator, SAUNetGenerator
 from medgen.nn.layers import Downsample, Upsample
 from medgen.registry import METHODS, lookup
@@ -25,8 +25,8 @@ CFG = dataclasses.replace(
     data=DataConfig(dataset="unpaired", phantom="spine_sagittal", source="t2w", target="ct", image_size=32,
                     n_train=16, n_test=4),
     model=dataclasses.replace(BASE.model, channels=(8, 16), attention_levels=(False, True), cond_image_channels=1),
-    gan=GANConfig(generator="resnet", gen_channels=8, gen_downs=1, res_blocks=8, dropout=0.0, disc_channels=8,
-                  disc_layers=2, gan_loss="lsgan", lambda_gan=1.0, lambda_nce=1.0, nce_idt=True, nce_patches=64),
+    options=CUTOptions(generator="resnet", gen_channels=8, gen_downs=1, res_blocks=8, dropout=0.0, disc_channels=8,
+                       disc_layers=2, gan_loss="lsgan", lambda_gan=1.0, lambda_nce=1.0, nce_idt=True, nce_patches=64),
     train=TrainConfig(steps=12, batch_size=8, lr=2e-3, betas=(0.5, 0.999), ema_decay=0.0, log_every=5,
                       grad_clip=0.0, num_threads=1))
 
@@ -34,8 +34,8 @@ CFG = dataclasses.replace(
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets: see conftest.one_thread
 
 
-def _cfg(**gan):
-    return dataclasses.replace(CFG, gan=dataclasses.replace(CFG.gan, **gan))
+def _cfg(**options):
+    return dataclasses.replace(CFG, options=dataclasses.replace(CFG.options, **options))
 
 
 def _model(cfg=CFG, seed=0):
@@ -140,7 +140,7 @@ def test_resnet_taps_are_the_papers_layers():
 
 def test_sa_unet_taps_after_every_down_conv_and_the_first_up_conv():
     model3 = dataclasses.replace(CFG.model, channels=(8, 16, 32), attention_levels=(False, False, True))
-    model = _model(dataclasses.replace(CFG, model=model3, gan=dataclasses.replace(CFG.gan, generator="sa_unet")))
+    model = _model(dataclasses.replace(CFG, model=model3, options=dataclasses.replace(CFG.options, generator="sa_unet")))
     assert isinstance(model.net, SAUNetGenerator)
     taps = sa_unet_taps(model.net)
     assert [type(t) for t in taps] == [Downsample, Downsample, Upsample]
@@ -184,24 +184,27 @@ def test_registered_with_generator_group_holding_the_heads():
     assert any(k.startswith("heads.0.") for k in model.state_dict())  # checkpoints carry the heads
 
 
-@pytest.mark.parametrize("change,match", [
-    (dict(gan=dataclasses.replace(CFG.gan, generator="unet")), "cut supports gan.generator resnet or sa_unet"),
-    (dict(model=dataclasses.replace(CFG.model, cond_image_channels=0)), "cond_image_channels > 0"),
-    (dict(model=dataclasses.replace(CFG.model, cond_image_channels=2)),
-     "model.cond_image_channels=2 must equal model.out_channels=1"),
-    (dict(gan=dataclasses.replace(CFG.gan, nce_layers=(0, 21))), r"gan.nce_layers=\(0, 21\)"),
-    (dict(gan=dataclasses.replace(CFG.gan, nce_patches=0)), "gan.nce_patches must be >= 1"),
-    (dict(gan=dataclasses.replace(CFG.gan, nce_temperature=0.0)), "gan.nce_temperature must be > 0"),
-    (dict(gan=dataclasses.replace(CFG.gan, gan_loss="hinge")), "unknown gan.gan_loss 'hinge'"),
-    (dict(gan=dataclasses.replace(CFG.gan, lambda_nce=-1.0)), "gan.lambda_nce must be >= 0"),
-    (dict(gan=dataclasses.replace(CFG.gan, lr_d=1e-4)), "gan.lr_d=0.0001 is not supported"),
-    (dict(model=dataclasses.replace(CFG.model, channels=(8,), attention_levels=(False,)),
-          gan=dataclasses.replace(CFG.gan, generator="sa_unet")), ">= 2 levels"),
+@pytest.mark.parametrize("model,options,match", [
+    ({}, dict(generator="unet"), "cut.generator: must be resnet or sa_unet, got 'unet'"),
+    (dict(cond_image_channels=0), {}, "cond_image_channels > 0"),
+    (dict(cond_image_channels=2), {}, "model.cond_image_channels=2 must equal model.out_channels=1"),
+    ({}, dict(nce_layers=(0, 21)), r"cut.nce_layers: must be indices of the ResNet generator's layers 0..\d+, got \(0, 21\)"),
+    ({}, dict(nce_layers=()), "cut.nce_layers: must be non-empty"),
+    ({}, dict(nce_patches=0), "cut.nce_patches: must be >= 1, got 0"),
+    ({}, dict(nce_temperature=0.0), "cut.nce_temperature: must be > 0"),
+    ({}, dict(gan_loss="hinge"), "cut.gan_loss: must be one of vanilla, lsgan, got 'hinge'"),
+    ({}, dict(lambda_nce=-1.0), "cut.lambda_nce: must be >= 0"),
+    (dict(channels=(8,), attention_levels=(False,)), dict(generator="sa_unet"), ">= 2 levels"),
 ])
-def test_config_errors_are_one_line(change, match):
+def test_config_errors_are_one_line(model, options, match):
     with pytest.raises(ConfigError, match=match) as err:
-        CUT(dataclasses.replace(CFG, **change))
+        CUT(dataclasses.replace(_cfg(**options), model=dataclasses.replace(CFG.model, **model)))
     assert "\n" not in str(err.value)
+
+
+def test_lr_d_sets_the_discriminator_rate():
+    assert _model().optim_settings() == {}
+    assert _model(_cfg(lr_d=1e-4)).optim_settings()["discriminator"].lr == 1e-4
 
 
 # --------------------------------------------------------------------------------------

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from skimage.metrics import structural_similarity
 
-from medgen.config import ConfigError, GANConfig, TrainConfig, get_preset
+from medgen.config import ConfigError, TrainConfig, apply_overrides, get_preset
 from medgen.data.batch import Batch, collate
 from medgen.data.toy import ToyShapes
-from medgen.methods.pix2pix import Pix2Pix
+from medgen.methods.pix2pix import Pix2Pix, Pix2PixOptions
 from medgen.nn.gan import PatchDiscriminator, SAUNetGenerator, UNetGenerator
 from medgen.registry import METHODS, lookup
 from medgen.train import train_or_load
@@ -22,8 +22,8 @@ BASE = get_preset("ci")
 CFG = dataclasses.replace(
     BASE, name="pix2pix_unit", method="pix2pix",
     data=dataclasses.replace(BASE.data, image_size=32, n_train=32, n_test=8),
-    gan=GANConfig(gen_channels=8, gen_downs=3, dropout=0.0, disc_channels=8, disc_layers=3, lambda_gan=1.0,
-                  lambda_l1=10.0, lambda_ssim=2.0),
+    options=Pix2PixOptions(gen_channels=8, gen_downs=3, dropout=0.0, disc_channels=8, disc_layers=3, lambda_gan=1.0,
+                           lambda_l1=10.0, lambda_ssim=2.0),
     train=TrainConfig(steps=20, batch_size=8, lr=2e-3, betas=(0.5, 0.999), ema_decay=0.0, log_every=5,
                       num_threads=1))
 
@@ -31,8 +31,8 @@ CFG = dataclasses.replace(
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets: see conftest.one_thread
 
 
-def _cfg(**gan):
-    return dataclasses.replace(CFG, gan=dataclasses.replace(CFG.gan, **gan))
+def _cfg(**options):
+    return dataclasses.replace(CFG, options=dataclasses.replace(CFG.options, **options))
 
 
 def _model(cfg=CFG, seed=0):
@@ -60,16 +60,35 @@ def test_registered_with_generator_then_discriminator_groups():
     assert model.discriminator.in_channels == 2  # Concat([source, image])
 
 
-@pytest.mark.parametrize("change,match", [
-    (dict(model=dataclasses.replace(CFG.model, cond_image_channels=0)), "cond_image_channels"),
-    (dict(gan=dataclasses.replace(CFG.gan, gan_loss="hinge")), "unknown gan.gan_loss 'hinge'"),
-    (dict(gan=dataclasses.replace(CFG.gan, lambda_l1=-1.0)), "gan.lambda_l1 must be >= 0"),
-    (dict(gan=dataclasses.replace(CFG.gan, lr_d=1e-4)), "gan.lr_d=0.0001 is not supported"),
+@pytest.mark.parametrize("model,options,match", [
+    (dict(cond_image_channels=0), {}, "cond_image_channels"),
+    ({}, dict(gan_loss="hinge"), r"pix2pix.gan_loss: must be one of vanilla, lsgan, got 'hinge'"),
+    ({}, dict(lambda_l1=-1.0), "pix2pix.lambda_l1: must be >= 0, got -1.0"),
+    ({}, dict(dropout=1.0), r"pix2pix.dropout: must be in \[0, 1\)"),
+    ({}, dict(generator="unte"), "pix2pix.generator: must be one of unet, resnet, sa_unet"),
+    ({}, dict(lr_d=-1e-4), "pix2pix.lr_d: must be >= 0"),
 ])
-def test_config_errors_are_one_line(change, match):
+def test_config_errors_are_one_line(model, options, match):
     with pytest.raises(ConfigError, match=match) as err:
-        Pix2Pix(dataclasses.replace(CFG, **change))
+        Pix2Pix(dataclasses.replace(_cfg(**options), model=dataclasses.replace(CFG.model, **model)))
     assert "\n" not in str(err.value)
+    if options:  # --set reports the same line
+        key, value = next(iter(options.items()))
+        with pytest.raises(ConfigError, match=match):
+            apply_overrides(CFG, {f"options.{key}": value})
+
+
+def test_lr_d_sets_the_discriminator_rate(tmp_path):
+    assert _model().optim_settings() == {}  # lr_d = 0: both groups at train.lr, as before
+    cfg = dataclasses.replace(_cfg(lr_d=1e-4), train=dataclasses.replace(CFG.train, steps=1, log_every=1))
+    assert _model(cfg).optim_settings()["discriminator"].lr == 1e-4
+    train_or_load(cfg, root=tmp_path, progress=False, device="cpu")
+    from medgen.checkpoint import load_training_state
+    from medgen.train import run_dir_for
+
+    state = load_training_state(run_dir_for(cfg, tmp_path))["optimizers"]
+    assert state["discriminator"]["param_groups"][0]["lr"] == 1e-4
+    assert state["generator"]["param_groups"][0]["lr"] == CFG.train.lr
 
 
 @pytest.mark.parametrize("kind", ["vanilla", "lsgan"])
@@ -182,7 +201,7 @@ def test_translate_rejects_unknown_options_and_bad_sources():
 
 def test_3d_pix2pix_trains_and_translates():
     model3 = dataclasses.replace(CFG.model, spatial_dims=3)
-    cfg = dataclasses.replace(CFG, model=model3, gan=dataclasses.replace(CFG.gan, gen_downs=2, disc_layers=2))
+    cfg = dataclasses.replace(CFG, model=model3, options=dataclasses.replace(CFG.options, gen_downs=2, disc_layers=2))
     model = _model(cfg)
     g = torch.Generator().manual_seed(0)
     batch = Batch(torch.rand(2, 1, 16, 16, 16, generator=g) * 2 - 1,

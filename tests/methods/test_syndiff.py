@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 
 import medgen.data  # noqa: F401 -- fills DATASETS
-from medgen.config import ConfigError, GANConfig, TrainConfig, get_preset
+from medgen.config import ConfigError, TrainConfig, get_preset
 from medgen.data.batch import Batch, collate
-from medgen.methods.syndiff import (LATENT_DIM, R1_GAMMA, DiffusionDiscriminator, DiffusiveGenerator,
-                                    SynDiff, SynDiffSchedule, blur_downsample, disc_downs, minibatch_stddev,
+from medgen.methods.syndiff import (LATENT_DIM, R1_GAMMA, DiffusionDiscriminator, DiffusiveGenerator, SynDiff,
+                                    SynDiffOptions, SynDiffSchedule, blur_downsample, disc_downs, minibatch_stddev,
                                     r1_penalty, vp_alpha_bars, vp_betas)
 from medgen.nn.gan import PatchDiscriminator, ResnetGenerator
 from medgen.registry import DATASETS, METHODS, lookup
@@ -24,8 +24,8 @@ BASE = get_preset("ci", task="mri_to_ct/ddim_image")  # 32 px spine phantom, UNe
 CFG = dataclasses.replace(
     BASE, name="syndiff_unit", method="syndiff",
     data=dataclasses.replace(BASE.data, dataset="unpaired", registration="", augment=""),
-    gan=GANConfig(generator="resnet", gen_channels=8, gen_downs=2, res_blocks=2, dropout=0.0, disc_channels=8,
-                  disc_layers=3, lambda_gan=1.0, lambda_cycle=0.5),
+    options=SynDiffOptions(generator="resnet", gen_channels=8, gen_downs=2, res_blocks=2, dropout=0.0, disc_channels=8,
+                           disc_layers=3, lambda_gan=1.0, lambda_cycle=0.5),
     train=TrainConfig(steps=12, batch_size=4, lr=3e-3, betas=(0.5, 0.9), ema_decay=0.0, grad_clip=0.0,
                       log_every=4, num_threads=1))
 
@@ -166,17 +166,23 @@ def test_registered_with_disjoint_complete_groups():
     assert model.dnd_target.in_channels == 1 and model.d_target.channels == 1  # unconditional / pair discriminators
 
 
-@pytest.mark.parametrize("change,match", [
-    (dict(model=dataclasses.replace(CFG.model, cond_image_channels=0)), "cond_image_channels"),
-    (dict(model=dataclasses.replace(CFG.model, spatial_dims=3)), "2D only"),
-    (dict(gan=dataclasses.replace(CFG.gan, gan_loss="lsgan")), "gan.gan_loss='lsgan'"),
-    (dict(gan=dataclasses.replace(CFG.gan, lambda_cycle=-1.0)), "gan.lambda_cycle must be >= 0"),
-    (dict(gan=dataclasses.replace(CFG.gan, lr_d=1e-4)), "gan.lr_d=0.0001 is not supported"),
+@pytest.mark.parametrize("model,options,match", [
+    (dict(cond_image_channels=0), {}, "cond_image_channels"),
+    (dict(spatial_dims=3), {}, "2D only"),
+    ({}, dict(gan_loss="lsgan"), "syndiff.gan_loss: must be 'vanilla' .*, got 'lsgan'"),
+    ({}, dict(lambda_cycle=-1.0), "syndiff.lambda_cycle: must be >= 0, got -1.0"),
 ])
-def test_config_errors_are_one_line(change, match):
+def test_config_errors_are_one_line(model, options, match):
     with pytest.raises(ConfigError, match=match) as err:
-        SynDiff(dataclasses.replace(CFG, **change))
+        SynDiff(dataclasses.replace(CFG, model=dataclasses.replace(CFG.model, **model),
+                                    options=dataclasses.replace(CFG.options, **options)))
     assert "\n" not in str(err.value)
+
+
+def test_lr_d_sets_the_discriminators_rate():
+    assert lookup(METHODS, "syndiff")(CFG).optim_settings() == {}
+    cfg = dataclasses.replace(CFG, options=dataclasses.replace(CFG.options, lr_d=1e-4))
+    assert SynDiff(cfg).optim_settings()["discriminator"].lr == 1e-4
 
 
 def test_generator_loss_matches_recomputation_and_reaches_every_generator():

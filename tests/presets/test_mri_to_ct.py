@@ -51,7 +51,7 @@ def test_contrast_switch_and_errors():
                                                     ("pix2pix_3d", "unet", 3)])
 def test_pix2pix_paper_preset_follows_the_reference_code(model, generator, dims):
     cfg = get_preset("paper", task=p.task(model))
-    g = cfg.gan
+    g = cfg.options
     assert cfg.method == "pix2pix" and g.generator == generator and cfg.model.spatial_dims == dims
     assert (g.gen_channels, g.gen_downs, g.dropout, g.disc_layers) == (64, 5, 0.2, 3)
     assert (g.gan_loss, g.lambda_l1, g.lambda_ssim) == ("lsgan", 10.0, 10.0)
@@ -61,14 +61,14 @@ def test_pix2pix_paper_preset_follows_the_reference_code(model, generator, dims)
 
 def test_thin_ci_volumes_get_fewer_downs_and_discriminator_layers():
     cfg = get_preset("ci", task=p.task("pix2pix_3d"))
-    assert cfg.data.depth % 2 ** cfg.gan.gen_downs == 0 and cfg.data.image_size % 2 ** cfg.gan.gen_downs == 0
-    assert cfg.gan.disc_layers == 2  # a 3-layer PatchGAN needs >= 24 voxels per side; ci depth is 16
+    assert cfg.data.depth % 2 ** cfg.options.gen_downs == 0 and cfg.data.image_size % 2 ** cfg.options.gen_downs == 0
+    assert cfg.options.disc_layers == 2  # a 3-layer PatchGAN needs >= 24 voxels per side; ci depth is 16
 
 
 @pytest.mark.parametrize("model, generator", [("cut_resnet", "resnet"), ("cut_sa_unet", "sa_unet")])
 def test_cut_paper_preset_follows_the_supplement(model, generator):
     cfg = get_preset("paper", task=p.task(model))
-    g = cfg.gan
+    g = cfg.options
     assert cfg.method == "cut" and cfg.data.dataset == "unpaired" and g.generator == generator
     assert (g.gen_downs, g.res_blocks, g.dropout, g.nce_layers) == (1, 8, 0.0, (0, 4, 8, 12, 16))
     assert cfg.train.batch_size == 32 and g.gan_loss == "lsgan"
@@ -76,7 +76,7 @@ def test_cut_paper_preset_follows_the_supplement(model, generator):
 
 def test_syndiff_paper_preset_follows_the_reference_code():
     cfg = get_preset("paper", task=p.task("syndiff"))
-    g = cfg.gan
+    g = cfg.options
     assert cfg.method == "syndiff" and cfg.data.dataset == "unpaired"
     assert (g.generator, g.gen_channels, g.gen_downs, g.res_blocks, g.disc_layers) == ("resnet", 64, 2, 6, 3)
     assert (g.gan_loss, g.lambda_cycle) == ("vanilla", 0.5) and cfg.train.betas == (0.5, 0.9)
