@@ -40,6 +40,7 @@ benchmark: $(STAMP)
 	$(BIN)/python -m benchmark.metrics
 	$(BIN)/python -m benchmark.translation
 	$(BIN)/python -m benchmark.lung_us
+	$(BIN)/python -m benchmark.latent
 
 # Generated files only; the virtualenv and trained runs are kept (`rm -rf .venv runs` for those).
 clean:

@@ -31,9 +31,12 @@ def sample_options(cfg: RunConfig) -> dict[str, Any]:
 
 
 def source_channels(cfg: RunConfig) -> int:
-    """How many images the model's source takes (``model.cond_image_channels``; 1 for a model without
-    an image condition): the number of ``--input`` files of ``medgen sample``."""
-    return max(1, int(cfg.model.cond_image_channels))
+    """How many images the model's source takes (``model.cond_image_channels``, of the pixel-space twin
+    for a latent model; 1 for a model without an image condition): the number of ``--input`` files
+    of ``medgen sample``."""
+    from medgen.diffusion.latent import pixel_config
+
+    return max(1, int(pixel_config(cfg).model.cond_image_channels))
 
 
 def translate_image(translator: Any, image: np.ndarray, cfg: RunConfig, *, seed: int = 0, name: str = "image",
@@ -82,11 +85,13 @@ def translate_image(translator: Any, image: np.ndarray, cfg: RunConfig, *, seed:
 
 
 def identity_baseline(cfg: RunConfig) -> Any:
-    """The trivial baseline that returns its input, configured like ``cfg`` (DESIGN.md: every table carries one)."""
+    """The trivial baseline that returns its input, configured like ``cfg`` (DESIGN.md: every table carries one);
+    for a latent model, like its pixel-space twin (image channels, no autoencoder parent)."""
     import medgen.methods  # noqa: F401 -- fills METHODS
+    from medgen.diffusion.latent import pixel_config
     from medgen.registry import METHODS, lookup
 
-    return lookup(METHODS, "identity")(replace(cfg, method="identity"))
+    return lookup(METHODS, "identity")(replace(pixel_config(cfg), method="identity"))
 
 
 def evaluation_frame(translator: Any, dataset: Any, metrics: Sequence[str], *, options: Mapping[str, Any],

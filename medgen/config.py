@@ -84,6 +84,7 @@ class DiffusionConfig:
     learn_sigma: bool = False  # network also outputs the variance interpolation v (improved-diffusion; model.out_channels = 2 x image channels)
     vlb_weight: float = 0.001  # lambda of L_hybrid = L_simple + lambda L_vlb (Nichol & Dhariwal); used only with learn_sigma
     conditions: tuple[str, ...] = field(default=(), metadata=OMIT_AT_DEFAULT)  # per-sample scalar label keys (e.g. ("uca",)) the model is conditioned on: read from the item labels, embedded into model.cond_vector_dim, dropped with the image for CFG; translate(cond={key: [B]})
+    latent_condition: str = field(default="resize", metadata=OMIT_AT_DEFAULT)  # latent mode only (an "autoencoder" parent): the image condition reaches the latent grid "resize"d (area) or "encode"d by the autoencoder (medgen.diffusion.latent)
 
 
 @dataclass(frozen=True)
@@ -537,7 +538,7 @@ def register_presets(task: str, presets: Mapping[str, RunConfig]) -> None:
 
 # The paper preset modules; each calls :func:`register_presets` for its tasks when imported.
 # They are imported by name (importlib), never by a module-level import: they import this module.
-PRESET_MODULES = ("medgen.presets.mri_to_ct", "medgen.presets.lung_us")
+PRESET_MODULES = ("medgen.presets.mri_to_ct", "medgen.presets.lung_us", "medgen.presets.latent")
 
 
 def _load_preset_modules() -> None:

@@ -213,7 +213,8 @@ def resolve_parents(cfg: RunConfig, *, root: str | os.PathLike | None = None, pr
 
     factory = registry.METHODS.get(cfg.method)
     if factory is not None:
-        check_parent_names(cfg.method, getattr(factory, "parent_names", ()), cfg.parents)
+        check_parent_names(cfg.method, getattr(factory, "parent_names", ()), cfg.parents,
+                           getattr(factory, "optional_parent_names", ()))
     out: dict[str, Any] = {}
     for name, parent in cfg.parents.items():
         if not isinstance(parent, RunConfig):

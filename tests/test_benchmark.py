@@ -195,3 +195,31 @@ def test_lung_us_benchmark_quick(tmp_path: Path) -> None:
     assert torch.equal(plain[0], generated) and not torch.allclose(guided, plain, atol=1e-3)
     with pytest.raises(ValueError, match="unknown operator 'deblur'"):
         lung_us.selected("us_linear,deblur")
+
+
+def test_latent_benchmark_quick(tmp_path: Path) -> None:
+    """``benchmark.latent`` at ``ci`` writes report rows that agree with each other; the pixel twin is the same
+    UNet on the image's channels, the latent model samples images of the same shape."""
+    import torch
+
+    from benchmark import latent
+
+    argv = ["--quick", "--preset", "ci", "--sample-batch", "2", "--threads", "1", "--out", str(tmp_path)]
+    assert latent.main(argv) == 0
+    df = pd.read_csv(tmp_path / "latent.csv", keep_default_na=False)
+    assert list(df.columns) == ["measure", "value", "unit", "goal", "holds"] and df["measure"].is_unique
+    assert set(df["goal"]) == {"report"} and set(df["holds"]) == {""}
+    v = dict(zip(df["measure"], df["value"].astype(float)))
+    assert all(x > 0 for k, x in v.items() if "IQR" not in k)
+    t = "training step, 16x16 px, latent 2x8x8, batch 8"
+    assert v[f"{t} speed-up pixel / latent: median of per-round ratios"] == pytest.approx(
+        v[f"{t}: pixel cDDPM"] / v[f"{t}: latent cDDPM (encodes target and source)"], rel=1e-3)
+    s = "sample, 16x16 px, latent 2x8x8, DDIM t=4, batch 2"
+    assert v[f"{s} speed-up pixel / latent: median of per-round ratios"] == pytest.approx(
+        v[f"{s}: pixel cDDPM"] / v[f"{s}: latent cDDPM (encode source, sample, decode)"], rel=1e-3)
+    assert (tmp_path / "latent.md").read_text().startswith("# Latent vs pixel diffusion speed")
+    torch.set_num_threads(1)
+    pixel, lat, _ = latent.build("ci")
+    assert pixel.cfg.parents == {} and pixel.cfg.model.channels == lat.cfg.model.channels
+    assert pixel.cfg.model.in_channels == 1 and lat.cfg.model.in_channels == 2
+    assert pixel.sample_arm(2)().shape == lat.sample_arm(2)().shape == (2, 1, 16, 16)

@@ -148,8 +148,9 @@ def test_make_reproduce_demo_benchmark_commands(needs_make: None, tmp_path: Path
         f'{venv}/bin/python -m medgen reproduce --preset cpu --papers "spine knee"'
     assert make_dry("reproduce", f"VENV={venv}")[-1] == f'{venv}/bin/python -m medgen reproduce --preset smoke --papers ""'
     assert make_dry("demo", f"VENV={venv}")[-1] == f"{venv}/bin/python -m medgen demo"
-    assert make_dry("benchmark", f"VENV={venv}")[-5:] == [f"{venv}/bin/python -m benchmark.{name}"
-                                                          for name in ("speed", "phantoms", "metrics", "translation", "lung_us")]
+    assert make_dry("benchmark", f"VENV={venv}")[-6:] == [f"{venv}/bin/python -m benchmark.{name}" for name in
+                                                          ("speed", "phantoms", "metrics", "translation", "lung_us",
+                                                           "latent")]
     assert make_dry("clean")
 
 

@@ -12,6 +12,9 @@ Dataset card
   the valid range.
 * **Range**: both images are float32 ``[1, H, W]`` in model range ``[-1, 1]``
   (``-1`` is black); ``mask`` is all ones. Metrics use ``data_range=2``.
+* **Keys**: ``data.source`` / ``data.target`` pick the item's images by name, ``"source"`` (degraded)
+  or ``"target"`` (clean); the default is the pair above, ``source="target"`` gives clean -> clean
+  (what an autoencoder learns, so that ``evaluate`` scores its reconstruction).
 * **Size**: ``W = DataConfig.image_size``, ``H = DataConfig.image_height`` or ``W`` (square); the
   shapes are drawn in coordinates normalised per axis, so a non-square image stretches them;
   ``n_train`` / ``n_test`` samples.
@@ -53,6 +56,7 @@ BACKGROUND = 0.02  # intensity of the background on the [0, 1] scale
 PRECOMPUTE_PIXELS = 1 << 22  # precompute the whole split when n * H * W is at most this
 CHUNK = 256  # samples rendered at once (bounds the memory of vectorised rendering)
 SPLITS = ("train", "test")
+IMAGE_KEYS = ("source", "target")  # data.source / data.target: "target" as the source gives clean -> clean (an autoencoder's data)
 
 
 def patient_id(number: int) -> str:
@@ -164,7 +168,12 @@ class ToyShapes(Dataset):
             raise ValueError(f"toy_shapes {split} size must be in [0, {TEST_OFFSET}], got {n}")
         if cfg.image_size < 8:
             raise ValueError(f"toy_shapes needs data.image_size >= 8, got {cfg.image_size}")
+        bad = [k for k in (cfg.source, cfg.target) if k not in IMAGE_KEYS]
+        if bad:
+            raise ValueError(f"toy_shapes has images {', '.join(IMAGE_KEYS)}; data.source / data.target '{bad[0]}' "
+                             "is none of them")
         self.split, self.size, self.seed = split, cfg.image_size, seed
+        self.keys = (cfg.source, cfg.target)  # which image is the item's source and its target
         self.numbers = np.arange(n) + (0 if split == "train" else TEST_OFFSET)
         self.patient_ids = [patient_id(int(k)) for k in self.numbers]
         self.split_hash = _split_hash(self.patient_ids) if n else ""
@@ -195,6 +204,8 @@ class ToyShapes(Dataset):
         else:
             src, tgt = self._generate(self.numbers[index:index + 1])
             source, target = src[0], tgt[0]
+        images = {"source": source, "target": target}
+        source, target = images[self.keys[0]], images[self.keys[1]]
         return {"source": source, "target": target, "mask": torch.ones_like(target),
                 "patient_id": self.patient_ids[index]}
 

@@ -205,16 +205,18 @@ class Parents(Mapping[str, "Method"]):
         return self
 
 
-def check_parent_names(method: str, needed: Sequence[str], given: Iterable[str]) -> None:
-    """One-line :class:`ParentError` unless ``given`` (cfg.parents' names) equals ``needed`` (parent_names)."""
+def check_parent_names(method: str, needed: Sequence[str], given: Iterable[str], optional: Sequence[str] = ()) -> None:
+    """One-line :class:`ParentError` unless ``given`` (cfg.parents' names) holds every name of ``needed``
+    (parent_names) and nothing beyond ``needed`` and ``optional`` (optional_parent_names)."""
     given = list(given)
     missing = [n for n in needed if n not in given]
-    unknown = [n for n in given if n not in needed]
+    unknown = [n for n in given if n not in needed and n not in optional]
     if missing or unknown:
         parts = ([f"missing parent {', '.join(repr(n) for n in missing)}"] if missing else []) + \
                 ([f"unknown parent {', '.join(repr(n) for n in unknown)}"] if unknown else [])
+        its = ", ".join([*needed, *(f"{n} (optional)" for n in optional)]) or "none"
         raise ParentError(f"method '{method}': {'; '.join(parts)} (its parents: "
-                          f"{', '.join(needed) or 'none'}; set cfg.parents = {{name: parent RunConfig}})")
+                          f"{its}; set cfg.parents = {{name: parent RunConfig}})")
 
 
 class Method(nn.Module):
@@ -231,6 +233,7 @@ class Method(nn.Module):
     config: RunConfig
     condition_keys: tuple[str, ...] = ()  # per-sample conditions translate(cond=) needs, e.g. ("uca",); () = none
     parent_names: tuple[str, ...] = ()  # staged methods: the frozen parent runs it needs (cfg.parents' keys); () = none
+    optional_parent_names: tuple[str, ...] = ()  # parents it may be given (cddpm / ddpm: "autoencoder", latent mode)
     parents: Parents = Parents()  # the attached parents (attach_parents); outside the module tree
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -271,6 +274,13 @@ class Method(nn.Module):
         """Losses for optimiser group ``group`` on ``batch``; must contain the scalar ``"loss"``."""
         raise NotImplementedError
 
+    def after_fit(self, batches: Iterable[Batch]) -> None:
+        """Called by ``fit()`` once training reaches ``cfg.train.steps``, before the final checkpoint, on the
+        raw and on the EMA weights: ``batches`` are the training batches in fit's order from step 0
+        (lazy; take what you need). For what needs the trained weights and the data, e.g. the KL
+        autoencoder's latent scale (keep it in a buffer: it is saved). The default does nothing.
+        """
+
     def check_conditions(self, cond: Conditions | None, batch_size: int) -> dict[str, torch.Tensor]:
         """``cond`` checked against :attr:`condition_keys` (:func:`check_conditions`): ``{key: float32 [B]}``."""
         return check_conditions(self.condition_keys, cond, batch_size, method=self._method_name())
@@ -286,7 +296,8 @@ class Method(nn.Module):
         return getattr(getattr(self, "config", None), "method", None) or type(self).__name__
 
     def attach_parents(self, parents: Mapping[str, "Method"]) -> None:
-        """Hold ``parents`` (``name -> trained Method``, names exactly :attr:`parent_names`) frozen as ``self.parents``.
+        """Hold ``parents`` (``name -> trained Method``: every name of :attr:`parent_names`, plus any of
+        :attr:`optional_parent_names`) frozen as ``self.parents``.
 
         Each parent is put in eval mode with ``requires_grad=False`` (gradients still flow
         *through* it into this method's own parameters) and kept outside the module tree (see
@@ -296,11 +307,12 @@ class Method(nn.Module):
         and ``load_translator`` call this with the parents they resolved from ``cfg.parents``.
         """
         name = getattr(getattr(self, "config", None), "method", None) or type(self).__name__
-        check_parent_names(name, self.parent_names, parents)
+        check_parent_names(name, self.parent_names, parents, self.optional_parent_names)
         for parent in parents.values():
             parent.eval()
             parent.requires_grad_(False)
-        self.parents = Parents({n: parents[n] for n in self.parent_names}, owner=f"method '{name}'")
+        names = [n for n in (*self.parent_names, *self.optional_parent_names) if n in parents]
+        self.parents = Parents({n: parents[n] for n in names}, owner=f"method '{name}'")
         self._move_parents()
 
     def _move_parents(self) -> None:

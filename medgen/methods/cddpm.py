@@ -21,6 +21,14 @@ features (:func:`embed_scalars`), concatenated into the UNet's vector condition
 classifier-free guidance (training dropout and CFG sampling) blanks the image and zeroes
 the vector (an all-zero vector is no scalar's embedding).
 
+Latent mode: with an ``"autoencoder"`` parent in ``cfg.parents`` (an ``autoencoder_kl`` run)
+the same model diffuses in that autoencoder's latent space (:mod:`medgen.diffusion.latent`):
+training encodes the target, and the source too with ``diffusion.latent_condition="encode"``
+(else it is area-resized to the latent grid); sampling draws ``x_T`` at the latent shape
+``[B, C_z, *S/f]``, never clips x0 there, and decodes the result to ``[B, C, *S]`` (clamped to
+[-1, 1] when ``diffusion.clip_x0``). ``model.in_channels`` / ``out_channels`` are then the
+latent channels; the CFG null condition is the latent of the black image.
+
 This file only wires the shared pieces together; every algorithm lives in ``medgen.diffusion``.
 """
 from __future__ import annotations
@@ -35,6 +43,7 @@ from diffusers.models.embeddings import get_timestep_embedding
 from medgen.config import ConfigError, RunConfig
 from medgen.data.batch import Batch
 from medgen.diffusion.guidance import CFGDenoiser, drop_condition, null_condition
+from medgen.diffusion.latent import PARENT, diffusion_config, space_of
 from medgen.diffusion.losses import diffusion_loss
 from medgen.diffusion.parameterization import Denoiser
 from medgen.diffusion.samplers import sample
@@ -76,13 +85,15 @@ class ConditionalDDPM(Method):
     ``denoiser`` is the :class:`Denoiser` holding the UNet (``net``) and its noise schedule.
     """
 
+    optional_parent_names = (PARENT,)  # an "autoencoder" parent puts the model in its latent space
+
     def __init__(self, config: RunConfig) -> None:
         super().__init__(config)
         if config.model.cond_image_channels <= 0:
             raise ConfigError("cddpm needs model.cond_image_channels > 0 (the number of source channels)")
         self.condition_keys = tuple(config.diffusion.conditions)
         _check_scalar_conditions(self.condition_keys, config.model.cond_vector_dim)
-        self.denoiser = Denoiser.from_config(UNet(config.model), config.diffusion)
+        self.denoiser = Denoiser.from_config(UNet(config.model), diffusion_config(config))  # no clipping in latent space
         self._null = partial(null_condition_with_vector, null_value=config.diffusion.null_value)
 
     @property
@@ -102,9 +113,11 @@ class ConditionalDDPM(Method):
         if source.ndim != m.spatial_dims + 2:
             raise ValueError(f"cddpm: source {tuple(source.shape)} must have {m.spatial_dims} spatial dims "
                              f"(model.spatial_dims={m.spatial_dims})")
-        if source.shape[1] != m.cond_image_channels:
+        channels = space_of(self).source_channels(m.cond_image_channels)  # latent "encode": the autoencoder's input
+        if source.shape[1] != channels:
             raise ValueError(f"cddpm: source has {source.shape[1]} channels but model.cond_image_channels="
-                             f"{m.cond_image_channels}")
+                             f"{m.cond_image_channels}" + ("" if channels == m.cond_image_channels else
+                                                           f" (encoded from {channels} image channels)"))
         if not self.condition_keys:
             return Condition(image=source)
         values = {k: v.to(device=source.device, dtype=torch.float32) for k, v in values.items()}
@@ -123,11 +136,11 @@ class ConditionalDDPM(Method):
             raise ValueError(f"cddpm has one optimiser group 'model', got '{group}'")
         if batch.target is None:
             raise ValueError("cddpm: training needs paired batches (batch.target is None)")
-        d = self.config.diffusion
+        d, space = self.config.diffusion, space_of(self)
         cond = drop_condition(self.condition(batch.source, self.batch_conditions(batch)), d.cond_drop_prob,
-                              self._null, generator)
-        return diffusion_loss(self.denoiser, batch.target, cond, generator=generator, loss=d.loss,
-                              x0_weight=d.x0_loss_weight, mask=batch.mask)
+                              self._null, generator)  # dropped in image space, then mapped (latent mode)
+        return diffusion_loss(self.denoiser, space.encode(batch.target), space.condition(cond), generator=generator,
+                              loss=d.loss, x0_weight=d.x0_loss_weight, mask=space.mask(batch.mask))
 
     def sampling_options(self, options: dict[str, Any]) -> dict[str, Any]:
         """``cfg.sample`` overridden by ``options``; unknown names are a one-line error.
@@ -148,7 +161,8 @@ class ConditionalDDPM(Method):
     def translate(self, source: torch.Tensor, *, cond: Conditions | None = None,
                   generator: torch.Generator | None = None, callback: Callable[[dict], None] | None = None,
                   **options: Any) -> torch.Tensor:
-        """Sample targets ``[B, model.out_channels, *S]`` for a source ``[B, C_s, *S]`` (model range).
+        """Sample targets ``[B, model.out_channels, *S]`` for a source ``[B, C_s, *S]`` (model range);
+        in latent mode ``[B, C, *S]`` decoded by the autoencoder (``callback`` then sees latents).
 
         ``cond``: ``{key: values [B]}`` for every key of ``condition_keys`` (``cfg.diffusion.conditions``);
         None without conditions. A missing or unknown key is a one-line ``ValueError``.
@@ -156,15 +170,17 @@ class ConditionalDDPM(Method):
         ``guidance_scale`` (CFG w; 0 = plain conditional), ``spacing``; defaults from ``cfg.sample``.
         ``x_T`` and any sampler noise come from ``generator`` (a fixed seed gives a fixed result).
         """
-        opts = self.sampling_options(options)
+        opts, space = self.sampling_options(options), space_of(self)
         condition = self.condition(source, cond)
         denoiser: Any = self.denoiser
         if opts["guidance_scale"] != 0:
-            denoiser = CFGDenoiser(self.denoiser, opts["guidance_scale"], self._null)
-        template = source.new_empty((source.shape[0], self.config.model.out_channels, *source.shape[2:]))
+            denoiser = CFGDenoiser(self.denoiser, opts["guidance_scale"], space.cfg_null(self._null, condition))
+        spatial = space.spatial(source.shape[2:])  # latent mode: S / f
+        template = source.new_empty((source.shape[0], self.config.model.out_channels, *spatial))
         x_T = noise_like(template, generator)
-        return sample(opts["sampler"], denoiser, x_T, int(opts["steps"]), condition, spacing=opts["spacing"],
-                      generator=generator, callback=callback, eta=float(opts["eta"]))
+        out = sample(opts["sampler"], denoiser, x_T, int(opts["steps"]), space.condition(condition),
+                     spacing=opts["spacing"], generator=generator, callback=callback, eta=float(opts["eta"]))
+        return space.decode(out, clip=self.config.diffusion.clip_x0)
 
 
 def _check_scalar_conditions(keys: tuple[str, ...], vector_dim: int) -> None:

@@ -21,6 +21,13 @@ prediction, clipping and -- when ``cfg.diffusion.learn_sigma`` is honoured by
   ``translate`` returns the mean over ``n_samples`` posterior samples (the ``Method`` contract:
   one image per source); ``reconstruct`` returns every sample.
 
+Latent mode: with an ``"autoencoder"`` parent in ``cfg.parents`` (an ``autoencoder_kl`` run)
+the prior lives in that autoencoder's latent space (:mod:`medgen.diffusion.latent`): training
+encodes the image, generation draws ``x_T`` at the latent shape, never clips x0 there, and
+decodes (then clamps) the samples; ``model.in_channels`` / ``out_channels`` are the latent
+channels. DPS reconstruction is pixel-space only (it differentiates through the network at
+the image's shape): a latent prior refuses it with a one-line error.
+
 This file only wires the shared pieces together; the algorithms live in ``medgen.diffusion``
 and ``medgen.inverse``.
 """
@@ -32,6 +39,7 @@ import torch
 
 from medgen.config import ConfigError, RunConfig
 from medgen.data.batch import Batch
+from medgen.diffusion.latent import PARENT, diffusion_config, space_of
 from medgen.diffusion.losses import diffusion_loss
 from medgen.diffusion.parameterization import Denoiser
 from medgen.diffusion.samplers import sample
@@ -65,12 +73,14 @@ class UnconditionalDDPM(Method):
     ``denoiser`` is the :class:`Denoiser` holding the UNet (``net``) and its noise schedule.
     """
 
+    optional_parent_names = (PARENT,)  # an "autoencoder" parent puts the model in its latent space
+
     def __init__(self, config: RunConfig) -> None:
         super().__init__(config)
         if config.model.cond_image_channels != 0:
             raise ConfigError(f"ddpm is unconditional: model.cond_image_channels must be 0, got "
                               f"{config.model.cond_image_channels}")
-        self.denoiser = Denoiser.from_config(UNet(config.model), config.diffusion)
+        self.denoiser = Denoiser.from_config(UNet(config.model), diffusion_config(config))  # no clipping in latent space
 
     @property
     def net(self) -> UNet:
@@ -81,11 +91,12 @@ class UnconditionalDDPM(Method):
     def image_shape(self) -> tuple[int, ...]:
         """``(C, *S)`` of one generated image: ``model.in_channels`` and the data's spatial size
         (:func:`medgen.data.datasets.spatial_shape`: ``(H, W)``, ``H`` = ``data.image_height``, the
-        phantom's aspect ratio or ``data.image_size``; ``W`` = ``data.image_size``)."""
+        phantom's aspect ratio or ``data.image_size``; ``W`` = ``data.image_size``). In latent mode ``C``
+        is the autoencoder's output channels."""
         from medgen.data.datasets import spatial_shape  # lazy: the datasets need the phantoms
 
         m = self.config.model
-        return (m.in_channels, *spatial_shape(self.config.data, m.spatial_dims))
+        return (space_of(self).image_channels(m.in_channels), *spatial_shape(self.config.data, m.spatial_dims))
 
     def param_groups(self) -> dict[str, list[torch.nn.Parameter]]:
         """One optimiser group, ``"model"``: the UNet's parameters."""
@@ -99,13 +110,14 @@ class UnconditionalDDPM(Method):
         weighted by ``cfg.diffusion.vlb_weight``)."""
         if group != "model":
             raise ValueError(f"ddpm has one optimiser group 'model', got '{group}'")
-        x0 = batch.target if batch.target is not None else batch.source
+        space = space_of(self)
+        x0 = space.encode(batch.target if batch.target is not None else batch.source)  # latent mode: [B, C_z, *S/f]
         if x0.shape[1] != self.config.model.in_channels:
             raise ValueError(f"ddpm: image has {x0.shape[1]} channels but model.in_channels="
                              f"{self.config.model.in_channels}")
         d = self.config.diffusion
         return diffusion_loss(self.denoiser, x0, None, generator=generator, loss=d.loss,  # vlb_weight: learn_sigma only
-                              x0_weight=d.x0_loss_weight, mask=batch.mask, vlb_weight=d.vlb_weight)
+                              x0_weight=d.x0_loss_weight, mask=space.mask(batch.mask), vlb_weight=d.vlb_weight)
 
     def sampling_options(self, options: dict[str, Any], valid: tuple[str, ...] = OPTIONS) -> dict[str, Any]:
         """``cfg.sample`` (and, for DPS, :data:`DPS_DEFAULTS`) overridden by ``options``.
@@ -139,18 +151,21 @@ class UnconditionalDDPM(Method):
         defaults from ``cfg.sample``. All ``x_T`` ``[n, C, H, W]`` are drawn from ``generator`` first,
         then sampled ``batch_size`` at a time (default: all at once), so a fixed seed gives fixed
         images, and with a deterministic sampler (DDIM eta 0, DPM-Solver++) the same images for
-        any ``batch_size``. ``callback`` receives each chunk's per-step dicts.
+        any ``batch_size``. ``callback`` receives each chunk's per-step dicts. In latent mode ``x_T`` is
+        ``[n, C_z, *S/f]`` and each chunk is decoded by the autoencoder (``callback`` sees latents).
         """
         if n < 0 or (batch_size is not None and batch_size < 1):
             raise ValueError(f"ddpm.generate: need n >= 0 and batch_size >= 1, got n={n}, batch_size={batch_size}")
-        opts = self.sampling_options(options)
-        template = torch.empty((n, *self.image_shape), device=self._device())
+        opts, space = self.sampling_options(options), space_of(self)
+        shape = self.image_shape
+        template = torch.empty((n, self.config.model.in_channels, *space.spatial(shape[1:])), device=self._device())
         x_T = noise_like(template, generator)
         chunk = batch_size or max(1, n)
-        parts = [sample(opts["sampler"], self.denoiser, x_T[i:i + chunk], int(opts["steps"]), None,
-                        spacing=opts["spacing"], generator=generator, callback=callback, eta=float(opts["eta"]))
+        parts = [space.decode(sample(opts["sampler"], self.denoiser, x_T[i:i + chunk], int(opts["steps"]), None,
+                                     spacing=opts["spacing"], generator=generator, callback=callback,
+                                     eta=float(opts["eta"])))
                  for i in range(0, n, chunk)]
-        return torch.cat(parts).clamp(-1.0, 1.0) if parts else template
+        return torch.cat(parts).clamp(-1.0, 1.0) if parts else torch.empty((0, *shape), device=self._device())
 
     @torch.no_grad()
     def outputs_for(self, source: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -178,6 +193,9 @@ class UnconditionalDDPM(Method):
         """
         from medgen.inverse import dps_reconstruct  # lazy, as in operator()
 
+        if space_of(self).latent:
+            raise ValueError("ddpm: DPS reconstruction (translate / reconstruct) needs a pixel-space prior; this one "
+                             "runs in an autoencoder's latent space (use generate)")
         o = self.sampling_options({"sampler": DPS_SAMPLER, **options}, DPS_OPTIONS)
         op = o["operator"]
         if isinstance(op, str):

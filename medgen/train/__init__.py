@@ -29,7 +29,7 @@ from medgen.data.splits import check_disjoint
 from medgen.methods.base import Method
 from medgen.train.distributed import DistContext
 from medgen.train.loop import (LOG_FILE, SAMPLES_DIR, FitResult, _dataset_attr, ema_update_fn, fit,  # noqa: F401
-                               lr_factor, validate_train_config)
+                               lr_factor, training_batches, validate_train_config)
 from medgen.train.order import StepBatchSampler, StepIndices, step_indices  # noqa: F401
 from medgen.train.samples import save_sample_grid  # noqa: F401
 from medgen.utils import seed_everything

@@ -20,7 +20,6 @@ schedule still advances, so the LR is a function of the global step) and ``share
 own moments; the EMA, over the module, counts each parameter once). Without settings every
 group optimises exactly as before.
 
-
 Exact resume. Data order and randomness are pure functions of ``(seed, step)``: global batch
 ``s`` holds samples ``s*B .. s*B+B-1`` of the stream of per-epoch permutations (epoch ``e``
 permuted by a generator seeded with ``(seed, e)``, :mod:`medgen.train.order`); micro-batch ``m`` of
@@ -37,6 +36,12 @@ RNG states are saved too, for the record.
 EMA. ``torch.optim.swa_utils.AveragedModel``; the decay at update ``n`` is
 ``min(ema_decay, (1 + n) / (10 + n))`` (the usual warm-up), so short runs do not end near their
 random init. Non-float buffers are copied, not averaged. ``ema_decay=0`` disables the EMA.
+
+End of training. When the step count reaches ``cfg.steps`` (not at an earlier ``stop_at_step``),
+``method.after_fit(batches)`` runs on the raw and on the EMA weights, before the final checkpoint,
+with :func:`training_batches` (the training batches in fit's order from step 0, lazily): a
+method finishes there what needs its trained weights and its data, e.g. the KL autoencoder's
+latent scale (a buffer, so it is saved). A resumed run that is already complete does not rerun it.
 
 Multi-GPU / multi-node. ``torch.distributed`` directly (gloo on CPU, nccl on CUDA), launched by
 torchrun (``torchrun --nproc_per_node 2 -m medgen.cli train ...``); ``fit`` calls
@@ -63,7 +68,7 @@ import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -381,6 +386,12 @@ class _Trainer:
                                config=self.run_config, keep_last=self.keep_last,
                                ema_model=self.ema.module if self.ema is not None else None)
 
+    def end_of_training(self) -> None:
+        """Training reached ``cfg.steps``: ``Method.after_fit`` on the training batches (fit's order, from
+        step 0), for the raw and the EMA weights alike, before the final checkpoint is written."""
+        for model in (self.method, *([self.ema.module] if self.ema is not None else [])):
+            model.after_fit(training_batches(self.dataset, self.cfg, self.seed, self.ctx.device))
+
     def finish(self) -> None:
         """Leave the method holding the EMA weights (what translate() should use), in eval mode."""
         if self.ema is not None:
@@ -416,6 +427,15 @@ def _clear_run(out_dir: Path) -> None:
 
 def _default_sample_batch(dataset: Dataset, n: int = 4) -> Batch:
     return collate([dataset[i] for i in range(min(n, len(dataset)))])
+
+
+def training_batches(dataset: Dataset, cfg: TrainConfig, seed: int,
+                     device: str | torch.device | None = None) -> Iterator[Batch]:
+    """fit's global training batches ``[B, C, *S]`` in order from step 0 (lazily, whole, on ``device``): in a
+    single process exactly the batches it trains on. What ``Method.after_fit`` receives."""
+    sampler = StepBatchSampler(len(dataset), cfg.batch_size, seed, 0, cfg.steps)
+    for batch in DataLoader(dataset, batch_sampler=sampler, collate_fn=collate):
+        yield batch.to(device) if device is not None else batch
 
 
 def fit(method: Method, train_dataset: Dataset, cfg: TrainConfig, *, out_dir: str | os.PathLike,
@@ -497,6 +517,8 @@ def _run_loop(tr: _Trainer, stop: int, progress: bool, sample_batch: Batch | Non
         tr.train_step(batch.to(ctx.device))
         tr.step += 1
         tr.n_summed += 1
+        if tr.step == cfg.steps:
+            tr.end_of_training()  # before the final checkpoint (e.g. the autoencoder's latent scale)
         tr.wall_time = base + time.perf_counter() - t0
         if tr.step % log_every == 0 or tr.step == stop:
             tr.flush_log(bar, tr.wall_time)
