@@ -35,6 +35,18 @@ def tmp_runs(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def zoo_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A repo-like root for :mod:`medgen.zoo` (no shipped checkpoints; runs in ``<root>/runs``), with
+    ``MEDGEN_RUNS`` / ``RETRAIN`` unset and the zoo's said-once memory cleared."""
+    from medgen import zoo
+
+    monkeypatch.delenv("MEDGEN_RUNS", raising=False)
+    monkeypatch.delenv("RETRAIN", raising=False)
+    zoo._WARNED.clear()
+    return tmp_path
+
+
+@pytest.fixture
 def repo_root() -> Path:
     """The repository root (the folder holding pyproject.toml)."""
     return REPO_ROOT

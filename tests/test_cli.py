@@ -15,30 +15,13 @@ import pytest
 from PIL import Image
 
 from medgen import __version__
-from medgen.cli import main
 from medgen.config import from_json, get_preset
+from assertions import assert_one_line_error, run_cli  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """``main(argv)`` -> (exit code, stdout, stderr); argparse exits count as exit codes."""
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
-    """Exit 2 and exactly one ``medgen: error:`` line on stderr containing every fragment."""
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("medgen: error: ") and "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in lines[0]
+run = run_cli  # the shared CLI runner (tests/assertions.py)
 
 
 # --------------------------------------------------------------------------------------

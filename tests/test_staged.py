@@ -32,12 +32,9 @@ SRC = torch.linspace(-1, 1, 2 * 64).reshape(2, 1, 8, 8)
 
 
 @pytest.fixture
-def root(tmp_path, monkeypatch):
-    """A repo-like root (no shipped checkpoints) whose runs live in root/runs; no RETRAIN / MEDGEN_RUNS."""
-    monkeypatch.delenv("MEDGEN_RUNS", raising=False)
-    monkeypatch.delenv("RETRAIN", raising=False)
-    zoo._WARNED.clear()
-    return tmp_path
+def root(zoo_root):
+    """A repo-like root without shipped checkpoints (conftest's ``zoo_root``)."""
+    return zoo_root
 
 
 @pytest.fixture

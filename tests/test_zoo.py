@@ -15,11 +15,9 @@ def cfg():
 
 
 @pytest.fixture
-def root(tmp_path, monkeypatch):
-    monkeypatch.delenv("MEDGEN_RUNS", raising=False)
-    monkeypatch.delenv("RETRAIN", raising=False)
-    zoo._WARNED.clear()
-    return tmp_path
+def root(zoo_root):
+    """A repo-like root without shipped checkpoints (conftest's ``zoo_root``)."""
+    return zoo_root
 
 
 def _ship(cfg, root):

@@ -12,7 +12,6 @@ import torch
 from PIL import Image
 
 import medgen.methods  # noqa: F401 -- fills METHODS
-from medgen.cli import main
 from medgen.config import ConfigError, apply_overrides, get_preset
 from medgen.data.batch import collate
 from medgen.diffusion.guidance import drop_condition
@@ -20,6 +19,7 @@ from medgen.methods.base import check_conditions, conditions_from_meta
 from medgen.methods.cddpm import ConditionalDDPM, embed_scalars
 from medgen.predict import predict
 from medgen.registry import DATASETS, METHODS
+from assertions import assert_one_line_error, run_cli  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -195,22 +195,7 @@ def test_two_training_steps_then_predict_passes_each_items_labels(tmp_path: Path
 # --------------------------------------------------------------------------------------
 # medgen sample --cond, --input stacks
 # --------------------------------------------------------------------------------------
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """``main(argv)`` -> (exit code, stdout, stderr) (as tests/test_cli.py)."""
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("medgen: error: "), err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+run = run_cli  # the shared CLI runner (tests/assertions.py)
 
 
 # The spine phantom's multi_depth items: the five ultrasound depths as channels, and its `uca` label.
