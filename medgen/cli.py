@@ -1,4 +1,4 @@
-"""The ``medgen`` command line: ``train | sample | evaluate | reproduce | demo | phantoms``.
+"""The ``medgen`` command line: ``train | sample | evaluate | generate | reconstruct | reproduce | demo | phantoms``.
 
 Examples
 --------
@@ -10,6 +10,8 @@ Examples
     medgen sample --checkpoint runs/<run> --input d0.png ... --input d4.png --cond uca=32.5 --output out.png
     medgen evaluate --checkpoint runs/<run> --out eval.csv
     medgen evaluate --task mri_to_ct/ddim_image --preset cpu --steps 20   # the shipped model, via medgen.zoo
+    medgen generate --task lung_us/prior --preset cpu --n 8 --out gen/                 # a prior's images
+    medgen reconstruct --task lung_us/prior --preset cpu --operator us_linear --input lung.png --out recon/
     medgen reproduce --preset smoke --papers spine,knee
     medgen demo --preset smoke --port 7860
     medgen phantoms knee --n 8 --out phantoms/knee --control kl_grade=3
@@ -32,7 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
 
 from medgen import __version__
-from medgen.commands import sample_options, source_channels, translate_image
+from medgen.commands import require_translator, sample_options, source_channels, translate_image
 from medgen.config import ConfigError, RunConfig, apply_overrides, get_preset, to_json
 from medgen.registry import UnknownNameError
 
@@ -95,12 +97,13 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
                         help="with --task: ci | smoke | cpu | paper (default: $MEDGEN_PRESET or smoke)")
 
 
-def _sampling_options(parser: argparse.ArgumentParser) -> None:
+def _sampling_options(parser: argparse.ArgumentParser, guidance: bool = True) -> None:
     """``--sampler --steps --eta --guidance --seed`` (override the checkpoint's sample config)."""
     parser.add_argument("--sampler", choices=("ddpm", "ddim", "dpmpp"), help="sampler (default: the checkpoint's)")
     parser.add_argument("--steps", type=int, help="denoiser evaluations (default: the checkpoint's)")
     parser.add_argument("--eta", type=float, help="DDIM stochasticity, 0 = deterministic")
-    parser.add_argument("--guidance", type=float, help="classifier-free guidance scale w")
+    if guidance:  # classifier-free guidance: not for an unconditional prior
+        parser.add_argument("--guidance", type=float, help="classifier-free guidance scale w")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (default: 0)")
 
 
@@ -136,6 +139,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16, help="images per translate() call (default: 16)")
     p.add_argument("--no-baseline", action="store_true", help="skip the identity (input as output) baseline rows")
     _sampling_options(p)
+
+    p = sub.add_parser("generate", parents=[cfg_opts], help="draw images from a prior (e.g. --task lung_us/prior)")
+    _model_options(p)
+    p.add_argument("--n", type=int, default=8, help="number of images (default: 8)")
+    p.add_argument("--out", required=True, help="folder for image_000.png ... and images.npy (model range)")
+    _sampling_options(p, guidance=False)
+
+    p = sub.add_parser("reconstruct", parents=[cfg_opts], help="reconstruct an image from a measurement with a "
+                       "prior (diffusion posterior sampling; sampler default: ancestral ddpm)")
+    _model_options(p)
+    p.add_argument("--operator", required=True, help="forward operator: us_linear, us_acoustic, blur or inpaint")
+    given = p.add_mutually_exclusive_group(required=True)
+    given.add_argument("--measurement", help="the measurement: a .npy of the operator's output shape")
+    given.add_argument("--input", help="an image (.png, DICOM, NIfTI, ...) to simulate the measurement from; "
+                       "the mean's PSNR / SSIM against it are printed")
+    p.add_argument("--noise", type=float, help="noise std of the simulated measurement (default: the operator's)")
+    p.add_argument("--scale", type=float, help="DPS guidance scale (default: the lung prior's tuned scale at "
+                   "its preset; required for other models)")
+    p.add_argument("--samples", type=int, default=4, help="posterior samples behind the mean / SD (default: 4)")
+    p.add_argument("--out", required=True, help="folder for mean / sd (.png, .npy), samples.npy, measurement.npy")
+    _sampling_options(p, guidance=False)
 
     p = sub.add_parser("export", help="write a slim, shippable copy of a trained checkpoint (sampling weights only)")
     p.add_argument("checkpoint", help="checkpoint (or run) folder printed by 'medgen train'")
@@ -272,6 +296,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     """Translate one image file with a checkpoint."""
     cfg, load_model = resolve_model_config(args, allowed=("sample",))
+    require_translator(cfg, "sample")  # a prior: one line naming generate / reconstruct
     if args.dry_run:
         print(to_json(cfg))
         return 0
@@ -329,6 +354,7 @@ def _metric_names(text: str) -> tuple[str, ...]:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate a checkpoint on the test split of its dataset; write the rows as CSV."""
     cfg, load_model = resolve_model_config(args, allowed=("sample", "data"))
+    require_translator(cfg, "evaluate")
     if args.dry_run:
         print(to_json(cfg))
         return 0
@@ -349,6 +375,43 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"{cfg.method} on {cfg.data.dataset}: test split, {len(dataset)} samples, mean and SD across "
           f"subjects, data_range 2.0 (model range [-1, 1]); per-sample rows in {out}")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    return 0
+
+
+def _note(text: str) -> None:
+    print(f"{PROG}: note: {text}", file=sys.stderr)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Draw ``--n`` images from a prior into the folder ``--out``; print the folder."""
+    from medgen.commands import generate_command, require_ability
+
+    cfg, load_model = resolve_model_config(args, allowed=("sample",))
+    require_ability(cfg, "generate")
+    if args.dry_run:
+        print(to_json(cfg))
+        return 0
+    print(generate_command(cfg, load_model, n=args.n, out=args.out, seed=args.seed, note=_note))
+    return 0
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+    """DPS reconstruction of ``--measurement`` (or of one simulated from ``--input``) into ``--out``;
+    print the folder and, with ``--input``, the mean's PSNR / SSIM."""
+    from medgen.commands import reconstruct_command, require_ability
+
+    cfg, load_model = resolve_model_config(args, allowed=("sample",))
+    require_ability(cfg, "reconstruct")
+    if args.dry_run:
+        print(to_json(cfg))
+        return 0
+    folder, metrics = reconstruct_command(
+        cfg, load_model, operator=args.operator, out=args.out, measurement=args.measurement, image=args.input,
+        noise=args.noise, scale=args.scale, samples=args.samples, seed=args.seed, sampler=args.sampler, eta=args.eta,
+        note=_note)
+    print(folder)
+    if metrics:
+        print(f"PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.4f} (mean of {args.samples} samples vs --input)")
     return 0
 
 
@@ -501,7 +564,8 @@ def _write_phantom(args: argparse.Namespace, spec: Any) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate,
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate, "generate": cmd_generate,
+            "reconstruct": cmd_reconstruct,
             "reproduce": cmd_reproduce, "demo": cmd_demo, "phantoms": cmd_phantoms, "export": cmd_export}
 
 

@@ -211,7 +211,8 @@ def test_readme_cli_examples_parse() -> None:
     examples = [line.split("#")[0].strip() for block in blocks for line in block.splitlines()
                 if line.startswith("medgen ")]
     commands = {shlex.split(e)[1] for e in examples}
-    assert commands == {"train", "sample", "evaluate", "reproduce", "demo", "phantoms", "export"}
+    assert commands == {"train", "sample", "evaluate", "generate", "reconstruct", "reproduce", "demo", "phantoms",
+                        "export"}
     parser = build_parser()
     for example in examples:
         parser.parse_args(shlex.split(example)[1:])  # exits (fails the test) on a stale option

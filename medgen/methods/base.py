@@ -234,6 +234,8 @@ class Method(nn.Module):
     condition_keys: tuple[str, ...] = ()  # per-sample conditions translate(cond=) needs, e.g. ("uca",); () = none
     parent_names: tuple[str, ...] = ()  # staged methods: the frozen parent runs it needs (cfg.parents' keys); () = none
     optional_parent_names: tuple[str, ...] = ()  # parents it may be given (cddpm / ddpm: "autoencoder", latent mode)
+    is_translator: bool = True  # False: translate() takes a measurement, not an image (the ddpm prior:
+    #   `medgen sample` refuses it and points to `medgen generate` / `medgen reconstruct`)
     parents: Parents = Parents()  # the attached parents (attach_parents); outside the module tree
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

@@ -74,6 +74,7 @@ class UnconditionalDDPM(Method):
     """
 
     optional_parent_names = (PARENT,)  # an "autoencoder" parent puts the model in its latent space
+    is_translator = False  # translate() needs a measurement: the CLI offers generate / reconstruct instead
 
     def __init__(self, config: RunConfig) -> None:
         super().__init__(config)
