@@ -27,7 +27,7 @@ if not os.environ.get("GRADIO_TEMP_DIR"):
 
 import gradio as gr  # noqa: E402
 
-from demos import lung_us, mri_to_ct, phantoms, quickstart  # noqa: E402
+from demos import lung_us, mri_to_ct, phantoms, quickstart, ui  # noqa: E402
 
 TabBuilder = Callable[..., None]  # build_tab(preset: str, *, runs_root: Path | None) -> None
 
@@ -66,6 +66,8 @@ def build_app(preset: str = "ci", *, runs_root: str | os.PathLike | None = None)
     """
     root = Path(runs_root) if runs_root is not None else None
     with gr.Blocks(title="medgen demos", analytics_enabled=False) as app:
+        # the style travels with the app (gradio 6 takes css= only in launch(), which medgen demo calls itself)
+        gr.HTML(f"<style>{ui.CSS}</style>", js_on_load=None, elem_id="hub-style")
         gr.Markdown(HEADER.format(preset=preset, purpose=PRESET_PURPOSE.get(preset, "custom preset")),
                     elem_id="hub-header")
         with gr.Tabs(elem_id="hub-tabs"):

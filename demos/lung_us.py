@@ -352,8 +352,8 @@ class Tab:
 
     def status(self) -> str:
         """The model's one-line status (shown when the page loads)."""
-        return (f"Prior: {self.describe()}; sampler {self.sampling}. Pick a phantom or upload a lung image, simulate "
-                "its measurement, reconstruct.")
+        return (f"Prior: {self.describe()}; sampler {self.sampling}. Pick a phantom or upload a lung image and "
+                "press Reconstruct: it simulates the measurement unless you upload one (Simulate only shows it).")
 
     def on_input(self, upload: str | None, subject: Any) -> tuple[Any, str]:
         """Show the truth -> (truth image, status)."""
@@ -382,9 +382,10 @@ class Tab:
                     progress: Callable[..., Any] | None = None, every: int | None = None
                     ) -> Iterator[tuple[Any, ...]]:
         """Reconstruct handler (a generator) -> (status, truth, measurement, live x0, sample 0, mean, SD map,
-        metrics, samples .npy). Intermediate yields carry the x0 estimate of sample 0 every ``every``-th
+        metrics, samples .npy, measurement .npy). The measurement is simulated here unless one is uploaded
+        (no Simulate needed first). Intermediate yields carry the x0 estimate of sample 0 every ``every``-th
         step (default :func:`stream_every`) and skip the other outputs. Problems end as one line."""
-        empty = (None,) * 6 + ("", None)
+        empty = (None,) * 6 + ("", None, None)
         try:
             s = check_reconstruct(scale, steps, n_samples, seed)
             m = resolve_measurement(upload, subject, operator, noise, seed, measurement_upload, self.size)
@@ -393,9 +394,10 @@ class Tab:
             return
         skip = gr.skip()
         shown = (show_image(m.truth.x) if m.truth is not None else None, show_measurement(m.y))
+        y_file = ui.save_array(TAB, f"measurement_{m.operator.name}", m.y[0, 0])
         loading = not zoo.is_loaded(self.config, self.root, runs=self.runs)
         yield (f"Loading the prior ({self.describe()})..." if loading else "Starting guided sampling...", *shown,
-               *([skip] * 6))
+               *([skip] * 6), y_file)
         try:
             model = self.model(progress)
         except Exception as exc:  # noqa: BLE001 -- report, never a traceback in the page
@@ -407,7 +409,7 @@ class Tab:
             for item in stream_dps(model, m, s, progress, every):
                 if item[0] == "frame":
                     yield (f"Guided sampling: step {item[1]} of {item[2]} (x0 estimate of sample 0)...",
-                           skip, skip, show_image(item[3]), *([skip] * 5))
+                           skip, skip, show_image(item[3]), *([skip] * 6))
                 else:
                     samples = item[1]
         except Exception as exc:  # noqa: BLE001 -- handed to the page as one line
@@ -423,7 +425,7 @@ class Tab:
         how = f"scale {s.scale:g}, {s.steps} {dps_sampler()} steps, {len(x)} sample{'s' if len(x) > 1 else ''}"
         yield (done_status(m, how, s.seed, seconds, self.describe(), float(sd_hu.max())), *shown, show_image(x[0]),
                show_image(x[0]), show_image(x.mean(0)), ui.show_sd(sd_hu, SD_MAX_HU), table,
-               ui.save_array(TAB, f"reconstruction_{m.operator.name}_seed{s.seed}", x))
+               ui.save_array(TAB, f"reconstruction_{m.operator.name}_seed{s.seed}", x), y_file)
 
     def generate(self, n: Any, steps: Any, seed: Any, space: Any = PIXEL_SPACE,
                  progress: Callable[..., Any] | None = None) -> tuple[Any, ...]:
@@ -472,7 +474,7 @@ def build_tab(preset: str, *, runs_root: str | os.PathLike | None = None, root: 
         "An unconditional DDPM trained on simulated 2D lung sections reconstructs a section from its measurement "
         "by diffusion posterior sampling. Pick a `lung` phantom or upload a lung image (PNG, NIfTI or DICOM; "
         "treated as a CT section in the phantom's window, [-1000, 600] HU, and resized to the model's size), "
-        "simulate its measurement (or upload one as `.npy`), and watch the x0 estimate evolve. "
+        "and reconstruct: its measurement is simulated (or upload one as `.npy`), and the x0 estimate evolves live. "
         "Below: sample the prior and check each sample against its nearest training image.", elem_id="lus-intro")
     status = gr.Markdown(tab.status, elem_id="lus-status")
     with gr.Row():
@@ -548,7 +550,7 @@ def build_tab(preset: str, *, runs_root: str | os.PathLike | None = None, root: 
     simulate.click(tab.simulate, [upload, subject, operator, noise, seed, meas_upload],
                    [truth, meas, meas_file, status], api_name="lung_us_simulate")
     run_btn.click(run_fn, [upload, subject, operator, noise, seed, meas_upload, scale, steps, n_samples],
-                  [status, truth, meas, live, sample0, mean, sd, metrics, raw], api_name="lung_us_reconstruct",
-                  show_progress_on=[sample0])
+                  [status, truth, meas, live, sample0, mean, sd, metrics, raw, meas_file],
+                  api_name="lung_us_reconstruct", show_progress_on=[sample0])
     gen_btn.click(gen_fn, [n_gen, gen_steps, gen_seed, space], [gen_status, gallery, nearest, readout],
                   api_name="lung_us_generate", show_progress_on=[gallery])

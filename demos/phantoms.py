@@ -19,7 +19,7 @@ import gradio as gr
 import numpy as np
 
 import medgen.data.phantoms  # noqa: F401 -- fills PHANTOMS
-from demos.ui import DemoError, error_status, image_component, one_line
+from demos.ui import DemoError, error_status, image_component, md, one_line
 from medgen.data.phantoms.base import PRESETS, TEST_OFFSET
 from medgen.data.phantoms.views import panels
 from medgen.registry import PHANTOMS
@@ -124,11 +124,27 @@ def _view_component(name: str, option: str, label: str, spec_: Any) -> gr.compon
     return gr.Radio(spec_, value=spec_[0], label=label, elem_id=f"ph-{name}-{option}")
 
 
+def _first_render(name: str, preset: str, n_panels: int) -> tuple[str, list[tuple[str, np.ndarray | None]]]:
+    """Subject 0 at the default controls and view options, rendered when the tab is built so the page
+    shows it at load (no button press; a few ms): ``(status, [(title, image), ...])``, ``n_panels`` long.
+    A failure leaves the panels empty, with the one-line message as the status."""
+    controls = {key: c.default for key, c in PHANTOMS[name].controls.items()}
+    view = {opt: choices[3] if isinstance(choices, tuple) else choices[0]
+            for opt, _, choices in VIEW_OPTIONS.get(name, [])}
+    try:
+        status, views = render(name, preset, 0, controls, view)
+    except (ValueError, IndexError, KeyError) as exc:
+        status, views = f"**Error:** {md(one_line(exc))}", []
+    views = list(views[:n_panels])
+    return status, views + [(f"panel {i + 1}", None) for i in range(len(views), n_panels)]
+
+
 def _anatomy_tab(name: str, preset: str) -> None:
     """Controls, images and events of one anatomy (inside the current ``gr.Tab``)."""
     spec = PHANTOMS[name]
     gr.Markdown(spec.card.strip().split("\n\n")[0], elem_id=f"ph-{name}-intro")
     n_panels = N_PANELS.get(name, 2)
+    first_status, first_views = _first_render(name, preset, n_panels)
     with gr.Row():
         with gr.Column(scale=1, min_width=260):
             subject = gr.Number(0, precision=0, minimum=0, maximum=MAX_SUBJECT, label="Subject (test split)",
@@ -139,9 +155,10 @@ def _anatomy_tab(name: str, preset: str) -> None:
             views = [_view_component(name, opt, label, choices) for opt, label, choices in VIEW_OPTIONS.get(name, [])]
             button = gr.Button("Render", variant="primary", elem_id=f"ph-{name}-render")
         with gr.Column(scale=3):
-            status = gr.Markdown("", elem_id=f"ph-{name}-status")
+            status = gr.Markdown(first_status, elem_id=f"ph-{name}-status")
             with gr.Row():
-                images = [image_component(f"panel {i + 1}", f"ph-{name}-panel{i}", 420) for i in range(n_panels)]
+                images = [image_component(title, f"ph-{name}-panel{i}", 420, img)
+                          for i, (title, img) in enumerate(first_views)]
     fn = _handler(name, preset, list(spec.controls), [v[0] for v in VIEW_OPTIONS.get(name, [])], n_panels)
     inputs, outputs = [subject, *sliders, *views], [status, *images]
     button.click(fn, inputs, outputs, api_name=f"phantom_{name}")

@@ -223,15 +223,21 @@ def _save_raw(out01: np.ndarray, inp: InputImage, sampler: str, steps: int, seed
     return str(write_image(path, out01, bits=16))
 
 
-def _model_status(cfg: RunConfig, runs: Path | None) -> str:
-    """One-line status of the model (shown when the page loads)."""
+def _model_status(cfg: RunConfig, runs: Path | None, hint: str = NO_INPUT) -> str:
+    """One-line status of the model (shown when the page loads), ending with ``hint`` (what to do next)."""
     name = f"Model: quickstart, {zoo.describe(cfg)}"
     if zoo.is_loaded(cfg, runs=runs):
-        return f"{name}, loaded. {NO_INPUT}"
+        return f"{name}, loaded. {hint}"
     if zoo.shipped(cfg) is not None:
-        return f"{name}; it loads on the first Run. {NO_INPUT}"
+        return f"{name}; it loads on the first Run. {hint}"
     return (f"{name}: the first Run loads it from `{md(str(zoo.runs_root(None, runs)))}`, or trains it there "
-            f"({cfg.train.steps} steps, once; `make reproduce` caches it beforehand). {NO_INPUT}")
+            f"({cfg.train.steps} steps, once; `make reproduce` caches it beforehand). {hint}")
+
+
+def first_example(cfg: RunConfig) -> InputImage | None:
+    """The example the page shows at load (the first one; None when the dataset cannot be built)."""
+    labels = example_labels(cfg)
+    return load_example(cfg, labels[0]) if labels else None
 
 
 def run(cfg: RunConfig, runs: Path | None, upload: str | None, example: str | None, sampler: str, steps: Any,
@@ -297,13 +303,16 @@ def build_tab(preset: str, *, runs_root: str | os.PathLike | None = None) -> Non
         f"The source is a degraded *toy_shapes* phantom; the model predicts the clean target. "
         f"**Inputs are resized to {size}x{size} px** (the model's image size) and shown enlarged.",
         elem_id="qs-intro")
-    status = gr.Markdown(functools.partial(_model_status, cfg, runs), elem_id="qs-status")
+    first = first_example(cfg)  # shown at load: Run works straight away
+    hint = f"{md(first.label)} is shown: press Run, or pick another example or upload an image." if first else NO_INPUT
+    status = gr.Markdown(functools.partial(_model_status, cfg, runs, hint), elem_id="qs-status")
     with gr.Row(elem_id="qs-controls"):
-        example, upload = _input_controls(cfg)
+        example, upload = _input_controls(cfg, first.label if first else None)
         sampler, steps, eta, seed, run_btn = _settings(cfg)
     with gr.Row(elem_id="qs-images"):
-        preview = image_component(f"Model input ({size}x{size})", "qs-input", 280)
-        truth = image_component("Ground truth (examples only)", "qs-truth", 280)
+        preview = image_component(f"Model input ({size}x{size})", "qs-input", 280,
+                                  gray(first.source) if first else None)
+        truth = image_component("Ground truth (examples only)", "qs-truth", 280, gray(first.target) if first else None)
         output = image_component(f"Output ({size}x{size})", "qs-output", 280)
     with gr.Row(elem_id="qs-results"):
         metrics = gr.Markdown("", elem_id="qs-metrics")
@@ -315,10 +324,10 @@ def build_tab(preset: str, *, runs_root: str | os.PathLike | None = None) -> Non
                                  output, metrics, raw, gallery))
 
 
-def _input_controls(cfg: RunConfig) -> tuple[gr.Dropdown, gr.File]:
-    """Example picker and upload box (in one column)."""
+def _input_controls(cfg: RunConfig, example_label: str | None) -> tuple[gr.Dropdown, gr.File]:
+    """Example picker (showing ``example_label``) and upload box (in one column)."""
     with gr.Column(elem_id="qs-inputs"):
-        example = gr.Dropdown(example_labels(cfg), value=None, label="Example from the toy_shapes test split",
+        example = gr.Dropdown(example_labels(cfg), value=example_label, label="Example from the toy_shapes test split",
                               elem_id="qs-example")
         upload = gr.File(label="...or upload an image", file_types=list(SUFFIXES), type="filepath", height=120,
                          elem_id="qs-upload")

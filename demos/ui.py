@@ -1,6 +1,7 @@
 """What every demo tab shows the same way: one-line errors, escaped Markdown, status lines,
-enlarged images, read-only image components, downloadable outputs, and the preset a missing
-model is trained at. A tab is layout plus calls into medgen and into this module.
+enlarged images, read-only image components, downloadable outputs, the preset a missing
+model is trained at, and the hub's style (:data:`CSS`). A tab is layout plus calls into medgen and
+into this module.
 
 Models come from :mod:`medgen.zoo` (``zoo.pick(cpu_config, train_config)``, then
 ``zoo.resolve(cfg, keep=True, ...)``); :func:`train_preset` names the second config's preset.
@@ -24,11 +25,17 @@ from typing import Any, Callable, Iterator, Sequence
 import gradio as gr
 import numpy as np
 
-__all__ = ["DemoError", "DISPLAY_PX", "one_line", "md", "error_status", "input_status", "number", "out_dir",
+__all__ = ["DemoError", "DISPLAY_PX", "CSS", "one_line", "md", "error_status", "input_status", "number", "out_dir",
            "save_array", "to_u8", "enlarge", "gray", "show_model", "show_sd", "image_component", "stream",
            "train_preset", "condition_inputs", "condition_values", "read_stack"]
 
 DISPLAY_PX = 256  # images are enlarged (nearest neighbour, integer factor) to about this size
+CSS = """
+#hub-style { display: none; }
+.prose th { word-break: keep-all; overflow-wrap: normal; hyphens: none; }
+.upload-container { min-height: 150px; padding-top: 28px; }
+"""  # the hub's style (demos.app; its carrier takes no room): table headers wrap between words only ("aeration", not "aeratio / n");
+# file drop zones tall enough, with room under their floating label, that the upload icon stays visible
 
 
 class DemoError(ValueError):
@@ -127,10 +134,11 @@ def show_sd(sd: np.ndarray, vmax: float) -> np.ndarray:
     return enlarge(to_u8(colormaps["magma"](np.clip(np.asarray(sd) / vmax, 0.0, 1.0))[..., :3]))
 
 
-def image_component(label: str, elem_id: str, height: int = 260) -> gr.Image:
-    """A read-only PNG image view (enlarged pixels; download and fullscreen, no share button)."""
-    return gr.Image(label=label, format="png", interactive=False, buttons=["download", "fullscreen"], height=height,
-                    elem_id=elem_id)
+def image_component(label: str, elem_id: str, height: int = 260, value: np.ndarray | None = None) -> gr.Image:
+    """A read-only PNG image view (enlarged pixels; download and fullscreen, no share button), showing
+    ``value`` at load when given."""
+    return gr.Image(value, label=label, format="png", interactive=False, buttons=["download", "fullscreen"],
+                    height=height, elem_id=elem_id)
 
 
 # --------------------------------------------------------------------------------------

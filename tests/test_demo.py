@@ -287,6 +287,20 @@ def test_phantom_explorer_bad_request_is_one_line() -> None:
         render("kne", "ci", 0, {}, {})
 
 
+def test_tabs_show_their_default_input_at_load(hub: SimpleNamespace) -> None:
+    """Issue 14.5: the page shows a render before any button (the browser check: test_demo_browser.py)."""
+    import medgen.data.phantoms  # noqa: F401 -- fills PHANTOMS
+    from demos import phantoms, quickstart
+
+    for name in phantoms.ANATOMY_TITLES:
+        n = phantoms.N_PANELS.get(name, 2)
+        status, views = phantoms._first_render(name, "ci", n)
+        assert status.startswith(f"Subject 0 of the {name} phantom") and len(views) == n, status
+        assert all(img is not None and img.shape[0] >= 256 for _, img in views)
+    first = quickstart.first_example(hub.cfg)
+    assert first is not None and first.label == hub.examples[0] and first.target is not None
+
+
 @pytest.mark.browser
 def test_browser_phantom_explorer(page: Any, tmp_path: Path) -> None:
     from playwright.sync_api import expect

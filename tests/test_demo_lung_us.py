@@ -28,7 +28,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::Warning:gradio.queueing"),
     pytest.mark.filterwarnings("ignore::UserWarning:gradio.helpers"),  # gr.Warning outside a request
 ]
-OUTPUTS = ("status", "truth", "measurement", "live", "sample", "mean", "sd", "metrics", "raw")
+OUTPUTS = ("status", "truth", "measurement", "live", "sample", "mean", "sd", "metrics", "raw", "measurement_file")
 SIZE = 32  # the ci prior's image size
 K = 256 // SIZE  # display enlargement
 
@@ -131,7 +131,9 @@ def test_reconstruct_streams_x0_and_reports_metrics(tab: Any, lus: Any) -> None:
     np.testing.assert_array_equal(np.asarray(out["sample"]), np.asarray(frames[-1][3]))  # last frame = sample 0
     assert np.asarray(out["sd"]).shape == (256, 256, 3)
     np.testing.assert_array_equal(out["truth"], tab.on_input(None, 3)[0])  # the page shows what was measured
-    np.testing.assert_array_equal(out["measurement"], tab.simulate(None, 3, "us_acoustic", 0.02, 0, None)[1])
+    simulated = tab.simulate(None, 3, "us_acoustic", 0.02, 0, None)  # Reconstruct needs no Simulate first
+    np.testing.assert_array_equal(out["measurement"], simulated[1])
+    np.testing.assert_array_equal(np.load(out["measurement_file"]), np.load(simulated[2]))  # and offers its y
     # the metrics table: the posterior mean's PSNR against the phantom, recomputed here
     from medgen.data.phantoms.lung import CT
     truth = CT.to_model(lus._phantom_arrays(3, SIZE)["ct"])
