@@ -9,9 +9,13 @@ Layout of a run folder (``fit(..., out_dir=run)``)::
         ema.safetensors       the EMA weights (absent when train.ema_decay == 0)
         optim.pt              optimiser / scheduler / EMA counter / RNG state, step, wall time
         config.json           the RunConfig (medgen.config.to_json): enough to rebuild the method
-        manifest.json         git SHA, config hash, split hash, seed, versions, wall time, step
+        manifest.json         git SHA, config hash, split hash, seed, versions, wall time, step,
+                              weights_sha256 {file name: sha256} of the weight files
 
-``optim.pt`` is the file ARCHITECTURE.md names for the training state.
+``optim.pt`` is the file ARCHITECTURE.md names for the training state. Loading checks each weight
+file against ``weights_sha256`` (a damaged or edited file is a one-line error; ``verify=False`` or
+``$MEDGEN_NO_VERIFY_WEIGHTS=1`` loads it anyway; a manifest without hashes, from before they were
+recorded, is not checked; :func:`add_weight_hashes` records them for such a checkpoint).
 
 Crash safety: a checkpoint is written into a hidden temporary folder beside its final
 name, every file and the folder are ``fsync``-ed, the folder is renamed to its final name
@@ -43,7 +47,7 @@ from torch import nn
 
 from medgen import registry
 from medgen.config import ConfigError, RunConfig, config_hash, from_json, to_dict, to_json
-from medgen.utils import atomic_write_text, fsync_dir, fsync_file, git_sha, package_versions
+from medgen.utils import atomic_write_text, fsync_dir, fsync_file, git_sha, package_versions, sha256_file
 
 if TYPE_CHECKING:  # methods may import this module to load pretrained parts
     from medgen.methods.base import Method
@@ -55,6 +59,8 @@ CONFIG_FILE = "config.json"
 MANIFEST_FILE = "manifest.json"
 LATEST = "latest"
 CHECKPOINTS_DIR = "checkpoints"
+HASHES = "weights_sha256"  # manifest key: {weight file name: sha256 hex digest}, checked on load
+NO_VERIFY_ENV = "MEDGEN_NO_VERIFY_WEIGHTS"  # "1": load weights without checking them against the manifest
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
@@ -135,6 +141,7 @@ def _write_files(folder: Path, *, model: nn.Module, ema_model: nn.Module | None,
     torch.save(state, folder / STATE_FILE)
     if config is not None:
         (folder / CONFIG_FILE).write_text(to_json(config) + "\n")
+    manifest = {**manifest, HASHES: weight_hashes(folder)}
     (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     for path in folder.iterdir():
         os.chmod(path, 0o666 & ~_umask())
@@ -290,14 +297,90 @@ def _file_shapes(path: Path) -> dict[str, tuple[int, ...]]:
         raise CheckpointError(f"{path}: corrupt safetensors file ({_first_line(err)})") from None
 
 
-def load_weights(checkpoint: str | os.PathLike, module: nn.Module, *, ema: bool = True) -> Path:
+def weight_hashes(folder: str | os.PathLike) -> dict[str, str]:
+    """``{file name: sha256}`` of the weight files (``weights.safetensors``, ``ema.safetensors``) in ``folder``:
+    the manifest's ``weights_sha256``."""
+    folder = Path(folder)
+    return {name: sha256_file(folder / name) for name in (WEIGHTS_FILE, EMA_FILE) if (folder / name).is_file()}
+
+
+def verify_by_default() -> bool:
+    """Whether weights are checked against the manifest when the caller does not say: yes, unless
+    ``$MEDGEN_NO_VERIFY_WEIGHTS`` is set to ``1`` / ``true`` / ``yes``."""
+    return os.environ.get(NO_VERIFY_ENV, "").strip().lower() not in ("1", "true", "yes", "on")
+
+
+def verify_weight_file(path: str | os.PathLike) -> bool:
+    """Check ``path`` against the sha256 its folder's ``manifest.json`` records (``weights_sha256``).
+
+    One-line :class:`CheckpointError` naming the file on a mismatch (a damaged or edited file).
+    Returns False (no check) when the manifest records no hash for it -- a checkpoint written
+    before hashes were recorded, or a folder without a manifest -- and True when it matched.
+    """
+    path = Path(path)
+    manifest_path = path.parent / MANIFEST_FILE
+    if not manifest_path.is_file():
+        return False
+    manifest = read_manifest(path.parent)
+    recorded = manifest.get(HASHES)
+    if not isinstance(recorded, dict) or path.name not in recorded:
+        return False
+    actual = sha256_file(path)
+    if actual != recorded[path.name]:
+        raise CheckpointError(f"{path}: sha256 {actual[:12]}... does not match the manifest "
+                              f"({str(recorded[path.name])[:12]}... in {manifest_path.name}); the file is damaged "
+                              f"or was edited; pass verify=False / --no-verify-weights to load it anyway")
+    return True
+
+
+def add_weight_hashes(folder: str | os.PathLike, *, force: bool = False) -> dict[str, str]:
+    """Record the sha256 of a checkpoint's weight files in its ``manifest.json`` (atomically rewritten);
+    for checkpoints written before hashes were recorded. The weight files are not touched.
+
+    ``folder``: a checkpoint (or run) folder. Each weight file must parse as safetensors (a torn
+    file is not sealed). Hashes already recorded must match the files (else one-line
+    :class:`CheckpointError`, so damage is never sealed in) unless ``force=True`` (weights edited
+    on purpose). Returns ``{file name: sha256}``; a manifest that already holds exactly these is
+    left as it is.
+    """
+    ckpt = resolve_checkpoint(folder)
+    manifest = read_manifest(ckpt)
+    hashes = weight_hashes(ckpt)
+    if not hashes:
+        raise CheckpointNotFoundError(f"{ckpt}: no {WEIGHTS_FILE} or {EMA_FILE} to hash")
+    for name in hashes:
+        _file_shapes(ckpt / name)  # one-line error for a torn or foreign file
+    old = manifest.get(HASHES)
+    if isinstance(old, dict) and old == hashes:
+        return hashes
+    if isinstance(old, dict) and not force:
+        for name, digest in hashes.items():
+            if name in old and old[name] != digest:
+                raise CheckpointError(f"{ckpt / name}: sha256 {digest[:12]}... does not match the manifest "
+                                      f"({str(old[name])[:12]}...); refusing to record the new hash "
+                                      f"(force=True if the weights were edited on purpose)")
+    manifest[HASHES] = hashes
+    path = ckpt / MANIFEST_FILE
+    mode = path.stat().st_mode & 0o777
+    atomic_write_text(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    os.chmod(path, mode)  # the temporary file was 0600
+    return hashes
+
+
+def load_weights(checkpoint: str | os.PathLike, module: nn.Module, *, ema: bool = True,
+                 verify: bool | None = None) -> Path:
     """Load ``ema.safetensors`` (or ``weights.safetensors``) into ``module``, checking every tensor.
 
     Raises one-line :class:`CheckpointError` naming the file and the first tensor whose shape
-    differs, or the missing / unexpected tensor names. Returns the file that was loaded.
+    differs, or the missing / unexpected tensor names. ``verify`` (default: yes unless
+    ``$MEDGEN_NO_VERIFY_WEIGHTS=1``): the file's sha256 must match the manifest's
+    ``weights_sha256`` (:func:`verify_weight_file`; a manifest without hashes is not checked).
+    Returns the file that was loaded.
     """
     path = _require(resolve_checkpoint(checkpoint) / (EMA_FILE if ema else WEIGHTS_FILE))
-    shapes = _file_shapes(path)
+    shapes = _file_shapes(path)  # a torn / foreign file: "corrupt safetensors" before the hash
+    if verify_by_default() if verify is None else verify:
+        verify_weight_file(path)
     for name, tensor in module.state_dict().items():
         if name in shapes and shapes[name] != tuple(tensor.shape):
             raise CheckpointError(f"{path}: tensor '{name}' has shape {list(shapes[name])} in the checkpoint "
@@ -354,13 +437,17 @@ def check_config(checkpoint: str | os.PathLike, expected: RunConfig) -> RunConfi
 # --------------------------------------------------------------------------------------
 def load_translator(path: str | os.PathLike, *, device: str | torch.device = "cpu", ema: bool = True,
                     config: RunConfig | None = None, parents: "dict[str, Method] | None" = None,
-                    runs: str | os.PathLike | None = None) -> "Method":
+                    runs: str | os.PathLike | None = None, verify: bool | None = None) -> "Method":
     """Rebuild the method a checkpoint names, load its (EMA) weights, and return it in eval mode.
 
     ``path`` is a checkpoint folder or a run folder (its ``latest`` checkpoint is used).
     ``ema=False`` loads the raw weights; a run trained with ``ema_decay=0`` has only those.
     ``config``, when given, must equal the saved config (else a one-line error names the
     differing keys). Errors are :class:`CheckpointError` naming the file at fault.
+    ``verify`` (default: yes unless ``$MEDGEN_NO_VERIFY_WEIGHTS=1``): the weight file's sha256 must
+    match the manifest's ``weights_sha256`` (damaged or edited weights are refused in one line;
+    ``verify=False`` loads weights edited on purpose; parents found by the model finder follow
+    the environment variable).
 
     A staged method (its saved config names ``parents``) gets them attached, frozen: ``parents``
     when given (already resolved), else :func:`medgen.zoo.resolve_parents` finds each one
@@ -382,7 +469,7 @@ def load_translator(path: str | os.PathLike, *, device: str | torch.device = "cp
 
         parents = resolve_parents(cfg, runs=runs)
     method = factory(cfg).to(device)
-    load_weights(ckpt, method, ema=ema and cfg.train.ema_decay > 0)
+    load_weights(ckpt, method, ema=ema and cfg.train.ema_decay > 0, verify=verify)
     if staged:
         method.attach_parents(parents)
     return method.eval()
@@ -402,7 +489,8 @@ def _output_psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: str = "float16",
                       verify_source: torch.Tensor | None = None, min_psnr_db: float = 40.0,
-                      seed: int = 0, verify_meta: dict[str, Any] | None = None) -> Path:
+                      seed: int = 0, verify_meta: dict[str, Any] | None = None,
+                      verify_weights: bool | None = None) -> Path:
     """A slim, shippable copy of a trained checkpoint: sampling weights only, cast to ``dtype``.
 
     Writes ``dst/`` (atomically: a temporary folder renamed) with the weights the checkpoint
@@ -415,13 +503,16 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: 
     if the outputs differ by less than ``min_psnr_db`` PSNR -- "fp16 where it keeps the
     metrics"; export in float32 then. ``verify_meta``: the labels of ``verify_source``'s items
     (a collated ``Batch.meta``), where a method with per-sample conditions takes them from.
+    The manifest's ``weights_sha256`` records the exported weight file (what :func:`load_translator`
+    checks); ``verify_weights``: check the source's weights against its manifest (default: yes
+    unless ``$MEDGEN_NO_VERIFY_WEIGHTS=1``; ``False`` exports weights edited on purpose).
     """
     if dtype not in EXPORT_DTYPES:
         raise CheckpointError(f"export: unknown dtype '{dtype}' (choose from {', '.join(EXPORT_DTYPES)})")
     ckpt, dst = resolve_checkpoint(src), Path(dst)
     cfg = read_config(ckpt)
     use_ema = cfg.train.ema_decay > 0
-    method = load_translator(ckpt, ema=use_ema)
+    method = load_translator(ckpt, ema=use_ema, verify=verify_weights)
     slim = copy_module_as(method, EXPORT_DTYPES[dtype])
     manifest = {**read_manifest(ckpt), "export": {"dtype": dtype, "source": str(ckpt),
                                                   "weights": "ema" if use_ema else "raw"}}
@@ -429,6 +520,7 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: 
     tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".tmp-{dst.name}-"))
     try:
         save_model(slim, str(tmp / (EMA_FILE if use_ema else WEIGHTS_FILE)), metadata={"format": "pt"})
+        manifest[HASHES] = weight_hashes(tmp)  # the exported file only (not the source's two)
         (tmp / CONFIG_FILE).write_text(to_json(cfg) + "\n")
         if verify_source is not None:
             from medgen.data.batch import Batch

@@ -23,6 +23,7 @@ ends the command with one line ``medgen: error: ...`` on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import difflib
 import json
@@ -31,7 +32,7 @@ import re
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, NoReturn, Sequence
+from typing import Any, Callable, Iterator, NoReturn, Sequence
 
 from medgen import __version__
 from medgen.commands import require_translator, sample_options, source_channels, translate_image
@@ -95,6 +96,14 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
                                        "(shipped checkpoint, cached run, or trained now), e.g. mri_to_ct/ddim_image")
     parser.add_argument("--preset", default=_default_preset(),
                         help="with --task: ci | smoke | cpu | paper (default: $MEDGEN_PRESET or smoke)")
+    _verify_option(parser)
+
+
+def _verify_option(parser: argparse.ArgumentParser) -> None:
+    """``--no-verify-weights``: load weight files whose sha256 differs from the manifest's (edited on purpose)."""
+    parser.add_argument("--no-verify-weights", action="store_true",
+                        help="load weights even if their sha256 differs from the checkpoint manifest's "
+                             "(weights edited on purpose; same as MEDGEN_NO_VERIFY_WEIGHTS=1)")
 
 
 def _sampling_options(parser: argparse.ArgumentParser, guidance: bool = True) -> None:
@@ -167,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float16", help="weights dtype: float16 (default), bfloat16 or float32")
     p.add_argument("--verify", type=int, default=4, help="test images translated with both weights; the "
                    "export is refused if the outputs differ by < 40 dB PSNR (0 = skip; default: 4)")
+    _verify_option(p)
 
     p = sub.add_parser("reproduce", parents=[_preset_options(task=False)],
                        help="run the paper notebooks with papermill into reports/")
@@ -204,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve_preset_config(args: argparse.Namespace) -> RunConfig:
     """Preset of ``--task`` + ``--method`` + ``--set`` overrides."""
     cfg = get_preset(args.preset, task=args.task)
+    _refuse_conflicts(args, {"method": ("method", getattr(args, "method", None))})
     if getattr(args, "method", None):
         cfg = replace(cfg, method=args.method)
     return apply_overrides(cfg, args.overrides)
@@ -255,7 +266,21 @@ def _with_sample_flags(cfg: RunConfig, args: argparse.Namespace) -> RunConfig:
     """``cfg`` with ``--sampler --steps --eta --guidance`` applied to its sample section."""
     flags = {f"sample.{key}": getattr(args, flag) for flag, key in SAMPLE_OPTIONS
              if getattr(args, flag, None) is not None}
+    _refuse_conflicts(args, {f"sample.{key}": (flag, getattr(args, flag)) for flag, key in SAMPLE_OPTIONS
+                             if getattr(args, flag, None) is not None})
     return apply_overrides(cfg, flags)
+
+
+def _refuse_conflicts(args: argparse.Namespace, flags: dict[str, tuple[str, Any]]) -> None:
+    """One line naming both when ``--<flag> X`` and ``--set <key>=Y`` give one key different values
+    (``flags``: config key -> (flag name, its value or None))."""
+    from medgen.config import _parse_value
+
+    for text in getattr(args, "overrides", None) or ():
+        key, _, raw = text.partition("=")
+        flag, value = flags.get(key.strip(), (None, None))
+        if value is not None and _parse_value(raw.strip()) != value:
+            raise ConfigError(f"--{flag} {value} and --set {text.strip()} disagree: give one of them")
 
 
 def validate_names(cfg: RunConfig) -> None:
@@ -305,6 +330,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.suffix.lower() not in (".png", ".npy"):
         raise ValueError(f"{out.name}: cannot write '{out.suffix or '(none)'}' (use .png or .npy)")
+    if not out.parent.is_dir():  # before reading, loading and sampling
+        raise ConfigError(f"--output {args.output}: folder {out.parent} does not exist (create it first)")
     cond = _parse_conditions(args.cond)
     notes: list[str] = []
     channels = source_channels(cfg)
@@ -580,12 +607,33 @@ def _error_message(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
+@contextlib.contextmanager
+def _weight_check(skip: bool) -> Iterator[None]:
+    """``--no-verify-weights``: ``$MEDGEN_NO_VERIFY_WEIGHTS=1`` for the command (every checkpoint it loads,
+    parents included), restored afterwards."""
+    if not skip:
+        yield
+        return
+    from medgen.checkpoint import NO_VERIFY_ENV  # torch: only for the commands that load weights
+
+    old = os.environ.get(NO_VERIFY_ENV)
+    os.environ[NO_VERIFY_ENV] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(NO_VERIFY_ENV, None)
+        else:
+            os.environ[NO_VERIFY_ENV] = old
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``medgen`` command line; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        with _weight_check(getattr(args, "no_verify_weights", False)):
+            return COMMANDS[args.command](args)
     except (ConfigError, UnknownNameError, FileNotFoundError, NotADirectoryError,
             IsADirectoryError, PermissionError, ValueError) as exc:
         print(f"{PROG}: error: {_error_message(exc)}", file=sys.stderr)

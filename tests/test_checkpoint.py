@@ -18,7 +18,7 @@ import train_helpers as th  # noqa: E402
 from medgen import checkpoint as ck  # noqa: E402
 from medgen.config import config_hash, from_json  # noqa: E402
 from medgen.train import fit  # noqa: E402
-from medgen.utils import atomic_write_bytes, atomic_write_text  # noqa: E402
+from medgen.utils import atomic_write_bytes, atomic_write_text, sha256_file  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -298,3 +298,108 @@ def test_export_refuses_a_lossy_dtype_and_unknown_dtypes(quickstart_run, tmp_pat
     assert not (tmp_path / "ship").exists() and not list(tmp_path.glob(".tmp-*"))
     with pytest.raises(ck.CheckpointError, match="unknown dtype 'int8'"):
         ck.export_checkpoint(run, tmp_path / "ship", dtype="int8")
+
+
+# ------------------------------------------------------------------------------ weight hashes
+SHIPPED = Path(__file__).resolve().parent.parent / "checkpoints" / "mri_to_ct" / "ddim_image-t1w"
+needs_shipped = pytest.mark.skipif(not SHIPPED.is_dir(), reason="shipped mri_to_ct checkpoint missing")
+
+
+def _damage(path: Path, kind: str, size: int = 4096) -> None:
+    """Overwrite ``size`` bytes (at most an eighth of the file) at the end of ``path`` (tensor data, not the
+    header), same length."""
+    data = bytearray(path.read_bytes())
+    size = min(size, len(data) // 8)
+    start = len(data) - size
+    data[start:start + size] = os.urandom(size) if kind == "random" else bytes(size)
+    n = path.stat().st_size
+    path.write_bytes(bytes(data))
+    assert path.stat().st_size == n
+
+
+def test_every_save_records_the_weight_hashes(trained):
+    run, _, _ = trained
+    for step in ck.list_checkpoints(run):
+        assert ck.read_manifest(step)[ck.HASHES] == {name: sha256_file(step / name)
+                                                    for name in (ck.WEIGHTS_FILE, ck.EMA_FILE)}
+
+
+@needs_shipped
+@pytest.mark.parametrize("kind", ["random", "zeros"])
+def test_damaged_shipped_weights_are_refused_in_one_line_naming_the_file(tmp_path, monkeypatch, kind):
+    """Random bytes used to surface as NaN in the output, zeroed bytes as a silently wrong image."""
+    monkeypatch.delenv(ck.NO_VERIFY_ENV, raising=False)
+    folder = tmp_path / "ddim"
+    shutil.copytree(SHIPPED, folder)
+    ck.load_translator(folder)  # the shipped copy carries hashes and passes
+    path = folder / ck.EMA_FILE
+    _damage(path, kind)
+    msg = _one_line_error(ck.CheckpointError, ck.load_translator, folder)
+    assert msg.startswith(f"{path}: sha256 ") and "does not match the manifest" in msg
+    assert "damaged or was edited" in msg and "verify=False / --no-verify-weights" in msg
+    assert ck.load_translator(folder, verify=False).config.method == "cddpm"  # the explicit opt-out
+    monkeypatch.setenv(ck.NO_VERIFY_ENV, "1")
+    ck.load_translator(folder)  # the environment opt-out
+    _one_line_error(ck.CheckpointError, ck.load_translator, folder, verify=True)  # an explicit verify wins
+
+
+def test_a_manifest_without_hashes_loads_unchecked_until_add_weight_hashes(run_copy, recwarn):
+    run, latest, _ = run_copy
+    manifest = json.loads((latest / ck.MANIFEST_FILE).read_text())
+    del manifest[ck.HASHES]  # a checkpoint from before the hashes
+    (latest / ck.MANIFEST_FILE).write_text(json.dumps(manifest))
+    weights = {p.name: p.read_bytes() for p in latest.glob("*.safetensors")}
+    _damage(latest / ck.EMA_FILE, "zeros")
+    ck.load_translator(run)  # nothing to check against: loads, says nothing
+    assert not [w for w in recwarn if "sha256" in str(w.message)]
+    (latest / ck.EMA_FILE).write_bytes(weights[ck.EMA_FILE])
+
+    hashes = ck.add_weight_hashes(run)
+    assert hashes == {name: sha256_file(latest / name) for name in weights}
+    assert {p.name: p.read_bytes() for p in latest.glob("*.safetensors")} == weights  # weights untouched
+    written = json.loads((latest / ck.MANIFEST_FILE).read_text())
+    assert written == {**manifest, ck.HASHES: hashes} and not list(latest.glob(".*tmp"))
+    before = (latest / ck.MANIFEST_FILE).read_bytes()
+    assert ck.add_weight_hashes(latest) == hashes and (latest / ck.MANIFEST_FILE).read_bytes() == before
+    ck.load_translator(run)
+
+    _damage(latest / ck.WEIGHTS_FILE, "random", size=64)  # damage is never sealed in ...
+    msg = _one_line_error(ck.CheckpointError, ck.add_weight_hashes, run)
+    assert "weights.safetensors" in msg and "refusing" in msg and "force=True" in msg
+    assert ck.add_weight_hashes(run, force=True)[ck.WEIGHTS_FILE] == sha256_file(latest / ck.WEIGHTS_FILE)
+    ck.load_translator(run, ema=False)  # ... unless forced (weights edited on purpose)
+    _truncate(latest / ck.EMA_FILE)
+    assert "corrupt safetensors" in _one_line_error(ck.CheckpointError, ck.add_weight_hashes, run, force=True)
+
+
+def test_resume_checks_the_weights_too(run_copy):
+    run, latest, cfg = run_copy
+    _damage(latest / ck.WEIGHTS_FILE, "zeros", size=16)
+    method, data = th.build(cfg)
+    msg = _one_line_error(ck.CheckpointError, fit, method, data, cfg.train, out_dir=run,
+                          run_config=cfg, progress=False, device="cpu")
+    assert "weights.safetensors" in msg and "does not match the manifest" in msg
+
+
+def test_export_records_the_hash_of_the_exported_file_and_train_or_load_verifies(quickstart_run, tmp_path,
+                                                                                 monkeypatch):
+    from medgen.train import run_dir_for, train_or_load
+
+    monkeypatch.delenv(ck.NO_VERIFY_ENV, raising=False)
+    cfg, run = quickstart_run
+    latest = ck.latest_checkpoint(run)
+    assert set(ck.read_manifest(latest)[ck.HASHES]) == {ck.WEIGHTS_FILE, ck.EMA_FILE}
+    out = ck.export_checkpoint(run, tmp_path / "ship")
+    assert ck.read_manifest(out)[ck.HASHES] == {ck.EMA_FILE: sha256_file(out / ck.EMA_FILE)}
+    ck.load_translator(out, config=cfg)
+
+    root = tmp_path / "runs"  # a cached run whose EMA weights were damaged: refused, not silently used
+    shutil.copytree(run, run_dir_for(cfg, root), symlinks=True)
+    assert train_or_load(cfg, root=root, progress=False).config == cfg  # loaded, verified
+    _damage(ck.latest_checkpoint(run_dir_for(cfg, root)) / ck.EMA_FILE, "zeros", size=16)
+    msg = _one_line_error(ck.CheckpointError, train_or_load, cfg, root=root, progress=False)
+    assert "ema.safetensors" in msg and "does not match the manifest" in msg
+    msg = _one_line_error(ck.CheckpointError, ck.export_checkpoint, run_dir_for(cfg, root), tmp_path / "again")
+    assert "ema.safetensors" in msg
+    again = ck.export_checkpoint(run_dir_for(cfg, root), tmp_path / "again", verify_weights=False)
+    ck.load_translator(again)  # re-exported weights carry their own, new hash

@@ -391,3 +391,100 @@ def test_sample_and_evaluate_find_a_task_model_through_the_zoo(capsys: pytest.Ca
     assert_one_line_error(code, err, "needs exactly one of --checkpoint FOLDER or --task TASK (got neither)")
     code, _, err = run(capsys, "evaluate", "--checkpoint", str(tmp_path), *args)
     assert_one_line_error(code, err, "(got both)")
+
+
+# --------------------------------------------------------------------------------------
+# issue 14: verified weights, validated configs, conflicting flags, output folders
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("override, message", [
+    ("train.batch_size=0", "train.batch_size: must be >= 1, got 0"),
+    ("train.steps=-1", "train.steps: must be >= 0, got -1"),
+    ("train.lr=-1", "train.lr: must be > 0, got -1.0"),
+    ("sample.sampler=ddmp", "sample.sampler: must be one of 'ddpm', 'ddim', 'dpmpp' (did you mean 'ddpm'?)"),
+])
+def test_dry_run_validates_every_field(capsys: pytest.CaptureFixture[str], override: str, message: str) -> None:
+    code, out, err = run(capsys, "train", "--preset", "ci", "--set", override, "--dry-run")
+    assert out == ""
+    assert_one_line_error(code, err, message)
+
+
+def test_train_with_an_invalid_config_leaves_no_run_folder(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, _, err = run(capsys, "train", "--preset", "ci", "--set", "train.batch_size=0", "--runs", str(tmp_path / "r"))
+    assert_one_line_error(code, err, "train.batch_size: must be >= 1, got 0")
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("flag, override", [
+    (("--sampler", "ddim"), "sample.sampler=ddpm"),
+    (("--steps", "5"), "sample.steps=7"),
+    (("--eta", "0.5"), "sample.eta=1"),
+    (("--guidance", "2"), "sample.guidance_scale=1.5"),
+])
+@pytest.mark.skipif(not (REPO / "checkpoints" / "mri_to_ct" / "ddim_image-t1w").is_dir(), reason="no shipped model")
+def test_a_flag_and_a_set_that_disagree_are_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                    flag: tuple[str, str], override: str) -> None:
+    ckpt = str(REPO / "checkpoints" / "mri_to_ct" / "ddim_image-t1w")
+    for command in ("sample", "evaluate"):
+        io = ("--input", "in.png", "--output", str(tmp_path / "o.png")) if command == "sample" else ()
+        code, _, err = run(capsys, command, "--checkpoint", ckpt, *io, *flag, "--set", override, "--dry-run")
+        assert_one_line_error(code, err, f"{flag[0]} {flag[1]}", f"--set {override}", "disagree")
+        agree = f"{override.partition('=')[0]}={flag[1]}"  # the same value twice is no conflict
+        code, out, err = run(capsys, command, "--checkpoint", ckpt, *io, *flag, "--set", agree, "--dry-run")
+        assert code == 0, err
+
+
+def test_method_flag_and_set_method_that_disagree_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "train", "--preset", "ci", "--method", "pix2pix", "--set", "method=cddpm", "--dry-run")
+    assert_one_line_error(code, err, "--method pix2pix", "--set method=cddpm")
+    code, out, err = run(capsys, "train", "--preset", "ci", "--method", "identity", "--set", "method=identity",
+                         "--dry-run")
+    assert code == 0 and from_json(out).method == "identity", err
+
+
+@pytest.mark.skipif(not (REPO / "checkpoints" / "mri_to_ct" / "ddim_image-t1w").is_dir(), reason="no shipped model")
+def test_sample_refuses_a_missing_output_folder_before_any_work(capsys: pytest.CaptureFixture[str],
+                                                                tmp_path: Path) -> None:
+    ckpt = str(REPO / "checkpoints" / "mri_to_ct" / "ddim_image-t1w")
+    target = tmp_path / "missing_dir" / "out.png"
+    code, _, err = run(capsys, "sample", "--checkpoint", ckpt, "--input", str(tmp_path / "not_read.png"),
+                       "--output", str(target))
+    assert_one_line_error(code, err, str(target), "does not exist")  # the input was not even read
+    assert not target.parent.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (REPO / "checkpoints" / "mri_to_ct" / "ddim_image-t1w").is_dir(), reason="no shipped model")
+def test_sample_evaluate_export_refuse_damaged_weights_unless_told(capsys: pytest.CaptureFixture[str],
+                                                                  tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from medgen.checkpoint import NO_VERIFY_ENV, read_manifest
+
+    monkeypatch.delenv(NO_VERIFY_ENV, raising=False)
+    folder = tmp_path / "ddim"
+    import shutil
+
+    shutil.copytree(REPO / "checkpoints" / "mri_to_ct" / "ddim_image-t1w", folder)
+    weights = folder / "ema.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-4096:] = bytes(4096)  # zeroed, same length: used to give exit 0 and a wrong image
+    weights.write_bytes(bytes(data))
+    src = tmp_path / "in.png"
+    Image.fromarray(np.full((64, 64), 100, np.uint8)).save(src)
+    out = tmp_path / "ct.png"
+    code, _, err = run(capsys, "sample", "--checkpoint", str(folder), "--input", str(src), "--output", str(out),
+                       "--steps", "1")
+    assert_one_line_error(code, err, str(weights), "does not match the manifest", "--no-verify-weights")
+    assert not out.exists()
+    code, _, err = run(capsys, "evaluate", "--checkpoint", str(folder), "--out", str(tmp_path / "e.csv"))
+    assert_one_line_error(code, err, str(weights), "does not match the manifest")
+    code, _, err = run(capsys, "export", str(folder), "--out", str(tmp_path / "ship"), "--verify", "0")
+    assert_one_line_error(code, err, str(weights), "does not match the manifest")
+
+    code, _, err = run(capsys, "sample", "--checkpoint", str(folder), "--input", str(src), "--output", str(out),
+                       "--steps", "1", "--no-verify-weights")
+    assert code == 0 and out.is_file(), err
+    assert NO_VERIFY_ENV not in os.environ  # the opt-out lasted one command
+    code, _, err = run(capsys, "export", str(folder), "--out", str(tmp_path / "ship"), "--verify", "0",
+                       "--no-verify-weights")
+    assert code == 0, err
+    assert set(read_manifest(tmp_path / "ship")["weights_sha256"]) == {"ema.safetensors"}  # sealed anew

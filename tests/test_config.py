@@ -9,6 +9,8 @@ import pytest
 from medgen import config as C
 from medgen.config import ConfigError, RunConfig
 
+from assertions import raises_one_line  # noqa: E402
+
 
 def all_presets() -> list[tuple[str, str]]:
     """Every registered (task, preset) pair."""
@@ -271,3 +273,117 @@ def test_a_method_without_options_takes_none() -> None:
 
     with pytest.raises(ConfigError, match="options: method 'pix2pix' takes Pix2PixOptions, got CUTOptions"):
         Pix2Pix(dataclasses.replace(_pix2pix(), options=C.get_preset("ci", task="mri_to_ct/cut_resnet").options))
+
+
+# --------------------------------------------------------------------------------------
+# Validation at construction (RunConfig.__post_init__ -> config.validate)
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("override", "message"), [
+    ("train.batch_size=0", "train.batch_size: must be >= 1, got 0"),
+    ("train.steps=-1", "train.steps: must be >= 0, got -1"),
+    ("train.lr=-1", "train.lr: must be > 0, got -1.0"),
+    ("train.lr=0", "train.lr: must be > 0, got 0.0"),
+    ("train.grad_accum=3", "train.grad_accum: must divide train.batch_size=8, got 3"),
+    ("train.betas=(0.9, 1.0)", "train.betas: must be in [0, 1), got 1.0"),
+    ("train.ema_decay=1", "train.ema_decay: must be in [0, 1), got 1.0"),
+    ("train.weight_decay=-0.1", "train.weight_decay: must be >= 0, got -0.1"),
+    ("train.lr_schedule=linear", "train.lr_schedule: must be one of 'constant', 'cosine'"),
+    ("train.ckpt_every=-2", "train.ckpt_every: must be >= 0, got -2"),
+    ("data.image_size=4", "data.image_size: must be >= 8, got 4"),
+    ("data.image_height=4", "data.image_height: must be 0 (the data's aspect ratio) or >= 8, got 4"),
+    ("data.n_train=-1", "data.n_train: must be >= 0, got -1"),
+    ("data.test_fraction=1", "data.test_fraction: must be in [0, 1), got 1.0"),
+    ("data.window=brain", "data.window: must be one of '', 'soft_tissue', 'lung', 'bone'"),
+    ("data.augment=flip+rotate", "data.augment: names an unknown recipe 'rotate'"),
+    ("data.registration=three", "data.registration: must be one of '', 'one', 'two'"),
+    ("data.dataset=", "data.dataset: must be a non-empty name"),
+    ("model.spatial_dims=4", "model.spatial_dims: must be one of 2, 3, got 4"),
+    ("model.channels=[16, 0]", "model.channels: must be >= 1, got 0"),
+    ("model.dropout=1", "model.dropout: must be in [0, 1), got 1.0"),
+    ("model.skip_mode=sum", "model.skip_mode: must be one of 'concat', 'add'"),
+    ("model.mid_attention=always", "model.mid_attention: must be one of 'auto', 'on', 'off'"),
+    ("diffusion.schedule=cosin", "diffusion.schedule: must be one of 'linear', 'scaled_linear', 'cosine' "
+                                 "(did you mean 'cosine'?), got 'cosin'"),
+    ("diffusion.prediction=epsilon", "diffusion.prediction: must be one of 'eps', 'x0', 'v'"),
+    ("diffusion.timesteps=0", "diffusion.timesteps: must be >= 1, got 0"),
+    ("diffusion.beta_end=0.00001", "diffusion.beta_end: must be >= diffusion.beta_start=0.0001"),
+    ("diffusion.cond_drop_prob=1.5", "diffusion.cond_drop_prob: must be in [0, 1], got 1.5"),
+    ("diffusion.loss=l2", "diffusion.loss: must be one of 'mse', 'l1'"),
+    ("diffusion.latent_condition=crop", "diffusion.latent_condition: must be one of 'resize', 'encode'"),
+    ("sample.sampler=euler", "sample.sampler: must be one of 'ddpm', 'ddim', 'dpmpp', got 'euler'"),
+    ("sample.steps=0", "sample.steps: must be >= 1, got 0"),
+    ("sample.eta=-0.5", "sample.eta: must be >= 0, got -0.5"),
+    ("sample.spacing=uniform", "sample.spacing: must be one of 'trailing', 'leading', 'linspace'"),
+    ("sample.guidance_scale=NaN", "sample.guidance_scale: must be a finite number, got nan"),
+    ("seed=-1", "seed: must be >= 0, got -1"),
+    ("method=", "method: must be a non-empty name"),
+])
+def test_every_field_is_validated_in_one_line(override: str, message: str) -> None:
+    cfg = C.get_preset("ci")
+    msg = raises_one_line(ConfigError, message, C.apply_overrides, cfg, [override])
+    key = override.partition("=")[0]
+    # the same error whichever way the config is built: replace(...), from_dict, the constructor
+    data = C.to_dict(C.apply_overrides(cfg, []))
+    section, _, name = key.rpartition(".")
+    (data[section] if section else data)[name] = json.loads(json.dumps(C._parse_value(override.partition("=")[2])))
+    with pytest.raises(ConfigError) as info:
+        C.from_dict(data)
+    assert str(info.value) == msg
+
+
+def test_sections_and_fields_of_the_wrong_kind_are_refused() -> None:
+    cfg = C.get_preset("ci")
+    raises_one_line(ConfigError, "train: must be a TrainConfig", dataclasses.replace, cfg, train=cfg.sample)
+    raises_one_line(ConfigError, "train.batch_size: must be an integer, got '8'", dataclasses.replace, cfg,
+                    train=dataclasses.replace(cfg.train, batch_size="8"))
+    raises_one_line(ConfigError, "train.amp: must be true or false, got 1", dataclasses.replace, cfg,
+                    train=dataclasses.replace(cfg.train, amp=1))
+    raises_one_line(ConfigError, "options: must be the method's options", dataclasses.replace, cfg, options={})
+
+
+def test_overrides_are_validated_once_all_are_applied() -> None:
+    """An intermediate config may be invalid (batch_size 6 with grad_accum 4): only the result counts."""
+    cfg = C.apply_overrides(C.get_preset("ci"), ["train.batch_size=8", "train.grad_accum=4"])
+    cfg = C.apply_overrides(cfg, ["train.batch_size=6", "train.grad_accum=3"])
+    assert (cfg.train.batch_size, cfg.train.grad_accum) == (6, 3)
+    raises_one_line(ConfigError, "train.grad_accum: must divide train.batch_size=6, got 4",
+                    C.apply_overrides, cfg, ["train.grad_accum=4"])
+    assert C._VALIDATE.get() is True  # validation is back on after an error too
+
+
+def test_standalone_sections_keep_their_own_checks() -> None:
+    """A section on its own is checked where it is used (fit, the UNet, a dataset), as before."""
+    assert C.TrainConfig(batch_size=0).batch_size == 0 and C.DataConfig(image_size=4).image_size == 4
+
+
+def test_validation_accepts_every_preset_and_keeps_every_hash() -> None:
+    for task, preset in all_presets():
+        cfg = C.get_preset(preset, task=task)
+        assert C.validate(cfg) is cfg
+        again = C.from_json(C.to_json(cfg))
+        assert again == cfg and C.config_hash(again) == C.config_hash(cfg)
+
+
+def test_choice_lists_match_the_implementations() -> None:
+    from medgen.data.augment import RECIPES
+    from medgen.data.datasets.common import REGISTRATIONS
+    from medgen.data.io.windows import WINDOWS
+    from medgen.diffusion.latent import CONDITION_MODES
+    from medgen.diffusion.losses import LOSSES
+    from medgen.diffusion.parameterization import PREDICTIONS
+    from medgen.diffusion.samplers import SAMPLERS
+    from medgen.diffusion.schedules import SCHEDULES, SPACINGS
+    from medgen.nn.unet import MID_ATTENTION, SKIP_MODES
+    from medgen.train.loop import validate_train_config
+
+    assert set(C.SCHEDULES) == set(SCHEDULES) and set(C.SAMPLERS) == set(SAMPLERS)
+    assert set(C.SPACINGS) == set(SPACINGS) and set(C.PREDICTIONS) == set(PREDICTIONS)
+    assert set(C.LOSSES) == set(LOSSES) and set(C.LATENT_CONDITIONS) == set(CONDITION_MODES)
+    assert set(C.SKIP_MODES) == set(SKIP_MODES) and set(C.MID_ATTENTION) == set(MID_ATTENTION)
+    assert set(C.WINDOWS) == set(WINDOWS) and set(C.AUGMENTATIONS) == set(RECIPES)
+    assert set(C.REGISTRATIONS) == set(REGISTRATIONS)
+    train = C.get_preset("ci").train
+    for name in C.LR_SCHEDULES:
+        validate_train_config(dataclasses.replace(train, lr_schedule=name))
+    with pytest.raises(ValueError, match="lr_schedule"):
+        validate_train_config(dataclasses.replace(train, lr_schedule="linear"))

@@ -145,8 +145,11 @@ def test_grad_accumulation_matches_full_batch(tmp_path):
     _fit(cfg, tmp_path / "full")
     _fit(replace(cfg, train=replace(cfg.train, grad_accum=2)), tmp_path / "accum")
     _assert_equal(_weights(tmp_path / "full"), _weights(tmp_path / "accum"), atol=1e-6)
+    with pytest.raises(ValueError, match="train.grad_accum: must divide train.batch_size=4, got 3"):
+        replace(cfg, train=replace(cfg.train, grad_accum=3))  # refused where the config is built
+    method, data = th.build(cfg)
     with pytest.raises(ValueError, match=r"train.batch_size=4 is not divisible by world_size\*grad_accum=1\*3"):
-        _fit(replace(cfg, train=replace(cfg.train, grad_accum=3)), tmp_path / "bad")
+        tr.fit(method, data, replace(cfg.train, grad_accum=3), out_dir=tmp_path / "bad", progress=False, device="cpu")
 
 
 def test_grad_clip_per_group_and_disabled(tmp_path, monkeypatch):
@@ -419,3 +422,32 @@ def test_train_or_load_waits_for_a_concurrent_trainer(tmp_path, monkeypatch):
     worker.join(timeout=60)
     assert results and "waiter" not in fits  # the waiter loaded the finished run instead of training again
     _assert_equal(results[0].state_dict(), _weights(run_dir, ema=True) | {"version": torch.tensor(3)})
+
+
+def test_a_fresh_run_that_fails_leaves_no_run_folder_but_a_resumable_one_stays(tmp_path, monkeypatch):
+    cfg = th.tiny_config(steps=4, ckpt_every=2)
+    run_dir = tr.run_dir_for(cfg, tmp_path)
+    real_step = th.TinyRegressor.training_step
+    calls = []
+
+    def failing(self, batch, group, generator=None):
+        calls.append(1)
+        if len(calls) >= fail_at:
+            raise RuntimeError("out of memory")
+        return real_step(self, batch, group, generator)
+
+    monkeypatch.setattr(th.TinyRegressor, "training_step", failing)
+    fail_at = 1  # the first step of a fresh run: nothing to resume, so no empty folder is left
+    with pytest.raises(RuntimeError, match="out of memory"):
+        tr.train_or_load(cfg, root=tmp_path, progress=False, device="cpu")
+    assert not run_dir.exists()
+    assert (run_dir.parent / f".{run_dir.name}.lock").is_file()  # the lock stays for other waiters
+    calls.clear()
+    fail_at = 4  # after the checkpoint at step 2: the run folder stays and the next call resumes from it
+    with pytest.raises(RuntimeError, match="out of memory"):
+        tr.train_or_load(cfg, root=tmp_path, progress=False, device="cpu")
+    assert ck.read_manifest(run_dir)["step"] == 2
+    monkeypatch.setattr(th.TinyRegressor, "training_step", real_step)
+    tr.train_or_load(cfg, root=tmp_path, progress=False, device="cpu")
+    _fit(cfg, tmp_path / "full")
+    _assert_equal(_weights(run_dir), _weights(tmp_path / "full"))

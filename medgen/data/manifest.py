@@ -57,6 +57,7 @@ from __future__ import annotations
 import csv
 import io as _stdio
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -67,7 +68,7 @@ from medgen.data.io import ImageReadError
 from medgen.data.phantoms.base import Modality
 from medgen.data.sidecar import (LABEL_TYPES, PATIENT, SEP, SIDECAR_NAME, ManifestError, _build_schema,  # noqa: F401
                                  _first_line, _read_sidecar, _Schema, _sidecar_dict, split_cell)
-from medgen.data.splits import check_disjoint, patient_split, split_hash
+from medgen.data.splits import check_disjoint, near_duplicate_ids, patient_split, split_hash
 
 __all__ = ["ManifestError", "Manifest", "read_manifest", "split_cell", "MANIFEST_NAME", "SIDECAR_NAME", "SPLIT_NAME",
            "SEP", "HU_RANGE", "LABEL_TYPES"]
@@ -361,12 +362,24 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
     if not path.is_file():
         raise ManifestError(f"{path.name}: manifest file not found ({path})")
     columns, rows, lines = _read_csv(path)
+    _warn_near_duplicate_ids(path, [row[PATIENT] for row in rows])
     sidecar = _read_sidecar(path.parent / SIDECAR_NAME, columns, path.name)
     schema = _build_schema(path, columns, rows, lines, sidecar)
     manifest = Manifest(schema, rows, list(range(len(rows))), lines)
     _check_paths(manifest)
     _check_labels(manifest)
     return _infer_modalities(manifest)
+
+
+def _warn_near_duplicate_ids(path: Path, patient_ids: Sequence[str]) -> None:
+    """One-line warning naming patient ids that differ only by case or whitespace (``P01`` / ``p01``):
+    the split keeps them apart as different patients, a leak if they are one."""
+    groups = near_duplicate_ids(patient_ids)
+    if groups:
+        shown = "; ".join(" / ".join(repr(pid) for pid in group) for group in groups[:5])
+        more = f" and {len(groups) - 5} more" if len(groups) > 5 else ""
+        warnings.warn(f"{path.name}: patient ids that differ only by case or whitespace are split as different "
+                      f"patients: {shown}{more} (write them alike if they are one patient)", stacklevel=3)
 
 
 def _read_csv(path: Path) -> tuple[tuple[str, ...], list[dict[str, str]], list[int]]:

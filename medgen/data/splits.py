@@ -7,7 +7,10 @@ must give the same split) and must never put one patient on both sides. So:
   puts the first ``round(test_fraction * n)`` of them in the test set;
 * :func:`split_hash` fingerprints a set of ids (sorted, de-duplicated, sha256), which the
   training manifest records so a checkpoint names the exact patients it was trained on;
-* :func:`check_disjoint` is the guard ``fit()`` runs before training.
+* :func:`check_disjoint` is the guard ``fit()`` runs before training;
+* :func:`near_duplicate_ids` finds ids that differ only by case or whitespace (``P01`` / ``p01`` /
+  ``P 01``): they count as different patients, which is a leak if they are one; the manifest
+  reader warns about them.
 
 These few lines are written by hand because scikit-learn's ``GroupShuffleSplit`` (not a
 dependency) draws from a RandomState over the group *order*, which is exactly the
@@ -18,7 +21,7 @@ from __future__ import annotations
 import hashlib
 from typing import Iterable, Sequence
 
-__all__ = ["split_hash", "patient_split", "check_disjoint"]
+__all__ = ["split_hash", "patient_split", "check_disjoint", "near_duplicate_ids"]
 
 
 def _unique_sorted(patient_ids: Iterable[object]) -> list[str]:
@@ -70,3 +73,13 @@ def check_disjoint(train_ids: Sequence[object], test_ids: Sequence[object]) -> N
     if overlap:
         shown = ", ".join(overlap[:5]) + (" ..." if len(overlap) > 5 else "")
         raise ValueError(f"train and test share {len(overlap)} patient(s): {shown}")
+
+
+def near_duplicate_ids(patient_ids: Iterable[object]) -> list[list[str]]:
+    """Groups (each sorted, the groups sorted) of distinct ids that are equal once case and whitespace are
+    ignored, e.g. ``[["P 01", "P01", "p01"]]``; ``[]`` when there are none."""
+    groups: dict[str, set[str]] = {}
+    for pid in patient_ids:
+        text = str(pid)
+        groups.setdefault("".join(text.split()).casefold(), set()).add(text)
+    return sorted(sorted(g) for g in groups.values() if len(g) > 1)

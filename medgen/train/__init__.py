@@ -23,7 +23,7 @@ import torch
 import medgen.data  # noqa: F401 -- fills DATASETS
 import medgen.methods  # noqa: F401 -- fills METHODS
 from medgen import registry
-from medgen.checkpoint import latest_checkpoint, load_translator, read_manifest
+from medgen.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, load_translator, read_manifest
 from medgen.config import RunConfig, config_hash
 from medgen.data.splits import check_disjoint
 from medgen.methods.base import Method
@@ -130,6 +130,22 @@ def _train_cached(cfg: RunConfig, run_dir: Path, progress: bool, ctx: DistContex
     method = registry.lookup(registry.METHODS, cfg.method)(cfg)
     if parents is not None:
         method.attach_parents(parents)
-    fit(method, train_ds, cfg.train, out_dir=run_dir, run_config=cfg, seed=cfg.seed, resume=True,
-        progress=progress, device=ctx.device)
+    try:
+        fit(method, train_ds, cfg.train, out_dir=run_dir, run_config=cfg, seed=cfg.seed, resume=True,
+            progress=progress, device=ctx.device)
+    except BaseException:
+        if ctx.is_main:
+            _remove_if_no_checkpoint(run_dir)
+        raise
     return method
+
+
+def _remove_if_no_checkpoint(run_dir: Path) -> None:
+    """Delete ``run_dir`` after a failed fit that left no checkpoint in it (a fresh run that failed before
+    its first save: nothing to resume, so no empty run folder is left). Its lock file lives beside it."""
+    try:
+        has_checkpoint = bool(list_checkpoints(run_dir)) or latest_checkpoint(run_dir) is not None
+    except CheckpointError:  # 'latest' points at a missing folder: keep the folder for inspection
+        has_checkpoint = True
+    if not has_checkpoint:
+        shutil.rmtree(run_dir, ignore_errors=True)

@@ -364,3 +364,25 @@ def test_registered_phantom_roundtrip_at_ci_size(name: str, tmp_path: Path) -> N
     spec = PHANTOMS[name]
     csv = write_phantom_dataset(spec, [0, 3], tmp_path / name, seed=1, sizes="ci")
     _check_roundtrip(spec, spec([0, 3], seed=1, sizes="ci"), read_manifest(csv))
+
+
+def test_patient_ids_differing_only_by_case_or_whitespace_are_warned_about(tmp_path: Path) -> None:
+    import warnings
+
+    from medgen.data.splits import near_duplicate_ids
+
+    assert near_duplicate_ids(["P01", "p01", "P 01", "P02", "P02", "q1", "Q 1"]) == [["P 01", "P01", "p01"],
+                                                                                       ["Q 1", "q1"]]
+    assert near_duplicate_ids(["A", "B", "A"]) == []
+    csv, _ = _dataset(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_manifest(csv)  # distinct ids: silent
+    text = csv.read_text().replace("\nP1,", "\np1,", 1).replace("\nP4,", "\nP 4,", 1)
+    csv.write_text(text.replace("\nP5,", "\nP4,", 1))
+    with pytest.warns(UserWarning) as record:
+        m = read_manifest(csv)
+    messages = [str(w.message) for w in record if "case or whitespace" in str(w.message)]
+    assert len(messages) == 1 and "\n" not in messages[0]
+    assert "manifest.csv" in messages[0] and "'P1' / 'p1'" in messages[0] and "'P 4' / 'P4'" in messages[0]
+    assert set(m.patient_ids) == {"P0", "P1", "p1", "P 4", "P4"}  # still different patients: a warning only
