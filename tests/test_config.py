@@ -7,6 +7,7 @@ import json
 import pytest
 
 from medgen import config as C
+from medgen import config_checks as V
 from medgen.config import ConfigError, RunConfig
 
 from assertions import raises_one_line  # noqa: E402
@@ -376,14 +377,14 @@ def test_choice_lists_match_the_implementations() -> None:
     from medgen.nn.unet import MID_ATTENTION, SKIP_MODES
     from medgen.train.loop import validate_train_config
 
-    assert set(C.SCHEDULES) == set(SCHEDULES) and set(C.SAMPLERS) == set(SAMPLERS)
-    assert set(C.SPACINGS) == set(SPACINGS) and set(C.PREDICTIONS) == set(PREDICTIONS)
-    assert set(C.LOSSES) == set(LOSSES) and set(C.LATENT_CONDITIONS) == set(CONDITION_MODES)
-    assert set(C.SKIP_MODES) == set(SKIP_MODES) and set(C.MID_ATTENTION) == set(MID_ATTENTION)
-    assert set(C.WINDOWS) == set(WINDOWS) and set(C.AUGMENTATIONS) == set(RECIPES)
-    assert set(C.REGISTRATIONS) == set(REGISTRATIONS)
+    assert set(V.SCHEDULES) == set(SCHEDULES) and set(V.SAMPLERS) == set(SAMPLERS)
+    assert set(V.SPACINGS) == set(SPACINGS) and set(V.PREDICTIONS) == set(PREDICTIONS)
+    assert set(V.LOSSES) == set(LOSSES) and set(V.LATENT_CONDITIONS) == set(CONDITION_MODES)
+    assert set(V.SKIP_MODES) == set(SKIP_MODES) and set(V.MID_ATTENTION) == set(MID_ATTENTION)
+    assert set(V.WINDOWS) == set(WINDOWS) and set(V.AUGMENTATIONS) == set(RECIPES)
+    assert set(V.REGISTRATIONS) == set(REGISTRATIONS)
     train = C.get_preset("ci").train
-    for name in C.LR_SCHEDULES:
+    for name in V.LR_SCHEDULES:
         validate_train_config(dataclasses.replace(train, lr_schedule=name))
     with pytest.raises(ValueError, match="lr_schedule"):
         validate_train_config(dataclasses.replace(train, lr_schedule="linear"))
