@@ -15,8 +15,8 @@ from typing import Any, Mapping, NoReturn, Sequence
 from medgen.config import (ConfigError, DataConfig, DiffusionConfig, MethodOptions, RunConfig, SampleConfig,
                            TrainConfig, UNetConfig)
 
-# The known names of the choice fields. They mirror the implementation's tables (this module imports
-# nothing from medgen); tests/test_config.py checks each against its table.
+# The known names of the choice fields. They mirror the implementation's tables (imported from neither,
+# so that a config can be checked without loading torch); tests/test_config.py checks each against its table.
 SCHEDULES = ("linear", "scaled_linear", "cosine")  # diffusion.schedules.SCHEDULES
 PREDICTIONS = ("eps", "x0", "v")  # diffusion.parameterization.PREDICTIONS
 LOSSES = ("mse", "l1")  # diffusion.losses.LOSSES
