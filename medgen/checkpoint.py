@@ -472,6 +472,7 @@ def load_translator(path: str | os.PathLike, *, device: str | torch.device = "cp
     load_weights(ckpt, method, ema=ema and cfg.train.ema_decay > 0, verify=verify)
     if staged:
         method.attach_parents(parents)
+    method.checkpoint_folder = ckpt  # where medgen.ood finds the out-of-distribution calibration
     return method.eval()
 
 
@@ -531,6 +532,7 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: 
             if psnr < min_psnr_db:
                 raise CheckpointError(f"export: {dtype} weights change the output too much ({psnr:.1f} dB < "
                                       f"{min_psnr_db:g} dB against the original); export in float32")
+        manifest["ood"] = _ood_calibration(tmp, cfg, ckpt)
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         for path in tmp.iterdir():
             os.chmod(path, 0o666 & ~_umask())
@@ -543,6 +545,24 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: 
         raise
     fsync_dir(dst.parent)
     return dst
+
+
+def _ood_calibration(folder: Path, cfg: RunConfig, source: Path) -> dict[str, Any]:
+    """The out-of-distribution calibration of an export (:func:`medgen.ood.write_calibration`: ``ood.safetensors``
+    in ``folder``, the manifest's ``"ood"`` entry; copied from ``source`` when that checkpoint has one);
+    training data that cannot be read is warned about and recorded as ``{"error": ...}`` (the export
+    still happens; the model's outputs then say "not assessed")."""
+    import warnings
+
+    from medgen import ood
+
+    try:
+        return ood.write_calibration(folder, cfg, source=source)
+    except (OSError, ValueError) as err:
+        text = " ".join(str(err).split()) or type(err).__name__
+        warnings.warn(f"export: no out-of-distribution calibration ({text}); 'medgen upgrade' can add it later",
+                      stacklevel=3)
+        return {"error": text}
 
 
 def copy_module_as(module: nn.Module, dtype: torch.dtype) -> nn.Module:

@@ -1,4 +1,5 @@
-"""The ``medgen`` command line: ``train | sample | evaluate | generate | reconstruct | reproduce | demo | phantoms``.
+"""The ``medgen`` command line: ``train | sample | evaluate | generate | reconstruct | export | upgrade | reproduce |
+demo | phantoms``.
 
 Examples
 --------
@@ -12,6 +13,9 @@ Examples
     medgen evaluate --task mri_to_ct/ddim_image --preset cpu --steps 20   # the shipped model, via medgen.zoo
     medgen generate --task lung_us/prior --preset cpu --n 8 --out gen/                 # a prior's images
     medgen reconstruct --task lung_us/prior --preset cpu --operator us_linear --input lung.png --out recon/
+    medgen sample --checkpoint checkpoints/mri_to_ct/ddim_image-t2w --input ct.dcm --output out.png \
+        --allow-modality-mismatch                              # a CT into the MRI->CT model: refused without it
+    medgen upgrade checkpoints/mri_to_ct/ddim_image-t2w        # out-of-distribution calibration, weights kept
     medgen reproduce --preset smoke --papers spine,knee
     medgen demo --preset smoke --port 7860
     medgen phantoms knee --n 8 --out phantoms/knee --control kl_grade=3
@@ -139,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a per-sample condition of the model, e.g. --cond uca=32.5 (repeatable; the model "
                         "says which it needs)")
     p.add_argument("--output", required=True, help="where to write the translated image (.png or .npy)")
+    p.add_argument("--allow-modality-mismatch", action="store_true",
+                   help="translate an input whose DICOM Modality differs from the one the model was trained on "
+                        "(refused by default)")
     _sampling_options(p)
 
     p = sub.add_parser("evaluate", parents=[cfg_opts], help="evaluate a checkpoint on its dataset's test split")
@@ -177,6 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", type=int, default=4, help="test images translated with both weights; the "
                    "export is refused if the outputs differ by < 40 dB PSNR (0 = skip; default: 4)")
     _verify_option(p)
+
+    p = sub.add_parser("upgrade", help="give existing checkpoints (the shipped ones) the out-of-distribution "
+                       "calibration and weight hashes, without retraining or touching the weights")
+    p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="checkpoint (or run) folders")
+    p.add_argument("--space", default=None, help="feature space of the out-of-distribution score "
+                   "(default: efficientnet_lite0; also pixels, inception)")
+    p.add_argument("--percentile", type=float, default=None,
+                   help="threshold percentile of the held-out training images' distances (default: 99)")
 
     p = sub.add_parser("reproduce", parents=[_preset_options(task=False)],
                        help="run the paper notebooks with papermill into reports/")
@@ -339,9 +354,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
         image = read_sample_input(args.input[0], notes=notes)
     else:
         image = read_sample_stack(args.input, channels, notes=notes)
+    guard_notes: list[str] = []
+    modality = _check_input_modalities(args, cfg, guard_notes)  # a mismatch: refused before the model loads
     for note in notes:
         print(f"{PROG}: note: {note}", file=sys.stderr)
     translator = load_model()
+    for note in guard_notes:
+        print(f"{PROG}: note: {note}", file=sys.stderr)
+    _print_verdict(translator, image, modality)
     resize_notes: list[str] = []
     result = translate_image(translator, image, cfg, seed=args.seed, name=Path(args.input[0]).name,
                              notes=resize_notes, cond=cond)
@@ -350,6 +370,32 @@ def cmd_sample(args: argparse.Namespace) -> int:
     write_image(out, result)
     print(out)
     return 0
+
+
+def _check_input_modalities(args: argparse.Namespace, cfg: RunConfig, notes: list[str]) -> str:
+    """The modality guard of ``sample`` (:func:`medgen.ood.check_modality`) on every ``--input``, before the
+    model loads: a mismatch is one line naming both (unless ``--allow-modality-mismatch``); returns the
+    first input's modality (``""`` unknown)."""
+    from medgen import ood
+
+    model = args.checkpoint or f"{args.task} at `{args.preset}`"
+    codes = []
+    for path in args.input:
+        code, how = ood.input_modality(path)
+        what = "input" if len(args.input) == 1 else f"input {Path(path).name}"
+        note = ood.check_modality(code, cfg, allow=args.allow_modality_mismatch, how=how, model=model, what=what)
+        if note:
+            notes.append(note)
+        codes.append(code)
+    return codes[0] if codes else ""
+
+
+def _print_verdict(model: Any, image: Any, modality: str) -> None:
+    """``medgen: within / outside the training distribution (score s, threshold t)`` on stderr."""
+    from medgen import ood
+
+    verdict = ood.assess_image(model, image, modality=modality)
+    print(f"{PROG}: {'warning: input ' if verdict.outside else ''}{verdict.line()}", file=sys.stderr)
 
 
 def _parse_conditions(items: Sequence[str]) -> dict[str, float]:
@@ -460,6 +506,22 @@ def cmd_export(args: argparse.Namespace) -> int:
     out = export_checkpoint(args.checkpoint, args.out, dtype=args.dtype, verify_source=source, verify_meta=meta)
     size = sum(f.stat().st_size for f in out.iterdir()) / 2**20
     print(f"exported {args.checkpoint} -> {out} ({args.dtype}, {size:.1f} MiB)")
+    return 0
+
+
+def cmd_upgrade(args: argparse.Namespace) -> int:
+    """Add the out-of-distribution calibration (:func:`medgen.ood.upgrade`) to each checkpoint, in place."""
+    from medgen import ood
+
+    options = {k: v for k, v in (("space", args.space), ("percentile", args.percentile)) if v is not None}
+    for folder in args.checkpoints:
+        manifest = ood.upgrade(folder, **options)
+        entry = manifest[ood.MANIFEST_KEY]
+        hashes = manifest.get("weights_sha256")
+        print(f"upgraded {folder}: out-of-distribution threshold {entry['threshold']:.4g} ({entry['space']} "
+              f"features, {entry['percentile']:g}th percentile of {entry['n_heldout']} held-out training images; "
+              f"{entry['n_reference']} reference images in {entry['file']})"
+              + (f"; weight sha256 recorded for {', '.join(sorted(hashes))}" if isinstance(hashes, dict) else ""))
     return 0
 
 
@@ -592,7 +654,7 @@ def _write_phantom(args: argparse.Namespace, spec: Any) -> int:
 
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate, "generate": cmd_generate,
-            "reconstruct": cmd_reconstruct,
+            "reconstruct": cmd_reconstruct, "upgrade": cmd_upgrade,
             "reproduce": cmd_reproduce, "demo": cmd_demo, "phantoms": cmd_phantoms, "export": cmd_export}
 
 

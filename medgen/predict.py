@@ -10,6 +10,12 @@ seed gives every model the same sequence of ``x_T`` draws. A model that declares
 conditions (``model.condition_keys``, e.g. ``("uca",)``) gets each item's label of that name
 as ``translate(..., cond={"uca": tensor [B]})``; an item without it is a one-line error.
 
+Every prediction carries the out-of-distribution guard (:mod:`medgen.ood`): a data set whose
+modality (phantom / manifest unit, or an item's ``modality``) differs from the one the model was
+trained on is refused in one line unless ``allow_modality_mismatch=True``, and
+``Predictions.ood`` holds one :class:`~medgen.ood.Verdict` per sample ("within / outside the
+training distribution (score s, threshold t)"; "not assessed" for a model without calibration).
+
 >>> from medgen.predict import predict
 >>> preds = predict(model, test_set, seed=0, steps=20)      # doctest: +SKIP
 >>> preds.outputs.shape                                     # doctest: +SKIP
@@ -34,7 +40,8 @@ class Predictions:
 
     ``outputs`` ``[N, C_t, *S]`` (CPU, float32); ``patient_ids`` and ``index`` (dataset indices)
     one per sample; ``method`` the translating method's name when it has one; ``options`` the
-    sampling options used.
+    sampling options used; ``ood`` one :class:`medgen.ood.Verdict` per sample (None when
+    ``predict(..., ood=False)``); ``ood_notes`` the modality check's notes.
     """
 
     outputs: torch.Tensor
@@ -42,9 +49,15 @@ class Predictions:
     index: list[int]
     method: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    ood: list[Any] | None = None
+    ood_notes: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.outputs.shape[0])
+
+    def ood_lines(self) -> list[str]:
+        """:func:`medgen.ood.verdict_line` of every sample (empty without verdicts)."""
+        return [v.line() for v in self.ood or []]
 
 
 def batches(dataset: Any, batch_size: int) -> Iterator[tuple[int, Batch]]:
@@ -113,9 +126,44 @@ def _translate(model: Any, source: torch.Tensor, slicewise: bool, batch_size: in
     return torch.stack(out)
 
 
+def _modality_notes(model: Any, dataset: Any, allow: bool) -> tuple[list[str], str]:
+    """The modality guard of :func:`predict`: ``(notes, data set modality)``; a data set whose phantom /
+    manifest modality differs from the model's is one ``ModalityMismatchError`` line (unless ``allow``)."""
+    from medgen import ood as guard
+    from medgen.config import DataConfig, RunConfig
+
+    cfg, data = getattr(model, "config", None), getattr(dataset, "cfg", None)
+    if not isinstance(cfg, RunConfig) or not isinstance(data, DataConfig):
+        return [], ""
+    code = guard.data_modality(data, getattr(dataset, "source_keys", None))
+    name = str(guard.checkpoint_folder(model) or cfg.name)
+    where = f"{data.phantom or data.manifest or data.dataset} source {data.source}"
+    note = guard.check_modality(code, cfg, allow=allow, how=where, model=name,
+                                override="allow_modality_mismatch=True", what="the data set")
+    return ([note] if note else []), code
+
+
+def _item_modalities(model: Any, batch: Batch, default: str, allow: bool, notes: list[str]) -> list[str]:
+    """Per-item modality (an item's ``modality`` label, else ``default``), each new one checked."""
+    from medgen import ood as guard
+
+    n = len(batch)
+    given = batch.meta.get("modality")
+    mods = [str(m) for m in given] if isinstance(given, (list, tuple)) and len(given) == n else [default] * n
+    cfg = getattr(model, "config", None)
+    for m in dict.fromkeys(mods):
+        if m != default and cfg is not None:
+            note = guard.check_modality(m, cfg, allow=allow, how="item label 'modality'",
+                                        model=str(guard.checkpoint_folder(model) or cfg.name),
+                                        override="allow_modality_mismatch=True", what="a data set item")
+            if note and note not in notes:
+                notes.append(note)
+    return mods
+
+
 def predict(model: Any, dataset: Any, *, batch_size: int = 16, generator: torch.Generator | None = None,
-            seed: int | None = None, slicewise: bool = False, progress: bool = False,
-            **options: Any) -> Predictions:
+            seed: int | None = None, slicewise: bool = False, progress: bool = False, ood: Any = True,
+            allow_modality_mismatch: bool = False, **options: Any) -> Predictions:
     """Translate every item of ``dataset`` with ``model`` (eval mode during the call).
 
     ``dataset[i]`` is a dict with ``source`` ``[C_s, *S]`` and optionally ``patient_id``;
@@ -126,6 +174,15 @@ def predict(model: Any, dataset: Any, *, batch_size: int = 16, generator: torch.
     runs a 2D model on every sagittal slice of volume items ``[C_s, D, H, W]`` (one volume per
     batch, ``batch_size`` slices at a time). ``options`` (sampler, steps, eta, guidance_scale)
     go to ``translate``.
+
+    Out-of-distribution guard (:mod:`medgen.ood`): a data set (its ``cfg`` phantom / manifest:
+    checked before anything is translated) or an item (a ``modality`` label: checked with its
+    batch) of another modality than the model's training data is a one-line
+    :class:`~medgen.ood.ModalityMismatchError` unless
+    ``allow_modality_mismatch=True``; each sample's source (volumes: the middle slice) gets a
+    :class:`~medgen.ood.Verdict` in ``Predictions.ood`` from the model's checkpoint calibration
+    (``ood=`` a :class:`~medgen.ood.Guard` to use another one; ``ood=False`` skips the scores).
+    Computing them draws no random numbers.
     """
     if generator is None and seed is not None:
         generator = torch.Generator().manual_seed(int(seed))
@@ -134,6 +191,8 @@ def predict(model: Any, dataset: Any, *, batch_size: int = 16, generator: torch.
     if isinstance(model, torch.nn.Module):
         model.eval()
     outputs, ids, index = [], [], []
+    notes, modality = _modality_notes(model, dataset, allow_modality_mismatch)
+    verdicts: list[Any] | None = None if ood is False else []
     it = batches(dataset, 1 if slicewise else batch_size)
     if progress:
         from tqdm.auto import tqdm
@@ -142,6 +201,11 @@ def predict(model: Any, dataset: Any, *, batch_size: int = 16, generator: torch.
     try:
         for start, batch in it:
             batch = batch if device is None else batch.to(device)
+            mods = _item_modalities(model, batch, modality, allow_modality_mismatch, notes)
+            if verdicts is not None:
+                from medgen import ood as guard
+
+                verdicts += guard.assess(model if ood is True else ood, batch.source, modality=mods, notes=notes)
             cond = conditions(model, batch, dataset, start)
             pred = _translate(model, batch.source, slicewise, batch_size, generator, options, cond)
             outputs.append(pred.detach().float().cpu())
@@ -154,4 +218,4 @@ def predict(model: Any, dataset: Any, *, batch_size: int = 16, generator: torch.
     if not outputs:
         raise ValueError("predict: the dataset is empty")
     method = getattr(getattr(model, "config", None), "method", None)
-    return Predictions(torch.cat(outputs), ids, index, method, dict(options))
+    return Predictions(torch.cat(outputs), ids, index, method, dict(options), verdicts, notes)

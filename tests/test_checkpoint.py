@@ -278,7 +278,8 @@ def test_export_fp16_is_smaller_loads_and_keeps_outputs(quickstart_run, tmp_path
     cfg, run = quickstart_run
     src = torch.rand(2, 1, 16, 16) * 2 - 1
     out = ck.export_checkpoint(run, tmp_path / "ship" / "quick", verify_source=src)
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "ema.safetensors", "manifest.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "ema.safetensors", "manifest.json",
+                                                     "ood.safetensors"]  # + the out-of-distribution calibration
     original = ck.latest_checkpoint(run)
     assert (out / "ema.safetensors").stat().st_size < 0.6 * (original / "ema.safetensors").stat().st_size
     assert {t.dtype for t in load_file(out / "ema.safetensors").values()} == {torch.float16}
