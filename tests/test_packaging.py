@@ -212,7 +212,7 @@ def test_readme_cli_examples_parse() -> None:
                 if line.startswith("medgen ")]
     commands = {shlex.split(e)[1] for e in examples}
     assert commands == {"train", "sample", "evaluate", "generate", "reconstruct", "reproduce", "demo", "phantoms",
-                        "export"}
+                        "export", "upgrade"}
     parser = build_parser()
     for example in examples:
         parser.parse_args(shlex.split(example)[1:])  # exits (fails the test) on a stale option
