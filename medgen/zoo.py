@@ -112,15 +112,15 @@ def shipped(cfg: RunConfig, root: str | os.PathLike | None = None) -> Path | Non
     return None
 
 
-def _key(cfg: RunConfig, root: str | os.PathLike | None, retrain: bool,
+def _key(cfg: RunConfig, folder: Path | None, root: str | os.PathLike | None,
          runs: str | os.PathLike | None = None) -> tuple[str, str]:
-    folder = None if retrain else shipped(cfg, root)
+    """The memory key of a model: its shipped ``folder`` (or the runs folder) and its config hash."""
     return (str(folder) if folder is not None else str(runs_root(root, runs).resolve()), config_hash(cfg))
 
 
 def is_loaded(cfg: RunConfig, root: str | os.PathLike | None = None, *, runs: str | os.PathLike | None = None) -> bool:
     """Whether :func:`resolve` with ``keep=True`` (and the same ``root`` / ``runs``) already holds this model."""
-    return _key(cfg, root, retrain_requested(), runs) in _MEMORY
+    return _key(cfg, None if retrain_requested() else shipped(cfg, root), root, runs) in _MEMORY
 
 
 def describe(cfg: RunConfig, root: str | os.PathLike | None = None) -> str:
@@ -161,11 +161,11 @@ def resolve(cfg: RunConfig, *, root: str | os.PathLike | None = None, progress: 
     from medgen.train import run_dir_for, train_or_load
 
     retrain = retrain_requested() if retrain is None else bool(retrain)
-    key = _key(cfg, root, retrain, runs)
+    folder = None if retrain else shipped(cfg, root)  # read once: it scans every shipped config
+    key = _key(cfg, folder, root, runs)
     with _LOCK:
         if key in _MEMORY:
             return _MEMORY[key]
-        folder = None if retrain else shipped(cfg, root)
         parents = (resolve_parents(cfg, root=root, runs=runs, progress=progress, retrain=retrain)
                    if _is_staged(cfg) else None)
         if folder is not None:
