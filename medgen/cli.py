@@ -196,9 +196,8 @@ def _check_input_modalities(args: argparse.Namespace, cfg: RunConfig, notes: lis
     model = args.checkpoint or f"{args.task} at `{args.preset}`"
     codes = []
     for path in args.input:
-        code, how = ood.input_modality(path)
         what = "input" if len(args.input) == 1 else f"input {Path(path).name}"
-        note = ood.check_modality(code, cfg, allow=args.allow_modality_mismatch, how=how, model=model, what=what)
+        code, note = ood.check_input(path, cfg, allow=args.allow_modality_mismatch, model=model, what=what)
         if note:
             notes.append(note)
         codes.append(code)
@@ -209,7 +208,10 @@ def _verdict_line(model: Any, image: Any, modality: str) -> str:
     """``medgen: within / outside the training distribution (score s, threshold t)`` (for stderr)."""
     from medgen import ood
 
-    verdict = ood.assess_image(model, image, modality=modality)
+    return _verdict_text(ood.assess_image(model, image, modality=modality))
+
+
+def _verdict_text(verdict: Any) -> str:
     return f"{PROG}: {'warning: input ' if verdict.outside else ''}{verdict.line()}"
 
 
@@ -296,7 +298,9 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     folder, metrics = reconstruct_command(
         cfg, load_model, operator=args.operator, out=args.out, measurement=args.measurement, image=args.input,
         noise=args.noise, scale=args.scale, samples=args.samples, seed=args.seed, sampler=args.sampler, eta=args.eta,
-        note=_note)
+        note=_note, allow_modality_mismatch=args.allow_modality_mismatch,
+        model_name=args.checkpoint or f"{args.task} at `{args.preset}`",
+        verdict=lambda v: print(_verdict_text(v), file=sys.stderr))
     print(folder)
     if metrics:
         print(f"PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.4f} (mean of {args.samples} samples vs --input)")

@@ -144,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "its preset; required for other models)")
     p.add_argument("--samples", type=int, default=4, help="posterior samples behind the mean / SD (default: 4)")
     p.add_argument("--out", required=True, help="folder for mean / sd (.png, .npy), samples.npy, measurement.npy")
+    p.add_argument("--allow-modality-mismatch", action="store_true",
+                   help="reconstruct from an --input whose DICOM Modality differs from the one the prior was "
+                        "trained on (refused by default)")
     _sampling_options(p, guidance=False)
 
     p = sub.add_parser("export", help="write a slim, shippable copy of a trained checkpoint (sampling weights only)")

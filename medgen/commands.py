@@ -354,12 +354,24 @@ def generate_command(cfg: RunConfig, load_model: Callable[[], Any], *, n: int, o
 def reconstruct_command(cfg: RunConfig, load_model: Callable[[], Any], *, operator: str, out: Any,
                         measurement: Any = None, image: Any = None, noise: float | None = None,
                         scale: float | None = None, samples: int = 4, seed: int = 0, sampler: str | None = None,
-                        eta: float | None = None, note: Callable[[str], None] = print) -> tuple[Any, dict[str, float]]:
-    """``medgen reconstruct`` after parsing: the measurement (:func:`prepare_measurement`), the scale
-    (``scale`` or :func:`default_dps_scale`) and the folder ``out`` before ``load_model()`` runs, then
-    :func:`reconstruct_measurement`; ``note`` hears the input's notes and the settings.
+                        eta: float | None = None, note: Callable[[str], None] = print,
+                        allow_modality_mismatch: bool = False, model_name: str | None = None,
+                        verdict: Callable[[Any], None] | None = None) -> tuple[Any, dict[str, float]]:
+    """``medgen reconstruct`` after parsing: the modality guard on ``image``
+    (:func:`medgen.ood.check_input`: another modality than the prior's is one line naming both, unless
+    ``allow_modality_mismatch``; ``model_name`` names the prior in it), the measurement
+    (:func:`prepare_measurement`), the scale (``scale`` or :func:`default_dps_scale`) and the folder ``out``
+    before ``load_model()`` runs, then :func:`reconstruct_measurement`; ``note`` hears the input's notes and
+    the settings, ``verdict`` the :class:`~medgen.ood.Verdict` of ``image`` against the prior's training
+    distribution (a ``measurement`` is not an image of it: not assessed, saying so).
     Returns ``(folder, {"psnr": ..., "ssim": ...} or {})``."""
+    from medgen import ood
+
     notes: list[str] = []
+    code = ""
+    if image is not None:
+        code, guard_note = ood.check_input(image, cfg, allow=allow_modality_mismatch, model=model_name)
+        notes += [guard_note] if guard_note else []
     op, y, truth = prepare_measurement(cfg, operator, measurement=measurement, image=image, noise=noise, seed=seed,
                                        notes=notes)
     used = default_dps_scale(cfg, operator) if scale is None else float(scale)
@@ -369,7 +381,12 @@ def reconstruct_command(cfg: RunConfig, load_model: Callable[[], Any], *, operat
     for text in [*notes, f"DPS scale {used:g}{' (tuned for this prior)' if scale is None else ''}, {samples} "
                  f"samples, {cfg.sample.steps} steps; PNG {gray_meaning(cfg)}"]:
         note(text)
-    metrics = reconstruct_measurement(load_model(), op, y, folder, scale=used, samples=samples, truth=truth,
+    model = load_model()
+    if verdict is not None:
+        verdict(ood.assess(model, truth, modality=code)[0] if truth is not None else ood.not_assessed(
+            "a measurement is not an image of the prior's kind: pass --input to check the image it came from",
+            trained_modality=ood.trained_modality(cfg)[0]))
+    metrics = reconstruct_measurement(model, op, y, folder, scale=used, samples=samples, truth=truth,
                                       seed=seed, options=reconstruct_options(cfg, sampler=sampler, eta=eta))
     return folder, metrics
 

@@ -58,9 +58,30 @@ def test_reconstruct_input_writes_maps_and_prints_psnr(tmp_path: Path, lung_png:
                                                  "samples.npy", "measurement.npy"}
     mean, sd, samples = (np.load(folder / f"{n}.npy") for n in ("mean", "sd", "samples"))
     assert mean.shape == sd.shape == (64, 64) and samples.shape == (2, 64, 64)
+    assert "medgen: within the training distribution (score" in err  # a lung phantom test section
     np.testing.assert_allclose(mean, samples.mean(0), atol=1e-6)
     np.testing.assert_allclose(sd, samples.std(0), atol=1e-6)
     assert np.load(folder / "measurement.npy").shape == (64, 32)
+
+
+def test_reconstruct_input_of_another_modality_is_refused_unless_allowed(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """The guard on ``reconstruct --input`` (issue 14): the prior was trained on lung CT sections; a real MR
+    DICOM is refused in one line before any work, and with the override it runs and is flagged outside."""
+    import pydicom.data
+
+    mr = pydicom.data.get_testdata_file("MR_small.dcm")
+    common = ("reconstruct", "--checkpoint", PRIOR, "--operator", "us_linear", "--samples", "1", *FAST,
+              "--input", mr)
+    code, _, err = run_cli(capsys, *common, "--out", str(tmp_path / "r"))
+    assert_one_line_error(code, err, f"input is MR (DICOM Modality) but {PRIOR} was trained on CT (ct)",
+                          "--allow-modality-mismatch")
+    assert not (tmp_path / "r").exists()
+    code, out, err = run_cli(capsys, *common, "--allow-modality-mismatch", "--out", str(tmp_path / "r"))
+    assert code == 0, err
+    assert "medgen: note: modality mismatch allowed: input is MR" in err
+    assert "medgen: warning: input outside the training distribution (score" in err
+    assert (tmp_path / "r" / "mean.npy").is_file()
 
 
 def test_reconstruct_measurement_right_and_wrong_shape(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -71,6 +92,7 @@ def test_reconstruct_measurement_right_and_wrong_shape(tmp_path: Path, capsys: p
                              "--out", str(tmp_path / "r"))
     assert code == 0, err
     assert out.strip() == str(tmp_path / "r") and "PSNR" not in out  # no truth, no metrics
+    assert "training distribution not assessed: a measurement is not an image" in err
     assert np.load(tmp_path / "r" / "samples.npy").shape == (1, 64, 64)
     assert not (tmp_path / "r" / "truth.png").exists()
     code, _, err = run_cli(capsys, *common, "--measurement", str(tmp_path / "bad.npy"), "--out", str(tmp_path / "b"))

@@ -1,4 +1,4 @@
-"""The out-of-distribution guard (issue 14.1, medgen/ood.py): modality refusal, calibrated score, upgrade.
+"""The out-of-distribution guard (issue 14.1, medgen/ood/): modality refusal, calibrated score, upgrade.
 
 The shipped-checkpoint test at the end feeds every real pydicom test image to the shipped T2w
 MRI->CT checkpoint and to the lung prior and measures the false-alarm rate on the checkpoints' own
@@ -217,7 +217,7 @@ def test_re_export_of_a_calibrated_checkpoint_copies_its_calibration(exported, t
     from medgen.checkpoint import export_checkpoint, read_manifest
 
     _, folder = exported
-    monkeypatch.setattr(ood, "calibrate", lambda *a, **k: pytest.fail("recomputed"))
+    monkeypatch.setattr(ood.calibration, "calibrate", lambda *a, **k: pytest.fail("recomputed"))
     again = export_checkpoint(folder, tmp_path / "again")
     assert (again / ood.OOD_FILE).read_bytes() == (folder / ood.OOD_FILE).read_bytes()
     assert read_manifest(again)["ood"] == read_manifest(folder)["ood"]
