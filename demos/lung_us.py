@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from demos import ui
-from demos.lung_us_display import OOD_NOTE, done_status, galleries, input_status, metrics_markdown
+from demos.lung_us_display import done_status, galleries, input_status, metrics_markdown
 from demos.lung_us_display import readout_markdown, show_measurement
 from demos.ui import DemoError, error_status, md, one_line
 from medgen import zoo
@@ -49,7 +49,7 @@ from medgen.data.io import DICOM_SUFFIXES, MAX_BYTES, SUFFIXES
 
 __all__ = ["Tab", "build_tab", "LungInput", "Measurement", "load_phantom", "load_upload", "load_measurement",
            "simulate_measurement", "stream_dps", "check_reconstruct", "check_generate", "prior_config",
-           "reference_set", "memorization_readout", "OPERATOR_LABELS", "PIXEL_SPACE", "OOD_NOTE"]
+           "reference_set", "memorization_readout", "OPERATOR_LABELS", "PIXEL_SPACE", "MEASUREMENT_NOT_ASSESSED"]
 
 LOG = logging.getLogger(__name__)
 TAB = "lung-us"  # output folder name (demos.ui.out_dir)
@@ -70,6 +70,8 @@ PIXEL_SPACE = "pixels"  # medgen.metrics.features' pixel space: the image itself
 UPLOAD_TYPES = list(SUFFIXES) + list(DICOM_SUFFIXES) + [".nii", ".gz"]
 HU_NOTE = "CT in HU mapped by the phantoms' fixed CT map"  # read_sample_input's note for HU volumes
 show_image = ui.show_model  # [S, S] model range -> enlarged uint8 gray (the lung window [-1000, 600] HU)
+MEASUREMENT_NOT_ASSESSED = ("an uploaded measurement is not an image of the prior's kind; upload the image it came "
+                            "from to check that")
 
 
 @dataclass
@@ -82,6 +84,8 @@ class LungInput:
     lung_mask: np.ndarray | None = None
     aeration: float | None = None  # the phantom's own (exact) aeration
     notes: list[str] = field(default_factory=list)
+    modality: str = ""  # DICOM Modality of an upload ("" unknown / phantom)
+    guard_note: str = ""  # the modality guard's note (unknown modality, override used), shown with the verdict
 
 
 @dataclass
@@ -147,9 +151,17 @@ def load_upload(path: str | os.PathLike, size: int) -> LungInput:
     return LungInput(x.astype(np.float32), Path(path).name, False, notes=notes)
 
 
-def resolve_input(upload: str | None, subject: Any, size: int) -> LungInput:
-    """The uploaded image if any, else the phantom."""
-    return load_upload(upload, size) if upload else load_phantom(subject, size)
+def resolve_input(upload: str | None, subject: Any, size: int, cfg: Any = None, allow: Any = False) -> LungInput:
+    """The uploaded image if any -- with ``cfg`` (the prior's config) through the modality guard
+    (:func:`demos.ui.check_upload`: not a CT section is refused in one line unless ``allow``) -- else the phantom."""
+    if not upload:
+        return load_phantom(subject, size)
+    inp = load_upload(upload, size)
+    if cfg is not None:
+        inp.modality, note = ui.check_upload(upload, cfg, allow, "the lung prior")
+        inp.guard_note = note or ""
+        inp.notes += [note] if note else []
+    return inp
 
 
 def simulate_measurement(inp: LungInput, operator: str, noise: Any, seed: Any) -> Measurement:
@@ -175,11 +187,12 @@ def load_measurement(path: str | os.PathLike, operator: str, size: int) -> Measu
 
 
 def resolve_measurement(image_upload: str | None, subject: Any, operator: Any, noise: Any, seed: Any,
-                        measurement_upload: str | None, size: int) -> Measurement:
-    """The uploaded measurement if any, else the simulated one of the truth (upload or phantom)."""
+                        measurement_upload: str | None, size: int, cfg: Any = None, allow: Any = False) -> Measurement:
+    """The uploaded measurement if any, else the simulated one of the truth (upload -- guarded as in
+    :func:`resolve_input` -- or phantom)."""
     if measurement_upload:
         return load_measurement(measurement_upload, operator, size)
-    return simulate_measurement(resolve_input(image_upload, subject, size), operator, noise, seed)
+    return simulate_measurement(resolve_input(image_upload, subject, size, cfg, allow), operator, noise, seed)
 
 
 # --------------------------------------------------------------------------------------
@@ -355,40 +368,62 @@ class Tab:
         return (f"Prior: {self.describe()}; sampler {self.sampling}. Pick a phantom or upload a lung image and "
                 "press Reconstruct: it simulates the measurement unless you upload one (Simulate only shows it).")
 
-    def on_input(self, upload: str | None, subject: Any) -> tuple[Any, str]:
-        """Show the truth -> (truth image, status)."""
+    def assess(self, m: LungInput | Measurement, model: Any = None) -> Any:
+        """The training-distribution :class:`~medgen.ood.Verdict` of a truth (a measurement: its truth; an
+        uploaded one is not assessed) against ``model`` (default: the prior when loaded or shipped); None
+        when the prior is not loaded yet (the verdict then comes with the reconstruction)."""
+        from medgen import ood
+
+        inp = m.truth if isinstance(m, Measurement) else m
+        if inp is None:
+            return ood.not_assessed(MEASUREMENT_NOT_ASSESSED)
+        if model is None and (zoo.is_loaded(self.config, self.root, runs=self.runs)
+                              or zoo.shipped(self.config, self.root) is not None):
+            model = self.model()
+        notes = [inp.guard_note] if inp.guard_note else []
+        return None if model is None else ui.assess(model, inp.x, inp.modality, notes)
+
+    def on_input(self, upload: str | None, subject: Any, allow: Any = False) -> tuple[Any, str, str]:
+        """Show the truth -> (truth image, status, verdict)."""
         try:
-            inp = resolve_input(upload, subject, self.size)
-        except (ValueError, KeyError) as exc:  # DemoError, ImageReadError, PhantomError
-            return None, error_status(one_line(exc))
-        return show_image(inp.x), input_status(inp, self.size)
+            inp = resolve_input(upload, subject, self.size, self.config, allow)
+            verdict = ui.verdict_markdown(self.assess(inp))
+        except (ValueError, KeyError) as exc:  # DemoError, ImageReadError, PhantomError, ModalityMismatchError
+            return None, error_status(one_line(exc)), ""
+        return show_image(inp.x), input_status(inp, self.size), verdict
 
     def simulate(self, upload: str | None, subject: Any, operator: Any, noise: Any, seed: Any,
-                 measurement_upload: str | None) -> tuple[Any, Any, Any, str]:
-        """Simulate (or read) the measurement -> (truth image, measurement image, measurement .npy, status)."""
+                 measurement_upload: str | None, allow: Any = False) -> tuple[Any, Any, Any, str, str]:
+        """Simulate (or read) the measurement -> (truth image, measurement image, measurement .npy, status,
+        verdict)."""
         try:
-            m = resolve_measurement(upload, subject, operator, noise, seed, measurement_upload, self.size)
+            m = resolve_measurement(upload, subject, operator, noise, seed, measurement_upload, self.size,
+                                    self.config, allow)
+            verdict = ui.verdict_markdown(self.assess(m))
         except (ValueError, KeyError) as exc:
-            return None, None, None, error_status(one_line(exc))
+            return None, None, None, error_status(one_line(exc)), ""
         shape = "x".join(str(s) for s in m.y.shape[-2:])
         status = f"Measurement: {md(m.label)}, {shape} entries (display scaled min..max)."
         if m.truth is not None:
             status += "\n\n" + input_status(m.truth, self.size)
         truth = show_image(m.truth.x) if m.truth is not None else None
-        return truth, show_measurement(m.y), ui.save_array(TAB, f"measurement_{m.operator.name}", m.y[0, 0]), status
+        y_file = ui.save_array(TAB, f"measurement_{m.operator.name}", m.y[0, 0])
+        return truth, show_measurement(m.y), y_file, status, verdict
 
     def reconstruct(self, upload: str | None, subject: Any, operator: Any, noise: Any, seed: Any,
                     measurement_upload: str | None, scale: Any, steps: Any, n_samples: Any,
-                    progress: Callable[..., Any] | None = None, every: int | None = None
+                    progress: Callable[..., Any] | None = None, every: int | None = None, *, allow: Any = False
                     ) -> Iterator[tuple[Any, ...]]:
         """Reconstruct handler (a generator) -> (status, truth, measurement, live x0, sample 0, mean, SD map,
-        metrics, samples .npy, measurement .npy). The measurement is simulated here unless one is uploaded
-        (no Simulate needed first). Intermediate yields carry the x0 estimate of sample 0 every ``every``-th
-        step (default :func:`stream_every`) and skip the other outputs. Problems end as one line."""
-        empty = (None,) * 6 + ("", None, None)
+        metrics, samples .npy, measurement .npy, verdict). The measurement is simulated here unless one is
+        uploaded (no Simulate needed first). Intermediate yields carry the x0 estimate of sample 0 every
+        ``every``-th step (default :func:`stream_every`) and skip the other outputs. Problems end as one line.
+        ``allow``: the modality override (an upload that is not a CT section is refused without it)."""
+        empty = (None,) * 6 + ("", None, None, "")
         try:
             s = check_reconstruct(scale, steps, n_samples, seed)
-            m = resolve_measurement(upload, subject, operator, noise, seed, measurement_upload, self.size)
+            m = resolve_measurement(upload, subject, operator, noise, seed, measurement_upload, self.size,
+                                    self.config, allow)
         except (ValueError, KeyError) as exc:
             yield (error_status(one_line(exc)), *empty)
             return
@@ -397,9 +432,10 @@ class Tab:
         y_file = ui.save_array(TAB, f"measurement_{m.operator.name}", m.y[0, 0])
         loading = not zoo.is_loaded(self.config, self.root, runs=self.runs)
         yield (f"Loading the prior ({self.describe()})..." if loading else "Starting guided sampling...", *shown,
-               *([skip] * 6), y_file)
+               *([skip] * 6), y_file, skip)
         try:
             model = self.model(progress)
+            verdict = self.assess(m, model)
         except Exception as exc:  # noqa: BLE001 -- report, never a traceback in the page
             LOG.exception("lung_us model failed")
             yield (error_status(f"the prior could not be loaded: {one_line(exc)}"), *empty)
@@ -409,7 +445,7 @@ class Tab:
             for item in stream_dps(model, m, s, progress, every):
                 if item[0] == "frame":
                     yield (f"Guided sampling: step {item[1]} of {item[2]} (x0 estimate of sample 0)...",
-                           skip, skip, show_image(item[3]), *([skip] * 6))
+                           skip, skip, show_image(item[3]), *([skip] * 7))
                 else:
                     samples = item[1]
         except Exception as exc:  # noqa: BLE001 -- handed to the page as one line
@@ -423,9 +459,10 @@ class Tab:
         x = samples[:, 0, 0].numpy()  # [N, H, W]
         sd_hu = CT.from_model(x).std(0)  # HU by the lung ct modality; population SD, as medgen.inverse.mean_sd_maps
         how = f"scale {s.scale:g}, {s.steps} {dps_sampler()} steps, {len(x)} sample{'s' if len(x) > 1 else ''}"
-        yield (done_status(m, how, s.seed, seconds, self.describe(), float(sd_hu.max())), *shown, show_image(x[0]),
-               show_image(x[0]), show_image(x.mean(0)), ui.show_sd(sd_hu, SD_MAX_HU), table,
-               ui.save_array(TAB, f"reconstruction_{m.operator.name}_seed{s.seed}", x), y_file)
+        yield (done_status(m, how, s.seed, seconds, self.describe(), float(sd_hu.max()), verdict), *shown,
+               show_image(x[0]), show_image(x[0]), show_image(x.mean(0)), ui.show_sd(sd_hu, SD_MAX_HU), table,
+               ui.save_array(TAB, f"reconstruction_{m.operator.name}_seed{s.seed}", x), y_file,
+               ui.verdict_markdown(verdict))
 
     def generate(self, n: Any, steps: Any, seed: Any, space: Any = PIXEL_SPACE,
                  progress: Callable[..., Any] | None = None) -> tuple[Any, ...]:
@@ -484,6 +521,7 @@ def build_tab(preset: str, *, runs_root: str | os.PathLike | None = None, root: 
             show = gr.Button("Show input", elem_id="lus-show")
             upload = gr.File(label="...or upload a lung image (clear it to use the phantom)", file_types=UPLOAD_TYPES,
                              type="filepath", height=110, elem_id="lus-upload")
+            allow = ui.override_checkbox("lus-allow-modality")
         with gr.Column():
             operator = gr.Dropdown([(v, k) for k, v in OPERATOR_LABELS.items()], value="us_linear",
                                    label="Measurement operator", elem_id="lus-operator")
@@ -504,7 +542,9 @@ def build_tab(preset: str, *, runs_root: str | os.PathLike | None = None, root: 
                                   elem_id="lus-samples")
             run_btn = gr.Button("Reconstruct", variant="primary", elem_id="lus-run")
     with gr.Row():
-        truth = ui.image_component("Truth (lung window -1000..600 HU)", "lus-truth")
+        with gr.Column(min_width=200):
+            truth = ui.image_component("Truth (lung window -1000..600 HU)", "lus-truth")
+            verdict = ui.verdict_box("lus-verdict")
         meas = ui.image_component("Measurement y (scaled min..max)", "lus-measurement")
         live = ui.image_component("x0 estimate (live) / first sample", "lus-live")
     with gr.Row():
@@ -535,22 +575,23 @@ def build_tab(preset: str, *, runs_root: str | os.PathLike | None = None, root: 
     readout = gr.Markdown("", elem_id="lus-gen-readout")
 
     def run_fn(up: str | None, subj: Any, op: Any, nz: Any, sd_: Any, mu: str | None, sc: Any, t: Any, n: Any,
-               progress: gr.Progress = gr.Progress(track_tqdm=True)) -> Iterator[tuple[Any, ...]]:
-        yield from tab.reconstruct(up, subj, op, nz, sd_, mu, sc, t, n, progress)
+               a: bool, progress: gr.Progress = gr.Progress(track_tqdm=True)) -> Iterator[tuple[Any, ...]]:
+        yield from tab.reconstruct(up, subj, op, nz, sd_, mu, sc, t, n, progress, allow=a)
 
     def gen_fn(n: Any, t: Any, sd_: Any, sp: Any, progress: gr.Progress = gr.Progress(track_tqdm=True)
                ) -> tuple[Any, ...]:
         return tab.generate(n, t, sd_, sp, progress)
 
-    show.click(tab.on_input, [upload, subject], [truth, status], api_name="lung_us_input")
-    upload.upload(tab.on_input, [upload, subject], [truth, status], api_visibility="private")
-    subject.submit(tab.on_input, [upload, subject], [truth, status], api_visibility="private")
+    shown = [truth, status, verdict]
+    show.click(tab.on_input, [upload, subject, allow], shown, api_name="lung_us_input")
+    for event in (upload.upload, subject.submit, allow.change):
+        event(tab.on_input, [upload, subject, allow], shown, api_visibility="private")
     operator.change(lambda op: tab.dps_scale(op) if op in OPERATOR_LABELS else gr.skip(), operator, scale,
                     api_visibility="private")
-    simulate.click(tab.simulate, [upload, subject, operator, noise, seed, meas_upload],
-                   [truth, meas, meas_file, status], api_name="lung_us_simulate")
-    run_btn.click(run_fn, [upload, subject, operator, noise, seed, meas_upload, scale, steps, n_samples],
-                  [status, truth, meas, live, sample0, mean, sd, metrics, raw, meas_file],
+    simulate.click(tab.simulate, [upload, subject, operator, noise, seed, meas_upload, allow],
+                   [truth, meas, meas_file, status, verdict], api_name="lung_us_simulate")
+    run_btn.click(run_fn, [upload, subject, operator, noise, seed, meas_upload, scale, steps, n_samples, allow],
+                  [status, truth, meas, live, sample0, mean, sd, metrics, raw, meas_file, verdict],
                   api_name="lung_us_reconstruct", show_progress_on=[sample0])
     gen_btn.click(gen_fn, [n_gen, gen_steps, gen_seed, space], [gen_status, gallery, nearest, readout],
                   api_name="lung_us_generate", show_progress_on=[gallery])

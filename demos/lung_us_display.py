@@ -18,25 +18,25 @@ from demos import ui
 from demos.ui import md
 
 __all__ = ["metrics_markdown", "readout_markdown", "input_status", "done_status", "show_measurement", "galleries",
-           "CATEGORY_NOTE", "OOD_NOTE"]
+           "CATEGORY_NOTE"]
 
 LOG = logging.getLogger(__name__)
 CATEGORY_NOTE = "categories 0 (< 60 %), 1 (60-85 %), 2 (>= 85 %)"
-OOD_NOTE = ("**Outside the training distribution:** the prior was trained on simulated lung phantoms only; the "
-            "upload is treated as a CT section in the phantom's window ([-1000, 600] HU).")
 
 
 def input_status(inp: Any, size: int) -> str:
-    """Status Markdown of a ``demos.lung_us.LungInput`` (with the out-of-distribution note for uploads)."""
+    """Status Markdown of a ``demos.lung_us.LungInput`` (its verdict has its own box)."""
     a = f"aeration {inp.aeration:.3f}" if inp.aeration is not None else "aeration estimated from the image"
-    return ui.input_status(inp.label, size, f" ({a})", inp.notes, None if inp.phantom else OOD_NOTE)
+    return ui.input_status(inp.label, size, f" ({a})", inp.notes)
 
 
-def done_status(m: Any, how: str, seed: int, seconds: float, model: str, max_sd_hu: float) -> str:
-    """The status after a reconstruction of measurement ``m`` (a ``demos.lung_us.Measurement``)."""
-    status = (f"Done: DPS with {m.operator.name}, {how}, seed {seed} (noise seed {seed}, sampling seed {seed + 1}), "
-              f"in {seconds:.1f} s ({model}). Max SD {max_sd_hu:.0f} HU.\n\nMeasurement: {md(m.label)}.")
-    return status + ("\n\n" + OOD_NOTE if m.truth is not None and not m.truth.phantom else "")
+def done_status(m: Any, how: str, seed: int, seconds: float, model: str, max_sd_hu: float, verdict: Any) -> str:
+    """The status after a reconstruction of measurement ``m`` (a ``demos.lung_us.Measurement``), with the
+    truth's training-distribution ``verdict`` (:class:`medgen.ood.Verdict`) in one line."""
+    where = f"Truth {md(verdict.line())}."
+    return (f"Done: DPS with {m.operator.name}, {how}, seed {seed} (noise seed {seed}, sampling seed {seed + 1}), "
+            f"in {seconds:.1f} s ({model}). Max SD {max_sd_hu:.0f} HU.\n\nMeasurement: {md(m.label)}.\n\n"
+            + (f"**{where}**" if verdict.outside else where))
 
 
 def show_measurement(y: torch.Tensor) -> np.ndarray:

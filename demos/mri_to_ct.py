@@ -30,8 +30,13 @@ Outputs: the synthesized CT (first sample) in the bone and soft-tissue windows
 (HU) over the samples (the uncertainty of the stochastic DDIM sampler; Pix2Pix is
 deterministic), the CT segmenter's label map on the synthesized CT over it, and -- when a
 reference exists -- per-vertebra Dice (:func:`medgen.experiments.spine_dice.dice_tables`,
-partial vertebrae excluded) beside the Dice of the real registered CT (the ceiling). Uploads
-are outside the phantom training distribution, and the page says so.
+partial vertebrae excluded) beside the Dice of the real registered CT (the ceiling).
+
+Out-of-distribution guard (:mod:`medgen.ood`, through :mod:`demos.ui`): an upload whose DICOM
+Modality is not MR is refused in one line naming both modalities unless the "another modality
+anyway" box is ticked; beside the input image, every input (phantom or upload) gets the
+translator's verdict -- within / outside its training distribution, score and threshold -- as soon
+as the translator is loaded (a shipped one is loaded for it), and the Done line repeats it.
 
 The handlers (:func:`on_upload`, :func:`on_phantom`, :func:`run`) are plain functions of the
 component values (API names ``mri_to_ct_load_upload``, ``mri_to_ct_pick_phantom``,
@@ -52,9 +57,9 @@ import numpy as np
 import torch
 
 from demos import ui
-from demos.ui import DemoError, error_status, one_line
+from demos.ui import DemoError, error_status, md, one_line
 from medgen import zoo
-from medgen.data.io import DICOM_SUFFIXES, MAX_BYTES, SUFFIXES, ImageReadError, window
+from medgen.data.io import DICOM_SUFFIXES, MAX_BYTES, SUFFIXES, window
 
 LOG = logging.getLogger(__name__)
 METHODS = {"ddim_image": "DDIM (image mode)", "pix2pix_unet": "Pix2Pix (UNet)"}  # model -> label
@@ -71,9 +76,6 @@ UPLOAD_MAX_VOXELS = 1 << 25  # largest uploaded volume (voxels)
 OVERLAY_ALPHA = 0.5
 UPLOAD_TYPES = list(SUFFIXES) + list(DICOM_SUFFIXES) + [".nii", ".gz"]
 UPLOAD_CLEARED = "Upload cleared: the phantom is the input again."
-OOD_NOTE = ("**Outside the training distribution:** the models were trained on simulated phantoms only; a real "
-            "MRI differs from them, so the synthesized CT shows what the phantom-trained model makes of it, not a "
-            "trustworthy CT.")
 
 
 @dataclass
@@ -88,6 +90,8 @@ class SpineInput:
     labels_mri: np.ndarray | None = None  # label map in the MRI frame (the synthesized CT's reference)
     include: np.ndarray | None = None  # [10] bool: complete vertebrae (scored)
     notes: list[str] = field(default_factory=list)
+    modality: str = ""  # DICOM Modality of an upload ("" unknown / phantom)
+    guard_note: str = ""  # the modality guard's note (unknown modality, override used), shown with the verdict
 
 
 # --------------------------------------------------------------------------------------
@@ -189,6 +193,16 @@ def resolve_input(upload: str | None, subject: Any, segment: Any, contrast: Any,
     if upload:
         return load_upload(upload, size)
     return load_phantom(subject, segment, contrast, size)
+
+
+def guard_upload(inp: SpineInput, path: str | None, cfg: Any, allow: Any, model: str) -> SpineInput:
+    """The modality guard on an upload (:func:`demos.ui.check_upload`): its Modality and note recorded on
+    ``inp``; another modality than the model's raises one line unless ``allow``. A phantom passes."""
+    if path:
+        inp.modality, note = ui.check_upload(path, cfg, allow, model)
+        inp.guard_note = note or ""
+        inp.notes += [note] if note else []
+    return inp
 
 
 # --------------------------------------------------------------------------------------
@@ -326,9 +340,9 @@ def show_overlay(ct_hu: np.ndarray, labels: np.ndarray, reference: np.ndarray | 
 # Handlers
 # --------------------------------------------------------------------------------------
 def _input_status(inp: SpineInput, size: int) -> str:
-    """Markdown: the input, the out-of-distribution warning for uploads, one line per note."""
+    """Markdown: the input, one line per note (the training-distribution verdict has its own box)."""
     ref = "with reference CT and labels" if inp.phantom else "no reference CT (Dice needs a phantom)"
-    return ui.input_status(inp.label, size, f", {ref}", inp.notes, None if inp.phantom else OOD_NOTE)
+    return ui.input_status(inp.label, size, f", {ref}", inp.notes)
 
 
 class Tab:
@@ -360,26 +374,45 @@ class Tab:
         return int(self.config(method if method in self.methods else self.methods[0],
                                contrast if contrast in CONTRASTS else "t2w").data.image_size)
 
-    def on_upload(self, path: str | None, method: str, contrast: str) -> tuple[Any, Any, str]:
-        """Upload handler -> (input preview, reference (none for uploads), status)."""
+    def label(self, method: str, contrast: str) -> str:
+        """How the guard's lines name the translator: ``"the DDIM (image mode) T2w model"``."""
+        return f"the {METHODS.get(method, method)} {CONTRASTS.get(contrast, contrast)} model"
+
+    def assess(self, inp: SpineInput, method: str, contrast: str, model: Any = None) -> Any:
+        """The input's training-distribution :class:`~medgen.ood.Verdict` against ``model`` (default: the
+        translator, when it is loaded or shipped -- loading takes a second); None when the model is not
+        loaded yet (the verdict then comes with the translation)."""
+        if model is None and method in self.methods and contrast in CONTRASTS:
+            cfg = self.config(method, contrast)
+            if self.is_loaded(method, contrast) or zoo.shipped(cfg, self.root) is not None:
+                model = self.model(method, contrast)
+        notes = [inp.guard_note] if inp.guard_note else []
+        return None if model is None else ui.assess(model, inp.mri, inp.modality, notes)
+
+    def on_upload(self, path: str | None, method: str, contrast: str, allow: Any = False) -> tuple[Any, Any, str, str]:
+        """Upload handler -> (input preview, reference (none for uploads), status, verdict)."""
         if not path:
-            return None, None, UPLOAD_CLEARED
+            return None, None, UPLOAD_CLEARED, ""
         try:
             size = self.size(method, contrast)
-            inp = load_upload(path, size)
-        except (ImageReadError, DemoError) as exc:
-            return None, None, error_status(one_line(exc))
-        return ui.show_model(inp.mri), None, _input_status(inp, size)
+            inp = guard_upload(load_upload(path, size), path, self.config(method, contrast), allow,
+                               self.label(method, contrast))
+            verdict = ui.verdict_markdown(self.assess(inp, method, contrast))
+        except (ValueError, KeyError) as exc:  # ImageReadError, DemoError, ModalityMismatchError
+            return None, None, error_status(one_line(exc)), ""
+        return ui.show_model(inp.mri), None, _input_status(inp, size), verdict
 
-    def on_phantom(self, subject: Any, segment: Any, contrast: str, method: str) -> tuple[Any, Any, Any, str]:
+    def on_phantom(self, subject: Any, segment: Any, contrast: str, method: str) -> tuple[Any, Any, Any, str, str]:
         """Phantom handler -> (upload (cleared: the phantom becomes the input), input preview,
-        reference CT (bone window), status)."""
+        reference CT (bone window), status, verdict)."""
         try:
             size = self.size(method, contrast)
             inp = load_phantom(subject, segment, contrast, size)
+            verdict = ui.verdict_markdown(self.assess(inp, method, contrast))
         except (ValueError, KeyError) as exc:  # DemoError, PhantomError, RegistrationError
-            return gr.skip(), None, None, error_status(one_line(exc))
-        return None, ui.show_model(inp.mri), show_window(inp.reference_ct, "bone"), _input_status(inp, size)
+            return gr.skip(), None, None, error_status(one_line(exc)), ""
+        return (None, ui.show_model(inp.mri), show_window(inp.reference_ct, "bone"), _input_status(inp, size),
+                verdict)
 
     def status(self) -> str:
         """The models' one-line status (shown when the page loads)."""
@@ -389,21 +422,24 @@ class Tab:
 
     def run(self, upload: str | None, subject: Any, segment: Any, contrast: Any, method: Any, steps: Any,
             eta: Any, guidance: Any, n_samples: Any, seed: Any,
-            progress: Callable[..., Any] | None = None) -> Iterator[tuple[Any, ...]]:
+            progress: Callable[..., Any] | None = None, *, allow: Any = False) -> Iterator[tuple[Any, ...]]:
         """Run handler (a generator) -> (status, input, CT bone, CT soft tissue, reference, overlay,
-        Dice, mean, SD, raw samples). Problems end as one line; the outputs are cleared."""
-        empty = (None,) * 5 + ("", None, None, None)
+        Dice, mean, SD, raw samples, verdict). Problems end as one line; the outputs are cleared. ``allow``:
+        the modality override (an upload of another modality is refused without it)."""
+        empty = (None,) * 5 + ("", None, None, None, "")
         try:
             s = check_settings(self.methods, method, contrast, steps, eta, guidance, n_samples, seed)
             size = self.size(s.method, s.contrast)
-            inp = resolve_input(upload, subject, segment, s.contrast, size)
-        except (ValueError, KeyError) as exc:  # DemoError, ImageReadError, PhantomError, RegistrationError
+            inp = guard_upload(resolve_input(upload, subject, segment, s.contrast, size), upload,
+                               self.config(s.method, s.contrast), allow, self.label(s.method, s.contrast))
+        except (ValueError, KeyError) as exc:  # DemoError, ImageReadError, PhantomError, ModalityMismatchError
             yield (error_status(one_line(exc)), *empty)
             return
         if not (self.is_loaded(s.method, s.contrast) and self.is_loaded("segmenter")):
-            yield (f"Loading the models ({self.describe(s.method, s.contrast)})...", *([gr.skip()] * 9))
+            yield (f"Loading the models ({self.describe(s.method, s.contrast)})...", *([gr.skip()] * 10))
         try:
             model = self.model(s.method, s.contrast, progress)
+            verdict = self.assess(inp, s.method, s.contrast, model)
             segmenter = self.model("segmenter", None, progress)
             start = time.perf_counter()
             ct = translate(model, inp.mri, s, progress)
@@ -415,15 +451,17 @@ class Tab:
             LOG.exception("mri_to_ct run failed")
             yield (error_status(f"the model failed: {one_line(exc)}"), *empty)
             return
-        yield (self._done_status(s, inp, size, len(ct), seconds, ct), ui.show_model(inp.mri),
+        yield (self._done_status(s, inp, size, len(ct), seconds, ct, verdict), ui.show_model(inp.mri),
                show_window(ct[0], "bone"),
                show_window(ct[0], "soft_tissue"),
                show_window(inp.reference_ct, "bone") if inp.reference_ct is not None else None,
                show_overlay(ct[0], labels[0], inp.labels_mri), dice, show_window(ct.mean(0), "bone"),
                ui.show_sd(ct.std(0, ddof=1) if len(ct) > 1 else np.zeros_like(ct[0]), SD_MAX_HU),
-               ui.save_array("mri-to-ct", f"synthesized_ct_{s.method}_{s.contrast}_seed{s.seed}", ct))
+               ui.save_array("mri-to-ct", f"synthesized_ct_{s.method}_{s.contrast}_seed{s.seed}", ct),
+               ui.verdict_markdown(verdict))
 
-    def _done_status(self, s: Settings, inp: SpineInput, size: int, n: int, seconds: float, ct: np.ndarray) -> str:
+    def _done_status(self, s: Settings, inp: SpineInput, size: int, n: int, seconds: float, ct: np.ndarray,
+                     verdict: Any) -> str:
         if s.method in STOCHASTIC:
             how = f"{s.steps} steps, eta {s.eta:g}, w {s.guidance:g}, {n} sample{'s' if n > 1 else ''}, seed {s.seed}"
         else:
@@ -431,7 +469,8 @@ class Tab:
         sd = f" Max SD over the samples: {ct.std(0, ddof=1).max():.0f} HU." if n > 1 else ""
         head = (f"Done: {METHODS[s.method]} from {CONTRASTS[s.contrast]}, {how}, in {seconds:.1f} s "
                 f"({self.describe(s.method, s.contrast)}).{sd}")
-        return head + "\n\n" + _input_status(inp, size)
+        where = f"**Input {md(verdict.line())}.**" if verdict.outside else f"Input {md(verdict.line())}."
+        return head + "\n\n" + where + "\n\n" + _input_status(inp, size)
 
 
 # --------------------------------------------------------------------------------------
@@ -464,6 +503,7 @@ def build_tab(preset: str, *, runs_root: str | os.PathLike | None = None,
             pick = gr.Button("Show this phantom", elem_id="m2c-pick")
             upload = gr.File(label="...or upload a sagittal MRI slice (clear it to use the phantom)",
                              file_types=UPLOAD_TYPES, type="filepath", height=110, elem_id="m2c-upload")
+            allow = ui.override_checkbox("m2c-allow-modality")
         with gr.Column(elem_id="m2c-settings"):
             method = gr.Dropdown([(METHODS[m], m) for m in tab.methods], value=tab.methods[0], label="Method",
                                  elem_id="m2c-method")
@@ -478,7 +518,9 @@ def build_tab(preset: str, *, runs_root: str | os.PathLike | None = None,
             seed = gr.Number(0, precision=0, minimum=0, label="Seed", elem_id="m2c-seed")
             run_btn = gr.Button("Translate", variant="primary", elem_id="m2c-run")
     with gr.Row():
-        preview = ui.image_component("MRI input (model size)", "m2c-input")
+        with gr.Column(min_width=200):
+            preview = ui.image_component("MRI input (model size)", "m2c-input")
+            verdict = ui.verdict_box("m2c-verdict")
         ct_bone = ui.image_component("Synthesized CT, bone window (W 1800 / L 400)", "m2c-ct-bone")
         ct_soft = ui.image_component("Synthesized CT, soft-tissue window (W 400 / L 40)", "m2c-ct-soft")
         reference = ui.image_component("Reference: registered phantom CT (bone window)", "m2c-reference")
@@ -490,27 +532,31 @@ def build_tab(preset: str, *, runs_root: str | os.PathLike | None = None,
         dice = gr.Markdown("", elem_id="m2c-dice")
         raw = gr.File(label="Synthesized CTs [n, S, S] in HU (.npy)", interactive=False, elem_id="m2c-download")
 
-    def upload_fn(path: str | None, m: str, c: str) -> tuple[Any, Any, str]:
-        return tab.on_upload(path, m, c)
+    def upload_fn(path: str | None, m: str, c: str, a: bool) -> tuple[Any, Any, str, str]:
+        return tab.on_upload(path, m, c, a)
 
-    def phantom_fn(subj: Any, seg: Any, c: str, m: str) -> tuple[Any, Any, Any, str]:
+    def phantom_fn(subj: Any, seg: Any, c: str, m: str) -> tuple[Any, Any, Any, str, str]:
         return tab.on_phantom(subj, seg, c, m)
 
     def run_fn(up: str | None, subj: Any, seg: Any, c: str, m: str, t: Any, e: Any, w: Any, n: Any, sd_: Any,
-               progress: gr.Progress = gr.Progress(track_tqdm=True)) -> Iterator[tuple[Any, ...]]:
-        yield from tab.run(up, subj, seg, c, m, t, e, w, n, sd_, progress)
+               a: bool, progress: gr.Progress = gr.Progress(track_tqdm=True)) -> Iterator[tuple[Any, ...]]:
+        yield from tab.run(up, subj, seg, c, m, t, e, w, n, sd_, progress, allow=a)
 
     results = [ct_bone, ct_soft, overlay, dice, mean, sd, raw]
     clear = (lambda: (None, None, None, "", None, None, None), None, results)  # a new input: old results go
-    upload.upload(upload_fn, [upload, method, contrast], [preview, reference, status],
+    upload_outputs = [preview, reference, status, verdict]
+    upload.upload(upload_fn, [upload, method, contrast, allow], upload_outputs,
                   api_name="mri_to_ct_load_upload").then(*clear, api_visibility="private")
-    upload.clear(lambda: (None, None, UPLOAD_CLEARED), None, [preview, reference, status], api_visibility="private")
-    phantom_inputs, phantom_outputs = [subject, segment_, contrast, method], [upload, preview, reference, status]
+    allow.change(lambda p, m, c, a: tab.on_upload(p, m, c, a) if p else (gr.skip(),) * 4,  # recheck an upload
+                 [upload, method, contrast, allow], upload_outputs, api_visibility="private")
+    upload.clear(lambda: (None, None, UPLOAD_CLEARED, ""), None, upload_outputs, api_visibility="private")
+    phantom_inputs = [subject, segment_, contrast, method]
+    phantom_outputs = [upload, preview, reference, status, verdict]
     pick.click(phantom_fn, phantom_inputs, phantom_outputs, api_name="mri_to_ct_pick_phantom").then(
         *clear, api_visibility="private")
     for event in (subject.submit, segment_.release):
         event(phantom_fn, phantom_inputs, phantom_outputs, api_visibility="private").then(
             *clear, api_visibility="private")
-    run_btn.click(run_fn, [upload, subject, segment_, contrast, method, steps, eta, guidance, n_samples, seed],
-                  [status, preview, ct_bone, ct_soft, reference, overlay, dice, mean, sd, raw],
+    run_btn.click(run_fn, [upload, subject, segment_, contrast, method, steps, eta, guidance, n_samples, seed, allow],
+                  [status, preview, ct_bone, ct_soft, reference, overlay, dice, mean, sd, raw, verdict],
                   api_name="mri_to_ct_run", show_progress_on=[ct_bone])

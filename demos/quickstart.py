@@ -29,6 +29,7 @@ import gradio as gr
 import numpy as np
 import torch
 
+from demos import ui
 from demos.ui import DemoError, error_status, gray, image_component, input_status, md, one_line, out_dir, train_preset
 from medgen import zoo
 from medgen.config import ConfigError, RunConfig, get_preset
@@ -242,11 +243,13 @@ def first_example(cfg: RunConfig) -> InputImage | None:
 
 def run(cfg: RunConfig, runs: Path | None, upload: str | None, example: str | None, sampler: str, steps: Any,
         eta: Any, seed: Any, progress: Callable[..., Any]) -> Iterator[tuple[Any, ...]]:
-    """Run handler (a generator) -> (status, output, gallery, ground truth, metrics, raw file).
+    """Run handler (a generator) -> (status, output, gallery, ground truth, metrics, raw file, verdict).
 
-    Every problem ends as a one-line status message; the outputs are cleared.
+    Every problem ends as a one-line status message; the outputs are cleared. The verdict
+    (:func:`demos.ui.verdict_markdown`) says whether the input lies within the model's training
+    distribution (a model trained on first use has no calibration until ``medgen upgrade``: not assessed).
     """
-    empty = (None, [], gr.skip(), "", None)
+    empty = (None, [], gr.skip(), "", None, "")
     try:
         settings = check_settings(cfg, sampler, steps, eta, seed)
         inp = resolve_input(cfg, upload, example)
@@ -255,9 +258,10 @@ def run(cfg: RunConfig, runs: Path | None, upload: str | None, example: str | No
         return
     if not zoo.is_loaded(cfg, runs=runs):
         yield (f"Loading the quickstart model ({zoo.describe(cfg)}; trained once if it is not cached yet)...",
-               *([gr.skip()] * 5))
+               *([gr.skip()] * 6))
     try:
         model = zoo.resolve(cfg, runs=runs, keep=True, label="the quickstart model", report=progress)
+        verdict = ui.assess(model, inp.source * 2.0 - 1.0)
         pred, frames = translate(model, inp, *settings, progress=progress)
     except Exception as exc:  # report, never show a traceback in the page
         LOG.exception("quickstart run failed")
@@ -267,7 +271,7 @@ def run(cfg: RunConfig, runs: Path | None, upload: str | None, example: str | No
     status = _input_status(inp, cfg.data.image_size).splitlines()
     status[0] = f"Done: {SAMPLERS[settings[0]]}, {settings[1]} steps, seed {settings[3]}. " + status[0]
     yield ("\n".join(status), gray(out01), frames, gray(inp.target), metrics_markdown(pred[:1], inp),
-           _save_raw(out01, inp, settings[0], settings[1], settings[3]))
+           _save_raw(out01, inp, settings[0], settings[1], settings[3]), ui.verdict_markdown(verdict))
 
 
 # --------------------------------------------------------------------------------------
@@ -291,6 +295,7 @@ class _Components:
     metrics: gr.Markdown
     raw: gr.File
     gallery: gr.Gallery
+    verdict: gr.Markdown
 
 
 def build_tab(preset: str, *, runs_root: str | os.PathLike | None = None) -> None:
@@ -310,8 +315,10 @@ def build_tab(preset: str, *, runs_root: str | os.PathLike | None = None) -> Non
         example, upload = _input_controls(cfg, first.label if first else None)
         sampler, steps, eta, seed, run_btn = _settings(cfg)
     with gr.Row(elem_id="qs-images"):
-        preview = image_component(f"Model input ({size}x{size})", "qs-input", 280,
-                                  gray(first.source) if first else None)
+        with gr.Column(min_width=200):
+            preview = image_component(f"Model input ({size}x{size})", "qs-input", 280,
+                                      gray(first.source) if first else None)
+            verdict = ui.verdict_box("qs-verdict")
         truth = image_component("Ground truth (examples only)", "qs-truth", 280, gray(first.target) if first else None)
         output = image_component(f"Output ({size}x{size})", "qs-output", 280)
     with gr.Row(elem_id="qs-results"):
@@ -321,7 +328,7 @@ def build_tab(preset: str, *, runs_root: str | os.PathLike | None = None) -> Non
                          height="auto", format="png", buttons=["fullscreen"], interactive=False,
                          elem_id="qs-gallery")  # "auto": the row of square tiles is never cut off
     _wire(cfg, runs, _Components(status, example, upload, sampler, steps, eta, seed, run_btn, preview, truth,
-                                 output, metrics, raw, gallery))
+                                 output, metrics, raw, gallery, verdict))
 
 
 def _input_controls(cfg: RunConfig, example_label: str | None) -> tuple[gr.Dropdown, gr.File]:
@@ -364,9 +371,9 @@ def _config(preset: str) -> RunConfig:
         raise ConfigError(f"quickstart preset '{preset}': {one_line(exc)}") from None
 
 
-def _clear_outputs() -> tuple[None, list, str, None]:
-    """A new input invalidates the last output, gallery, metrics and download."""
-    return None, [], "", None
+def _clear_outputs() -> tuple[None, list, str, None, str]:
+    """A new input invalidates the last output, gallery, metrics, download and verdict."""
+    return None, [], "", None, ""
 
 
 def _wire(cfg: RunConfig, runs: Path | None, c: _Components) -> None:
@@ -382,7 +389,7 @@ def _wire(cfg: RunConfig, runs: Path | None, c: _Components) -> None:
                seed_value: float, progress: gr.Progress = gr.Progress(track_tqdm=True)) -> Iterator[tuple[Any, ...]]:
         yield from run(cfg, runs, upload_path, label, sampler_name, n_steps, eta_value, seed_value, progress)
 
-    results = [c.output, c.gallery, c.metrics, c.raw]
+    results = [c.output, c.gallery, c.metrics, c.raw, c.verdict]
     c.upload.upload(upload_fn, [c.upload], [c.example, c.preview, c.truth, c.status],
                     api_name="quickstart_load_upload").then(_clear_outputs, None, results, api_visibility="private")
     c.upload.clear(lambda: (None, None, NO_INPUT), None, [c.preview, c.truth, c.status], api_visibility="private")
@@ -390,5 +397,5 @@ def _wire(cfg: RunConfig, runs: Path | None, c: _Components) -> None:
                     api_name="quickstart_pick_example").then(_clear_outputs, None, results, api_visibility="private")
     c.sampler.change(lambda s: gr.update(interactive=s == "ddim"), [c.sampler], [c.eta], api_visibility="private")
     c.run.click(run_fn, [c.upload, c.example, c.sampler, c.steps, c.eta, c.seed],
-                [c.status, c.output, c.gallery, c.truth, c.metrics, c.raw], api_name="quickstart_run",
+                [c.status, c.output, c.gallery, c.truth, c.metrics, c.raw, c.verdict], api_name="quickstart_run",
                 show_progress_on=[c.output])  # the status line stays readable while training / sampling

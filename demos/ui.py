@@ -8,6 +8,12 @@ Models come from :mod:`medgen.zoo` (``zoo.pick(cpu_config, train_config)``, then
 A model with per-sample conditions (``model.condition_keys``) gets one input each from
 :func:`condition_inputs` and ``translate(cond=condition_values(...))``; a model whose source
 has several channels (the five ultrasound depths) takes its uploads through :func:`read_stack`.
+
+Out-of-distribution guard (:mod:`medgen.ood`): every tab that translates an input shows, beside the
+input image, :func:`verdict_box` -- :func:`verdict_markdown` of ``ood.assess`` (:func:`assess`):
+within / outside the training distribution with score and threshold, or why it was not assessed --
+and offers :func:`override_checkbox`; an upload whose DICOM Modality differs from the model's
+training modality is refused in one line by :func:`check_upload` unless that box is ticked.
 """
 from __future__ import annotations
 
@@ -27,13 +33,15 @@ import numpy as np
 
 __all__ = ["DemoError", "DISPLAY_PX", "CSS", "one_line", "md", "error_status", "input_status", "number", "out_dir",
            "save_array", "to_u8", "enlarge", "gray", "show_model", "show_sd", "image_component", "stream",
-           "train_preset", "condition_inputs", "condition_values", "read_stack"]
+           "train_preset", "condition_inputs", "condition_values", "read_stack", "OVERRIDE_LABEL", "override_checkbox",
+           "verdict_box", "verdict_markdown", "check_upload", "assess", "VERDICT_PENDING"]
 
 DISPLAY_PX = 256  # images are enlarged (nearest neighbour, integer factor) to about this size
 CSS = """
 #hub-style { display: none; }
 .prose th { word-break: keep-all; overflow-wrap: normal; hyphens: none; }
 .upload-container { min-height: 150px; padding-top: 28px; }
+.verdict { border-left: 4px solid #9ca3af; padding-left: 8px; }
 """  # the hub's style (demos.app; its carrier takes no room): table headers wrap between words only ("aeration", not "aeratio / n");
 # file drop zones tall enough, with room under their floating label, that the upload icon stays visible
 
@@ -248,3 +256,60 @@ def read_stack(files: Any, channels: int) -> tuple[np.ndarray, list[str]]:
         return read_sample_stack(paths, channels, notes=notes), notes
     except (ImageReadError, ValueError) as exc:
         raise DemoError(one_line(exc)) from None
+
+
+# --------------------------------------------------------------------------------------
+# Out-of-distribution guard (medgen.ood)
+# --------------------------------------------------------------------------------------
+OVERRIDE_LABEL = "Use a file of another modality anyway (its DICOM Modality differs from the model's training data)"
+OVERRIDE_HINT = "tick 'Use a file of another modality anyway' to translate it"  # ends a refusal line
+VERDICT_PENDING = "Training distribution: checked when the model is loaded (press the run button)."
+
+
+def override_checkbox(elem_id: str) -> gr.Checkbox:
+    """The explicit override of the modality guard (off by default)."""
+    return gr.Checkbox(False, label=OVERRIDE_LABEL, elem_id=elem_id)
+
+
+def verdict_box(elem_id: str) -> gr.Markdown:
+    """Where the input's out-of-distribution verdict is shown (beside the input image)."""
+    return gr.Markdown("", elem_id=elem_id, elem_classes=["verdict"])
+
+
+def check_upload(path: str | os.PathLike, cfg: Any, allow: Any, model: str) -> tuple[str, str | None]:
+    """The modality guard on an uploaded file (:func:`medgen.ood.check_input`): ``(Modality code, note or
+    None)``; another modality than ``cfg``'s training data raises one-line ``ModalityMismatchError``
+    naming both and the checkbox, unless ``allow``."""
+    from medgen import ood
+
+    return ood.check_input(path, cfg, allow=bool(allow), model=model, hint=OVERRIDE_HINT, what="the upload")
+
+
+def assess(model: Any, x: np.ndarray, modality: str = "", notes: Sequence[str] = ()) -> Any:
+    """:func:`medgen.ood.assess` of one model-range input ``[H, W]`` (or ``[C, H, W]``): its :class:`Verdict`."""
+    import torch
+
+    from medgen import ood
+
+    t = torch.as_tensor(np.asarray(x, np.float32))
+    return ood.assess(model, t.reshape(1, -1, *t.shape[-2:]), modality=modality, notes=notes)[0]
+
+
+def verdict_markdown(verdict: Any) -> str:
+    """Markdown of a :class:`medgen.ood.Verdict` (None: :data:`VERDICT_PENDING`): **Within / Outside the
+    training distribution**, score against threshold and how the threshold was set, the modality notes."""
+    if verdict is None:
+        return VERDICT_PENDING
+    if not verdict.assessed:
+        head = f"**Training distribution not assessed:** {md(verdict.reason or 'no calibration')}."
+    else:
+        rule = (f"nearest-training distance in {verdict.space} features; threshold = {verdict.percentile:g}th "
+                f"percentile of {verdict.n_heldout} held-out training images")
+        if verdict.within:
+            head = (f"**Within the training distribution**: score {verdict.score:.3g} <= threshold "
+                    f"{verdict.threshold:.3g} ({rule}).")
+        else:
+            head = (f"**Outside the training distribution**: score {verdict.score:.3g} > threshold "
+                    f"{verdict.threshold:.3g} ({rule}). **The output is not trustworthy.**")
+    notes = "\n".join(f"- {md(n)}" for n in verdict.notes)
+    return head + (f"\n\n{notes}" if notes else "")

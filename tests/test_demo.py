@@ -86,7 +86,7 @@ def test_run_example_returns_output_truth_metrics_and_gallery(client: Any, hub: 
     assert len(hub.examples) == 4
     picked = client.predict(hub.examples[0], api_name="/quickstart_pick_example")
     assert picked[1] is not None and picked[2] is not None  # input preview and ground truth
-    status, output, gallery, truth, metrics, raw = _run(client, None, hub.examples[0], seed=3)
+    status, output, gallery, truth, metrics, raw, verdict = _run(client, None, hub.examples[0], seed=3)
     assert status.startswith("Done: DDIM, 4 steps, seed 3."), status
     assert _gray(output).shape == (256, 256)  # 16 px enlarged 16x for display
     assert _gray(truth).shape == (256, 256)
@@ -96,6 +96,8 @@ def test_run_example_returns_output_truth_metrics_and_gallery(client: Any, hub: 
     assert "| model output |" in metrics and "| input, unchanged (trivial baseline) |" in metrics
     assert 1 <= len(gallery) <= 6 and all("predicted x0" in g["caption"] for g in gallery)
     assert (hub.runs / "quickstart").is_dir()  # trained once into the configured runs folder
+    # trained on first use, never exported: no calibration, and the verdict says how to add one
+    assert verdict.startswith("**Training distribution not assessed:**") and "medgen upgrade" in verdict
 
 
 @pytest.mark.slow
@@ -110,7 +112,7 @@ def test_same_seed_same_output_other_seed_differs(client: Any, hub: SimpleNamesp
 @pytest.mark.slow
 @pytest.mark.parametrize("sampler", ["ddpm", "dpmpp"])
 def test_run_upload_with_each_sampler(client: Any, files: SimpleNamespace, sampler: str) -> None:
-    status, output, gallery, truth, metrics, raw = _run(client, files.disk, None, sampler, 2)
+    status, output, gallery, truth, metrics, raw, verdict = _run(client, files.disk, None, sampler, 2)
     assert status.startswith("Done:") and "disk.png" in status and "resized from 48x48 to the model's 16x16" in status
     assert _gray(output).shape == (256, 256) and truth is None
     assert "No ground truth for uploads" in metrics
@@ -177,7 +179,7 @@ def test_bad_upload_is_refused_with_one_line(client: Any, files: SimpleNamespace
 
 @pytest.mark.parametrize("stem, expected", REJECTED)
 def test_run_with_bad_upload_is_refused(client: Any, files: SimpleNamespace, stem: str, expected: str) -> None:
-    status, output, gallery, truth, metrics, raw = _run(client, getattr(files, stem), None)
+    status, output, gallery, truth, metrics, raw, verdict = _run(client, getattr(files, stem), None)
     _assert_one_line_error(status, expected)
     assert output is None and raw is None and gallery == []
 

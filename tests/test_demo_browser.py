@@ -134,6 +134,8 @@ def test_every_tab_renders_at_load_and_tables_fit(hub_url: str, tmp_path: Path) 
         page.locator("#qs-run").click()  # on the example shown at load
         expect(page.locator("#qs-status")).to_contain_text("Done:", timeout=RUN_TIMEOUT_MS)
         expect(page.locator("#qs-metrics table")).to_be_visible()
+        # the out-of-distribution verdict beside the input: the ci quickstart model has no calibration
+        expect(page.locator("#qs-verdict")).to_contain_text("Training distribution not assessed")
         problems += [f"{QUICKSTART}: {p}" for p in _table_problems(page)]
         _shot(page, "quickstart_run.png")
 
@@ -142,6 +144,7 @@ def test_every_tab_renders_at_load_and_tables_fit(hub_url: str, tmp_path: Path) 
         page.locator("#m2c-run").click()
         expect(page.locator("#m2c-status")).to_contain_text("Done:", timeout=RUN_TIMEOUT_MS)
         expect(page.locator("#m2c-dice table")).to_be_visible()
+        expect(page.locator("#m2c-verdict")).to_contain_text("Within the training distribution")  # a phantom
         problems += [f"{MRI_TO_CT}: {p}" for p in _table_problems(page)]
         _shot(page, "mri_to_ct_run.png")
 
@@ -154,6 +157,7 @@ def test_every_tab_renders_at_load_and_tables_fit(hub_url: str, tmp_path: Path) 
         if _missing(page, "#lus-meas-download a", 1000):
             problems.append(f"{LUNG}: Reconstruct without Simulate offers no measurement download")
         expect(page.locator("#lus-metrics table")).to_be_visible()
+        expect(page.locator("#lus-verdict")).to_contain_text("Within the training distribution")
         page.locator("#lus-gen-run").click()
         expect(page.locator("#lus-gen-status")).to_contain_text("Done:", timeout=RUN_TIMEOUT_MS)
         expect(page.locator("#lus-gen-readout table")).to_be_visible()

@@ -28,7 +28,9 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::Warning:gradio.queueing"),
     pytest.mark.filterwarnings("ignore::UserWarning:gradio.helpers"),  # gr.Warning outside a request
 ]
-OUTPUTS = ("status", "truth", "measurement", "live", "sample", "mean", "sd", "metrics", "raw", "measurement_file")
+OUTPUTS = ("status", "truth", "measurement", "live", "sample", "mean", "sd", "metrics", "raw", "measurement_file",
+           "verdict")
+SHIPPED_PRIOR = Path(__file__).resolve().parent.parent / "checkpoints" / "lung_us" / "prior"
 SIZE = 32  # the ci prior's image size
 K = 256 // SIZE  # display enlargement
 
@@ -44,6 +46,14 @@ def lus() -> Any:
 def tab(lus: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
     empty = tmp_path_factory.mktemp("no_checkpoints")
     return lus.Tab("ci", runs_root=tmp_path_factory.mktemp("runs"), root=empty)
+
+
+@pytest.fixture(scope="module")
+def shipped(lus: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The tab on the shipped ``cpu`` prior (64 px, calibrated): the out-of-distribution guard's tests."""
+    if not SHIPPED_PRIOR.is_dir():
+        pytest.skip("shipped lung prior missing")
+    return lus.Tab("ci", runs_root=tmp_path_factory.mktemp("runs"))
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +79,10 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
 
 def _run(tab: Any, upload: Any = None, *, subject: Any = 3, operator: str = "us_linear", noise: Any = 0.02,
          seed: Any = 0, measurement: Any = None, scale: Any = 10.0, steps: Any = 2, n: Any = 2,
-         progress: Any = None, every: int | None = None) -> tuple[list[tuple], dict[str, Any]]:
+         progress: Any = None, every: int | None = None, allow: bool = False) -> tuple[list[tuple], dict[str, Any]]:
     """All outputs of ``Tab.reconstruct`` and the last one as a dict of :data:`OUTPUTS`."""
-    outs = list(tab.reconstruct(upload, subject, operator, noise, seed, measurement, scale, steps, n, progress, every))
+    outs = list(tab.reconstruct(upload, subject, operator, noise, seed, measurement, scale, steps, n, progress, every,
+                                allow=allow))
     return outs, dict(zip(OUTPUTS, outs[-1]))
 
 
@@ -95,11 +106,11 @@ def test_phantom_input_and_measurement_match_the_phantom(tab: Any, lus: Any) -> 
     from medgen.registry import PHANTOMS
 
     rec = PHANTOMS["lung"]([TEST_OFFSET + 3], seed=0, sizes=Sizes(SIZE, SIZE, 0))
-    image, status = tab.on_input(None, 3)
+    image, status, verdict = tab.on_input(None, 3)
     assert status.startswith(f"Input: **lung test subject 3** at 32x32 px (aeration {rec['aeration'][0]:.3f})")
     gray = (CT.to_model(rec["ct"][0]) + 1.0) / 2.0  # the lung window: -1000 .. 600 HU
     np.testing.assert_array_equal(np.asarray(image)[::K, ::K], np.round(gray * 255).astype(np.uint8))
-    truth, meas, meas_file, status = tab.simulate(None, 3, "us_linear", 0.0, 0, None)
+    truth, meas, meas_file, status, verdict = tab.simulate(None, 3, "us_linear", 0.0, 0, None)
     y0 = np.load(meas_file)
     assert y0.shape == (SIZE, SIZE // 2) and np.asarray(meas).shape[:2] == (256, 256)  # 32x16 shown square
     # noise-free y = A(x); the phantom's own us_linear modality is A(x) + N(0, 0.02^2)
@@ -201,7 +212,10 @@ def test_png_upload_is_read_in_the_lung_window(tab: Any, lus: Any, tmp_path: Pat
     assert "resized from 32x32 to the model's 16x16" in " ".join(lus.load_upload(tmp_path / "lung.png", 16).notes)
     outs, out = _run(tab, str(tmp_path / "lung.png"), n=1)
     assert out["status"].startswith("Done: "), out["status"]
-    assert lus.OOD_NOTE in out["status"] and "lung.png" in out["status"]
+    assert "lung.png" in out["status"]
+    # the ci prior was trained on first use, not exported: no calibration, and the page says so
+    assert "Truth training distribution not assessed:" in out["status"] and "medgen upgrade" in out["status"]
+    assert out["verdict"].startswith("**Training distribution not assessed:**")
     assert "lung estimated below the fitted pleural line" in out["metrics"] and "| truth |" in out["metrics"]
 
 
@@ -228,10 +242,10 @@ def test_ct_dicom_upload_in_hu_uses_the_lung_ct_map(lus: Any) -> None:
 
 
 def test_uploaded_measurement_reconstructs_without_truth(tab: Any, tmp_path: Path) -> None:
-    _, _, meas_file, _ = tab.simulate(None, 2, "us_linear", 0.02, 0, None)
+    _, _, meas_file, _, _ = tab.simulate(None, 2, "us_linear", 0.02, 0, None)
     for shape in [(SIZE, SIZE // 2), (1, 1, SIZE, SIZE // 2)]:
         np.save(tmp_path / "y.npy", np.load(meas_file).reshape(shape))
-        truth, meas, _, status = tab.simulate(None, 2, "us_linear", 0.02, 0, str(tmp_path / "y.npy"))
+        truth, meas, _, status, verdict = tab.simulate(None, 2, "us_linear", 0.02, 0, str(tmp_path / "y.npy"))
         assert truth is None and meas is not None and status.startswith("Measurement: uploaded y.npy (us\\_linear)")
     _, out = _run(tab, measurement=str(tmp_path / "y.npy"), n=2)
     assert out["status"].startswith("Done: DPS with us_linear"), out["status"]
@@ -269,8 +283,8 @@ def test_bad_measurement_is_one_line(tab: Any, files: SimpleNamespace, stem: str
 ])
 def test_bad_image_upload_is_one_line(tab: Any, files: SimpleNamespace, stem: str, expected: str) -> None:
     path = getattr(files, stem)
-    image, status = tab.on_input(path, 0)
-    assert image is None
+    image, status, verdict = tab.on_input(path, 0)
+    assert image is None and verdict == ""
     _assert_one_line_error(status, expected)
     _, out = _run(tab, path)
     _assert_one_line_error(out["status"], expected)
@@ -289,6 +303,38 @@ def test_bad_image_upload_is_one_line(tab: Any, files: SimpleNamespace, stem: st
 def test_bad_settings_are_one_line(tab: Any, kwargs: dict, message: str) -> None:
     _, out = _run(tab, **kwargs)
     _assert_one_line_error(out["status"], message)
+
+
+# ------------------------------------------------------------------------------------------
+# out-of-distribution guard (the shipped, calibrated prior)
+# ------------------------------------------------------------------------------------------
+def test_the_verdict_is_shown_beside_the_truth(shipped: Any, lus: Any) -> None:
+    image, status, verdict = shipped.on_input(None, 3)
+    assert image is not None and verdict.startswith("**Within the training distribution**: score "), verdict
+    _, out = _run(shipped, n=1)
+    assert out["status"].startswith("Done: ") and "Truth within the training distribution (score " in out["status"]
+    assert out["verdict"].startswith("**Within the training distribution**")
+
+
+def test_an_mr_upload_is_refused_unless_the_box_is_ticked(shipped: Any, lus: Any, tmp_path: Path) -> None:
+    mr = pytest.importorskip("pydicom.data").get_testdata_file("MR_small.dcm")
+    image, status, verdict = shipped.on_input(mr, 0)
+    assert image is None and verdict == ""
+    _assert_one_line_error(status, "the upload is MR (DICOM Modality) but the lung prior was trained on CT (ct); "
+                                   "tick 'Use a file of another modality anyway'")
+    _, out = _run(shipped, mr, n=1)
+    _assert_one_line_error(out["status"], "the upload is MR (DICOM Modality)")
+    assert out["sample"] is None and out["verdict"] == ""
+    image, status, verdict = shipped.on_input(mr, 0, True)
+    assert image is not None and verdict.startswith("**Outside the training distribution**: score ")
+    assert "- modality mismatch allowed: the upload is MR" in verdict
+    _, out = _run(shipped, mr, n=1, allow=True)
+    assert out["status"].startswith("Done: ") and "**Truth outside the training distribution" in out["status"]
+    *_, status, verdict = shipped.simulate(None, 0, "us_linear", 0.02, 0, None, False)
+    assert verdict.startswith("**Within the training distribution**")
+    _, _, meas_file, _, _ = shipped.simulate(None, 0, "us_linear", 0.02, 0, None)
+    *_, status, verdict = shipped.simulate(None, 0, "us_linear", 0.02, 0, meas_file)
+    assert verdict.startswith("**Training distribution not assessed:** an uploaded measurement is not an image")
 
 
 # ------------------------------------------------------------------------------------------
@@ -377,15 +423,15 @@ def test_client_simulates_and_reconstructs(hub_url: str, tmp_path_factory: pytes
     from gradio_client import Client, handle_file
 
     client = Client(hub_url, verbose=False, download_files=str(tmp_path_factory.mktemp("client-downloads")))
-    truth, meas, meas_file, status = client.predict(None, 1, "us_linear", 0.02, 0, None,
-                                                    api_name="/lung_us_simulate")
+    truth, meas, meas_file, status, verdict = client.predict(None, 1, "us_linear", 0.02, 0, None, False,
+                                                             api_name="/lung_us_simulate")
     assert truth is not None and np.load(meas_file).shape[-1] * 2 == np.load(meas_file).shape[-2]
-    out = dict(zip(OUTPUTS, client.predict(None, 1, "us_linear", 0.02, 0, None, 10.0, 2, 2,
+    out = dict(zip(OUTPUTS, client.predict(None, 1, "us_linear", 0.02, 0, None, 10.0, 2, 2, False,
                                            api_name="/lung_us_reconstruct")))
     assert out["status"].startswith("Done: DPS with us_linear, scale 10, 2 ddpm steps, 2 samples"), out["status"]
     assert np.load(out["raw"]).shape[0] == 2 and Image.open(out["mean"]).size[0] >= 256
     out = dict(zip(OUTPUTS, client.predict(None, 1, "us_linear", 0.02, 0, handle_file(files.square), 10.0, 2, 2,
-                                           api_name="/lung_us_reconstruct")))
+                                           False, api_name="/lung_us_reconstruct")))
     _assert_one_line_error(out["status"], "does not match the us_linear operator's output")
 
 

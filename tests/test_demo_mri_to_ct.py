@@ -27,7 +27,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::UserWarning:gradio.helpers"),  # gr.Warning outside a request
     pytest.mark.skipif(not (SHIPPED / "ddim_image-t2w").is_dir(), reason="shipped mri_to_ct checkpoints missing"),
 ]
-OUTPUTS = ("status", "input", "ct_bone", "ct_soft", "reference", "overlay", "dice", "mean", "sd", "raw")
+OUTPUTS = ("status", "input", "ct_bone", "ct_soft", "reference", "overlay", "dice", "mean", "sd", "raw", "verdict")
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +49,12 @@ def mr_dicom() -> str:
 
 
 @pytest.fixture(scope="module")
+def ct_dicom() -> str:
+    pydicom_data = pytest.importorskip("pydicom.data")
+    return pydicom_data.get_testdata_file("CT_small.dcm")
+
+
+@pytest.fixture(scope="module")
 def bad_files(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     import nibabel as nib
 
@@ -66,9 +72,9 @@ def bad_files(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
 
 def _run(tab: Any, upload: Any = None, *, subject: int = 3, segment: int = 2, contrast: str = "t2w",
          method: str = "ddim_image", steps: Any = 2, eta: Any = 1.0, w: Any = 0.0, n: Any = 2, seed: Any = 0,
-         progress: Any = None) -> dict[str, Any]:
+         progress: Any = None, allow: bool = False) -> dict[str, Any]:
     """The last output of ``Tab.run`` as a dict of :data:`OUTPUTS`."""
-    outs = list(tab.run(upload, subject, segment, contrast, method, steps, eta, w, n, seed, progress))
+    outs = list(tab.run(upload, subject, segment, contrast, method, steps, eta, w, n, seed, progress, allow=allow))
     return dict(zip(OUTPUTS, outs[-1]))
 
 
@@ -163,10 +169,41 @@ def test_real_mr_dicom_runs_and_is_flagged_out_of_distribution(tab: Any, m2c: An
     for method in ("pix2pix_unet", "ddim_image"):
         out = _run(tab, mr_dicom, method=method, steps=1, n=2, contrast="t1w")
         assert out["status"].startswith("Done: "), out["status"]
-        assert m2c.OOD_NOTE in out["status"] and "MR\\_small.dcm" in out["status"]
+        assert "**Input outside the training distribution (score " in out["status"] and "MR\\_small.dcm" in out["status"]
+        assert out["verdict"].startswith("**Outside the training distribution**: score ")
+        assert "The output is not trustworthy" in out["verdict"]
         assert "axial slice, not sagittal" in out["status"] and "rescaled linearly" in out["status"]
         assert out["reference"] is None and out["dice"].startswith("No reference CT for uploads")
         assert np.asarray(out["overlay"]).shape == (256, 256, 3) and np.isfinite(np.load(out["raw"])).all()
+
+
+def test_the_verdict_is_shown_beside_every_input(tab: Any, m2c: Any, mr_dicom: str) -> None:
+    """The out-of-distribution guard in the tab (issue 14): a phantom test subject is within the shipped
+    translator's training distribution, a real axial head MR outside, each with score and threshold."""
+    *_, status, verdict = tab.on_phantom(3, 2, "t2w", "ddim_image")
+    assert verdict.startswith("**Within the training distribution**: score "), verdict
+    assert "<= threshold " in verdict and "99th percentile of 1024 held-out training images" in verdict
+    preview, reference, status, verdict = tab.on_upload(mr_dicom, "pix2pix_unet", "t2w")
+    assert preview is not None and verdict.startswith("**Outside the training distribution**: score ")
+    out = _run(tab, method="pix2pix_unet")  # the phantom through Translate: the Done line repeats the verdict
+    assert "Input within the training distribution (score " in out["status"]
+    assert out["verdict"].startswith("**Within the training distribution**")
+
+
+def test_an_upload_of_another_modality_is_refused_unless_the_box_is_ticked(tab: Any, ct_dicom: str) -> None:
+    preview, reference, status, verdict = tab.on_upload(ct_dicom, "ddim_image", "t2w")
+    assert preview is None and verdict == ""
+    _assert_one_line_error(status, "the upload is CT (DICOM Modality) but the DDIM (image mode) T2w model was "
+                                   "trained on MR (t2w); tick 'Use a file of another modality anyway'")
+    out = _run(tab, ct_dicom, method="pix2pix_unet")
+    _assert_one_line_error(out["status"], "the upload is CT (DICOM Modality)")
+    assert out["ct_bone"] is None and out["raw"] is None and out["verdict"] == ""
+    preview, reference, status, verdict = tab.on_upload(ct_dicom, "ddim_image", "t2w", True)
+    assert preview is not None and verdict.startswith("**Outside the training distribution**")
+    assert "- modality mismatch allowed: the upload is CT" in verdict
+    out = _run(tab, ct_dicom, method="pix2pix_unet", allow=True)
+    assert out["status"].startswith("Done: ") and np.load(out["raw"]).shape == (1, 64, 64)
+    assert out["verdict"].startswith("**Outside the training distribution**")
 
 
 def test_upload_mri_normalisation_is_the_papers_zero_to_max_map(m2c: Any, tmp_path: Path) -> None:
@@ -195,8 +232,8 @@ def test_upload_mri_normalisation_is_the_papers_zero_to_max_map(m2c: Any, tmp_pa
 ])
 def test_bad_upload_is_one_line(tab: Any, bad_files: SimpleNamespace, stem: str, expected: str) -> None:
     path = str(getattr(bad_files, stem))
-    preview, reference, status = tab.on_upload(path, "ddim_image", "t2w")
-    assert preview is None and reference is None
+    preview, reference, status, verdict = tab.on_upload(path, "ddim_image", "t2w")
+    assert preview is None and reference is None and verdict == ""
     _assert_one_line_error(status, expected)
     out = _run(tab, path)
     _assert_one_line_error(out["status"], expected)
@@ -263,13 +300,14 @@ def test_tab_is_in_the_hub() -> None:
 def test_client_runs_the_real_mr_dicom(client: Any, m2c: Any, mr_dicom: str) -> None:
     from gradio_client import handle_file
 
-    preview, reference, status = client.predict(handle_file(mr_dicom), "ddim_image", "t1w",
-                                                api_name="/mri_to_ct_load_upload")
-    assert preview is not None and reference is None and m2c.OOD_NOTE in status
-    out = dict(zip(OUTPUTS, client.predict(handle_file(mr_dicom), 0, 2, "t1w", "ddim_image", 1, 1.0, 0.5, 2, 0,
+    preview, reference, status, verdict = client.predict(handle_file(mr_dicom), "ddim_image", "t1w", False,
+                                                         api_name="/mri_to_ct_load_upload")
+    assert preview is not None and reference is None and verdict.startswith("**Outside the training distribution**")
+    out = dict(zip(OUTPUTS, client.predict(handle_file(mr_dicom), 0, 2, "t1w", "ddim_image", 1, 1.0, 0.5, 2, 0, False,
                                            api_name="/mri_to_ct_run")))
     assert out["status"].startswith("Done: DDIM (image mode) from T1w, 1 steps, eta 1, w 0.5, 2 samples")
-    assert m2c.OOD_NOTE in out["status"]
+    assert "**Input outside the training distribution" in out["status"]
+    assert out["verdict"].startswith("**Outside the training distribution**")
     assert np.load(out["raw"]).shape == (2, 64, 64)
     assert Image.open(out["ct_bone"]).size == (256, 256) and out["reference"] is None
 
@@ -277,18 +315,33 @@ def test_client_runs_the_real_mr_dicom(client: Any, m2c: Any, mr_dicom: str) -> 
 def test_client_phantom_pick_and_bad_upload(client: Any, bad_files: SimpleNamespace) -> None:
     from gradio_client import handle_file
 
-    upload, preview, reference, status = client.predict(4, 1, "t2w", "ddim_image", api_name="/mri_to_ct_pick_phantom")
+    upload, preview, reference, status, verdict = client.predict(4, 1, "t2w", "ddim_image",
+                                                                 api_name="/mri_to_ct_pick_phantom")
     assert upload is None and preview is not None and reference is not None  # picking a phantom clears the upload
     assert status.startswith("Input: **spine\\_sagittal test subject 4 (thoracic, T2w)** at 64x64 px"), status
-    preview, reference, status = client.predict(handle_file(str(bad_files.notes)), "ddim_image", "t2w",
-                                                api_name="/mri_to_ct_load_upload")
+    assert "training distribution" in verdict
+    preview, reference, status, verdict = client.predict(handle_file(str(bad_files.notes)), "ddim_image", "t2w",
+                                                         False, api_name="/mri_to_ct_load_upload")
     assert preview is None and reference is None
-    upload, preview, reference, status = client.predict(4, 1.5, "t2w", "ddim_image", api_name="/mri_to_ct_pick_phantom")
+    upload, preview, reference, status, verdict = client.predict(4, 1.5, "t2w", "ddim_image",
+                                                                 api_name="/mri_to_ct_pick_phantom")
     assert preview is None
     _assert_one_line_error(status, "segment must be 0 (cervical), 1 (thoracic) or 2 (lumbar), got 1.5")
-    preview, reference, status = client.predict(handle_file(str(bad_files.notes)), "ddim_image", "t2w",
-                                                api_name="/mri_to_ct_load_upload")
+    preview, reference, status, verdict = client.predict(handle_file(str(bad_files.notes)), "ddim_image", "t2w",
+                                                         False, api_name="/mri_to_ct_load_upload")
     _assert_one_line_error(status, "notes.dcm")
+
+
+def test_client_refuses_a_ct_upload_unless_allowed(client: Any, ct_dicom: str) -> None:
+    from gradio_client import handle_file
+
+    preview, _, status, verdict = client.predict(handle_file(ct_dicom), "pix2pix_unet", "t2w", False,
+                                                 api_name="/mri_to_ct_load_upload")
+    assert preview is None and verdict == ""
+    _assert_one_line_error(status, "the upload is CT (DICOM Modality) but the Pix2Pix (UNet) T2w model")
+    preview, _, status, verdict = client.predict(handle_file(ct_dicom), "pix2pix_unet", "t2w", True,
+                                                 api_name="/mri_to_ct_load_upload")
+    assert preview is not None and verdict.startswith("**Outside the training distribution**")
 
 
 @pytest.mark.browser
@@ -308,3 +361,24 @@ def test_browser_phantom_translate(hub_url: str, tmp_path: Path) -> None:
         expect(page.locator("#m2c-dice")).to_contain_text("real registered CT (ceiling)")
         assert "Traceback" not in page.content()
         screenshot(page, tmp_path, "mri_to_ct.png")
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_browser_guard_refuses_a_ct_upload_until_the_box_is_ticked(hub_url: str, tmp_path: Path, ct_dicom: str
+                                                                   ) -> None:
+    """Headless Chromium: a real CT DICOM uploaded to the MRI tab is refused in one line; ticking the
+    override box loads it, with the verdict "outside" beside the input image."""
+    from playwright.sync_api import expect
+
+    with tab_page(hub_url, "Spine MRI -> CT", tmp_path / "profile") as page:
+        page.locator("#m2c-upload input[type=file]").set_input_files(ct_dicom)
+        expect(page.locator("#m2c-status")).to_contain_text("the upload is CT (DICOM Modality) but the DDIM",
+                                                            timeout=60_000)
+        expect(page.locator("#m2c-input img")).to_have_count(0)
+        page.locator("#m2c-allow-modality input").check()
+        expect(page.locator("#m2c-verdict")).to_contain_text("Outside the training distribution", timeout=60_000)
+        expect(page.locator("#m2c-verdict")).to_contain_text("modality mismatch allowed")
+        expect(page.locator("#m2c-input img")).to_be_visible()
+        assert "Traceback" not in page.content()
+        screenshot(page, tmp_path, "mri_to_ct_guard.png")

@@ -131,14 +131,16 @@ def _family(code: str) -> str:
 
 
 def check_modality(modality: str, cfg: "RunConfig", *, allow: bool = False, how: str = "DICOM Modality",
-                   model: str | None = None, override: str = OVERRIDE_FLAG, what: str = "input") -> str | None:
+                   model: str | None = None, override: str = OVERRIDE_FLAG, what: str = "input",
+                   hint: str | None = None) -> str | None:
     """Refuse an input whose ``modality`` differs from the one ``cfg``'s model was trained on.
 
     ``modality``: the input's DICOM Modality code (``""`` / ``OT``: unknown); ``how``: where it
     came from; ``model``: how to name the checkpoint (default ``cfg.name``); ``override``: how
     the user overrides (a CLI flag, a keyword). Raises one-line :class:`ModalityMismatchError`
     ``input is CT (DICOM Modality) but <model> was trained on MR (t2w); pass <override> to
-    translate anyway``; with ``allow=True`` returns that fact as a note instead. Returns a note
+    translate anyway`` (``hint``: another ending, e.g. a demo's checkbox); with ``allow=True``
+    returns that fact as a note instead. Returns a note
     for an input without modality information or a checkpoint trained on data without one,
     None when they agree.
     """
@@ -157,17 +159,18 @@ def check_modality(modality: str, cfg: "RunConfig", *, allow: bool = False, how:
     line = f"{what} is {modality} ({how}) but {name} was trained on {trained} ({keys})"
     if allow:
         return f"modality mismatch allowed: {line}"
-    raise ModalityMismatchError(f"{line}; pass {override} to translate anyway")
+    raise ModalityMismatchError(f"{line}; {hint or f'pass {override} to translate anyway'}")
 
 
 
 
 def check_input(path: str | os.PathLike, cfg: "RunConfig", *, allow: bool = False, model: str | None = None,
-                override: str = OVERRIDE_FLAG, what: str = "input") -> tuple[str, str | None]:
+                override: str = OVERRIDE_FLAG, what: str = "input", hint: str | None = None) -> tuple[str, str | None]:
     """The modality guard on one input file: ``(its Modality code, note or None)``.
 
     :func:`input_modality` of ``path`` checked by :func:`check_modality` against ``cfg``: a mismatch
     is one :class:`ModalityMismatchError` line naming both and ``override`` (unless ``allow``).
     Used by ``medgen sample`` / ``reconstruct`` before the model loads and by the demos on upload."""
     code, how = input_modality(path)
-    return code, check_modality(code, cfg, allow=allow, how=how, model=model, override=override, what=what)
+    return code, check_modality(code, cfg, allow=allow, how=how, model=model, override=override, what=what,
+                                hint=hint)

@@ -137,6 +137,9 @@ def _train_cached(cfg: RunConfig, run_dir: Path, progress: bool, ctx: DistContex
         if ctx.is_main:
             _remove_if_no_checkpoint(run_dir)
         raise
+    folder = latest_checkpoint(run_dir)
+    if folder is not None:  # as load_translator records it: medgen.ood names it ('medgen upgrade <folder>')
+        method.checkpoint_folder = Path(folder)
     return method
 
 
