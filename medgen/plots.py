@@ -17,6 +17,7 @@ artists carry a matplotlib ``gid`` (``"paper"``, ``"threshold"``, ``"generated"`
 from __future__ import annotations
 
 import math
+import textwrap
 from typing import Any, Mapping, Sequence
 
 import matplotlib.pyplot as plt
@@ -433,18 +434,25 @@ def error_grid(
     vmin: float = -1.0,
     vmax: float = 1.0,
     error_max: float | None = None,
-    size: float = 1.6,
+    size: float = 1.5,
     cmap: str = "magma",
+    no_error: Sequence[str] = (),
+    error_scale: float = 1.0,
+    error_units: str = "",
 ) -> plt.Figure:
-    """Samples as :func:`image_grid` plus an absolute-error map beside every non-reference column.
+    """Samples with an absolute-error map beside every non-reference image: one row per column of
+    ``columns`` (a method), two panels per example (the image, its error).
 
-    ``columns``: title -> ``[B, C, *S]`` batch (2D ``S = (H, W)`` or 3D ``(D, H, W)``, shown
-    as the first channel's middle slice); ``reference`` names the column the others are
-    compared with. Column order: reference, then each other column followed by
-    ``|column − reference|`` on that displayed slice. Images share the grey scale
-    ``[vmin, vmax]``; all error maps share one colour scale ``[0, error_max]`` with one
-    colour bar, ``error_max`` defaulting to the largest shown error (``data_range`` when
-    every error is 0; no per-image normalisation). Each error panel's x label gives its MAE.
+    ``columns``: name -> ``[B, C, *S]`` batch (2D ``S = (H, W)`` or 3D ``(D, H, W)``, shown as the
+    first channel's middle slice); ``reference`` names the row the others are compared with (drawn
+    first, without error panels, like the rows in ``no_error``: e.g. an input of another modality,
+    whose difference to the reference means nothing). Row names are the y labels (wrapped), so no
+    title collides with its neighbour however many methods there are; the top row's panels are
+    titled ``example i`` / ``|error| i``. Images share the grey scale ``[vmin, vmax]``; all error
+    maps share one colour scale ``[0, error_max]`` (in ``error_units`` after multiplying by
+    ``error_scale``, e.g. 1000 and ``"HU"`` for a CT in model range) with one colour bar,
+    ``error_max`` defaulting to the largest shown error (``data_range`` when every error is 0); each
+    error panel's x label gives its MAE in those units.
     """
     if reference not in columns:
         raise PlotError(f"error_grid: reference {reference!r} is not a column (have {list(columns)})")
@@ -457,31 +465,36 @@ def error_grid(
         if tuple(batch.shape[1:]) != tuple(ref.shape[1:]):
             raise PlotError(f"error_grid: column {name!r} has item shape {tuple(batch.shape[1:])}, "
                             f"reference has {tuple(ref.shape[1:])}")
-    rows = min(n, *(len(v) for v in columns.values()))
-    others = [c for c in columns if c != reference]
-    # 1. the displayed slices and their absolute errors against the reference
-    shown = {c: [_as_2d(columns[c][i]).numpy() for i in range(rows)] for c in columns}
-    errors = {c: [np.abs(shown[c][i] - shown[reference][i]) for i in range(rows)] for c in others}
+    examples = min(n, *(len(v) for v in columns.values()))
+    names = [reference] + [c for c in columns if c != reference]
+    scored = [c for c in names[1:] if c not in no_error]
+    # 1. the displayed slices and their absolute errors against the reference (in error units)
+    shown = {c: [_as_2d(columns[c][i]).numpy() for i in range(examples)] for c in names}
+    errors = {c: [np.abs(shown[c][i] - shown[reference][i]) * error_scale for i in range(examples)] for c in scored}
     # 2. one shared error scale
     top = max((float(e.max()) for es in errors.values() for e in es), default=0.0)
-    emax = float(error_max) if error_max is not None else (top if top > 0 else float(data_range))
-    # 3. layout: reference, then (column, its error) pairs
-    plan = [(reference, False)] + [(c, flag) for c in others for flag in (False, True)]
-    fig, axes = plt.subplots(rows, len(plan), figsize=(size * len(plan) + 0.8, size * rows),
+    emax = float(error_max) if error_max is not None else (top if top > 0 else float(data_range) * error_scale)
+    unit = f" ({error_units})" if error_units else ""
+    # 3. layout: a row per name; per example an image panel and an error panel
+    fig, axes = plt.subplots(len(names), 2 * examples, figsize=(2 * size * examples + 2.2, size * len(names)),
                              squeeze=False, layout="constrained")
     err_axes, err_im = [], None
-    for j, (name, is_error) in enumerate(plan):
-        for i in range(rows):
-            ax = axes[i, j]
-            if is_error:
-                err_im = ax.imshow(errors[name][i], cmap=cmap, vmin=0.0, vmax=emax)
-                ax.set_xlabel(f"MAE {errors[name][i].mean():.3g}", fontsize=7)
-                err_axes.append(ax)
+    for r, name in enumerate(names):
+        for i in range(examples):
+            ax_img, ax_err = axes[r, 2 * i], axes[r, 2 * i + 1]
+            ax_img.imshow(shown[name][i], cmap="gray", vmin=vmin, vmax=vmax)
+            _blank(ax_img)
+            _blank(ax_err)
+            if name in errors:
+                err_im = ax_err.imshow(errors[name][i], cmap=cmap, vmin=0.0, vmax=emax)
+                ax_err.set_xlabel(f"MAE {errors[name][i].mean():.3g} {error_units}".rstrip(), fontsize=7)
+                err_axes.append(ax_err)
             else:
-                ax.imshow(shown[name][i], cmap="gray", vmin=vmin, vmax=vmax)
-            _blank(ax)
-            if i == 0:
-                ax.set_title(f"|{name} − {reference}|" if is_error else name, fontsize=9)
+                ax_err.set_frame_on(False)
+            if r == 0:
+                ax_img.set_title(f"example {i + 1}", fontsize=9)
+                ax_err.set_title(f"|error| {i + 1}", fontsize=9)
+        axes[r, 0].set_ylabel(textwrap.fill(name, 12), rotation=0, ha="right", va="center", fontsize=9)
     if err_im is not None:
-        fig.colorbar(err_im, ax=err_axes, shrink=0.8, label="absolute error")
+        fig.colorbar(err_im, ax=err_axes, shrink=0.6, label=f"absolute error vs {reference}{unit}")
     return fig

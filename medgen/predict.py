@@ -28,6 +28,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
+from medgen import progress as status
 from medgen.data.batch import Batch, collate
 from medgen.methods.base import conditions_from_meta
 
@@ -198,8 +199,12 @@ def predict(model: Any, dataset: Any, *, batch_size: int = 16, generator: torch.
         from tqdm.auto import tqdm
 
         it = tqdm(it, total=-(-len(dataset) // (1 if slicewise else batch_size)), desc="predict", unit="batch")
+    name = getattr(getattr(model, "config", None), "name", None) or type(model).__name__
+    n_batches = -(-len(dataset) // (1 if slicewise else batch_size))
     try:
-        for start, batch in it:
+        for k, (start, batch) in enumerate(it):
+            status.report(f"sampling {name}: batch {k + 1} / {n_batches} ({len(dataset)} items)",
+                          phase=f"predict {name}")
             batch = batch if device is None else batch.to(device)
             mods = _item_modalities(model, batch, modality, allow_modality_mismatch, notes)
             if verdicts is not None:

@@ -235,14 +235,29 @@ def _load_run(path: Path) -> _Run:
     return _Run(path, results if isinstance(results, dict) else None)
 
 
+PRESET_RANK = {"paper": 0, "cpu": 1, "smoke": 2, "ci": 3}  # which run of a notebook is its headline
+PRESET_ROLE = {"paper": "the paper's budget", "cpu": "the findings at CPU budget", "smoke": "code-path check",
+               "ci": "test run"}
+
+
+def _is_run(path: Path) -> bool:
+    """A notebook run folder: it holds ``results.json`` or an executed notebook (not e.g. screenshots)."""
+    return path.is_dir() and ((path / "results.json").is_file() or any(path.glob("*.ipynb")))
+
+
 def _runs_by_notebook(root: Path) -> dict[str, list[_Run]]:
-    """``{notebook: [runs, newest first]}`` for every notebook folder under ``root``."""
+    """``{notebook: [runs, headline first]}`` for every notebook folder under ``root``: the run of the
+    largest preset (:data:`PRESET_RANK`: paper, cpu, smoke, ci; unknown presets after ci) is the
+    headline -- a fresh ``smoke`` check does not hide the ``cpu`` results -- then newest first. ``ci`` runs
+    (test artifacts, git-ignored) are listed only for a notebook that has no other run."""
     out: dict[str, list[_Run]] = {}
     for nb_dir in sorted(p for p in root.iterdir() if p.is_dir() and p.name != BENCHMARK_DIR
                          and not p.name.startswith(".")):
-        runs = [_load_run(p) for p in sorted(nb_dir.iterdir()) if p.is_dir()]
+        runs = sorted((_load_run(p) for p in sorted(nb_dir.iterdir()) if _is_run(p)),
+                      key=lambda r: r.created, reverse=True)
+        real = [r for r in runs if r.path.name != "ci"]
         if runs:
-            out[nb_dir.name] = sorted(runs, key=lambda r: r.created, reverse=True)
+            out[nb_dir.name] = sorted(real or runs, key=lambda r: PRESET_RANK.get(r.path.name, len(PRESET_RANK)))
     return out
 
 
@@ -288,14 +303,16 @@ def _findings_table(results: Mapping[str, Any] | None) -> list[str]:
 
 
 def _notebook_section(root: Path, notebook: str, runs: list[_Run]) -> list[str]:
-    """The index section of one notebook: its latest run in full, other runs linked."""
+    """The index section of one notebook: its headline run in full, other runs linked with their role."""
     latest = runs[0]
-    lines = [f"## {notebook}", "", f"Latest run: {_manifest_line(latest)}", ""]
+    role = PRESET_ROLE.get(latest.path.name)
+    lines = [f"## {notebook}", "", f"Headline run{f' ({role})' if role else ''}: {_manifest_line(latest)}", ""]
     if latest.results is None:
         lines += ["**No results.json: the run failed or did not finish.**", ""]
     lines += _artifacts(root, latest) + [""] + _findings_table(latest.results) + [""]
     if len(runs) > 1:
-        others = [_link(root, r.path, f"{r.path.name} ({r.created})") for r in runs[1:]]
+        others = [_link(root, r.path, f"{r.path.name} ({r.created}{'; ' + PRESET_ROLE[r.path.name] if r.path.name in PRESET_ROLE else ''})")
+                  for r in runs[1:]]
         lines += ["Other runs: " + ", ".join(others), ""]
     return lines
 
@@ -323,7 +340,8 @@ def _benchmark_lines(root: Path) -> list[str]:
 
 
 def build_index(root: str | os.PathLike[str] = "reports") -> Path:
-    """Write ``<root>/index.md`` linking every notebook's latest run; returns its path."""
+    """Write ``<root>/index.md`` linking every notebook's headline run (:func:`_runs_by_notebook`) and its
+    other runs; returns its path."""
     root_path = resolve_reports_root(root)
     root_path.mkdir(parents=True, exist_ok=True)
     by_nb = _runs_by_notebook(root_path)

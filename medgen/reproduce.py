@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from medgen import progress as status
 from medgen.reports import build_index, repo_root
 
 NOTEBOOK_DIR = "notebooks"
@@ -117,7 +118,8 @@ def reproduce(preset: str = "smoke", papers: str | Sequence[str] | None = None, 
                   flush=True)
             start = time.monotonic()
             try:
-                run_notebook(notebook, out, preset, kernel=kernel)
+                with status.watch():  # the kernel's status lines (which model trains / samples, how far)
+                    run_notebook(notebook, out, preset, kernel=kernel)
             except Exception as exc:  # noqa: BLE001 - any failure of one notebook must not stop the rest
                 failed.append(notebook.stem)
                 print(f"[{i}/{len(notebooks)}] FAILED {notebook.name} after {time.monotonic() - start:.0f} s: "

@@ -31,6 +31,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
+from medgen import progress as status
 from medgen.config import RunConfig, config_hash
 
 __all__ = ["resolve", "resolve_parents", "shipped", "describe", "is_loaded", "pick", "checkpoints_root", "runs_root",
@@ -178,6 +179,7 @@ def resolve(cfg: RunConfig, *, root: str | os.PathLike | None = None, progress: 
                 what += f" ({cfg.train.steps} steps, cached under {run_dir_for(cfg, runs)})"
             if progress or report is not None:
                 print(f"medgen: {what}", file=sys.stderr, flush=True)
+            status.report(what, phase=f"resolve {cfg.name}", force=True)  # the terminal of `medgen reproduce`
             if report is not None:
                 report(0.0, desc=what)
             model = train_or_load(cfg, root=runs, progress=progress, parents=parents).eval()

@@ -196,13 +196,15 @@ def test_reproduce_runs_notebooks_and_reports_failures(capsys: pytest.CaptureFix
     _notebook(tmp_path / "notebooks" / "01_good.ipynb",
               "import os\nfrom medgen.reports import Report\n"
               "assert os.getcwd().endswith('notebooks')\n"
-              "r = Report('01_good', preset)\nr.finding('ran', True, f'ran at {preset}')\n_ = r.save()")
+              "r = Report('01_good', preset)\nr.finding('ran', True, f'ran at {preset}')\n_ = r.save()\n"
+              "from medgen import progress\nprogress.report('training nothing: step 3 / 3', force=True)")
     _notebook(tmp_path / "notebooks" / "02_bad.ipynb", "raise RuntimeError('boom')")
     monkeypatch.setenv("MEDGEN_ROOT", str(tmp_path))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     code, out, err = run(capsys, "reproduce", "--preset", "smoke")
     assert code == 1
     assert "02_bad" in err and "RuntimeError: boom" in err
+    assert "    training nothing: step 3 / 3\n" in err  # the kernel's status line reached the terminal
     reports = tmp_path / "reports"
     results = json.loads((reports / "01_good" / "smoke" / "results.json").read_text())
     assert results["preset"] == "smoke" and results["findings"]["ran"]["evidence"] == "ran at smoke"

@@ -175,20 +175,25 @@ def test_error_grid_maps_are_abs_difference(spatial: tuple[int, ...]) -> None:
     ref = torch.rand(3, 1, *spatial, generator=gen) * 2 - 1
     a = torch.rand(3, 1, *spatial, generator=gen) * 2 - 1
     b = ref + 0.1
-    fig = plots.error_grid({"target": ref, "A": a, "B": b}, "target", n=2)
-    axes = [ax for ax in fig.axes if ax.images]
-    assert len(axes) == 2 * 5 and len(fig.axes) == 2 * 5 + 1          # 5 columns x 2 rows + colorbar
-    titles = [ax.get_title() for ax in axes if ax.get_title()]
-    assert titles == ["target", "A", "|A − target|", "B", "|B − target|"]
-    err_a = [ax for ax in axes if ax.get_title() == "|A − target|"][0]
+    src = torch.rand(3, 1, *spatial, generator=gen)
+    fig = plots.error_grid({"input": src, "A": a, "B": b, "target": ref}, "target", n=2, no_error=("input",),
+                           error_scale=1000.0, error_units="HU")
+    # rows target, input, A, B (names as y labels); per example an image and an error panel
+    assert [fig.axes[4 * r].get_ylabel() for r in range(4)] == ["target", "input", "A", "B"]
+    assert [ax.get_title() for ax in fig.axes[:4]] == ["example 1", "|error| 1", "example 2", "|error| 2"]
+    err = [ax for ax in fig.axes if ax.get_xlabel().startswith("MAE")]
+    assert len(err) == 2 * 2 and len(fig.axes) == 4 * 4 + 1             # A and B only; + colorbar
+    assert not fig.axes[1].images and not fig.axes[4 + 1].images          # no error for the reference, the input
     mid = (lambda t: t[0, 0, spatial[0] // 2]) if len(spatial) == 3 else (lambda t: t[0, 0])
-    np.testing.assert_allclose(err_a.images[0].get_array(), (mid(a) - mid(ref)).abs().numpy(), atol=1e-6)
+    err_a = fig.axes[2 * 4 + 1]                                           # row A, example 1
+    np.testing.assert_allclose(err_a.images[0].get_array(), 1000 * (mid(a) - mid(ref)).abs().numpy(), rtol=1e-5)
+    assert err_a.get_xlabel().endswith(" HU") and fig.axes[-1].get_ylabel() == "absolute error vs target (HU)"
     # one shared error scale: [0, largest shown error]
-    clims = {ax.images[0].get_clim() for ax in axes if "|" in ax.get_title() or ax.get_xlabel().startswith("MAE")}
+    clims = {ax.images[0].get_clim() for ax in err}
     assert len(clims) == 1
     shown = torch.stack([(a[:2] - ref[:2]).abs(), (b[:2] - ref[:2]).abs()])
     shown = shown[:, :, 0, spatial[0] // 2] if len(spatial) == 3 else shown[:, :, 0]
-    assert clims.pop() == pytest.approx((0.0, float(shown.max())), abs=1e-6)
+    assert clims.pop() == pytest.approx((0.0, 1000 * float(shown.max())), rel=1e-5)
 
 
 def test_error_grid_errors() -> None:

@@ -119,7 +119,7 @@ def test_index_links_every_artifact(tmp_path: Path) -> None:
     assert "seed 3" in text
 
 
-def test_index_shows_latest_run_and_failed_runs(tmp_path: Path) -> None:
+def test_index_headlines_the_largest_preset_and_shows_failed_runs(tmp_path: Path) -> None:
     make_run(tmp_path, "01_spine", "ci")
     newer = make_run(tmp_path, "01_spine", "smoke")
     data = json.loads((newer.dir / "results.json").read_text())
@@ -129,7 +129,17 @@ def test_index_shows_latest_run_and_failed_runs(tmp_path: Path) -> None:
     (tmp_path / "03_knee" / "smoke" / "03_knee.ipynb").write_text("{}")
     text = build_index(tmp_path).read_text()
     spine = text.split("## 01_spine")[1].split("## ")[0]
-    assert "Latest run: preset `smoke`" in spine and "Other runs: [ci" in spine
+    assert "Headline run (code-path check): preset `smoke`" in spine and "Other runs" not in spine  # ci: tests
+    cpu = make_run(tmp_path, "01_spine", "cpu")  # older than the smoke run, still the headline
+    data = json.loads((cpu.dir / "results.json").read_text())
+    data["created"] = "2001-01-01T00:00:00+00:00"
+    (cpu.dir / "results.json").write_text(json.dumps(data))
+    (tmp_path / "demos" / "ci" / "screenshots").mkdir(parents=True)  # not a notebook run
+    text = build_index(tmp_path).read_text()
+    spine = text.split("## 01_spine")[1].split("## ")[0]
+    assert "Headline run (the findings at CPU budget): preset `cpu`" in spine
+    assert "Other runs: [smoke (2999-01-01T00:00:00+00:00; code-path check)" in spine
+    assert "| [01_spine](#01_spine) | cpu |" in text and "demos" not in text
     knee = text.split("## 03_knee")[1]
     assert "No results.json" in knee and "03_knee/smoke/03_knee.ipynb" in knee
 

@@ -77,6 +77,7 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from medgen import progress as status
 from medgen.checkpoint import (CHECKPOINTS_DIR, LATEST, CheckpointError, check_config, checkpoint_name,
                                latest_checkpoint, load_training_state, load_weights, make_manifest,
                                save_checkpoint)
@@ -512,6 +513,7 @@ def _run_loop(tr: _Trainer, stop: int, progress: bool, sample_batch: Batch | Non
     bar = tqdm(total=stop, initial=tr.step, desc=tr.run_config.name, unit="step", dynamic_ncols=True,
                disable=not progress or not ctx.is_main) if stop > tr.step else None
     t0, base, shown, saved = time.perf_counter(), tr.wall_time, tr.step, None
+    first, name = tr.step, f"{tr.run_config.name} at `{tr.run_config.preset}`"
     log_every = max(1, cfg.log_every)
     for batch in loader:
         tr.train_step(batch.to(ctx.device))
@@ -525,6 +527,10 @@ def _run_loop(tr: _Trainer, stop: int, progress: bool, sample_batch: Batch | Non
             if bar is not None:
                 bar.update(tr.step - shown)
                 shown = tr.step
+        if ctx.is_main:  # the terminal's status line (medgen.progress; a no-op unless `medgen reproduce` watches)
+            left = (time.perf_counter() - t0) / (tr.step - first) * (stop - tr.step)
+            status.report(f"training {name}: step {tr.step} / {stop} ({100 * tr.step // max(1, stop)} %), "
+                          f"{status.format_eta(left)} left", phase=f"train {name}")
         if ctx.is_main and cfg.sample_every and tr.step % cfg.sample_every == 0:
             tr.write_samples(sample_batch)
         if ctx.is_main and ((cfg.ckpt_every and tr.step % cfg.ckpt_every == 0) or tr.step == stop):

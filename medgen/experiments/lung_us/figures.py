@@ -46,7 +46,12 @@ def plot_sweeps(sweeps: pd.DataFrame, metric: str = "psnr") -> Any:
             st = grp.groupby(x)["value"].agg(["mean", "std"]).reset_index().sort_values(x)
             ax.errorbar(st[x], st["mean"], yerr=st["std"].fillna(0), marker="o", capsize=3, label=str(name))
         if sweep == "guidance_scale" and not sel.empty and (sel[x] > 0).all():
+            from matplotlib.ticker import NullFormatter
+
             ax.set_xscale("log")
+            values = sorted(sel[x].unique())
+            ax.set_xticks(values, [f"{v:g}" for v in values])   # the swept multiples, not 3x10^-1 minor labels
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(xlabel)
         ax.set_ylabel(metric.upper())
         ax.grid(alpha=0.3)
@@ -58,7 +63,8 @@ def plot_sweeps(sweeps: pd.DataFrame, metric: str = "psnr") -> Any:
 
 def figure_grid(recon: "Reconstruction", operator: str, n: int = 3) -> Any:
     """Rows = images; columns: truth, the measurement (resized to the image grid), each method's
-    sample mean (shared grey scale [-1, 1]) and the DPS SD map (own scale, colour bar)."""
+    sample mean (shared grey scale [-1, 1], the lung window) and the DPS SD map in HU (the lung ``ct``
+    modality's scale; own colour scale, one colour bar beside the grid)."""
     import matplotlib.pyplot as plt
     from medgen.data.datasets import resize_source
 
@@ -70,7 +76,9 @@ def figure_grid(recon: "Reconstruction", operator: str, n: int = 3) -> Any:
     sd = recon.samples[operator][DPS].std(0) if recon.samples[operator][DPS].shape[0] > 1 else \
         torch.zeros_like(recon.truth)
     rows = min(n, recon.truth.shape[0])
-    fig, axes = plt.subplots(rows, len(cols) + 1, figsize=(1.6 * (len(cols) + 1) + 0.6, 1.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, len(cols) + 1, figsize=(1.6 * (len(cols) + 1) + 1.2, 1.6 * rows + 0.4),
+                             squeeze=False, layout="constrained")
+    sd = sd * float(np.diff(lung.CT.from_model(np.array([0.0, 1.0])))[0])  # model units -> HU
     smax = float(sd[:rows].max()) or 1.0
     im = None
     for i in range(rows):
@@ -86,8 +94,8 @@ def figure_grid(recon: "Reconstruction", operator: str, n: int = 3) -> Any:
         im = ax.imshow(sd[i, 0].numpy(), cmap="magma", vmin=0.0, vmax=smax)
         ax.set_xticks([]), ax.set_yticks([])
         if i == 0:
-            ax.set_title("DPS SD", fontsize=8)
+            ax.set_title("DPS SD (HU)", fontsize=8)
     if im is not None:
-        fig.colorbar(im, ax=axes[:, -1].tolist(), shrink=0.8)
+        fig.colorbar(im, ax=axes[:, -1].tolist(), shrink=0.8, label="DPS SD (HU)")
     fig.suptitle(operator, fontsize=9)
     return fig

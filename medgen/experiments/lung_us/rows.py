@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from medgen import progress as status
 from medgen.config import RunConfig
 from medgen.data.phantoms import lung
 from medgen.experiments.common import concat
@@ -95,6 +96,7 @@ def generated_sections(images: torch.Tensor) -> LungSet:
 def generate(prior: Any, n: int, *, seed: int = 0, batch_size: int = 64, **options: Any) -> torch.Tensor:
     """``n`` images ``[n, 1, H, W]`` from the prior (one generator seeded with ``seed``), clamped to [-1, 1]."""
     g = torch.Generator().manual_seed(int(seed))
+    status.report(f"sampling {n} images from the prior", force=True)
     return prior.generate(int(n), generator=g, batch_size=batch_size, **options).float().cpu().clamp(-1, 1)
 
 
@@ -275,6 +277,8 @@ def run_reconstruction(p: Plan, prior: Any, supervised: Mapping[str, Any], heldo
     samples: dict[str, dict[str, torch.Tensor]] = {}
     rows = []
     for k, name in enumerate(p.operators):
+        status.report(f"reconstructing {len(truth)} images, operator {name} ({k + 1} / {len(p.operators)}): "
+                      f"DPS, unguided, Tikhonov{', supervised' if name in supervised else ''}", force=True)
         op, y, std = meas[name]["op"], meas[name]["y"], meas[name]["noise_std"]
         scale = dps_scale(name, p.preset)
         out = {DPS: _dps(prior, op, y, scale=scale, steps=p.dps_steps, n_samples=p.n_samples,
@@ -300,7 +304,8 @@ def run_sweeps(p: Plan, prior: Any, recon: Reconstruction) -> pd.DataFrame:
         base = dps_scale(name, p.preset)
         points = [("guidance_scale", m, p.dps_steps) for m in p.guidance_scales]
         points += [("steps", 1.0, s) for s in p.steps]
-        for sweep, mult, steps in points:
+        for j, (sweep, mult, steps) in enumerate(points):
+            status.report(f"DPS sweep {name}: point {j + 1} / {len(points)} ({sweep})", force=True)
             s = _dps(prior, op, y, scale=base * mult, steps=steps, n_samples=p.n_samples, seed=p.seed + k)
             rows.append(recon_rows(s, sel, y, op, operator=name, sweep=sweep, guidance_scale=mult, steps=steps,
                                    label=DPS))

@@ -58,7 +58,7 @@ from .plan import (SMOKE_N_TRAIN, SMOKE_STEPS, Plan, ablation_settings, ddpm_opt
                    registration_config, segmenter_config)
 from .rows import (Run2D, alignment_table, dice_frame, dice_rows, eval_items, quality_metrics, quality_rows, run_2d,
                    run_3d, run_ablation, run_registration, segment, volume_slices)
-from .tables import (ablation_table, alignment_summary, box_paper, ddpm_table, dice_table, figure_columns,
+from .tables import (ablation_table, alignment_summary, box_paper, ddpm_table, dice_table, figure5, figure_columns,
                      quality_table, registration_table, rows_for)
 
 __all__ = [
@@ -75,7 +75,7 @@ __all__ = [
     "alignment_table", "Run2D", "run_2d", "run_3d", "run_registration", "run_ablation",
     # tables
     "rows_for", "alignment_summary", "quality_table", "dice_table", "ablation_table", "ddpm_table",
-    "registration_table", "figure_columns", "box_paper",
+    "registration_table", "figure_columns", "figure5", "box_paper",
     # findings
     "findings", "headline_metrics", "standard_comparisons", "tests_summary", "TESTS_SUMMARY_COLUMNS",
     # shared (medgen.experiments.common)

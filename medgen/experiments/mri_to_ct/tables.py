@@ -14,7 +14,7 @@ from .paper import (ABLATION, BONE_DICE, DICE_METRICS, LABELS, METHODS_3D, PAPER
                     PAPER_TABLE2, PAPER_TABLE3, PAPER_TABLE_S1, POSTERIOR_DICE, QUALITY_METRICS, REAL_CT)
 
 __all__ = ["rows_for", "alignment_summary", "quality_table", "dice_table", "ablation_table", "ddpm_table",
-           "registration_table", "figure_columns", "box_paper"]
+           "registration_table", "figure_columns", "figure5", "box_paper"]
 
 _DECIMALS = {"mae": 4, "mse": 4, "psnr": 2, "ssim": 3, "vifp": 3, "dice_volume": 3}
 
@@ -110,6 +110,23 @@ def figure_columns(items: Sequence[Mapping[str, Any]], translations: Mapping[str
     cols.update({name: t[:n] for name, t in translations.items()})
     cols["reference CT"] = stack(items, "target")[:n]
     return cols
+
+
+def figure5(items: Sequence[Mapping[str, Any]], translations: Mapping[str, torch.Tensor], n: int = 3) -> Any:
+    """The Figure-5-like grid: one row per method (reference CT, input MRI, each translation), for each of
+    the first ``n`` items its image and its absolute error against the reference CT in HU (the spine
+    phantom's ``ct`` modality: model range -> HU), one colour bar; the MRI row has no error map (a
+    difference across modalities means nothing). 3D items: their middle sagittal slice."""
+    import numpy as np
+
+    import medgen.data.phantoms  # noqa: F401 -- fills PHANTOMS
+    from medgen.plots import error_grid
+    from medgen.registry import PHANTOMS, lookup
+
+    ct = lookup(PHANTOMS, "spine_sagittal").modalities["ct"]
+    hu_per_unit = float(np.diff(ct.from_model(np.array([0.0, 1.0])))[0])
+    return error_grid(figure_columns(items, translations, n), "reference CT", n=n, no_error=("input (MRI)",),
+                      error_scale=hu_per_unit, error_units="HU")
 
 
 def box_paper(rows: pd.DataFrame, metric: str, posterior: bool = False) -> dict[tuple[str, str], float]:
