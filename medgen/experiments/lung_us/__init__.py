@@ -66,7 +66,7 @@ from medgen.experiments.lung_us.paper import (ALPHA, CATEGORIES, CATEGORY_LABELS
                                               OPERATORS, PAPER_N, PAPER_NEAREST, PAPER_SPACE, PAPER_TABLE1,
                                               RECON_METRICS, SUPERVISED, TASK_PRIOR, TASK_SUPERVISED, TIKHONOV,
                                               ULTRASOUND, UNGUIDED)
-from medgen.experiments.lung_us.plan import (Plan, dps_scale, memorization_space, plan, prior_config, space_card,
+from medgen.experiments.lung_us.plan import (Plan, configs, dps_scale, memorization_space, plan, prior_config, space_card,
                                              supervised_config)
 from medgen.experiments.lung_us.rows import (Generation, LungSet, MemorizationResult, Reconstruction, aeration_of,
                                              feature_sets, generate, generated_sections, measure_all, memorization,
@@ -83,7 +83,7 @@ __all__ = [
     "DPS_SAMPLER", "FID_SPACES", "FLAG_PERCENTILE", "RECON_METRICS", "DATA_RANGE", "FLAG_ALPHA", "COVER_FRACTION",
     "ALPHA", "FINDINGS",
     # plan
-    "Plan", "plan", "prior_config", "supervised_config", "dps_scale", "memorization_space", "space_card",
+    "Plan", "plan", "configs", "prior_config", "supervised_config", "dps_scale", "memorization_space", "space_card",
     # rows
     "LungSet", "real_sections", "aeration_of", "generated_sections", "generate", "feature_sets",
     "MemorizationResult", "memorization", "Generation", "run_generation", "measure_all", "Reconstruction",

@@ -11,7 +11,8 @@ from medgen.config import RunConfig, get_preset
 from medgen.experiments.common import shorten
 from medgen.experiments.lung_us.paper import FID_SPACES, OPERATORS, TASK_PRIOR, TASK_SUPERVISED, ULTRASOUND
 
-__all__ = ["Plan", "plan", "prior_config", "supervised_config", "dps_scale", "memorization_space", "space_card"]
+__all__ = ["Plan", "plan", "prior_config", "supervised_config", "dps_scale", "memorization_space", "space_card",
+           "configs"]
 
 
 @dataclass(frozen=True)
@@ -132,3 +133,9 @@ def dps_scale(operator: str, preset: str) -> float:
     except KeyError:
         raise ValueError(f"no DPS scale for operator '{operator}' at preset '{preset}' "
                          f"(medgen.presets.lung_us.DPS_SCALE has {', '.join(DPS_SCALE)})") from None
+
+
+def configs(p: Plan) -> dict[str, RunConfig]:
+    """Every model the plan's notebook resolves (the prior, one supervised cDDPM per ultrasound operator):
+    what ``medgen.zoo`` must find shipped at ``cpu`` (tests/test_shipped_checkpoints.py)."""
+    return {"prior": prior_config(p), **{f"supervised {op}": supervised_config(p, op) for op in p.supervised_operators}}

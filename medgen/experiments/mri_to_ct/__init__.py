@@ -54,7 +54,7 @@ from .paper import (ABLATION, BASE_DDIM, BONE_DICE, CI_ABLATION, DICE_METRICS, F
                     METHODS_2D, METHODS_3D, PAIRED, PAPER_REGISTRATION, PAPER_TABLE1, PAPER_TABLE2, PAPER_TABLE3,
                     PAPER_TABLE_S1, POSTERIOR_DICE, QUALITY_METRICS, REAL_CT, REGISTRATION_MODEL, REGISTRATIONS,
                     SETTINGS, SLICEWISE_LABEL, UNPAIRED_CUT)
-from .plan import (SMOKE_N_TRAIN, SMOKE_STEPS, Plan, ablation_settings, ddpm_options, model_config, plan,
+from .plan import (SMOKE_N_TRAIN, SMOKE_STEPS, Plan, ablation_settings, configs, ddpm_options, model_config, plan,
                    registration_config, segmenter_config)
 from .rows import (Run2D, alignment_table, dice_frame, dice_rows, eval_items, quality_metrics, quality_rows, run_2d,
                    run_3d, run_ablation, run_registration, segment, volume_slices)
@@ -68,7 +68,7 @@ __all__ = [
     "BASE_DDIM", "ABLATION", "CI_ABLATION", "MEASURER_NOTE", "PAPER_TABLE1", "PAPER_TABLE2", "PAPER_TABLE3",
     "PAPER_TABLE_S1", "PAPER_REGISTRATION", "FINDINGS",
     # plan
-    "SMOKE_STEPS", "SMOKE_N_TRAIN", "Plan", "plan", "model_config", "registration_config", "segmenter_config",
+    "SMOKE_STEPS", "SMOKE_N_TRAIN", "Plan", "plan", "configs", "model_config", "registration_config", "segmenter_config",
     "ablation_settings", "ddpm_options",
     # rows
     "eval_items", "volume_slices", "segment", "quality_metrics", "quality_rows", "dice_rows", "dice_frame",

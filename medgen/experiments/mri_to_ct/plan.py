@@ -19,7 +19,7 @@ from .paper import (ABLATION, BASE_DDIM, CI_ABLATION, LABELS, METHODS_2D, METHOD
                     REGISTRATIONS, UNPAIRED_CUT)
 
 __all__ = ["SMOKE_STEPS", "SMOKE_N_TRAIN", "Plan", "plan", "model_config", "registration_config", "segmenter_config",
-           "ablation_settings", "ddpm_options"]
+           "ablation_settings", "ddpm_options", "configs"]
 
 # Smoke: shorter than the smoke presets (300 steps, 512 subjects) so the notebook fits ~30 min on 2 cores
 # (measured from scratch on the shared machine: 150/50/50/150/150/100 steps took 18 min, 14 of them training).
@@ -118,3 +118,15 @@ def ablation_settings(p: Plan) -> list[tuple[str, dict[str, Any]]]:
 def ddpm_options(cfg: RunConfig) -> dict[str, Any]:
     """DDPM over all ``cfg.diffusion.timesteps`` training steps (the paper's "DDPM" row)."""
     return {"sampler": "ddpm", "steps": int(cfg.diffusion.timesteps), "guidance_scale": 0.0}
+
+
+def configs(p: Plan) -> dict[str, RunConfig]:
+    """Every model the plan's notebook resolves, by a readable key (``"ddim_image t2w"``, ``"registration
+    two"``, ``"segmenter 3d"``): what ``medgen.zoo`` must find shipped at ``cpu`` (tests/test_shipped_checkpoints.py)."""
+    out = {f"{m} {c}": model_config(p, m, c) for c in p.contrasts for m in p.methods_2d}
+    out.update({f"{m} t2w": model_config(p, m, "t2w") for m in p.methods_3d})
+    if p.methods_3d:
+        out.update({f"registration {reg}": registration_config(p, reg) for reg in REGISTRATIONS})
+    out["segmenter 2d"] = segmenter_config(p)
+    out["segmenter 3d"] = segmenter_config(p, volume=True)
+    return out
