@@ -5,6 +5,7 @@ VENV ?= .venv
 PYTHON ?= python3
 PRESET ?= smoke
 PAPERS ?=
+RETRAIN ?=
 
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -22,7 +23,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 reproduce: $(STAMP)
-	$(BIN)/python -m medgen reproduce --preset $(PRESET) --papers "$(PAPERS)"
+	$(BIN)/python -m medgen reproduce --preset $(PRESET) --papers "$(PAPERS)" $(if $(filter-out 0,$(RETRAIN)),--retrain)
 
 # pytest exit code 5 means "no tests collected": not a failure here.
 test: $(STAMP)

@@ -352,9 +352,11 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     get_preset(args.preset)  # unknown preset -> one-line error, not one failure per notebook
     if args.dry_run:
         notebooks = select_notebooks(repo_root() / "notebooks", args.papers)
-        _print_json({"preset": args.preset, "kernel": args.kernel,
+        _print_json({"preset": args.preset, "kernel": args.kernel, "retrain": args.retrain,
                      "notebooks": [p.name for p in notebooks], "reports": str(repo_root() / "reports")})
         return 0
+    if args.retrain:
+        os.environ["RETRAIN"] = "1"  # the notebook kernels inherit it (medgen.zoo.retrain_requested)
     try:
         reproduce(args.preset, args.papers, kernel=args.kernel)
     except ReproduceError as exc:

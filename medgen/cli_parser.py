@@ -171,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(comma/space separated; default: all)")
     p.add_argument("--kernel", default="python3", help="jupyter kernel (default: python3 = this interpreter)")
     p.add_argument("--dry-run", action="store_true", help="list the notebooks that would run and exit")
+    p.add_argument("--retrain", action="store_true", help="ignore the shipped checkpoints: train every model "
+                   "(or load it from runs/) as on a machine without checkpoints/ (same as RETRAIN=1)")
 
     p = sub.add_parser("demo", parents=[_preset_options(task=False)], help="launch the Gradio demo in a browser")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1)")

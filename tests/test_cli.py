@@ -224,6 +224,8 @@ def test_reproduce_dry_run_lists_selected_notebooks(capsys: pytest.CaptureFixtur
     monkeypatch.setenv("MEDGEN_ROOT", str(tmp_path))
     code, out, _ = run(capsys, "reproduce", "--papers", "spine lung", "--dry-run")
     assert code == 0 and json.loads(out)["notebooks"] == ["01_spine.ipynb", "02_lung.ipynb"]
+    code, out, _ = run(capsys, "reproduce", "--papers", "spine", "--retrain", "--dry-run")
+    assert code == 0 and json.loads(out)["retrain"] is True
     code, _, err = run(capsys, "reproduce", "--preset", "smok")
     assert_one_line_error(code, err, "unknown preset 'smok'", "did you mean 'smoke'?")
     assert not (tmp_path / "reports").exists()  # nothing ran
