@@ -53,22 +53,29 @@ def image_grid(
     vmin: float = -1.0,
     vmax: float = 1.0,
     size: float = 1.6,
+    transpose: bool = False,
 ) -> plt.Figure:
-    """A grid with one column per entry of ``columns`` (title -> ``[B, C, *S]`` batch), ``n`` rows.
+    """A grid with one column per entry of ``columns`` (title -> ``[B, C, *S]`` batch), ``n`` rows;
+    ``transpose=True``: one row per entry (its title the row label), ``n`` columns -- a wide figure
+    for few entries of many images.
 
     All panels share one grey scale ``[vmin, vmax]`` (model range by default), so columns
     are comparable; nothing is normalised per image.
     """
     titles = list(columns)
-    rows = min(n, *(len(v) for v in columns.values()))
-    fig, axes = plt.subplots(rows, len(titles), figsize=(size * len(titles), size * rows), squeeze=False)
+    count = min(n, *(len(v) for v in columns.values()))
+    shape = (len(titles), count) if transpose else (count, len(titles))
+    fig, axes = plt.subplots(*shape, figsize=(size * shape[1] + (0.6 if transpose else 0), size * shape[0]),
+                             squeeze=False)
     for j, title in enumerate(titles):
-        for i in range(rows):
-            ax = axes[i, j]
+        for i in range(count):
+            ax = axes[j, i] if transpose else axes[i, j]
             ax.imshow(_as_2d(columns[title][i]).numpy(), cmap="gray", vmin=vmin, vmax=vmax)
             ax.set_xticks([])
             ax.set_yticks([])
-            if i == 0:
+            if transpose and i == 0:
+                ax.set_ylabel(title, fontsize=9)
+            elif not transpose and i == 0:
                 ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig
@@ -325,6 +332,7 @@ def distance_histograms(
     xlabel: str = "nearest-neighbour distance",
     bins: int = 30,
     ncols: int = 4,
+    title: str = "{}",
 ) -> plt.Figure:
     """Nearest-neighbour distance histograms of the memorization audit, one panel per stratum.
 
@@ -333,7 +341,8 @@ def distance_histograms(
     outline on the same bins). Both are densities, so different sample counts compare.
     ``thresholds[stratum]``: the flagging threshold (vertical line, ``gid="threshold"``);
     the panel title then states how many generated images lie strictly below it.
-    ``paper[stratum]``: the paper's value (``gid="paper"``, labelled "paper").
+    ``paper[stratum]``: the paper's value (``gid="paper"``, labelled "paper"). ``title``: the panel
+    title's format of the stratum (e.g. ``"aeration category {}"``).
     An empty stratum is kept as a panel saying so; NaN distances are an error.
     """
     strata = list(distances)
@@ -346,7 +355,7 @@ def distance_histograms(
         d = _finite_1d(distances[s], f"distance_histograms: distances[{s!r}]")
         ref = _finite_1d(reference[s], f"distance_histograms: reference[{s!r}]") \
             if reference and s in reference else np.zeros(0)
-        title = str(s)
+        head = title.format(s)
         if d.size + ref.size:
             edges = np.histogram_bin_edges(np.concatenate([d, ref]), bins=bins)   # shared bins
             if d.size:
@@ -362,10 +371,10 @@ def distance_histograms(
             ax.axvline(t, color="C2", ls=":", lw=1.5, gid="threshold", label=f"threshold {t:.3g}")
             flagged = int((d < t).sum())     # strictly closer than the threshold
             if d.size:
-                title += f": flagged {flagged}/{d.size} ({100 * flagged / d.size:.1f} %)"
+                head += f": flagged {flagged}/{d.size} ({100 * flagged / d.size:.1f} %)"
         if paper and s in paper:
             ax.axvline(float(paper[s]), **PAPER_STYLE, gid="paper", label="paper")
-        ax.set_title(title, fontsize=9)
+        ax.set_title(head, fontsize=9)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("density")
         if ax.get_legend_handles_labels()[0]:

@@ -202,3 +202,10 @@ def test_error_grid_errors() -> None:
         plots.error_grid({"a": x}, "gt")
     with pytest.raises(PlotError, match="column 'b' has item shape"):
         plots.error_grid({"a": x, "b": torch.zeros(2, 1, 4, 4)}, "a")
+
+
+def test_image_grid_transpose_puts_entries_in_rows() -> None:
+    x = torch.zeros(6, 1, 8, 8)
+    fig = plots.image_grid({"generated": x, "training": x + 0.5}, n=5, transpose=True)
+    assert len(fig.axes) == 2 * 5 and fig.axes[0].get_ylabel() == "generated" and fig.axes[5].get_ylabel() == "training"
+    assert fig.axes[6].images[0].get_array().max() == 0.5 and fig.get_size_inches()[0] > fig.get_size_inches()[1]

@@ -372,16 +372,17 @@ def closest_pairs(result: MemorizationAudit, k: int = 1, per_stratum: bool = Tru
 # ---------------------------------------------------------------------------------------------
 # Figures (matplotlib)
 # ---------------------------------------------------------------------------------------------
-def plot_distance_histograms(result: MemorizationAudit, bins: int = 30, paper: dict | None = None):
-    """One panel per stratum (:func:`medgen.plots.distance_histograms`): generated and held-out
-    nearest-training distances and the threshold. Returns the matplotlib Figure."""
+def plot_distance_histograms(result: MemorizationAudit, bins: int = 30, paper: dict | None = None,
+                             title: str = "{}"):
+    """One panel per stratum (:func:`medgen.plots.distance_histograms`; ``title`` formats the stratum):
+    generated and held-out nearest-training distances and the threshold. Returns the matplotlib Figure."""
     from medgen.plots import distance_histograms
     strata = list(result.thresholds)
     return distance_histograms(
         {s: result.generated_distance[result.generated_strata == s] for s in strata},
         reference={s: result.heldout_distance[result.heldout_strata == s] for s in strata},
         thresholds=dict(result.thresholds), paper=paper, bins=bins,
-        xlabel="min L2 distance to the training set")
+        xlabel="min L2 distance to the training set", title=title)
 
 
 def plot_closest_pairs(result: MemorizationAudit, train_images, generated_images, k: int = 1,
