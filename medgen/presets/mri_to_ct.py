@@ -194,5 +194,25 @@ _BUILDERS["segmenter_3d"] = lambda p: _segmenter(p, volume=True)
 MODELS = tuple(_BUILDERS)
 MEASURERS = ("segmenter", "segmenter_3d")  # not translators: they segment CT (medgen.methods.segmenter)
 
-for _model, _build in _BUILDERS.items():
-    register_presets(task(_model), {p: _build(p) for p in ("ci", "smoke", "cpu", "paper")})
+# `cpu` training steps sized by the learning curves (reports/benchmark/learning_curves.md, one thread):
+# paired 2D models level off by 250-500 steps (pix2pix_unet 19.39 dB / Dice 0.950 at 500 vs 0.950 shipped at
+# 3000; ddim_image 0.947 at 500 vs 0.932), CUT ResNet gains 0.004 Dice from 100 to 150 steps at 4.9 s / step.
+# Models not listed keep the preset's steps (ddim_image / pix2pix_unet / segmenter: shipped at them;
+# ddim_noise: 3000 like ddim_image, so the image-vs-noise comparison gets equal budgets).
+CPU_STEPS = {
+    "pix2pix_sa_unet": 500,  # the pix2pix_unet curve (same objective, other generator; its own curve not measured)
+    "cut_resnet": 250,       # 2 epochs; curve measured to 150 steps
+    "cut_sa_unet": 250,      # as cut_resnet (not measured; 6.4-6.7 s / step)
+    "syndiff": 250,          # in no finding (a table row, one PSNR test); not measured
+}
+
+
+def _build_preset(model: str, preset: str) -> RunConfig:
+    cfg = _BUILDERS[model](preset)
+    if preset == "cpu" and model in CPU_STEPS:
+        cfg = replace(cfg, train=replace(cfg.train, steps=CPU_STEPS[model]))
+    return cfg
+
+
+for _model in _BUILDERS:
+    register_presets(task(_model), {p: _build_preset(_model, p) for p in ("ci", "smoke", "cpu", "paper")})

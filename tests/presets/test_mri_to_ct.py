@@ -80,3 +80,14 @@ def test_syndiff_paper_preset_follows_the_reference_code():
     assert cfg.method == "syndiff" and cfg.data.dataset == "unpaired"
     assert (g.generator, g.gen_channels, g.gen_downs, g.res_blocks, g.disc_layers) == ("resnet", 64, 2, 6, 3)
     assert (g.gan_loss, g.lambda_cycle) == ("vanilla", 0.5) and cfg.train.betas == (0.5, 0.9)
+
+
+def test_cpu_budgets_come_from_the_learning_curves_and_touch_only_cpu():
+    from medgen.config import get_preset
+    from medgen.presets.mri_to_ct import CPU_STEPS, task
+
+    for model, steps in CPU_STEPS.items():
+        assert get_preset("cpu", task(model)).train.steps == steps
+        assert get_preset("smoke", task(model)).train.steps == 300  # the other presets keep their steps
+    for shipped in ("ddim_image", "pix2pix_unet", "ddim_noise"):
+        assert shipped not in CPU_STEPS and get_preset("cpu", task(shipped)).train.steps == 3000
