@@ -75,7 +75,6 @@ PENDING = {
     "mri_to_ct: pix2pix_3d t2w", "mri_to_ct: ddim_noise_3d t2w", "mri_to_ct: ddim_image_3d t2w",
     "mri_to_ct: registration none", "mri_to_ct: registration one", "mri_to_ct: registration two",
     "mri_to_ct: segmenter 3d",
-    "lung_us: supervised us_linear", "lung_us: supervised us_acoustic",
 }
 
 
