@@ -87,8 +87,11 @@ def _say_once(key: str, line: str) -> None:
 
 
 def _same_model(a: RunConfig, b: RunConfig) -> bool:
-    """Whether a shipped checkpoint ``a`` is meant to be the model of ``b`` (task, preset and source)."""
-    return (a.name, a.preset, a.method, a.data.source) == (b.name, b.preset, b.method, b.data.source)
+    """Whether a shipped checkpoint ``a`` is meant to be the model of ``b``: task, preset, method, source and
+    the kind of data (a 2D model trained on the slices of registered volumes -- the registration comparison --
+    shares its task name with the plain 2D model but is another model, not a stale one)."""
+    key = lambda c: (c.name, c.preset, c.method, c.data.source, c.data.dataset, c.data.registration)  # noqa: E731
+    return key(a) == key(b)
 
 
 def shipped(cfg: RunConfig, root: str | os.PathLike | None = None) -> Path | None:

@@ -72,6 +72,8 @@ def test_a_stale_shipped_checkpoint_is_said_once_and_not_used(cfg, root, capsys)
     assert err.count("no longer matches") == 1 and "train.lr" in err
     assert zoo.describe(changed, root).startswith("trained at `ci` on first use")
     assert zoo.pick(changed, replace(changed, seed=5), root=root).seed == 5
+    other = replace(cfg, data=replace(cfg.data, dataset="volume_slices"))  # another model of the same task
+    assert zoo.shipped(other, root) is None and "no longer matches" not in capsys.readouterr().err
 
 
 def test_retrain_ignores_shipped_checkpoints(cfg, root, monkeypatch):
