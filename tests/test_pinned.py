@@ -35,8 +35,10 @@ def test_shipped_checkpoint_outputs_are_pinned(name):
     assert pinned.close(got, PINNED["checkpoints"][name]), f"{name}: {got} != {PINNED['checkpoints'][name]}"
 
 
-def test_every_shipped_checkpoint_is_pinned():
-    assert set(pinned.CHECKPOINTS) == set(PINNED["checkpoints"])
+def test_every_pinned_checkpoint_is_still_shipped():
+    """The checkpoints shipped before the refactor stay (checkpoints shipped later, issue 15, are checked
+    by tests/test_shipped_checkpoints.py: they load and match today's presets)."""
+    assert set(PINNED["checkpoints"]) <= set(pinned.CHECKPOINTS)
 
 
 @pytest.mark.parametrize("stem", pinned.NOTEBOOKS)
