@@ -68,7 +68,7 @@ def test_shipped_lung_prior_reconstructs_a_measurement():
 # leaves this set in the commit that ships its checkpoint (the test fails both ways: a pending model that
 # is shipped, or a model neither shipped nor pending).
 PENDING = {
-    "mri_to_ct: cut_resnet t1w", "mri_to_ct: cut_sa_unet t1w",
+    "mri_to_ct: cut_sa_unet t1w",
     "mri_to_ct: syndiff t1w", "mri_to_ct: ddim_noise t1w",
     "mri_to_ct: cut_sa_unet t2w",
     "mri_to_ct: syndiff t2w", "mri_to_ct: ddim_noise t2w",
