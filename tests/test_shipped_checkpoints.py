@@ -71,7 +71,7 @@ PENDING = {
     "mri_to_ct: cut_sa_unet t1w",
     "mri_to_ct: syndiff t1w", "mri_to_ct: ddim_noise t1w",
     "mri_to_ct: cut_sa_unet t2w",
-    "mri_to_ct: syndiff t2w", "mri_to_ct: ddim_noise t2w",
+    "mri_to_ct: ddim_noise t2w",
     "mri_to_ct: pix2pix_3d t2w", "mri_to_ct: ddim_noise_3d t2w", "mri_to_ct: ddim_image_3d t2w",
     "mri_to_ct: registration none", "mri_to_ct: registration one", "mri_to_ct: registration two",
     "mri_to_ct: segmenter 3d",
