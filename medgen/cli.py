@@ -355,10 +355,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         _print_json({"preset": args.preset, "kernel": args.kernel, "retrain": args.retrain,
                      "notebooks": [p.name for p in notebooks], "reports": str(repo_root() / "reports")})
         return 0
-    if args.retrain:
-        os.environ["RETRAIN"] = "1"  # the notebook kernels inherit it (medgen.zoo.retrain_requested)
     try:
-        reproduce(args.preset, args.papers, kernel=args.kernel)
+        reproduce(args.preset, args.papers, kernel=args.kernel, retrain=args.retrain)
     except ReproduceError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
@@ -498,16 +496,10 @@ def _weight_check(skip: bool) -> Iterator[None]:
         yield
         return
     from medgen.checkpoint import NO_VERIFY_ENV  # torch: only for the commands that load weights
+    from medgen.utils import set_env
 
-    old = os.environ.get(NO_VERIFY_ENV)
-    os.environ[NO_VERIFY_ENV] = "1"
-    try:
+    with set_env(NO_VERIFY_ENV, "1"):
         yield
-    finally:
-        if old is None:
-            os.environ.pop(NO_VERIFY_ENV, None)
-        else:
-            os.environ[NO_VERIFY_ENV] = old
 
 
 def main(argv: Sequence[str] | None = None) -> int:

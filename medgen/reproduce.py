@@ -20,10 +20,11 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 from medgen import progress as status
 from medgen.reports import build_index, repo_root
+from medgen.utils import set_env
 
 NOTEBOOK_DIR = "notebooks"
 REPORT_DIR = "reports"
@@ -66,20 +67,6 @@ def output_path(reports_dir: Path, notebook: Path, preset: str) -> Path:
     return reports_dir / notebook.stem / preset / notebook.name
 
 
-@contextlib.contextmanager
-def _env(name: str, value: str) -> Iterator[None]:
-    """Temporarily set an environment variable (the notebook kernels inherit it)."""
-    old = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = old
-
-
 def run_notebook(notebook: Path, output: Path, preset: str, *, kernel: str = "python3",
                  progress: bool = True) -> None:
     """Execute one notebook with papermill (cwd = its folder); raises on a failing cell."""
@@ -99,11 +86,12 @@ def _short_error(exc: BaseException) -> str:
 
 
 def reproduce(preset: str = "smoke", papers: str | Sequence[str] | None = None, *,
-              root: str | os.PathLike[str] | None = None, kernel: str = "python3") -> list[Path]:
+              root: str | os.PathLike[str] | None = None, kernel: str = "python3", retrain: bool = False) -> list[Path]:
     """Run the selected notebooks at ``preset``; returns the executed notebooks' paths.
 
     ``papers`` selects notebooks whose file stem contains any of the words (``None`` or
-    empty: all). ``root`` is the repository root (default: :func:`repo_root`). Raises
+    empty: all). ``root`` is the repository root (default: :func:`repo_root`). ``retrain``: the kernels
+    ignore the shipped checkpoints (``RETRAIN=1``, :func:`medgen.zoo.retrain_requested`). Raises
     :class:`ReproduceError` after running the others if any notebook failed.
     """
     root_path = Path(root).resolve() if root is not None else repo_root()
@@ -111,7 +99,8 @@ def reproduce(preset: str = "smoke", papers: str | Sequence[str] | None = None, 
     reports_dir = root_path / REPORT_DIR
     outputs: list[Path] = []
     failed: list[str] = []
-    with _env("MEDGEN_ROOT", str(root_path)):
+    with set_env("MEDGEN_ROOT", str(root_path)), (set_env("RETRAIN", "1") if retrain
+                                                     else contextlib.nullcontext()):
         for i, notebook in enumerate(notebooks, 1):
             out = output_path(reports_dir, notebook, preset)
             print(f"[{i}/{len(notebooks)}] {notebook.name} (preset {preset}) -> {out.relative_to(root_path)}",

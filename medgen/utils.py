@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -22,6 +23,7 @@ import subprocess
 import tempfile
 from importlib import metadata
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -134,3 +136,18 @@ def sha256_file(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+@contextlib.contextmanager
+def set_env(name: str, value: str) -> Iterator[None]:
+    """Set the environment variable ``name`` for the block (child processes -- notebook kernels -- inherit
+    it), then restore what was there (or remove it)."""
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old

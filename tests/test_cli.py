@@ -216,6 +216,21 @@ def test_reproduce_runs_notebooks_and_reports_failures(capsys: pytest.CaptureFix
     assert_one_line_error(code, err, "no notebook")
 
 
+def test_reproduce_retrain_reaches_the_kernels_and_is_restored(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import medgen.reproduce
+
+    (tmp_path / "notebooks").mkdir()
+    _notebook(tmp_path / "notebooks" / "01_spine.ipynb", "pass")
+    monkeypatch.setenv("MEDGEN_ROOT", str(tmp_path))
+    monkeypatch.delenv("RETRAIN", raising=False)
+    seen = []
+    monkeypatch.setattr(medgen.reproduce, "run_notebook", lambda *a, **k: seen.append(os.environ.get("RETRAIN")))
+    assert run(capsys, "reproduce", "--retrain")[0] == 0
+    assert run(capsys, "reproduce")[0] == 0
+    assert seen == ["1", None] and "RETRAIN" not in os.environ
+
+
 def test_reproduce_dry_run_lists_selected_notebooks(capsys: pytest.CaptureFixture[str], tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "notebooks").mkdir()
