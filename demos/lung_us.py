@@ -370,15 +370,14 @@ class Tab:
 
     def assess(self, m: LungInput | Measurement, model: Any = None) -> Any:
         """The training-distribution :class:`~medgen.ood.Verdict` of a truth (a measurement: its truth; an
-        uploaded one is not assessed) against ``model`` (default: the prior when loaded or shipped); None
-        when the prior is not loaded yet (the verdict then comes with the reconstruction)."""
+        uploaded one is not assessed) against ``model`` (default: the prior when it needs no training,
+        ``zoo.ready``); None otherwise (the verdict then comes with the reconstruction)."""
         from medgen import ood
 
         inp = m.truth if isinstance(m, Measurement) else m
         if inp is None:
             return ood.not_assessed(MEASUREMENT_NOT_ASSESSED)
-        if model is None and (zoo.is_loaded(self.config, self.root, runs=self.runs)
-                              or zoo.shipped(self.config, self.root) is not None):
+        if model is None and zoo.ready(self.config, self.root, runs=self.runs):
             model = self.model()
         notes = [inp.guard_note] if inp.guard_note else []
         return None if model is None else ui.assess(model, inp.x, inp.modality, notes)

@@ -380,11 +380,10 @@ class Tab:
 
     def assess(self, inp: SpineInput, method: str, contrast: str, model: Any = None) -> Any:
         """The input's training-distribution :class:`~medgen.ood.Verdict` against ``model`` (default: the
-        translator, when it is loaded or shipped -- loading takes a second); None when the model is not
-        loaded yet (the verdict then comes with the translation)."""
+        translator, when it needs no training -- ``zoo.ready``: loading takes a second); None otherwise
+        (the verdict then comes with the translation)."""
         if model is None and method in self.methods and contrast in CONTRASTS:
-            cfg = self.config(method, contrast)
-            if self.is_loaded(method, contrast) or zoo.shipped(cfg, self.root) is not None:
+            if zoo.ready(self.config(method, contrast), self.root, runs=self.runs):
                 model = self.model(method, contrast)
         notes = [inp.guard_note] if inp.guard_note else []
         return None if model is None else ui.assess(model, inp.mri, inp.modality, notes)

@@ -127,6 +127,18 @@ def is_loaded(cfg: RunConfig, root: str | os.PathLike | None = None, *, runs: st
     return _key(cfg, None if retrain_requested() else shipped(cfg, root), root, runs) in _MEMORY
 
 
+def ready(cfg: RunConfig, root: str | os.PathLike | None = None, *, runs: str | os.PathLike | None = None) -> bool:
+    """Whether :func:`resolve` would return ``cfg``'s model without training: held in memory, a shipped
+    checkpoint it uses (not under ``RETRAIN``) or a cached run. Cheap (one scan of the shipped configs);
+    the demos load such a model at once, e.g. to show an input's out-of-distribution verdict."""
+    from medgen.train import run_dir_for
+
+    folder = None if retrain_requested() else shipped(cfg, root)
+    if folder is not None or _key(cfg, None, root, runs) in _MEMORY:
+        return True
+    return (run_dir_for(cfg, runs_root(root, runs)) / "latest").exists()
+
+
 def describe(cfg: RunConfig, root: str | os.PathLike | None = None) -> str:
     """One phrase for a UI or a log: ``"shipped `cpu` checkpoint, 64 px"`` or
     ``"trained at `smoke` on first use, 32 px"``. Cheap (reads configs only)."""

@@ -76,6 +76,18 @@ def test_a_stale_shipped_checkpoint_is_said_once_and_not_used(cfg, root, capsys)
     assert zoo.shipped(other, root) is None and "no longer matches" not in capsys.readouterr().err
 
 
+def test_ready_means_no_training(cfg, root, monkeypatch):
+    import shutil
+
+    assert not zoo.ready(cfg, root)                 # nothing shipped, nothing cached
+    _ship(cfg, root)                                # trains into runs/ and ships it
+    assert zoo.ready(cfg, root)
+    shutil.rmtree(root / "runs")
+    assert zoo.ready(cfg, root)                     # the shipped checkpoint alone
+    monkeypatch.setenv("RETRAIN", "1")
+    assert not zoo.ready(cfg, root)                 # ignored under RETRAIN: resolve would train
+
+
 def test_retrain_ignores_shipped_checkpoints(cfg, root, monkeypatch):
     _ship(cfg, root)
     monkeypatch.setenv("RETRAIN", "1")
